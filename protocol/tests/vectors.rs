@@ -1,0 +1,618 @@
+//! Loads every file in `spec/test-vectors/` and checks this implementation
+//! against it. With `CORVID_WRITE_VECTORS=1` the files are (re)written from
+//! the fixed test key first; the check then still runs on what was written,
+//! and in CI the files must already match what would be generated.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use corvid_protocol::aggregate::{self, Contribution, Lookup, Mode, Policy, SourceKind};
+use corvid_protocol::canonical::CanonicalJson;
+use corvid_protocol::digest::{body_digest, normalize_body};
+use corvid_protocol::feed::{self, FeedOp, FeedReader, FeedWriter};
+use corvid_protocol::item::{Body, Envelope, FeedAddress, KeyRing, SignedItem, verify_item, verify_signed};
+use corvid_protocol::iptoken::{FederationSecret, SecretId};
+use corvid_protocol::keys::{PublicKey, SecretKey, Signer};
+use corvid_protocol::record::{Category, Evidence, Issuer, KeyRevocation, KeyRotation, Record, Report, ReportId, Retraction, RetractionReason};
+use corvid_protocol::subject::{IpPrefix, SubjectKey, domain_lookup_keys};
+use serde_json::{Value, json};
+
+/// RFC 8032 test 1 secret key: the fixed key of every vector.
+const SEED_HEX: &str = "9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60";
+/// A second fixed key (RFC 8032 test 2), for wrong-key and rotation cases.
+const SEED2_HEX: &str = "4ccd089b28ff96da9db6c346ec114e0f5b8a319f35aba624da8cf6ed4fb8a6fb";
+const NOW: u64 = 1_767_225_600; // 2026-01-01T00:00:00Z
+const DAY: u64 = 86_400;
+
+fn seed(hex_seed: &str) -> SecretKey {
+    let mut s = [0u8; 32];
+    hex::decode_to_slice(hex_seed, &mut s).expect("fixed seed");
+    SecretKey::from_seed(s)
+}
+
+fn dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../spec/test-vectors")
+}
+
+fn feed_a() -> FeedAddress {
+    "xmpp:pubsub.a.example?;node=corvid".parse().expect("feed")
+}
+
+fn issuer(key: &SecretKey) -> Issuer {
+    Issuer { domain: "a.example".into(), key: key.public_key().key_id() }
+}
+
+fn id(n: u8) -> ReportId {
+    ReportId::new(NOW * 1000 - 3_600_000 + u64::from(n), [n; 10])
+}
+
+fn report(n: u8, subject: SubjectKey, category: Category, abuse: Option<u64>) -> Report {
+    Report {
+        id: id(n),
+        subject,
+        category,
+        confidence: 90,
+        issued_at: NOW - 3600,
+        expires_at: NOW + 30 * DAY,
+        evidence: Evidence {
+            count: 3,
+            first_seen: NOW - 2 * DAY,
+            last_seen: NOW - 3600,
+            note: Some("registered 40 accounts in 2 minutes".into()),
+            abuse_contacted_at: abuse,
+            message_text: None,
+        },
+    }
+}
+
+fn secret() -> FederationSecret {
+    FederationSecret::new(SecretId::new("example-fed").expect("id"), (0u8..32).collect(), 30 * DAY).expect("secret")
+}
+
+fn envelope(key: &SecretKey, body: Body) -> Envelope {
+    Envelope { corvid: 1, issuer: issuer(key), body }
+}
+
+fn signed(key: &SecretKey, body: Body, feed: &FeedAddress, item_id: &str) -> SignedItem {
+    SignedItem::sign(key, &envelope(key, body), feed, item_id).expect("signs")
+}
+
+fn item_vector(name: &str, feed: &FeedAddress, item_id: &str, item: &SignedItem) -> Value {
+    json!({
+        "name": name,
+        "feed": feed.to_string(),
+        "item_id": item_id,
+        "json": item.json().as_str(),
+        "signature": corvid_protocol::keys::signature_to_text(item.signature()),
+        "xml": item.to_xml(),
+    })
+}
+
+fn delta(key: &SecretKey, record: Record) -> (String, SignedItem) {
+    let item_id = feed::delta_item_id(record.subject());
+    let item = signed(key, Body::Delta { record }, &feed_a(), &item_id);
+    (item_id, item)
+}
+
+fn generate() -> BTreeMap<&'static str, Value> {
+    let key = seed(SEED_HEX);
+    let key2 = seed(SEED2_HEX);
+    let mut files = BTreeMap::new();
+
+    files.insert(
+        "keys.json",
+        json!({
+            "description": "The fixed test keys: RFC 8032 test 1 and 2 seeds, their text forms.",
+            "keys": ([key.public_key(), key2.public_key()]).iter().zip([SEED_HEX, SEED2_HEX]).map(|(p, s)| json!({
+                "seed_hex": s,
+                "secret_text": seed(s).to_secret_text(),
+                "public_key": p.to_string(),
+                "fingerprint": p.fingerprint().to_string(),
+                "key_id": p.key_id().to_string(),
+            })).collect::<Vec<_>>(),
+        }),
+    );
+
+    let canonical_cases = [
+        (r#"{"a":1,"b":[true,null,"x"]}"#, None),
+        ("{\"é\":\"\\n\",\"z\":-5}", None),
+        (r#"{"b":1,"a":2}"#, Some("non-canonical")),
+        (r#"{"a": 1}"#, Some("non-canonical")),
+        (r#"{"a":"\u00e9"}"#, Some("non-canonical")),
+        (r#"{"a":1,"a":1}"#, Some("duplicate-key")),
+        (r#"{"a":1.5}"#, Some("number")),
+        (r#"{"a":10000000000000000}"#, Some("number")),
+        ("[1,2]", Some("not-an-object")),
+    ];
+    files.insert(
+        "canonical-json.json",
+        json!({
+            "description": "Canonical JSON acceptance: error null means the bytes are canonical.",
+            "cases": canonical_cases.iter().map(|(i, e)| json!({"input": i, "error": e})).collect::<Vec<_>>(),
+        }),
+    );
+
+    let jids = ["sales@stolen-cardz.example", "Sales@Stolen-Cardz.Example/Phone", "bot42@bücher.example", "bot42@xn--bcher-kva.example"];
+    let domains = [("spam.example", false), ("Bücher.example.", false), ("xn--bcher-kva.example", false), ("relay.example", true)];
+    files.insert(
+        "subjects.json",
+        json!({
+            "description": "Subject normalization: JIDs (RTBL hash), domains (U-label, subdomain scope), and the domain keys a lookup checks.",
+            "jids": jids.iter().map(|j| json!({"input": j, "key": SubjectKey::for_jid(j).expect("jid").to_string()})).collect::<Vec<_>>(),
+            "domains": domains.iter().map(|(d, s)| json!({"input": d, "subdomains": s, "key": SubjectKey::for_domain(d, *s).expect("domain").to_string()})).collect::<Vec<_>>(),
+            "domain_lookups": (["mail.relay.example", "bücher.example"]).iter().map(|d| json!({"domain": d, "keys": domain_lookup_keys(d).iter().map(ToString::to_string).collect::<Vec<_>>()})).collect::<Vec<_>>(),
+            "invalid": ["", "jid:abc", "domain:Spam.example", "domain:xn--bcher-kva.example", "ip:x:1:v4-32:00", "other:1"],
+        }),
+    );
+
+    let s = secret();
+    let addrs = [("192.0.2.77", 32u8), ("192.0.2.77", 24), ("::ffff:192.0.2.77", 128), ("2001:db8:1:2::7", 128), ("2001:db8:1:2::7", 64), ("2001:db8:1:2::7", 48)];
+    let epoch = s.epoch_of(NOW);
+    files.insert(
+        "ip-tokens.json",
+        json!({
+            "description": "IP tokens. epoch_key = HKDF-SHA256(salt 'corvid-ip-epoch-v1', ikm secret, info id||0x00||epoch_be64); token = HMAC-SHA256(epoch_key, 'corvid-ip-token-v1'||0x00||family||len||network bytes)[..16].",
+            "secret_id": s.id().as_str(),
+            "secret_hex": hex::encode((0u8..32).collect::<Vec<_>>()),
+            "epoch_secs": s.epoch_secs(),
+            "now": NOW,
+            "epoch": epoch,
+            "epoch_key_hex": hex::encode(s.epoch_key(epoch)),
+            "cases": addrs.iter().map(|(a, l)| {
+                let p = IpPrefix::new(a.parse().expect("ip"), *l).expect("prefix");
+                json!({"address": a, "prefix_len": l, "network": p.addr().to_string(), "class": p.class(),
+                       "key": s.token(&p, epoch).to_string(), "key_previous_epoch": s.token(&p, epoch - 1).to_string()})
+            }).collect::<Vec<_>>(),
+        }),
+    );
+
+    let bodies = [
+        "Cheap Bitcoin! Visit https://scam.example/ref?id=123 now, offer 42 ends soon",
+        "cheap  BITCOIN! visit http://SCAM.example/other now, offer 7 ends soon ",
+        "ＦＲＥＥ crypto at www.Spam.Example/x — only 99 left!!",
+        "Straße und STRASSE: 1234 Grüße an www.bücher.example",
+        "hi there",
+    ];
+    files.insert(
+        "digests.json",
+        json!({
+            "description": "Content digests: normalized body and SHA-256, or null below the minimum length.",
+            "min_normalized_chars": corvid_protocol::digest::MIN_NORMALIZED_CHARS,
+            "cases": bodies.iter().map(|b| json!({"body": b, "normalized": normalize_body(b), "subject": body_digest(b).map(|k| k.to_string())})).collect::<Vec<_>>(),
+        }),
+    );
+
+    // Valid items, one per subject kind, and the other record types.
+    let feed = feed_a();
+    let jid_report = report(1, SubjectKey::for_jid("sales@stolen-cardz.example").expect("jid"), Category::Spam, None);
+    let idn_report = report(2, SubjectKey::for_domain("xn--bcher-kva.example", true).expect("d"), Category::OpenRelay, Some(NOW - DAY));
+    let ip_key = s.token(&IpPrefix::parse("192.0.2.0/24").expect("p"), epoch);
+    let ip_report = report(3, ip_key, Category::BulkRegistration, None);
+    let digest_report = report(4, body_digest(bodies[0]).expect("digest"), Category::Phishing, None);
+    let retraction = Retraction {
+        id: id(5),
+        subject: jid_report.subject.clone(),
+        retracts: jid_report.id,
+        reason: RetractionReason::FalsePositive,
+        issued_at: NOW - 60,
+        expires_at: jid_report.expires_at,
+    };
+    let mut items = Vec::new();
+    for (name, record) in [
+        ("report-jid", Record::Report(jid_report.clone())),
+        ("report-domain-idn", Record::Report(idn_report.clone())),
+        ("report-ip", Record::Report(ip_report.clone())),
+        ("report-digest", Record::Report(digest_report.clone())),
+        ("retraction", Record::Retraction(retraction.clone())),
+    ] {
+        let (item_id, item) = delta(&key, record);
+        items.push(item_vector(name, &feed, &item_id, &item));
+    }
+    let rotation = KeyRotation { old: key.public_key(), new: key2.public_key(), issued_at: NOW - 60 };
+    let rot_id = feed::rotation_item_id(&key2.public_key());
+    items.push(item_vector("key-rotation", &feed, &rot_id, &signed(&key, Body::KeyRotation(rotation), &feed, &rot_id)));
+    let revocation = KeyRevocation { key: key.public_key(), issued_at: NOW - 30, reason: Some("key compromised".into()) };
+    let rev_id = feed::revocation_item_id(&key.public_key());
+    items.push(item_vector("key-revocation", &feed, &rev_id, &signed(&key, Body::KeyRevocation(revocation), &feed, &rev_id)));
+
+    // A small feed: a snapshot (head + one chunk) and a delta after it.
+    let mut writer = FeedWriter::new(feed.clone(), issuer(&key));
+    let snapshot_ops = writer
+        .replace_all(&key, [Record::Report(jid_report.clone()), Record::Report(idn_report.clone()), Record::Report(ip_report.clone())], NOW - 120)
+        .expect("fits");
+    let delta_ops = writer.upsert(&key, Record::Retraction(retraction.clone()), NOW - 60).expect("fits");
+    let mut feed_items = Vec::new();
+    for op in snapshot_ops.iter().chain(&delta_ops) {
+        if let FeedOp::Publish { item_id, item, .. } = op {
+            let name = if item_id == feed::HEAD_ITEM { "head" } else if item_id.starts_with(feed::CHUNK_PREFIX) { "snapshot-chunk" } else { "delta" };
+            feed_items.push(item_vector(name, &feed, item_id, item));
+            items.push(item_vector(name, &feed, item_id, item));
+        }
+    }
+    files.insert(
+        "items.json",
+        json!({
+            "description": "Valid signed items, all by keys[0], verified at `now`. signature = ed25519(\"corvid-item-v1\" 0x00 service 0x00 node 0x00 item_id 0x00 json).",
+            "now": NOW,
+            "issuer_domain": "a.example",
+            "public_key": key.public_key().to_string(),
+            "items": items,
+        }),
+    );
+    files.insert(
+        "feed.json",
+        json!({
+            "description": "A feed with a snapshot (head + chunk) and a later delta; a reader keeps the newest record per subject.",
+            "now": NOW,
+            "feed": feed.to_string(),
+            "issuer_domain": "a.example",
+            "public_key": key.public_key().to_string(),
+            "items": feed_items,
+            "expected_state": writer.records().iter().map(|(k, r)| (k.to_string(), json!({"type": match r { Record::Report(_) => "report", Record::Retraction(_) => "retraction" }, "id": r.id().to_string()}))).collect::<BTreeMap<_, _>>(),
+        }),
+    );
+
+    // Failure cases.
+    let (jid_item_id, jid_item) = delta(&key, Record::Report(jid_report.clone()));
+    let good_xml = jid_item.to_xml();
+    let mut failures = Vec::new();
+    let mut fail = |name: &str, xml: String, feed: &FeedAddress, item_id: &str, revoked: bool, now: u64, error: &str| {
+        failures.push(json!({"name": name, "xml": xml, "feed": feed.to_string(), "item_id": item_id, "key_revoked": revoked, "now": now, "error": error}));
+    };
+    let tampered = good_xml.replace("\"confidence\":90", "\"confidence\":99");
+    fail("tampered-field", tampered, &feed, &jid_item_id, false, NOW, "bad-signature");
+    let (_, by_other_key) = {
+        let item = SignedItem::sign(&key2, &Envelope { corvid: 1, issuer: Issuer { domain: "a.example".into(), key: key.public_key().key_id() }, body: Body::Delta { record: Record::Report(jid_report.clone()) } }, &feed, &jid_item_id).expect("signs");
+        ((), item)
+    };
+    fail("wrong-key", by_other_key.to_xml(), &feed, &jid_item_id, false, NOW, "bad-signature");
+    let other_feed: FeedAddress = "xmpp:pubsub.b.example?;node=corvid".parse().expect("feed");
+    fail("replay-other-feed", good_xml.clone(), &other_feed, &jid_item_id, false, NOW, "bad-signature");
+    let other_node: FeedAddress = "xmpp:pubsub.a.example?;node=corvid-test".parse().expect("feed");
+    fail("replay-other-node", good_xml.clone(), &other_node, &jid_item_id, false, NOW, "bad-signature");
+    fail("replay-other-item", good_xml.clone(), &feed, &feed::delta_item_id(&idn_report.subject), false, NOW, "bad-signature");
+    fail("expired", good_xml.clone(), &feed, &jid_item_id, false, NOW + 31 * DAY, "expired");
+    fail("from-the-future", good_xml.clone(), &feed, &jid_item_id, false, NOW - 2 * 3600, "clock-skew");
+    fail("revoked-key", good_xml.clone(), &feed, &jid_item_id, true, NOW, "revoked-key");
+    let spaced = jid_item.json().as_str().replacen("{", "{ ", 1);
+    let xml_with = |json_text: &str| {
+        format!(
+            "<report xmlns='urn:xmpp:reporting:1' reason='urn:xmpp:reporting:spam'><signed xmlns='urn:x-corvid:1' encoding='json' sig='{}'>{}</signed></report>",
+            corvid_protocol::keys::signature_to_text(jid_item.signature()),
+            json_text.replace('&', "&amp;").replace('<', "&lt;")
+        )
+    };
+    fail("non-canonical-json", xml_with(&spaced), &feed, &jid_item_id, false, NOW, "non-canonical");
+    let duplicated = jid_item.json().as_str().replacen("{\"corvid\":1,", "{\"corvid\":1,\"corvid\":1,", 1);
+    fail("duplicate-key", xml_with(&duplicated), &feed, &jid_item_id, false, NOW, "duplicate-key");
+    fail("oversized", xml_with(&format!("{{\"pad\":\"{}\"}}", "x".repeat(70_000))), &feed, &jid_item_id, false, NOW, "oversized");
+    let v2 = signed_raw(&key, &feed, &jid_item_id, &jid_item.json().as_str().replacen("\"corvid\":1", "\"corvid\":2", 1));
+    fail("unsupported-version", v2, &feed, &jid_item_id, false, NOW, "unsupported-version");
+    let other_subject_id = feed::delta_item_id(&idn_report.subject);
+    let misfiled = signed(&key, Body::Delta { record: Record::Report(jid_report.clone()) }, &feed, &other_subject_id);
+    fail("delta-under-wrong-item-id", misfiled.to_xml(), &feed, &other_subject_id, false, NOW, "item-id-mismatch");
+    fail("not-a-report", "<item xmlns='http://jabber.org/protocol/pubsub'/>".into(), &feed, &jid_item_id, false, NOW, "malformed");
+    files.insert(
+        "failures.json",
+        json!({
+            "description": "Items every verifier must reject, with the expected reason label. Key: keys[0], pinned for issuer a.example.",
+            "issuer_domain": "a.example",
+            "public_key": key.public_key().to_string(),
+            "skew_secs": 300,
+            "cases": failures,
+        }),
+    );
+
+    files.insert("aggregation.json", aggregation_cases(&key));
+    files
+}
+
+/// Signs arbitrary JSON text (already canonical) into an item, for cases
+/// the typed API refuses to build.
+fn signed_raw(key: &SecretKey, feed: &FeedAddress, item_id: &str, json_text: &str) -> String {
+    let sig = key.sign(&corvid_protocol::item::signing_input(feed, item_id, json_text.as_bytes()));
+    format!(
+        "<report xmlns='urn:xmpp:reporting:1' reason='urn:xmpp:reporting:spam'><signed xmlns='urn:x-corvid:1' encoding='json' sig='{}'>{}</signed></report>",
+        corvid_protocol::keys::signature_to_text(&sig),
+        json_text.replace('&', "&amp;").replace('<', "&lt;")
+    )
+}
+
+fn aggregation_cases(_key: &SecretKey) -> Value {
+    let spammer = SubjectKey::for_jid("bot@spam.example").expect("jid").to_string();
+    let domain = "domain:spam.example";
+    let c = |source: &str, kind: &str, weight: f64, mode: &str, subject: &str, confidence: u8, age_days: u64, record: &str| {
+        json!({"source": source, "kind": kind, "weight": weight, "mode": mode, "subject": subject, "confidence": confidence, "age_days": age_days, "record": record})
+    };
+    json!({
+        "description": "Aggregation with the default policy (jid/domain/ip: flag 0.3, block 0.7; half-lives jid 14d, domain 30d, ip 7d, digest 3d; quorum 2; RTBL cap 0.5). Scores rounded to 3 decimals.",
+        "now": NOW,
+        "cases": [
+            {"name": "one-peer-flags", "lookup": {"jid": "bot@spam.example"}, "contributions": [c("b.example", "peer", 1.0, "enforce", &spammer, 90, 0, "report")], "expect": {"action": "flag", "score": "0.900"}},
+            {"name": "two-peers-block", "lookup": {"jid": "bot@spam.example"}, "contributions": [c("b.example", "peer", 1.0, "enforce", &spammer, 90, 0, "report"), c("c.example", "peer", 0.5, "enforce", &spammer, 80, 0, "report")], "expect": {"action": "block", "score": "0.940"}},
+            {"name": "local-report-needs-no-quorum", "lookup": {"jid": "bot@spam.example"}, "contributions": [c("local", "local", 1.0, "enforce", &spammer, 80, 0, "report")], "expect": {"action": "block", "score": "0.800"}},
+            {"name": "observe-mode-not-counted", "lookup": {"jid": "bot@spam.example"}, "contributions": [c("b.example", "peer", 1.0, "observe", &spammer, 90, 0, "report")], "expect": {"action": "allow", "score": "0.000"}},
+            {"name": "decay-halves-per-half-life", "lookup": {"jid": "bot@spam.example"}, "contributions": [c("b.example", "peer", 1.0, "enforce", &spammer, 80, 14, "report")], "expect": {"action": "flag", "score": "0.400"}},
+            {"name": "retraction-removes-issuer", "lookup": {"jid": "bot@spam.example"}, "contributions": [c("b.example", "peer", 1.0, "enforce", &spammer, 90, 1, "report"), c("b.example", "peer", 1.0, "enforce", &spammer, 90, 0, "retraction"), c("c.example", "peer", 1.0, "enforce", &spammer, 90, 0, "report")], "expect": {"action": "flag", "score": "0.900"}},
+            {"name": "jid-lookup-matches-domain", "lookup": {"jid": "new-bot@spam.example"}, "contributions": [c("b.example", "peer", 1.0, "enforce", domain, 90, 0, "report"), c("c.example", "peer", 1.0, "enforce", domain, 90, 0, "report")], "expect": {"action": "block", "score": "0.990"}},
+            {"name": "rtbl-capped-and-no-quorum", "lookup": {"jid": "bot@spam.example"}, "contributions": [c("rtbl:xmpp:xmppbl.org?;node=muc_bans_sha256", "rtbl", 1.0, "enforce", &spammer, 100, 0, "report"), c("b.example", "peer", 1.0, "enforce", &spammer, 90, 0, "report")], "expect": {"action": "flag", "score": "0.950"}},
+            {"name": "local-allow-beats-federation", "lookup": {"jid": "bot@spam.example"}, "allow": [spammer], "contributions": [c("b.example", "peer", 1.0, "enforce", &spammer, 90, 0, "report"), c("c.example", "peer", 1.0, "enforce", &spammer, 90, 0, "report")], "expect": {"action": "allow", "score": "0.990"}},
+            {"name": "exact-allow-beats-domain-deny", "lookup": {"jid": "bot@spam.example"}, "allow": [spammer], "deny": [domain], "contributions": [], "expect": {"action": "allow", "score": "0.000"}},
+            {"name": "domain-deny-beats-federation", "lookup": {"jid": "friend@spam.example"}, "deny": [domain], "contributions": [], "expect": {"action": "block", "score": "0.000"}},
+            {"name": "canary-never-blocked", "lookup": {"domain": "spam.example"}, "canaries": [domain], "contributions": [c("b.example", "peer", 1.0, "enforce", domain, 90, 0, "report"), c("c.example", "peer", 1.0, "enforce", domain, 90, 0, "report")], "expect": {"action": "flag", "score": "0.990", "canary_reporters": ["b.example", "c.example"]}},
+        ],
+    })
+}
+
+fn read(name: &str) -> Value {
+    let text = std::fs::read_to_string(dir().join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+fn s(v: &Value) -> &str {
+    v.as_str().unwrap_or_else(|| panic!("expected a string, got {v}"))
+}
+
+fn u(v: &Value) -> u64 {
+    v.as_u64().unwrap_or_else(|| panic!("expected an integer, got {v}"))
+}
+
+#[test]
+fn vectors_are_current() {
+    let generated = generate();
+    if std::env::var_os("CORVID_WRITE_VECTORS").is_some() {
+        std::fs::create_dir_all(dir()).expect("mkdir");
+        for (name, value) in &generated {
+            let text = serde_json::to_string_pretty(value).expect("json") + "\n";
+            std::fs::write(dir().join(name), text).expect("write");
+        }
+    }
+    for (name, value) in &generated {
+        assert_eq!(&read(name), value, "{name} differs from what this implementation generates; CORVID_WRITE_VECTORS=1 rewrites it");
+    }
+}
+
+#[test]
+fn keys_vectors() {
+    for k in read("keys.json")["keys"].as_array().expect("keys") {
+        let key = SecretKey::from_key_file(s(&k["secret_text"])).expect("secret");
+        let public: PublicKey = s(&k["public_key"]).parse().expect("public");
+        assert_eq!(key.public_key(), public);
+        assert_eq!(public.fingerprint().to_string(), s(&k["fingerprint"]));
+        assert_eq!(public.key_id().to_string(), s(&k["key_id"]));
+    }
+}
+
+#[test]
+fn canonical_json_vectors() {
+    for case in read("canonical-json.json")["cases"].as_array().expect("cases") {
+        let got = CanonicalJson::from_bytes(s(&case["input"]).as_bytes());
+        let label = got.as_ref().err().map(|e| match e {
+            corvid_protocol::canonical::CanonicalError::DuplicateKey { .. } => "duplicate-key",
+            corvid_protocol::canonical::CanonicalError::Number { .. } => "number",
+            corvid_protocol::canonical::CanonicalError::NotAnObject => "not-an-object",
+            corvid_protocol::canonical::CanonicalError::NotCanonical => "non-canonical",
+            _ => "other",
+        });
+        assert_eq!(label, case["error"].as_str(), "{case}");
+    }
+}
+
+#[test]
+fn subject_vectors() {
+    let v = read("subjects.json");
+    for case in v["jids"].as_array().expect("jids") {
+        assert_eq!(SubjectKey::for_jid(s(&case["input"])).expect("jid").to_string(), s(&case["key"]));
+    }
+    for case in v["domains"].as_array().expect("domains") {
+        let key = SubjectKey::for_domain(s(&case["input"]), case["subdomains"] == true).expect("domain");
+        assert_eq!(key.to_string(), s(&case["key"]));
+        assert_eq!(s(&case["key"]).parse::<SubjectKey>(), Ok(key));
+    }
+    for case in v["domain_lookups"].as_array().expect("lookups") {
+        let keys: Vec<String> = domain_lookup_keys(s(&case["domain"])).iter().map(ToString::to_string).collect();
+        assert_eq!(json!(keys), case["keys"]);
+    }
+    for bad in v["invalid"].as_array().expect("invalid") {
+        assert!(s(bad).parse::<SubjectKey>().is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn ip_token_vectors() {
+    let v = read("ip-tokens.json");
+    let secret = FederationSecret::new(SecretId::new(s(&v["secret_id"])).expect("id"), hex::decode(s(&v["secret_hex"])).expect("hex"), u(&v["epoch_secs"])).expect("secret");
+    let epoch = secret.epoch_of(u(&v["now"]));
+    assert_eq!(epoch, u(&v["epoch"]));
+    assert_eq!(hex::encode(secret.epoch_key(epoch)), s(&v["epoch_key_hex"]));
+    for case in v["cases"].as_array().expect("cases") {
+        let addr = s(&case["address"]).parse().expect("ip");
+        let p = IpPrefix::new(addr, u8::try_from(u(&case["prefix_len"])).expect("len")).expect("prefix");
+        assert_eq!(p.addr().to_string(), s(&case["network"]));
+        assert_eq!(secret.token(&p, epoch).to_string(), s(&case["key"]));
+        // A lookup of the address finds this epoch's and the previous epoch's token.
+        let lookups = secret.lookup_tokens(addr, u(&v["now"]), corvid_protocol::ns::MAX_TTL_SECS);
+        assert!(lookups.iter().any(|k| k.as_str() == s(&case["key"])));
+        assert!(lookups.iter().any(|k| k.as_str() == s(&case["key_previous_epoch"])));
+    }
+}
+
+#[test]
+fn digest_vectors() {
+    let v = read("digests.json");
+    let cases = v["cases"].as_array().expect("cases");
+    for case in cases {
+        assert_eq!(normalize_body(s(&case["body"])), s(&case["normalized"]));
+        assert_eq!(body_digest(s(&case["body"])).map(|k| k.to_string()).as_deref(), case["subject"].as_str());
+    }
+    assert_eq!(cases[0]["subject"], cases[1]["subject"], "variations of one spam share a digest");
+}
+
+fn ring(v: &Value) -> KeyRing {
+    KeyRing::pinned(s(&v["issuer_domain"]), s(&v["public_key"]).parse().expect("key"))
+}
+
+#[test]
+fn item_vectors_verify_and_round_trip() {
+    let v = read("items.json");
+    let ring = ring(&v);
+    for case in v["items"].as_array().expect("items") {
+        let feed: FeedAddress = s(&case["feed"]).parse().expect("feed");
+        let item = SignedItem::from_xml(s(&case["xml"])).unwrap_or_else(|e| panic!("{}: {e}", case["name"]));
+        assert_eq!(item.json().as_str(), s(&case["json"]));
+        assert_eq!(corvid_protocol::keys::signature_to_text(item.signature()), s(&case["signature"]));
+        assert_eq!(item.to_xml(), s(&case["xml"]), "{} re-encodes identically", case["name"]);
+        let verified = verify_signed(&item, &feed, s(&case["item_id"]), &ring, u(&v["now"]), 300)
+            .unwrap_or_else(|e| panic!("{}: {e}", case["name"]));
+        assert_eq!(verified.issuer.domain, "a.example");
+    }
+}
+
+#[test]
+fn failure_vectors_are_rejected_with_their_reason() {
+    let v = read("failures.json");
+    let cases = v["cases"].as_array().expect("cases");
+    assert!(cases.len() >= 8);
+    for case in cases {
+        let mut ring = ring(&v);
+        if case["key_revoked"] == true {
+            ring.revoked.push(ring.keys[0].fingerprint());
+        }
+        let feed: FeedAddress = s(&case["feed"]).parse().expect("feed");
+        let result = SignedItem::from_xml(s(&case["xml"]))
+            .and_then(|item| verify_signed(&item, &feed, s(&case["item_id"]), &ring, u(&case["now"]), u(&v["skew_secs"])));
+        let err = result.expect_err(s(&case["name"]));
+        assert_eq!(err.reason_label(), s(&case["error"]), "{}: {err}", case["name"]);
+    }
+}
+
+#[test]
+fn feed_vector_rebuilds_state() {
+    let v = read("feed.json");
+    let ring = ring(&v);
+    let feed: FeedAddress = s(&v["feed"]).parse().expect("feed");
+    let now = u(&v["now"]);
+    let items: BTreeMap<String, SignedItem> = v["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|i| (s(&i["item_id"]).to_owned(), SignedItem::from_xml(s(&i["xml"])).expect("xml")))
+        .collect();
+    let mut reader = FeedReader::new();
+    let head = verify_signed(&items[feed::HEAD_ITEM], &feed, feed::HEAD_ITEM, &ring, now, 300).expect("head");
+    let Body::Head { generation, chunks, .. } = head.body else { panic!("not a head") };
+    for chunk in reader.accept_head(generation, chunks) {
+        let item = &items[&chunk.item];
+        let Body::Snapshot { records, .. } = verify_signed(item, &feed, &chunk.item, &ring, now, 300).expect("chunk").body else { panic!("not a chunk") };
+        reader.accept_chunk(&chunk.item, item, records).expect("listed");
+    }
+    for (item_id, item) in items.iter().filter(|(id, _)| id.starts_with(feed::DELTA_PREFIX)) {
+        let Body::Delta { record } = verify_signed(item, &feed, item_id, &ring, now, 300).expect("delta").body else { panic!("not a delta") };
+        reader.accept_delta(record);
+    }
+    let state = reader.finish().expect("complete");
+    let got: BTreeMap<String, Value> = state
+        .iter()
+        .map(|(k, r)| (k.to_string(), json!({"type": match r { Record::Report(_) => "report", Record::Retraction(_) => "retraction" }, "id": r.id().to_string()})))
+        .collect();
+    assert_eq!(json!(got), v["expected_state"]);
+}
+
+#[test]
+fn aggregation_vectors() {
+    let v = read("aggregation.json");
+    let now = u(&v["now"]);
+    let policy = Policy::default();
+    for case in v["cases"].as_array().expect("cases") {
+        let mut lookup = Lookup::default();
+        let look = &case["lookup"];
+        if let Some(j) = look["jid"].as_str() {
+            lookup.exact.push(SubjectKey::for_jid(j).expect("jid"));
+            let domain = j.split('@').nth(1).expect("domain");
+            lookup.covering = domain_lookup_keys(domain);
+        } else {
+            let keys = domain_lookup_keys(s(&look["domain"]));
+            lookup.exact.push(keys[0].clone());
+            lookup.covering = keys[1..].to_vec();
+        }
+        let set = |name: &str| -> BTreeSet<SubjectKey> {
+            case[name].as_array().map(|a| a.iter().map(|k| s(k).parse().expect("key")).collect()).unwrap_or_default()
+        };
+        lookup.allowed = set("allow");
+        lookup.denied = set("deny");
+        lookup.canaries = set("canaries");
+        for (i, c) in case["contributions"].as_array().expect("contributions").iter().enumerate() {
+            let subject: SubjectKey = s(&c["subject"]).parse().expect("subject");
+            let issued_at = now - u(&c["age_days"]) * DAY;
+            let n = u8::try_from(i).expect("small");
+            let record = if c["record"] == "report" {
+                let mut r = report(n, subject, Category::Spam, None);
+                r.issued_at = issued_at;
+                r.id = ReportId::new(issued_at * 1000, [n; 10]);
+                r.confidence = u8::try_from(u(&c["confidence"])).expect("pct");
+                Record::Report(r)
+            } else {
+                Record::Retraction(Retraction { id: ReportId::new(issued_at * 1000 + 1, [n; 10]), subject, retracts: id(0), reason: RetractionReason::Resolved, issued_at, expires_at: now + DAY })
+            };
+            lookup.contributions.push(Contribution {
+                source: s(&c["source"]).into(),
+                kind: serde_json::from_value::<SourceKind>(c["kind"].clone()).expect("kind"),
+                weight: c["weight"].as_f64().expect("weight"),
+                mode: serde_json::from_value::<Mode>(c["mode"].clone()).expect("mode"),
+                confirmed: true,
+                record,
+            });
+        }
+        let verdict = aggregate::decide(&lookup, &policy, now);
+        let expect = &case["expect"];
+        assert_eq!(verdict.action.to_string(), s(&expect["action"]), "{}: {verdict:#?}", case["name"]);
+        assert_eq!(format!("{:.3}", verdict.score), s(&expect["score"]), "{}", case["name"]);
+        if let Some(reporters) = expect.get("canary_reporters") {
+            assert_eq!(json!(verdict.canary_reporters), *reporters);
+        }
+    }
+}
+
+#[test]
+fn spec_examples_match_vectors() {
+    // Every fenced block in the spec tagged `vector:FILE#NAME.FIELD` must
+    // equal that field of that vector, so the document cannot drift.
+    let spec = std::fs::read_to_string(dir().join("../corvid.md")).expect("spec/corvid.md");
+    let mut checked = 0;
+    let mut lines = spec.lines();
+    while let Some(line) = lines.next() {
+        let Some(tag) = line.trim_start_matches('`').split_whitespace().find_map(|w| w.strip_prefix("vector:")) else { continue };
+        let block: Vec<&str> = lines.by_ref().take_while(|l| !l.starts_with("```")).collect();
+        let (file, rest) = tag.split_once('#').expect("vector:FILE#NAME.FIELD");
+        let (name, field) = rest.rsplit_once('.').expect("NAME.FIELD");
+        let v = read(file);
+        let list = v["items"].as_array().or(v["cases"].as_array()).expect("items or cases");
+        let entry = list.iter().find(|e| e["name"] == name).unwrap_or_else(|| panic!("no vector {name} in {file}"));
+        let want = match &entry[field] {
+            Value::String(text) => text.clone(),
+            other => serde_json::to_string_pretty(other).expect("json"),
+        };
+        assert_eq!(block.join("\n").trim(), want.trim(), "spec example {tag} differs from the vector");
+        checked += 1;
+    }
+    assert!(checked >= 3, "the spec shows vector examples ({checked} found)");
+}
+
+#[test]
+fn feed_item_ids_match_the_element_payloads() {
+    // Every published item of a packed feed verifies at its own id, and
+    // moving it to another id breaks it.
+    let key = seed(SEED_HEX);
+    let mut writer = FeedWriter::new(feed_a(), issuer(&key));
+    let records = (0..500u32).map(|i| {
+        Record::Report(report((i % 200) as u8, SubjectKey::for_jid(&format!("bot{i}@spam.example")).expect("jid"), Category::Spam, None))
+    });
+    let ops = writer.replace_all(&key, records, NOW).expect("fits");
+    let ring = KeyRing::pinned("a.example", key.public_key());
+    for op in &ops {
+        if let FeedOp::Publish { item_id, item, .. } = op {
+            verify_item(&item.to_element(), &feed_a(), item_id, &ring, NOW, 300).expect("verifies");
+            assert!(verify_item(&item.to_element(), &feed_a(), "s/999", &ring, NOW, 300).is_err());
+        }
+    }
+}
