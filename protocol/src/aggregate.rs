@@ -115,7 +115,11 @@ pub struct Policy {
 impl Default for Policy {
     fn default() -> Self {
         let day: u64 = 24 * 3600;
-        let t = |flag, block, days: u64| Thresholds { flag, block, half_life_secs: days * day };
+        let t = |flag, block, days: u64| Thresholds {
+            flag,
+            block,
+            half_life_secs: days * day,
+        };
         Self {
             thresholds: BTreeMap::from([
                 (SubjectKind::Jid, t(0.3, 0.7, 14)),
@@ -132,7 +136,11 @@ impl Default for Policy {
 
 impl Policy {
     fn thresholds(&self, kind: SubjectKind) -> Thresholds {
-        self.thresholds.get(&kind).copied().unwrap_or(Thresholds { flag: 0.3, block: 0.7, half_life_secs: 14 * 24 * 3600 })
+        self.thresholds.get(&kind).copied().unwrap_or(Thresholds {
+            flag: 0.3,
+            block: 0.7,
+            half_life_secs: 14 * 24 * 3600,
+        })
     }
 }
 
@@ -189,9 +197,17 @@ pub struct SubjectScore {
 }
 
 /// Scores one subject. Only the newest record per source counts.
-pub fn score_subject(subject: &SubjectKey, contributions: &[Contribution], policy: &Policy, now: UnixTime) -> SubjectScore {
+pub fn score_subject(
+    subject: &SubjectKey,
+    contributions: &[Contribution],
+    policy: &Policy,
+    now: UnixTime,
+) -> SubjectScore {
     let mut newest: BTreeMap<&str, &Contribution> = BTreeMap::new();
-    for c in contributions.iter().filter(|c| c.record.subject() == subject) {
+    for c in contributions
+        .iter()
+        .filter(|c| c.record.subject() == subject)
+    {
         match newest.get(c.source.as_str()) {
             Some(old) if !c.record.supersedes(&old.record) => {}
             _ => {
@@ -206,7 +222,9 @@ pub fn score_subject(subject: &SubjectKey, contributions: &[Contribution], polic
     let mut local = false;
     let mut abuse_contacted = false;
     for c in newest.values() {
-        let Record::Report(report) = &c.record else { continue };
+        let Record::Report(report) = &c.record else {
+            continue;
+        };
         if report.expires_at <= now {
             continue;
         }
@@ -247,8 +265,19 @@ pub fn score_subject(subject: &SubjectKey, contributions: &[Contribution], polic
             abuse_contacted_at: report.evidence.abuse_contacted_at,
         });
     }
-    scored.sort_by(|a, b| b.effective.total_cmp(&a.effective).then_with(|| a.source.cmp(&b.source)));
-    SubjectScore { subject: subject.clone(), score: 1.0 - keep, issuers: issuers.len(), local, abuse_contacted, scored }
+    scored.sort_by(|a, b| {
+        b.effective
+            .total_cmp(&a.effective)
+            .then_with(|| a.source.cmp(&b.source))
+    });
+    SubjectScore {
+        subject: subject.clone(),
+        score: 1.0 - keep,
+        issuers: issuers.len(),
+        local,
+        abuse_contacted,
+        scored,
+    }
 }
 
 /// Why a verdict is what it is.
@@ -339,7 +368,10 @@ pub fn decide(lookup: &Lookup, policy: &Policy, now: UnixTime) -> Verdict {
         .chain(&lookup.covering)
         .map(|s| score_subject(s, &lookup.contributions, policy, now))
         .collect();
-    let contributions: Vec<Scored> = scores.iter().flat_map(|s| s.scored.iter().cloned()).collect();
+    let contributions: Vec<Scored> = scores
+        .iter()
+        .flat_map(|s| s.scored.iter().cloned())
+        .collect();
     let score = scores.iter().map(|s| s.score).fold(0.0, f64::max);
     let canary_reporters: Vec<String> = {
         let set: BTreeSet<String> = contributions
@@ -356,7 +388,9 @@ pub fn decide(lookup: &Lookup, policy: &Policy, now: UnixTime) -> Verdict {
         contributions: contributions.clone(),
         canary_reporters: canary_reporters.clone(),
     };
-    let first_in = |set: &BTreeSet<SubjectKey>, level: &[SubjectKey]| level.iter().find(|s| set.contains(*s)).cloned();
+    let first_in = |set: &BTreeSet<SubjectKey>, level: &[SubjectKey]| {
+        level.iter().find(|s| set.contains(*s)).cloned()
+    };
     if let Some(subject) = first_in(&lookup.allowed, &lookup.exact) {
         return verdict(Action::Allow, vec![Reason::LocalAllow { subject }]);
     }
@@ -394,13 +428,25 @@ fn subject_action(s: &SubjectScore, lookup: &Lookup, policy: &Policy) -> (Action
         return (Action::Flag, vec![score_reason(Action::Flag)]);
     }
     let hold = if lookup.canaries.contains(&s.subject) {
-        Some(Reason::Canary { subject: s.subject.clone() })
+        Some(Reason::Canary {
+            subject: s.subject.clone(),
+        })
     } else if s.subject.kind() == SubjectKind::Digest {
         Some(Reason::DigestNeverBlocks)
     } else if !s.local && s.issuers < policy.quorum {
-        Some(Reason::QuorumNotMet { subject: s.subject.clone(), issuers: s.issuers, quorum: policy.quorum })
-    } else if policy.require_abuse_contact && s.subject.kind() == SubjectKind::Domain && !s.abuse_contacted && !s.local {
-        Some(Reason::AbuseContactMissing { subject: s.subject.clone() })
+        Some(Reason::QuorumNotMet {
+            subject: s.subject.clone(),
+            issuers: s.issuers,
+            quorum: policy.quorum,
+        })
+    } else if policy.require_abuse_contact
+        && s.subject.kind() == SubjectKind::Domain
+        && !s.abuse_contacted
+        && !s.local
+    {
+        Some(Reason::AbuseContactMissing {
+            subject: s.subject.clone(),
+        })
     } else {
         None
     };

@@ -57,7 +57,6 @@ pub enum CanonicalError {
 #[derive(Clone, PartialEq, Eq)]
 pub struct CanonicalJson {
     bytes: Vec<u8>,
-    value: Value,
 }
 
 impl fmt::Debug for CanonicalJson {
@@ -75,14 +74,26 @@ impl CanonicalJson {
     /// Any [`CanonicalError`]: syntax, duplicate keys, floats, non-object
     /// top level, or bytes that differ from the canonical encoding.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, CanonicalError> {
+        // Fast path: one allocation-free pass that accepts exactly the
+        // canonical encoding. Anything it refuses goes through the full
+        // parser below, which says precisely what is wrong.
+        if std::str::from_utf8(bytes).is_ok() && validate::is_canonical(bytes) {
+            return Ok(Self {
+                bytes: bytes.to_vec(),
+            });
+        }
         let StrictValue(value) = serde_json::from_slice(bytes).map_err(|e| {
             let reason = e.to_string();
             if let Some(key) = reason.strip_prefix(DUPLICATE_MARK) {
                 let key = key.split(DUPLICATE_END).next().unwrap_or_default();
-                CanonicalError::DuplicateKey { key: key.to_owned() }
+                CanonicalError::DuplicateKey {
+                    key: key.to_owned(),
+                }
             } else if let Some(number) = reason.strip_prefix(NUMBER_MARK) {
                 let number = number.split(DUPLICATE_END).next().unwrap_or_default();
-                CanonicalError::Number { number: number.to_owned() }
+                CanonicalError::Number {
+                    number: number.to_owned(),
+                }
             } else {
                 CanonicalError::Syntax { reason }
             }
@@ -94,7 +105,7 @@ impl CanonicalJson {
         if canonical != bytes {
             return Err(CanonicalError::NotCanonical);
         }
-        Ok(Self { bytes: canonical, value })
+        Ok(Self { bytes: canonical })
     }
 
     /// Encodes a value canonically.
@@ -107,7 +118,7 @@ impl CanonicalJson {
             return Err(CanonicalError::NotAnObject);
         }
         let bytes = encode(&value)?;
-        Ok(Self { bytes, value })
+        Ok(Self { bytes })
     }
 
     /// Serialises a Rust value and encodes it canonically.
@@ -132,9 +143,9 @@ impl CanonicalJson {
         std::str::from_utf8(&self.bytes).unwrap_or_default()
     }
 
-    /// The parsed value.
-    pub fn value(&self) -> &Value {
-        &self.value
+    /// The document as a JSON value.
+    pub fn value(&self) -> Value {
+        serde_json::from_slice(&self.bytes).unwrap_or(Value::Null)
     }
 
     /// Reads the document into a typed value; unknown fields are ignored
@@ -143,7 +154,9 @@ impl CanonicalJson {
     /// # Errors
     /// [`CanonicalError::Schema`] when fields are missing or mistyped.
     pub fn to_typed<T: DeserializeOwned>(&self) -> Result<T, CanonicalError> {
-        T::deserialize(&self.value).map_err(|e| CanonicalError::Schema {
+        // From the bytes, not the `Value`: it is faster, and the bytes are
+        // known to be exactly the canonical document.
+        serde_json::from_slice(&self.bytes).map_err(|e| CanonicalError::Schema {
             reason: e.to_string(),
         })
     }
@@ -206,7 +219,9 @@ fn check_number(n: &serde_json::Number) -> Result<(), CanonicalError> {
     if safe {
         Ok(())
     } else {
-        Err(CanonicalError::Number { number: n.to_string() })
+        Err(CanonicalError::Number {
+            number: n.to_string(),
+        })
     }
 }
 
@@ -233,6 +248,176 @@ fn write_string(s: &str, out: &mut Vec<u8>) {
         }
     }
     out.push(b'"');
+}
+
+/// An allocation-free check that bytes are exactly a canonical encoding.
+mod validate {
+    use super::MAX_SAFE_INTEGER;
+
+    /// serde_json's default nesting limit; deeper documents are refused.
+    const MAX_DEPTH: usize = 128;
+
+    pub(super) fn is_canonical(bytes: &[u8]) -> bool {
+        let mut p = Parser { b: bytes, i: 0 };
+        p.b.first() == Some(&b'{') && p.value(0) && p.i == p.b.len()
+    }
+
+    struct Parser<'a> {
+        b: &'a [u8],
+        i: usize,
+    }
+
+    impl Parser<'_> {
+        fn peek(&self) -> Option<u8> {
+            self.b.get(self.i).copied()
+        }
+
+        fn eat(&mut self, c: u8) -> bool {
+            if self.peek() == Some(c) {
+                self.i += 1;
+                true
+            } else {
+                false
+            }
+        }
+
+        fn literal(&mut self, word: &[u8]) -> bool {
+            if self.b[self.i..].starts_with(word) {
+                self.i += word.len();
+                true
+            } else {
+                false
+            }
+        }
+
+        fn value(&mut self, depth: usize) -> bool {
+            if depth > MAX_DEPTH {
+                return false;
+            }
+            match self.peek() {
+                Some(b'{') => self.object(depth + 1),
+                Some(b'[') => self.array(depth + 1),
+                Some(b'"') => self.string().is_some(),
+                Some(b't') => self.literal(b"true"),
+                Some(b'f') => self.literal(b"false"),
+                Some(b'n') => self.literal(b"null"),
+                Some(b'-' | b'0'..=b'9') => self.number(),
+                _ => false,
+            }
+        }
+
+        fn object(&mut self, depth: usize) -> bool {
+            self.i += 1;
+            if self.eat(b'}') {
+                return true;
+            }
+            let mut previous: Option<(usize, usize)> = None;
+            loop {
+                let Some(key) = self.string() else {
+                    return false;
+                };
+                // Keys strictly increasing by their bytes: sorted and unique.
+                // Escaped bytes would compare differently from the decoded
+                // key, so keys with escapes take the slow path.
+                if self.b[key.0..key.1].contains(&b'\\') {
+                    return false;
+                }
+                if let Some(prev) = previous
+                    && self.b[prev.0..prev.1] >= self.b[key.0..key.1]
+                {
+                    return false;
+                }
+                previous = Some(key);
+                if !self.eat(b':') || !self.value(depth) {
+                    return false;
+                }
+                if self.eat(b'}') {
+                    return true;
+                }
+                if !self.eat(b',') {
+                    return false;
+                }
+            }
+        }
+
+        fn array(&mut self, depth: usize) -> bool {
+            self.i += 1;
+            if self.eat(b']') {
+                return true;
+            }
+            loop {
+                if !self.value(depth) {
+                    return false;
+                }
+                if self.eat(b']') {
+                    return true;
+                }
+                if !self.eat(b',') {
+                    return false;
+                }
+            }
+        }
+
+        /// A canonical string; returns the byte range of its contents.
+        fn string(&mut self) -> Option<(usize, usize)> {
+            if !self.eat(b'"') {
+                return None;
+            }
+            let start = self.i;
+            loop {
+                let c = self.peek()?;
+                self.i += 1;
+                match c {
+                    b'"' => return Some((start, self.i - 1)),
+                    b'\\' => {
+                        let e = self.peek()?;
+                        self.i += 1;
+                        match e {
+                            b'"' | b'\\' | b'b' | b'f' | b'n' | b'r' | b't' => {}
+                            b'u' => {
+                                // Only \u00XX (lowercase) for controls without a short form.
+                                let hex = self.b.get(self.i..self.i + 4)?;
+                                self.i += 4;
+                                let ok = hex[0] == b'0'
+                                    && hex[1] == b'0'
+                                    && (hex[2] == b'0' || hex[2] == b'1')
+                                    && (hex[3].is_ascii_digit() || (b'a'..=b'f').contains(&hex[3]));
+                                let code =
+                                    u8::from_str_radix(std::str::from_utf8(&hex[2..]).ok()?, 16)
+                                        .ok()?;
+                                if !ok || matches!(code, 0x08 | 0x09 | 0x0a | 0x0c | 0x0d) {
+                                    return None;
+                                }
+                            }
+                            _ => return None,
+                        }
+                    }
+                    0..=0x1f => return None,
+                    _ => {}
+                }
+            }
+        }
+
+        fn number(&mut self) -> bool {
+            let negative = self.eat(b'-');
+            let start = self.i;
+            while self.peek().is_some_and(|c| c.is_ascii_digit()) {
+                self.i += 1;
+            }
+            let digits = &self.b[start..self.i];
+            if digits.is_empty() || (digits.len() > 1 && digits[0] == b'0') || digits.len() > 16 {
+                return false;
+            }
+            if matches!(self.peek(), Some(b'.' | b'e' | b'E')) {
+                return false;
+            }
+            let value: u64 = digits
+                .iter()
+                .fold(0, |acc, d| acc * 10 + u64::from(d - b'0'));
+            // "-0" is not canonical: the encoder writes 0.
+            value <= MAX_SAFE_INTEGER && !(negative && value == 0)
+        }
+    }
 }
 
 const DUPLICATE_MARK: &str = "corvid-duplicate-key:";
@@ -297,7 +482,9 @@ impl<'de> Visitor<'de> for StrictVisitor {
         let mut out = Map::new();
         while let Some(key) = map.next_key::<String>()? {
             if out.contains_key(&key) {
-                return Err(de::Error::custom(format!("{DUPLICATE_MARK}{key}{DUPLICATE_END}")));
+                return Err(de::Error::custom(format!(
+                    "{DUPLICATE_MARK}{key}{DUPLICATE_END}"
+                )));
             }
             let StrictValue(v) = map.next_value()?;
             out.insert(key, v);
@@ -314,7 +501,10 @@ mod tests {
     fn accepts_canonical_and_keeps_bytes() {
         let doc = br#"{"a":[1,-2,"x\n"],"b":{"c":null,"d":true},"\u00e9":"\u00e9"}"#;
         // `\u00e9` escapes are not canonical: raw UTF-8 is.
-        assert_eq!(CanonicalJson::from_bytes(doc), Err(CanonicalError::NotCanonical));
+        assert_eq!(
+            CanonicalJson::from_bytes(doc),
+            Err(CanonicalError::NotCanonical)
+        );
         let doc = "{\"a\":[1,-2,\"x\\n\"],\"b\":{\"c\":null,\"d\":true},\"é\":\"é\"}";
         let parsed = CanonicalJson::from_bytes(doc.as_bytes()).expect("canonical");
         assert_eq!(parsed.as_bytes(), doc.as_bytes());
@@ -322,20 +512,44 @@ mod tests {
 
     #[test]
     fn rejects_unsorted_whitespace_duplicates_and_floats() {
-        assert_eq!(CanonicalJson::from_bytes(br#"{"b":1,"a":2}"#), Err(CanonicalError::NotCanonical));
-        assert_eq!(CanonicalJson::from_bytes(br#"{"a": 2}"#), Err(CanonicalError::NotCanonical));
+        assert_eq!(
+            CanonicalJson::from_bytes(br#"{"b":1,"a":2}"#),
+            Err(CanonicalError::NotCanonical)
+        );
+        assert_eq!(
+            CanonicalJson::from_bytes(br#"{"a": 2}"#),
+            Err(CanonicalError::NotCanonical)
+        );
         assert_eq!(
             CanonicalJson::from_bytes(br#"{"a":1,"a":1}"#),
             Err(CanonicalError::DuplicateKey { key: "a".into() })
         );
-        assert!(matches!(CanonicalJson::from_bytes(br#"{"a":1.0}"#), Err(CanonicalError::Number { .. })));
-        assert!(matches!(CanonicalJson::from_bytes(br#"{"a":1e3}"#), Err(CanonicalError::Number { .. })));
+        assert!(matches!(
+            CanonicalJson::from_bytes(br#"{"a":1.0}"#),
+            Err(CanonicalError::Number { .. })
+        ));
+        assert!(matches!(
+            CanonicalJson::from_bytes(br#"{"a":1e3}"#),
+            Err(CanonicalError::Number { .. })
+        ));
         assert!(matches!(
             CanonicalJson::from_bytes(br#"{"a":9007199254740992}"#),
             Err(CanonicalError::Number { .. })
         ));
-        assert_eq!(CanonicalJson::from_bytes(b"[1]"), Err(CanonicalError::NotAnObject));
-        assert!(matches!(CanonicalJson::from_bytes(b"{"), Err(CanonicalError::Syntax { .. })));
+        assert_eq!(
+            CanonicalJson::from_bytes(b"[1]"),
+            Err(CanonicalError::NotAnObject)
+        );
+        assert!(matches!(
+            CanonicalJson::from_bytes(b"{"),
+            Err(CanonicalError::Syntax { .. })
+        ));
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_without_overflowing_the_stack() {
+        let deep = format!("{{\"a\":{}1{}}}", "[".repeat(100_000), "]".repeat(100_000));
+        assert!(CanonicalJson::from_bytes(deep.as_bytes()).is_err());
     }
 
     #[test]
@@ -343,6 +557,9 @@ mod tests {
         let v = serde_json::json!({"k": "\u{1}\u{7f}"});
         let c = CanonicalJson::from_value(v).expect("encodes");
         assert_eq!(c.as_str(), "{\"k\":\"\\u0001\u{7f}\"}");
-        assert_eq!(CanonicalJson::from_bytes(c.as_bytes()).expect("round trip"), c);
+        assert_eq!(
+            CanonicalJson::from_bytes(c.as_bytes()).expect("round trip"),
+            c
+        );
     }
 }

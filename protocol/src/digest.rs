@@ -46,7 +46,9 @@ pub fn normalize_body(body: &str) -> String {
 
 fn urls_to_hosts(text: &str) -> String {
     let mut finder = linkify::LinkFinder::new();
-    finder.kinds(&[linkify::LinkKind::Url]).url_must_have_scheme(false);
+    finder
+        .kinds(&[linkify::LinkKind::Url])
+        .url_must_have_scheme(false);
     let mut out = String::with_capacity(text.len());
     let mut last = 0;
     for link in finder.links(text) {
@@ -60,14 +62,21 @@ fn urls_to_hosts(text: &str) -> String {
 
 /// The host of a URL, or the URL itself when no host can be found.
 fn url_host(link: &str) -> String {
-    let with_scheme = if link.contains("://") { link.to_owned() } else { format!("http://{link}") };
+    let with_scheme = if link.contains("://") {
+        link.to_owned()
+    } else {
+        format!("http://{link}")
+    };
     match url::Url::parse(&with_scheme) {
         Ok(u) => match u.host_str() {
             Some(h) => {
                 // url gives A-labels; show the same U-label form subjects use.
                 let (unicode, _) = idna::domain_to_unicode(h);
                 // `www.` is noise that spammers vary; drop it.
-                unicode.strip_prefix("www.").map(str::to_owned).unwrap_or(unicode)
+                unicode
+                    .strip_prefix("www.")
+                    .map(str::to_owned)
+                    .unwrap_or(unicode)
             }
             None => link.to_owned(),
         },
@@ -91,16 +100,26 @@ mod tests {
 
     #[test]
     fn variations_share_one_digest() {
-        let a = body_digest("Cheap Bitcoin! Visit https://scam.example/ref?id=123 now, offer 42 ends soon");
-        let b = body_digest("cheap  BITCOIN! visit http://SCAM.example/other/path now, offer 7 ends soon ");
+        let a = body_digest(
+            "Cheap Bitcoin! Visit https://scam.example/ref?id=123 now, offer 42 ends soon",
+        );
+        let b = body_digest(
+            "cheap  BITCOIN! visit http://SCAM.example/other/path now, offer 7 ends soon ",
+        );
         assert!(a.is_some());
         assert_eq!(a, b);
     }
 
     #[test]
     fn normalization_steps() {
-        assert_eq!(normalize_body("\u{FF33}\u{FF34}RASSE 123 ab"), "strasse # ab");
-        assert_eq!(normalize_body("Straße\tgo www.Example.COM/x?y=1"), "strasse go example.com");
+        assert_eq!(
+            normalize_body("\u{FF33}\u{FF34}RASSE 123 ab"),
+            "strasse # ab"
+        );
+        assert_eq!(
+            normalize_body("Straße\tgo www.Example.COM/x?y=1"),
+            "strasse go example.com"
+        );
         assert_eq!(body_digest("hi there"), None);
     }
 }

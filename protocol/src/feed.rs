@@ -146,7 +146,14 @@ pub struct FeedWriter {
 impl FeedWriter {
     /// An empty feed.
     pub fn new(feed: FeedAddress, issuer: Issuer) -> Self {
-        Self { feed, issuer, generation: 0, next_chunk: 0, chunks: Vec::new(), deltas: BTreeMap::new() }
+        Self {
+            feed,
+            issuer,
+            generation: 0,
+            next_chunk: 0,
+            chunks: Vec::new(),
+            deltas: BTreeMap::new(),
+        }
     }
 
     /// The feed written.
@@ -173,22 +180,46 @@ impl FeedWriter {
         usize::from(!self.chunks.is_empty()) + self.chunks.len() + self.deltas.len()
     }
 
-    fn sign(&self, signer: &dyn Signer, body: Body, item_id: &str) -> Result<SignedItem, ItemError> {
-        let envelope = Envelope { corvid: ns::PROTOCOL_MAJOR, issuer: self.issuer.clone(), body };
+    fn sign(
+        &self,
+        signer: &dyn Signer,
+        body: Body,
+        item_id: &str,
+    ) -> Result<SignedItem, ItemError> {
+        let envelope = Envelope {
+            corvid: ns::PROTOCOL_MAJOR,
+            issuer: self.issuer.clone(),
+            body,
+        };
         SignedItem::sign(signer, &envelope, &self.feed, item_id)
     }
 
     fn publish(&self, item_id: String, item: SignedItem) -> FeedOp {
-        FeedOp::Publish { node: self.feed.node.clone(), item_id, item }
+        FeedOp::Publish {
+            node: self.feed.node.clone(),
+            item_id,
+            item,
+        }
     }
 
     /// Adds or replaces one record (a new report, or a tombstone).
     ///
     /// # Errors
     /// [`FeedError`] if the record cannot be encoded or the feed is full.
-    pub fn upsert(&mut self, signer: &dyn Signer, record: Record, now: UnixTime) -> Result<Vec<FeedOp>, FeedError> {
+    pub fn upsert(
+        &mut self,
+        signer: &dyn Signer,
+        record: Record,
+        now: UnixTime,
+    ) -> Result<Vec<FeedOp>, FeedError> {
         let item_id = delta_item_id(record.subject());
-        let item = self.sign(signer, Body::Delta { record: record.clone() }, &item_id)?;
+        let item = self.sign(
+            signer,
+            Body::Delta {
+                record: record.clone(),
+            },
+            &item_id,
+        )?;
         self.deltas.insert(record.subject().clone(), record);
         let mut ops = vec![self.publish(item_id, item)];
         if self.deltas.len() >= DELTA_BUDGET {
@@ -223,9 +254,15 @@ impl FeedWriter {
             old_items
                 .iter()
                 .filter(|i| !live.contains(&i.as_str()))
-                .map(|i| FeedOp::Retract { node: self.feed.node.clone(), item_id: i.clone() }),
+                .map(|i| FeedOp::Retract {
+                    node: self.feed.node.clone(),
+                    item_id: i.clone(),
+                }),
         );
-        ops.extend(old_deltas.iter().map(|s| FeedOp::Retract { node: self.feed.node.clone(), item_id: delta_item_id(s) }));
+        ops.extend(old_deltas.iter().map(|s| FeedOp::Retract {
+            node: self.feed.node.clone(),
+            item_id: delta_item_id(s),
+        }));
         Ok(ops)
     }
 
@@ -233,7 +270,11 @@ impl FeedWriter {
     ///
     /// # Errors
     /// [`FeedError`] if encoding fails or the feed is full.
-    pub fn compact(&mut self, signer: &dyn Signer, now: UnixTime) -> Result<Vec<FeedOp>, FeedError> {
+    pub fn compact(
+        &mut self,
+        signer: &dyn Signer,
+        now: UnixTime,
+    ) -> Result<Vec<FeedOp>, FeedError> {
         if self.chunks.is_empty() {
             let records = self.records();
             return self.replace_all(signer, records.into_values(), now);
@@ -242,7 +283,10 @@ impl FeedWriter {
         let deltas = std::mem::take(&mut self.deltas);
         let mut touched = vec![false; self.chunks.len()];
         for (subject, record) in &deltas {
-            let idx = self.chunks.partition_point(|c| c.from.as_str() <= subject.as_str()).saturating_sub(1);
+            let idx = self
+                .chunks
+                .partition_point(|c| c.from.as_str() <= subject.as_str())
+                .saturating_sub(1);
             merge_newest(&mut self.chunks[idx].records, record.clone());
             touched[idx] = true;
         }
@@ -264,7 +308,10 @@ impl FeedWriter {
             return self.replace_all(signer, records.into_values(), now);
         }
         ops.push(self.head_op(signer, now)?);
-        ops.extend(deltas.keys().map(|s| FeedOp::Retract { node: self.feed.node.clone(), item_id: delta_item_id(s) }));
+        ops.extend(deltas.keys().map(|s| FeedOp::Retract {
+            node: self.feed.node.clone(),
+            item_id: delta_item_id(s),
+        }));
         Ok(ops)
     }
 
@@ -273,7 +320,11 @@ impl FeedWriter {
     ///
     /// # Errors
     /// [`FeedError`] if re-encoding fails.
-    pub fn desired_items(&mut self, signer: &dyn Signer, now: UnixTime) -> Result<Vec<FeedOp>, FeedError> {
+    pub fn desired_items(
+        &mut self,
+        signer: &dyn Signer,
+        now: UnixTime,
+    ) -> Result<Vec<FeedOp>, FeedError> {
         let mut ops = Vec::new();
         if !self.chunks.is_empty() {
             for i in 0..self.chunks.len() {
@@ -284,7 +335,13 @@ impl FeedWriter {
         }
         for record in self.deltas.values() {
             let item_id = delta_item_id(record.subject());
-            let item = self.sign(signer, Body::Delta { record: record.clone() }, &item_id)?;
+            let item = self.sign(
+                signer,
+                Body::Delta {
+                    record: record.clone(),
+                },
+                &item_id,
+            )?;
             ops.push(self.publish(item_id, item));
         }
         Ok(ops)
@@ -294,7 +351,10 @@ impl FeedWriter {
         if let Some(item) = &self.chunks[i].encoded {
             return Ok(item.clone());
         }
-        let body = Body::Snapshot { generation: self.generation, records: self.chunks[i].records.values().cloned().collect() };
+        let body = Body::Snapshot {
+            generation: self.generation,
+            records: self.chunks[i].records.values().cloned().collect(),
+        };
         let item = self.sign(signer, body, &self.chunks[i].item.clone())?;
         self.chunks[i].encoded = Some(item.clone());
         Ok(item)
@@ -313,7 +373,15 @@ impl FeedWriter {
                 sha256: item.sha256(),
             });
         }
-        let head = self.sign(signer, Body::Head { generation: self.generation, issued_at: now, chunks: refs }, HEAD_ITEM)?;
+        let head = self.sign(
+            signer,
+            Body::Head {
+                generation: self.generation,
+                issued_at: now,
+                chunks: refs,
+            },
+            HEAD_ITEM,
+        )?;
         Ok(self.publish(HEAD_ITEM.to_owned(), head))
     }
 
@@ -324,7 +392,11 @@ impl FeedWriter {
     }
 
     /// Packs sorted records into fresh chunks of at most the target size.
-    fn pack(&mut self, signer: &dyn Signer, records: BTreeMap<SubjectKey, Record>) -> Result<Vec<FeedOp>, FeedError> {
+    fn pack(
+        &mut self,
+        signer: &dyn Signer,
+        records: BTreeMap<SubjectKey, Record>,
+    ) -> Result<Vec<FeedOp>, FeedError> {
         let total = records.len();
         let mut ops = Vec::new();
         let mut rest: Vec<(SubjectKey, Record)> = records.into_iter().collect();
@@ -332,12 +404,21 @@ impl FeedWriter {
         let mut per_record = 110usize;
         let mut first = true;
         while !rest.is_empty() || first {
-            let mut n = (TARGET_CHUNK_BYTES * 95 / 100 / per_record).clamp(1, rest.len().max(1)).min(rest.len());
+            let mut n = (TARGET_CHUNK_BYTES * 95 / 100 / per_record)
+                .clamp(1, rest.len().max(1))
+                .min(rest.len());
             loop {
-                let from = if first { String::new() } else { rest[0].0.as_str().to_owned() };
+                let from = if first {
+                    String::new()
+                } else {
+                    rest[0].0.as_str().to_owned()
+                };
                 let taken: BTreeMap<SubjectKey, Record> = rest[..n].iter().cloned().collect();
                 let item_id = format!("{CHUNK_PREFIX}{}", self.next_chunk);
-                let body = Body::Snapshot { generation: self.generation, records: taken.values().cloned().collect() };
+                let body = Body::Snapshot {
+                    generation: self.generation,
+                    records: taken.values().cloned().collect(),
+                };
                 let item = match self.sign(signer, body, &item_id) {
                     Ok(item) => item,
                     Err(ItemError::Oversized { .. }) if n > 1 => {
@@ -351,12 +432,17 @@ impl FeedWriter {
                     n = (n * TARGET_CHUNK_BYTES * 95 / 100 / size).clamp(1, n - 1);
                     continue;
                 }
-                if n > 0 {
-                    per_record = (size / n).max(16);
+                if let Some(per) = size.checked_div(n) {
+                    per_record = per.max(16);
                 }
                 self.next_chunk += 1;
                 ops.push(self.publish(item_id.clone(), item.clone()));
-                self.chunks.push(Chunk { item: item_id, from, records: taken, encoded: Some(item) });
+                self.chunks.push(Chunk {
+                    item: item_id,
+                    from,
+                    records: taken,
+                    encoded: Some(item),
+                });
                 rest.drain(..n);
                 first = false;
                 break;
@@ -376,9 +462,14 @@ impl FeedWriter {
         out: &mut Vec<Chunk>,
         ops: &mut Vec<FeedOp>,
     ) -> Result<(), FeedError> {
-        let body = Body::Snapshot { generation: self.generation, records: chunk.records.values().cloned().collect() };
+        let body = Body::Snapshot {
+            generation: self.generation,
+            records: chunk.records.values().cloned().collect(),
+        };
         let encoded = match self.sign(signer, body, &chunk.item) {
-            Ok(item) if chunk.records.len() < 2 || item.payload_len() <= TARGET_CHUNK_BYTES => Some(item),
+            Ok(item) if chunk.records.len() < 2 || item.payload_len() <= TARGET_CHUNK_BYTES => {
+                Some(item)
+            }
             Ok(_) => None,
             Err(ItemError::Oversized { .. }) if chunk.records.len() >= 2 => None,
             Err(e) => return Err(e.into()),
@@ -394,7 +485,12 @@ impl FeedWriter {
             return Ok(());
         };
         let upper = chunk.records.split_off(&split_key);
-        let second = Chunk { item: self.new_chunk_id(), from: split_key.as_str().to_owned(), records: upper, encoded: None };
+        let second = Chunk {
+            item: self.new_chunk_id(),
+            from: split_key.as_str().to_owned(),
+            records: upper,
+            encoded: None,
+        };
         self.split_into(signer, chunk, out, ops)?;
         self.split_into(signer, second, out, ops)
     }
@@ -426,14 +522,21 @@ impl FeedReader {
     ///
     /// # Errors
     /// [`FeedError::StaleChunk`] when it is not the chunk the head lists.
-    pub fn accept_chunk(&mut self, item_id: &str, signed: &SignedItem, records: Vec<Record>) -> Result<(), FeedError> {
+    pub fn accept_chunk(
+        &mut self,
+        item_id: &str,
+        signed: &SignedItem,
+        records: Vec<Record>,
+    ) -> Result<(), FeedError> {
         let listed = self
             .head
             .as_ref()
             .and_then(|(_, refs)| refs.iter().find(|r| r.item == item_id))
             .is_some_and(|r| r.sha256 == signed.sha256());
         if !listed {
-            return Err(FeedError::StaleChunk { item: item_id.into() });
+            return Err(FeedError::StaleChunk {
+                item: item_id.into(),
+            });
         }
         self.chunks.insert(item_id.to_owned(), records);
         Ok(())
@@ -450,7 +553,10 @@ impl FeedReader {
     /// [`FeedError::Incomplete`] while listed chunks are missing.
     pub fn finish(self) -> Result<BTreeMap<SubjectKey, Record>, FeedError> {
         if let Some((_, refs)) = &self.head {
-            let missing = refs.iter().filter(|r| !self.chunks.contains_key(&r.item)).count();
+            let missing = refs
+                .iter()
+                .filter(|r| !self.chunks.contains_key(&r.item))
+                .count();
             if missing > 0 {
                 return Err(FeedError::Incomplete { missing });
             }

@@ -40,10 +40,17 @@ impl SecretId {
     /// # Errors
     /// [`SubjectError::Ip`] if the id has other characters or a bad length.
     pub fn new(id: &str) -> Result<Self, SubjectError> {
-        if (1..=32).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+        if (1..=32).contains(&id.len())
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
             Ok(Self(id.to_owned()))
         } else {
-            Err(SubjectError::Ip { input: id.into(), reason: "secret id must be 1-32 of [a-z0-9-]".into() })
+            Err(SubjectError::Ip {
+                input: id.into(),
+                reason: "secret id must be 1-32 of [a-z0-9-]".into(),
+            })
         }
     }
 
@@ -88,7 +95,11 @@ impl FederationSecret {
                 reason: "a federation secret needs at least 32 bytes and a non-zero epoch".into(),
             });
         }
-        Ok(Self { id, secret, epoch_secs })
+        Ok(Self {
+            id,
+            secret,
+            epoch_secs,
+        })
     }
 
     /// The secret's id.
@@ -131,10 +142,15 @@ impl FederationSecret {
         let first = self.epoch_of(now.saturating_sub(max_age));
         let last = self.epoch_of(now);
         let prefixes = IpPrefix::all_for(addr);
-        let mut out = Vec::with_capacity(prefixes.len() * usize::try_from(last - first + 1).unwrap_or(1));
+        let mut out =
+            Vec::with_capacity(prefixes.len() * usize::try_from(last - first + 1).unwrap_or(1));
         for epoch in first..=last {
             let key = self.epoch_key(epoch);
-            out.extend(prefixes.iter().map(|p| token_with_key(&self.id, &key, p, epoch)));
+            out.extend(
+                prefixes
+                    .iter()
+                    .map(|p| token_with_key(&self.id, &key, p, epoch)),
+            );
         }
         out
     }
@@ -156,7 +172,12 @@ fn token_with_key(id: &SecretId, key: &[u8; 32], prefix: &IpPrefix, epoch: u64) 
         }
     }
     let tag = mac.finalize().into_bytes();
-    SubjectKey::from_trusted(format!("ip:{}:{epoch}:{}:{}", id.0, prefix.class(), hex::encode(&tag[..16])))
+    SubjectKey::from_trusted(format!(
+        "ip:{}:{epoch}:{}:{}",
+        id.0,
+        prefix.class(),
+        hex::encode(&tag[..16])
+    ))
 }
 
 /// The parts of an IP token key.
@@ -175,7 +196,10 @@ pub struct TokenKeyParts {
 /// # Errors
 /// [`SubjectError::Ip`] describing the first malformed part.
 pub fn parse_token_key(key: &str) -> Result<TokenKeyParts, SubjectError> {
-    let err = |reason: &str| SubjectError::Ip { input: key.into(), reason: reason.into() };
+    let err = |reason: &str| SubjectError::Ip {
+        input: key.into(),
+        reason: reason.into(),
+    };
     let mut parts = key.split(':');
     if parts.next() != Some("ip") {
         return Err(err("missing ip: prefix"));
@@ -191,13 +215,21 @@ pub fn parse_token_key(key: &str) -> Result<TokenKeyParts, SubjectError> {
         return Err(err("unknown prefix class"));
     }
     let token = parts.next().unwrap_or_default();
-    if token.len() != 32 || !token.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+    if token.len() != 32
+        || !token
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
         return Err(err("token must be 32 lowercase hex digits"));
     }
     if parts.next().is_some() {
         return Err(err("trailing data"));
     }
-    Ok(TokenKeyParts { secret_id, epoch, class: class.to_owned() })
+    Ok(TokenKeyParts {
+        secret_id,
+        epoch,
+        class: class.to_owned(),
+    })
 }
 
 #[cfg(test)]
@@ -205,7 +237,12 @@ mod tests {
     use super::*;
 
     fn secret() -> FederationSecret {
-        FederationSecret::new(SecretId::new("test-fed").expect("id"), vec![42; 32], DEFAULT_EPOCH_SECS).expect("secret")
+        FederationSecret::new(
+            SecretId::new("test-fed").expect("id"),
+            vec![42; 32],
+            DEFAULT_EPOCH_SECS,
+        )
+        .expect("secret")
     }
 
     #[test]

@@ -52,12 +52,18 @@ impl FeedAddress {
     /// # Errors
     /// When the service is not a bare JID or the node is empty or has a NUL.
     pub fn new(service: &str, node: &str) -> Result<Self, FeedAddressError> {
-        let err = |reason: &str| FeedAddressError { input: format!("{service} {node}"), reason: reason.into() };
+        let err = |reason: &str| FeedAddressError {
+            input: format!("{service} {node}"),
+            reason: reason.into(),
+        };
         let jid = jid::BareJid::new(service).map_err(|e| err(&e.to_string()))?;
         if node.is_empty() || node.contains('\0') || node.len() > 256 {
             return Err(err("node name must be 1-256 bytes without NUL"));
         }
-        Ok(Self { service: jid.to_string(), node: node.to_owned() })
+        Ok(Self {
+            service: jid.to_string(),
+            node: node.to_owned(),
+        })
     }
 }
 
@@ -70,9 +76,17 @@ impl fmt::Display for FeedAddress {
 impl FromStr for FeedAddress {
     type Err = FeedAddressError;
     fn from_str(s: &str) -> Result<Self, FeedAddressError> {
-        let err = |reason: &str| FeedAddressError { input: s.into(), reason: reason.into() };
-        let rest = s.trim().strip_prefix("xmpp:").ok_or_else(|| err("missing xmpp: scheme"))?;
-        let (service, query) = rest.split_once("?;").ok_or_else(|| err("missing ?;node="))?;
+        let err = |reason: &str| FeedAddressError {
+            input: s.into(),
+            reason: reason.into(),
+        };
+        let rest = s
+            .trim()
+            .strip_prefix("xmpp:")
+            .ok_or_else(|| err("missing xmpp: scheme"))?;
+        let (service, query) = rest
+            .split_once("?;")
+            .ok_or_else(|| err("missing ?;node="))?;
         let node = query
             .split(';')
             .find_map(|kv| kv.strip_prefix("node="))
@@ -89,13 +103,16 @@ impl Serialize for FeedAddress {
 
 impl<'de> Deserialize<'de> for FeedAddress {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
     }
 }
 
 /// The bytes a signature covers.
 pub fn signing_input(feed: &FeedAddress, item_id: &str, json: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(32 + feed.service.len() + feed.node.len() + item_id.len() + json.len());
+    let mut out =
+        Vec::with_capacity(32 + feed.service.len() + feed.node.len() + item_id.len() + json.len());
     out.extend_from_slice(b"corvid-item-v1\0");
     out.extend_from_slice(feed.service.as_bytes());
     out.push(0);
@@ -158,7 +175,9 @@ pub enum Body {
 impl Body {
     fn reason(&self) -> &'static str {
         match self {
-            Self::Delta { record: Record::Report(r) } => r.category.xep0377_reason(),
+            Self::Delta {
+                record: Record::Report(r),
+            } => r.category.xep0377_reason(),
             _ => ns::REASON_SPAM,
         }
     }
@@ -279,7 +298,9 @@ fn attr_name(name: &'static str) -> minidom::rxml::NcName {
 }
 
 fn malformed(reason: impl Into<String>) -> ItemError {
-    ItemError::Malformed { reason: reason.into() }
+    ItemError::Malformed {
+        reason: reason.into(),
+    }
 }
 
 /// A signed item as received or produced: canonical JSON plus signature.
@@ -301,18 +322,37 @@ impl SignedItem {
     /// # Errors
     /// [`ItemError::Canonical`] if the body holds unencodable values, or
     /// [`ItemError::Oversized`] if the encoded item exceeds the limit.
-    pub fn sign(signer: &dyn Signer, envelope: &Envelope, feed: &FeedAddress, item_id: &str) -> Result<Self, ItemError> {
+    pub fn sign(
+        signer: &dyn Signer,
+        envelope: &Envelope,
+        feed: &FeedAddress,
+        item_id: &str,
+    ) -> Result<Self, ItemError> {
         let json = CanonicalJson::from_serialize(envelope)?;
         let signature = signer.sign(&signing_input(feed, item_id, json.as_bytes()));
-        let encoding = if json.as_bytes().len() > DEFLATE_ABOVE { Encoding::Deflate } else { Encoding::Json };
+        let encoding = if json.as_bytes().len() > DEFLATE_ABOVE {
+            Encoding::Deflate
+        } else {
+            Encoding::Json
+        };
         let payload = match encoding {
             Encoding::Json => json.as_str().to_owned(),
-            Encoding::Deflate => STANDARD.encode(miniz_oxide::deflate::compress_to_vec(json.as_bytes(), 9)),
+            Encoding::Deflate => {
+                STANDARD.encode(miniz_oxide::deflate::compress_to_vec(json.as_bytes(), 9))
+            }
         };
-        let item = Self { json, signature, encoding, payload };
+        let item = Self {
+            json,
+            signature,
+            encoding,
+            payload,
+        };
         let size = item.payload_len();
         if size > ns::MAX_ITEM_BYTES {
-            return Err(ItemError::Oversized { size, max: ns::MAX_ITEM_BYTES });
+            return Err(ItemError::Oversized {
+                size,
+                max: ns::MAX_ITEM_BYTES,
+            });
         }
         Ok(item)
     }
@@ -340,13 +380,27 @@ impl SignedItem {
 
     /// The item payload: `<report xmlns='urn:xmpp:reporting:1'>` around `<signed/>`.
     pub fn to_element(&self) -> Element {
-        let reason = self.json.to_typed::<Envelope>().map(|e| e.body.reason()).unwrap_or(ns::REASON_SPAM);
+        let reason = self
+            .json
+            .to_typed::<Envelope>()
+            .map(|e| e.body.reason())
+            .unwrap_or(ns::REASON_SPAM);
         let signed = Element::builder("signed", ns::CORVID)
-            .attr(attr_name("encoding"), if self.encoding == Encoding::Json { "json" } else { "deflate" })
+            .attr(
+                attr_name("encoding"),
+                if self.encoding == Encoding::Json {
+                    "json"
+                } else {
+                    "deflate"
+                },
+            )
             .attr(attr_name("sig"), keys::signature_to_text(&self.signature))
             .append(self.payload.clone())
             .build();
-        Element::builder("report", ns::REPORTING).attr(attr_name("reason"), reason).append(signed).build()
+        Element::builder("report", ns::REPORTING)
+            .attr(attr_name("reason"), reason)
+            .append(signed)
+            .build()
     }
 
     /// Serialises the payload to XML text.
@@ -360,9 +414,14 @@ impl SignedItem {
     /// [`ItemError::Oversized`] or [`ItemError::Malformed`], then as [`SignedItem::from_element`].
     pub fn from_xml(xml: &str) -> Result<Self, ItemError> {
         if xml.len() > ns::MAX_ITEM_BYTES + 1024 {
-            return Err(ItemError::Oversized { size: xml.len(), max: ns::MAX_ITEM_BYTES });
+            return Err(ItemError::Oversized {
+                size: xml.len(),
+                max: ns::MAX_ITEM_BYTES,
+            });
         }
-        let element: Element = xml.parse().map_err(|e: minidom::Error| malformed(e.to_string()))?;
+        let element: Element = xml
+            .parse()
+            .map_err(|e: minidom::Error| malformed(e.to_string()))?;
         Self::from_element(&element)
     }
 
@@ -372,35 +431,53 @@ impl SignedItem {
     /// [`ItemError::Malformed`], [`ItemError::Oversized`] or [`ItemError::Canonical`].
     pub fn from_element(element: &Element) -> Result<Self, ItemError> {
         if !element.is("report", ns::REPORTING) {
-            return Err(malformed("payload is not <report xmlns='urn:xmpp:reporting:1'/>"));
+            return Err(malformed(
+                "payload is not <report xmlns='urn:xmpp:reporting:1'/>",
+            ));
         }
         let signed = element
             .get_child("signed", ns::CORVID)
             .ok_or_else(|| malformed("no <signed xmlns='urn:x-corvid:1'/> child"))?;
-        let sig = signed.attr("sig").ok_or_else(|| malformed("<signed/> has no sig"))?;
-        let signature = keys::signature_from_text(sig).map_err(|e| malformed(format!("sig: {e}")))?;
+        let sig = signed
+            .attr("sig")
+            .ok_or_else(|| malformed("<signed/> has no sig"))?;
+        let signature =
+            keys::signature_from_text(sig).map_err(|e| malformed(format!("sig: {e}")))?;
         let text = signed.text();
         if text.len() > ns::MAX_ITEM_BYTES {
-            return Err(ItemError::Oversized { size: text.len(), max: ns::MAX_ITEM_BYTES });
+            return Err(ItemError::Oversized {
+                size: text.len(),
+                max: ns::MAX_ITEM_BYTES,
+            });
         }
         let (encoding, bytes) = match signed.attr("encoding").unwrap_or("json") {
             "json" => (Encoding::Json, text.clone().into_bytes()),
             "deflate" => {
-                let packed = STANDARD.decode(text.trim()).map_err(|e| malformed(format!("base64: {e}")))?;
-                let bytes = miniz_oxide::inflate::decompress_to_vec_with_limit(&packed, ns::MAX_INFLATED_BYTES)
-                    .map_err(|e| match e.status {
-                        miniz_oxide::inflate::TINFLStatus::HasMoreOutput => ItemError::Oversized {
-                            size: ns::MAX_INFLATED_BYTES + 1,
-                            max: ns::MAX_INFLATED_BYTES,
-                        },
-                        _ => malformed("deflate stream is corrupt"),
-                    })?;
+                let packed = STANDARD
+                    .decode(text.trim())
+                    .map_err(|e| malformed(format!("base64: {e}")))?;
+                let bytes = miniz_oxide::inflate::decompress_to_vec_with_limit(
+                    &packed,
+                    ns::MAX_INFLATED_BYTES,
+                )
+                .map_err(|e| match e.status {
+                    miniz_oxide::inflate::TINFLStatus::HasMoreOutput => ItemError::Oversized {
+                        size: ns::MAX_INFLATED_BYTES + 1,
+                        max: ns::MAX_INFLATED_BYTES,
+                    },
+                    _ => malformed("deflate stream is corrupt"),
+                })?;
                 (Encoding::Deflate, bytes)
             }
             other => return Err(malformed(format!("unknown encoding {other:?}"))),
         };
         let json = CanonicalJson::from_bytes(&bytes)?;
-        Ok(Self { json, signature, encoding, payload: text })
+        Ok(Self {
+            json,
+            signature,
+            encoding,
+            payload: text,
+        })
     }
 
     /// Verifies the signature for this feed and item against a key ring,
@@ -408,25 +485,46 @@ impl SignedItem {
     ///
     /// # Errors
     /// Version, key, issuer and signature errors.
-    pub fn open(&self, feed: &FeedAddress, item_id: &str, keys: &KeyRing) -> Result<Envelope, ItemError> {
-        let header: EnvelopeHeader = self.json.to_typed()?;
-        if header.corvid != ns::PROTOCOL_MAJOR {
-            return Err(ItemError::UnsupportedVersion(header.corvid));
+    pub fn open(
+        &self,
+        feed: &FeedAddress,
+        item_id: &str,
+        keys: &KeyRing,
+    ) -> Result<Envelope, ItemError> {
+        // One typed pass in the common case; the header alone is read only
+        // to explain a failure (an unknown major version has its own schema).
+        let envelope = match self.json.to_typed::<Envelope>() {
+            Ok(envelope) => envelope,
+            Err(schema) => {
+                let header: EnvelopeHeader = self.json.to_typed()?;
+                if header.corvid != ns::PROTOCOL_MAJOR {
+                    return Err(ItemError::UnsupportedVersion(header.corvid));
+                }
+                return Err(schema.into());
+            }
+        };
+        if envelope.corvid != ns::PROTOCOL_MAJOR {
+            return Err(ItemError::UnsupportedVersion(envelope.corvid));
         }
-        if header.issuer.domain != keys.domain {
-            return Err(ItemError::WrongIssuer { expected: keys.domain.clone(), got: header.issuer.domain });
+        if envelope.issuer.domain != keys.domain {
+            return Err(ItemError::WrongIssuer {
+                expected: keys.domain.clone(),
+                got: envelope.issuer.domain,
+            });
         }
-        let key = keys.lookup(&header.issuer.key)?;
-        key.verify_strict(&signing_input(feed, item_id, self.json.as_bytes()), &self.signature)
-            .map_err(|_| ItemError::BadSignature)?;
-        Ok(self.json.to_typed()?)
+        let key = keys.lookup(&envelope.issuer.key)?;
+        key.verify_strict(
+            &signing_input(feed, item_id, self.json.as_bytes()),
+            &self.signature,
+        )
+        .map_err(|_| ItemError::BadSignature)?;
+        Ok(envelope)
     }
 }
 
 #[derive(Deserialize)]
 struct EnvelopeHeader {
     corvid: u64,
-    issuer: Issuer,
 }
 
 /// The keys a receiver accepts for one issuer: pinned and confirmed ones,
@@ -444,7 +542,11 @@ pub struct KeyRing {
 impl KeyRing {
     /// A ring with one pinned key.
     pub fn pinned(domain: &str, key: PublicKey) -> Self {
-        Self { domain: domain.to_owned(), keys: vec![key], revoked: Vec::new() }
+        Self {
+            domain: domain.to_owned(),
+            keys: vec![key],
+            revoked: Vec::new(),
+        }
     }
 
     /// Finds an accepted, unrevoked key by id.
@@ -455,10 +557,14 @@ impl KeyRing {
         let key = self
             .keys
             .iter()
-            .find(|k| &k.key_id() == key_id)
-            .ok_or_else(|| ItemError::UnknownKey { key_id: key_id.clone() })?;
+            .find(|k| k.key_id_matches(key_id))
+            .ok_or_else(|| ItemError::UnknownKey {
+                key_id: key_id.clone(),
+            })?;
         if self.revoked.contains(&key.fingerprint()) {
-            return Err(ItemError::RevokedKey { key_id: key_id.clone() });
+            return Err(ItemError::RevokedKey {
+                key_id: key_id.clone(),
+            });
         }
         Ok(key)
     }
@@ -489,7 +595,10 @@ fn check_item_id(body: &Body, item_id: &str) -> Result<(), ItemError> {
     if expected == item_id {
         Ok(())
     } else {
-        Err(ItemError::ItemIdMismatch { item_id: item_id.into(), expected })
+        Err(ItemError::ItemIdMismatch {
+            item_id: item_id.into(),
+            expected,
+        })
     }
 }
 
@@ -507,7 +616,14 @@ pub fn verify_item(
     now: UnixTime,
     skew: u64,
 ) -> Result<VerifiedItem, ItemError> {
-    verify_signed(&SignedItem::from_element(element)?, feed, item_id, keys, now, skew)
+    verify_signed(
+        &SignedItem::from_element(element)?,
+        feed,
+        item_id,
+        keys,
+        now,
+        skew,
+    )
 }
 
 /// As [`verify_item`], for an already parsed item.
@@ -530,7 +646,10 @@ pub fn verify_signed(
             record.validate(now, skew)?;
             Body::Delta { record }
         }
-        Body::Snapshot { generation, records } => {
+        Body::Snapshot {
+            generation,
+            records,
+        } => {
             let mut kept = Vec::with_capacity(records.len());
             for record in records {
                 match record.validate(now, skew) {
@@ -539,17 +658,37 @@ pub fn verify_signed(
                     Err(e) => return Err(e.into()),
                 }
             }
-            Body::Snapshot { generation, records: kept }
-        }
-        Body::Head { generation, issued_at, chunks } => {
-            if issued_at > now.saturating_add(skew) {
-                return Err(RecordError::FromTheFuture { issued_at, now, skew }.into());
+            Body::Snapshot {
+                generation,
+                records: kept,
             }
-            Body::Head { generation, issued_at, chunks }
+        }
+        Body::Head {
+            generation,
+            issued_at,
+            chunks,
+        } => {
+            if issued_at > now.saturating_add(skew) {
+                return Err(RecordError::FromTheFuture {
+                    issued_at,
+                    now,
+                    skew,
+                }
+                .into());
+            }
+            Body::Head {
+                generation,
+                issued_at,
+                chunks,
+            }
         }
         other => other,
     };
-    Ok(VerifiedItem { issuer: envelope.issuer, body, expired_dropped })
+    Ok(VerifiedItem {
+        issuer: envelope.issuer,
+        body,
+        expired_dropped,
+    })
 }
 
 #[cfg(test)]
@@ -574,8 +713,16 @@ mod tests {
             "<report xmlns='urn:xmpp:reporting:1' reason='urn:xmpp:reporting:spam'><signed xmlns='urn:x-corvid:1' encoding='deflate' sig='{}'>{packed}</signed></report>",
             "A".repeat(86)
         );
-        assert!(matches!(SignedItem::from_xml(&xml), Err(ItemError::Oversized { .. })));
-        for bad in ["", "<x/>", "<report xmlns='urn:xmpp:reporting:1'/>", "<report xmlns='urn:xmpp:reporting:1'><signed xmlns='urn:x-corvid:1' sig='zz'>{}</signed></report>"] {
+        assert!(matches!(
+            SignedItem::from_xml(&xml),
+            Err(ItemError::Oversized { .. })
+        ));
+        for bad in [
+            "",
+            "<x/>",
+            "<report xmlns='urn:xmpp:reporting:1'/>",
+            "<report xmlns='urn:xmpp:reporting:1'><signed xmlns='urn:x-corvid:1' sig='zz'>{}</signed></report>",
+        ] {
             assert!(SignedItem::from_xml(bad).is_err(), "{bad}");
         }
     }

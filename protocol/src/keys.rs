@@ -48,7 +48,9 @@ pub enum KeyError {
 fn decode_32(body: &str) -> Result<[u8; 32], KeyError> {
     let bytes = URL_SAFE_NO_PAD
         .decode(body.trim())
-        .map_err(|e| KeyError::Encoding { reason: e.to_string() })?;
+        .map_err(|e| KeyError::Encoding {
+            reason: e.to_string(),
+        })?;
     bytes.try_into().map_err(|b: Vec<u8>| KeyError::Encoding {
         reason: format!("expected 32 bytes, got {}", b.len()),
     })
@@ -84,13 +86,26 @@ impl PublicKey {
         self.fingerprint().key_id()
     }
 
+    /// Whether `id` is this key's id (without allocating).
+    pub fn key_id_matches(&self, id: &KeyId) -> bool {
+        let fp = Sha256::digest(self.0.as_bytes());
+        let mut buf = [0u8; 16];
+        hex::encode_to_slice(&fp[..8], &mut buf).is_ok() && buf == id.0.as_bytes()
+    }
+
     /// Checks a signature with ed25519's strict rules (no small-order keys,
     /// canonical `S`), which every Corvid verifier must use.
     ///
     /// # Errors
     /// When the signature does not verify.
-    pub fn verify_strict(&self, message: &[u8], signature: &Signature) -> Result<(), SignatureInvalid> {
-        self.0.verify_strict(message, signature).map_err(|_| SignatureInvalid)
+    pub fn verify_strict(
+        &self,
+        message: &[u8],
+        signature: &Signature,
+    ) -> Result<(), SignatureInvalid> {
+        self.0
+            .verify_strict(message, signature)
+            .map_err(|_| SignatureInvalid)
     }
 }
 
@@ -101,7 +116,11 @@ pub struct SignatureInvalid;
 
 impl fmt::Display for PublicKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{PUBLIC_KEY_PREFIX}{}", URL_SAFE_NO_PAD.encode(self.0.as_bytes()))
+        write!(
+            f,
+            "{PUBLIC_KEY_PREFIX}{}",
+            URL_SAFE_NO_PAD.encode(self.0.as_bytes())
+        )
     }
 }
 
@@ -117,7 +136,9 @@ impl FromStr for PublicKey {
         let body = s
             .trim()
             .strip_prefix(PUBLIC_KEY_PREFIX)
-            .ok_or(KeyError::Prefix { expected: PUBLIC_KEY_PREFIX })?;
+            .ok_or(KeyError::Prefix {
+                expected: PUBLIC_KEY_PREFIX,
+            })?;
         let bytes = decode_32(body)?;
         VerifyingKey::from_bytes(&bytes)
             .map(Self)
@@ -167,9 +188,13 @@ impl FromStr for Fingerprint {
         let body = s
             .trim()
             .strip_prefix(FINGERPRINT_PREFIX)
-            .ok_or(KeyError::Prefix { expected: FINGERPRINT_PREFIX })?;
+            .ok_or(KeyError::Prefix {
+                expected: FINGERPRINT_PREFIX,
+            })?;
         let mut out = [0u8; 32];
-        hex::decode_to_slice(body, &mut out).map_err(|e| KeyError::Encoding { reason: e.to_string() })?;
+        hex::decode_to_slice(body, &mut out).map_err(|e| KeyError::Encoding {
+            reason: e.to_string(),
+        })?;
         Ok(Self(out))
     }
 }
@@ -200,7 +225,10 @@ impl fmt::Debug for KeyId {
 impl FromStr for KeyId {
     type Err = KeyError;
     fn from_str(s: &str) -> Result<Self, KeyError> {
-        if s.len() == 16 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        if s.len() == 16
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
             Ok(Self(s.to_owned()))
         } else {
             Err(KeyError::KeyId)
@@ -210,7 +238,9 @@ impl FromStr for KeyId {
 
 impl<'de> Deserialize<'de> for KeyId {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -240,7 +270,10 @@ impl SecretKey {
 
     /// The secret in its file form. Handle with care.
     pub fn to_secret_text(&self) -> String {
-        format!("{SECRET_KEY_PREFIX}{}", URL_SAFE_NO_PAD.encode(self.0.to_bytes()))
+        format!(
+            "{SECRET_KEY_PREFIX}{}",
+            URL_SAFE_NO_PAD.encode(self.0.to_bytes())
+        )
     }
 
     /// Reads a key file: comment lines (`#`) and blank lines are skipped, the
@@ -253,10 +286,14 @@ impl SecretKey {
             .lines()
             .map(str::trim)
             .find(|l| !l.is_empty() && !l.starts_with('#'))
-            .ok_or(KeyError::Prefix { expected: SECRET_KEY_PREFIX })?;
+            .ok_or(KeyError::Prefix {
+                expected: SECRET_KEY_PREFIX,
+            })?;
         let body = line
             .strip_prefix(SECRET_KEY_PREFIX)
-            .ok_or(KeyError::Prefix { expected: SECRET_KEY_PREFIX })?;
+            .ok_or(KeyError::Prefix {
+                expected: SECRET_KEY_PREFIX,
+            })?;
         Ok(Self::from_seed(decode_32(body)?))
     }
 
@@ -293,7 +330,9 @@ pub fn signature_to_text(sig: &Signature) -> String {
 pub fn signature_from_text(text: &str) -> Result<Signature, KeyError> {
     let bytes = URL_SAFE_NO_PAD
         .decode(text.trim())
-        .map_err(|e| KeyError::Encoding { reason: e.to_string() })?;
+        .map_err(|e| KeyError::Encoding {
+            reason: e.to_string(),
+        })?;
     let bytes: [u8; 64] = bytes.try_into().map_err(|b: Vec<u8>| KeyError::Encoding {
         reason: format!("expected 64 bytes, got {}", b.len()),
     })?;
@@ -324,7 +363,12 @@ mod tests {
     fn wrong_prefixes_are_caught() {
         let public = SecretKey::from_seed([7; 32]).public_key();
         let fp = public.fingerprint().to_string();
-        assert_eq!(fp.parse::<PublicKey>(), Err(KeyError::Prefix { expected: PUBLIC_KEY_PREFIX }));
+        assert_eq!(
+            fp.parse::<PublicKey>(),
+            Err(KeyError::Prefix {
+                expected: PUBLIC_KEY_PREFIX
+            })
+        );
         assert!("ed25519:AAAA".parse::<PublicKey>().is_err());
         assert!("0123456789ABCDEF".parse::<KeyId>().is_err());
     }

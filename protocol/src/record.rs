@@ -73,7 +73,9 @@ impl Serialize for ReportId {
 
 impl<'de> Deserialize<'de> for ReportId {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -160,7 +162,12 @@ impl FromStr for Category {
         Self::ALL
             .into_iter()
             .find(|c| c.as_str() == s)
-            .ok_or_else(|| format!("unknown category {s:?}; one of: {}", Self::ALL.map(Self::as_str).join(", ")))
+            .ok_or_else(|| {
+                format!(
+                    "unknown category {s:?}; one of: {}",
+                    Self::ALL.map(Self::as_str).join(", ")
+                )
+            })
     }
 }
 
@@ -222,7 +229,9 @@ impl FromStr for RetractionReason {
         match s {
             "false-positive" => Ok(Self::FalsePositive),
             "resolved" => Ok(Self::Resolved),
-            _ => Err(format!("unknown reason {s:?}; one of: false-positive, resolved")),
+            _ => Err(format!(
+                "unknown reason {s:?}; one of: false-positive, resolved"
+            )),
         }
     }
 }
@@ -341,10 +350,18 @@ impl Record {
     pub fn validate(&self, now: UnixTime, skew: u64) -> Result<(), RecordError> {
         let (issued_at, expires_at) = (self.issued_at(), self.expires_at());
         if expires_at <= issued_at || expires_at - issued_at > ns::MAX_TTL_SECS {
-            return Err(RecordError::Lifetime { issued_at, expires_at, max: ns::MAX_TTL_SECS });
+            return Err(RecordError::Lifetime {
+                issued_at,
+                expires_at,
+                max: ns::MAX_TTL_SECS,
+            });
         }
         if issued_at > now.saturating_add(skew) {
-            return Err(RecordError::FromTheFuture { issued_at, now, skew });
+            return Err(RecordError::FromTheFuture {
+                issued_at,
+                now,
+                skew,
+            });
         }
         if expires_at <= now {
             return Err(RecordError::Expired { expires_at, now });
@@ -358,21 +375,36 @@ impl Record {
 
 impl Report {
     fn validate_fields(&self) -> Result<(), RecordError> {
-        let field = |field: &'static str, reason: &str| RecordError::Field { field, reason: reason.into() };
+        let field = |field: &'static str, reason: &str| RecordError::Field {
+            field,
+            reason: reason.into(),
+        };
         if !(1..=100).contains(&self.confidence) {
             return Err(field("confidence", "must be 1-100"));
         }
         let e = &self.evidence;
         if e.count == 0 || e.first_seen > e.last_seen {
-            return Err(field("evidence", "count must be positive and first_seen <= last_seen"));
+            return Err(field(
+                "evidence",
+                "count must be positive and first_seen <= last_seen",
+            ));
         }
-        for (name, text) in [("evidence.note", &e.note), ("evidence.message_text", &e.message_text)] {
-            if text.as_ref().is_some_and(|t| t.chars().count() > MAX_NOTE_CHARS) {
+        for (name, text) in [
+            ("evidence.note", &e.note),
+            ("evidence.message_text", &e.message_text),
+        ] {
+            if text
+                .as_ref()
+                .is_some_and(|t| t.chars().count() > MAX_NOTE_CHARS)
+            {
                 return Err(field(name, "longer than 1000 characters"));
             }
         }
         if e.abuse_contacted_at.is_some() && self.subject.kind() != SubjectKind::Domain {
-            return Err(field("evidence.abuse_contacted_at", "only domain reports carry it"));
+            return Err(field(
+                "evidence.abuse_contacted_at",
+                "only domain reports carry it",
+            ));
         }
         Ok(())
     }

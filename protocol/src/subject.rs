@@ -123,7 +123,11 @@ impl SubjectKey {
                 reason: "a subdomain report needs at least two labels".into(),
             });
         }
-        Ok(Self(if subdomains { format!("domain:*.{domain}") } else { format!("domain:{domain}") }))
+        Ok(Self(if subdomains {
+            format!("domain:*.{domain}")
+        } else {
+            format!("domain:{domain}")
+        }))
     }
 
     /// The key for a content digest given as 64 hex digits.
@@ -135,7 +139,9 @@ impl SubjectKey {
         if is_hex64(&lower) {
             Ok(Self(format!("digest:{lower}")))
         } else {
-            Err(SubjectError::Hash { key: hex_digest.into() })
+            Err(SubjectError::Hash {
+                key: hex_digest.into(),
+            })
         }
     }
 
@@ -207,7 +213,10 @@ impl FromStr for SubjectKey {
                 if normalized.0 == key {
                     Ok(normalized)
                 } else {
-                    Err(SubjectError::NotNormalized { key: key.into(), expected: normalized.0 })
+                    Err(SubjectError::NotNormalized {
+                        key: key.into(),
+                        expected: normalized.0,
+                    })
                 }
             }
             "ip" => crate::iptoken::parse_token_key(key).map(|_| Self(key.to_owned())),
@@ -224,12 +233,16 @@ impl Serialize for SubjectKey {
 
 impl<'de> Deserialize<'de> for SubjectKey {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
     }
 }
 
 fn is_hex64(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// Lowercase hex SHA-256 of a prepared bare JID: the xmppbl.org RTBL item id.
@@ -243,9 +256,14 @@ pub fn jid_hash(prepared_bare: &str) -> String {
 /// # Errors
 /// [`SubjectError::Jid`] when the input is not a JID or has no localpart.
 pub fn prepare_bare_jid(input: &str) -> Result<String, SubjectError> {
-    let err = |reason: String| SubjectError::Jid { input: input.into(), reason };
+    let err = |reason: String| SubjectError::Jid {
+        input: input.into(),
+        reason,
+    };
     let jid = jid::Jid::new(input.trim()).map_err(|e| err(e.to_string()))?;
-    let node = jid.node().ok_or_else(|| err("a JID subject needs a localpart; report a domain instead".into()))?;
+    let node = jid
+        .node()
+        .ok_or_else(|| err("a JID subject needs a localpart; report a domain instead".into()))?;
     let domain = normalize_domain(jid.domain().as_str()).map_err(|e| err(e.to_string()))?;
     Ok(format!("{}@{domain}", node.as_str()))
 }
@@ -257,7 +275,10 @@ pub fn prepare_bare_jid(input: &str) -> Result<String, SubjectError> {
 /// # Errors
 /// [`SubjectError::Domain`] when the input is not a domain.
 pub fn normalize_domain(input: &str) -> Result<String, SubjectError> {
-    let err = |reason: String| SubjectError::Domain { input: input.into(), reason };
+    let err = |reason: String| SubjectError::Domain {
+        input: input.into(),
+        reason,
+    };
     let trimmed = input.trim().trim_end_matches('.');
     if trimmed.is_empty() || trimmed.contains(['@', '/', ' ', '*']) {
         return Err(err("not a bare domain".into()));
@@ -325,7 +346,7 @@ impl IpPrefix {
         };
         // An IPv4-mapped /128 or /120 means the IPv4 /32 or /24.
         let len = match (addr, len) {
-            (IpAddr::V4(_), l) if l > 32 && l >= 96 => l - 96,
+            (IpAddr::V4(_), l) if l >= 96 => l - 96,
             _ => len,
         };
         if !allowed.contains(&len) {
@@ -334,7 +355,10 @@ impl IpPrefix {
                 reason: format!("prefix length must be one of {allowed:?}"),
             });
         }
-        Ok(Self { addr: truncate(addr, len), len })
+        Ok(Self {
+            addr: truncate(addr, len),
+            len,
+        })
     }
 
     /// Parses `ADDR` (a host prefix) or `ADDR/LEN`.
@@ -342,9 +366,15 @@ impl IpPrefix {
     /// # Errors
     /// [`SubjectError::Ip`] when it is not an address or the length is not allowed.
     pub fn parse(text: &str) -> Result<Self, SubjectError> {
-        let err = |reason: &str| SubjectError::Ip { input: text.into(), reason: reason.into() };
+        let err = |reason: &str| SubjectError::Ip {
+            input: text.into(),
+            reason: reason.into(),
+        };
         let (addr, len) = match text.trim().split_once('/') {
-            Some((a, l)) => (a, Some(l.parse::<u8>().map_err(|_| err("bad prefix length"))?)),
+            Some((a, l)) => (
+                a,
+                Some(l.parse::<u8>().map_err(|_| err("bad prefix length"))?),
+            ),
             None => (text.trim(), None),
         };
         let addr: IpAddr = addr.parse().map_err(|_| err("not an IP address"))?;
@@ -363,7 +393,12 @@ impl IpPrefix {
             IpAddr::V4(_) => &IPV4_PREFIXES,
             IpAddr::V6(_) => &IPV6_PREFIXES,
         };
-        lens.iter().map(|&len| Self { addr: truncate(addr, len), len }).collect()
+        lens.iter()
+            .map(|&len| Self {
+                addr: truncate(addr, len),
+                len,
+            })
+            .collect()
     }
 
     /// The truncated network address.
@@ -402,12 +437,20 @@ fn truncate(addr: IpAddr, len: u8) -> IpAddr {
     match addr {
         IpAddr::V4(v4) => {
             let bits = u32::from(v4);
-            let mask = if len == 0 { 0 } else { u32::MAX << (32 - u32::from(len)) };
+            let mask = if len == 0 {
+                0
+            } else {
+                u32::MAX << (32 - u32::from(len))
+            };
             IpAddr::V4((bits & mask).into())
         }
         IpAddr::V6(v6) => {
             let bits = u128::from(v6);
-            let mask = if len == 0 { 0 } else { u128::MAX << (128 - u32::from(len)) };
+            let mask = if len == 0 {
+                0
+            } else {
+                u128::MAX << (128 - u32::from(len))
+            };
             IpAddr::V6((bits & mask).into())
         }
     }
@@ -431,16 +474,31 @@ mod tests {
         assert_eq!(u, a);
         assert_eq!(u.as_str(), "domain:bücher.example");
         assert_eq!(u.as_str().parse::<SubjectKey>(), Ok(u.clone()));
-        assert!("domain:xn--bcher-kva.example".parse::<SubjectKey>().is_err());
-        assert_eq!(domain_a_label("bücher.example").as_deref(), Some("xn--bcher-kva.example"));
+        assert!(
+            "domain:xn--bcher-kva.example"
+                .parse::<SubjectKey>()
+                .is_err()
+        );
+        assert_eq!(
+            domain_a_label("bücher.example").as_deref(),
+            Some("xn--bcher-kva.example")
+        );
     }
 
     #[test]
     fn domain_lookup_covers_parents_only_by_subdomain_keys() {
-        let keys: Vec<String> = domain_lookup_keys("a.b.example.org").iter().map(|k| k.0.clone()).collect();
+        let keys: Vec<String> = domain_lookup_keys("a.b.example.org")
+            .iter()
+            .map(|k| k.0.clone())
+            .collect();
         assert_eq!(
             keys,
-            ["domain:a.b.example.org", "domain:*.a.b.example.org", "domain:*.b.example.org", "domain:*.example.org"]
+            [
+                "domain:a.b.example.org",
+                "domain:*.a.b.example.org",
+                "domain:*.b.example.org",
+                "domain:*.example.org"
+            ]
         );
         assert!(SubjectKey::for_domain("org", true).is_err());
     }
@@ -452,13 +510,25 @@ mod tests {
         assert_eq!(p.addr().to_string(), "192.0.2.0");
         assert!(IpPrefix::parse("192.0.2.1/16").is_err());
         let all = IpPrefix::all_for("2001:db8:1:2:3:4:5:6".parse().expect("ip"));
-        assert_eq!(all.iter().map(IpPrefix::class).collect::<Vec<_>>(), ["v6-128", "v6-64", "v6-48"]);
+        assert_eq!(
+            all.iter().map(IpPrefix::class).collect::<Vec<_>>(),
+            ["v6-128", "v6-64", "v6-48"]
+        );
         assert_eq!(all[2].addr().to_string(), "2001:db8:1::");
     }
 
     #[test]
     fn garbage_is_rejected_not_panicked_on() {
-        for bad in ["", "jid:", "jid:XYZ", "domain:", "domain:a b", "ip:", "nope:x", "digest:00"] {
+        for bad in [
+            "",
+            "jid:",
+            "jid:XYZ",
+            "domain:",
+            "domain:a b",
+            "ip:",
+            "nope:x",
+            "digest:00",
+        ] {
             assert!(bad.parse::<SubjectKey>().is_err(), "{bad}");
         }
     }

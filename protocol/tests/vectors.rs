@@ -10,10 +10,15 @@ use corvid_protocol::aggregate::{self, Contribution, Lookup, Mode, Policy, Sourc
 use corvid_protocol::canonical::CanonicalJson;
 use corvid_protocol::digest::{body_digest, normalize_body};
 use corvid_protocol::feed::{self, FeedOp, FeedReader, FeedWriter};
-use corvid_protocol::item::{Body, Envelope, FeedAddress, KeyRing, SignedItem, verify_item, verify_signed};
 use corvid_protocol::iptoken::{FederationSecret, SecretId};
+use corvid_protocol::item::{
+    Body, Envelope, FeedAddress, KeyRing, SignedItem, verify_item, verify_signed,
+};
 use corvid_protocol::keys::{PublicKey, SecretKey, Signer};
-use corvid_protocol::record::{Category, Evidence, Issuer, KeyRevocation, KeyRotation, Record, Report, ReportId, Retraction, RetractionReason};
+use corvid_protocol::record::{
+    Category, Evidence, Issuer, KeyRevocation, KeyRotation, Record, Report, ReportId, Retraction,
+    RetractionReason,
+};
 use corvid_protocol::subject::{IpPrefix, SubjectKey, domain_lookup_keys};
 use serde_json::{Value, json};
 
@@ -39,7 +44,10 @@ fn feed_a() -> FeedAddress {
 }
 
 fn issuer(key: &SecretKey) -> Issuer {
-    Issuer { domain: "a.example".into(), key: key.public_key().key_id() }
+    Issuer {
+        domain: "a.example".into(),
+        key: key.public_key().key_id(),
+    }
 }
 
 fn id(n: u8) -> ReportId {
@@ -66,11 +74,20 @@ fn report(n: u8, subject: SubjectKey, category: Category, abuse: Option<u64>) ->
 }
 
 fn secret() -> FederationSecret {
-    FederationSecret::new(SecretId::new("example-fed").expect("id"), (0u8..32).collect(), 30 * DAY).expect("secret")
+    FederationSecret::new(
+        SecretId::new("example-fed").expect("id"),
+        (0u8..32).collect(),
+        30 * DAY,
+    )
+    .expect("secret")
 }
 
 fn envelope(key: &SecretKey, body: Body) -> Envelope {
-    Envelope { corvid: 1, issuer: issuer(key), body }
+    Envelope {
+        corvid: 1,
+        issuer: issuer(key),
+        body,
+    }
 }
 
 fn signed(key: &SecretKey, body: Body, feed: &FeedAddress, item_id: &str) -> SignedItem {
@@ -115,7 +132,7 @@ fn generate() -> BTreeMap<&'static str, Value> {
 
     let canonical_cases = [
         (r#"{"a":1,"b":[true,null,"x"]}"#, None),
-        ("{\"é\":\"\\n\",\"z\":-5}", None),
+        ("{\"z\":-5,\"é\":\"\\n\"}", None),
         (r#"{"b":1,"a":2}"#, Some("non-canonical")),
         (r#"{"a": 1}"#, Some("non-canonical")),
         (r#"{"a":"\u00e9"}"#, Some("non-canonical")),
@@ -132,8 +149,18 @@ fn generate() -> BTreeMap<&'static str, Value> {
         }),
     );
 
-    let jids = ["sales@stolen-cardz.example", "Sales@Stolen-Cardz.Example/Phone", "bot42@bücher.example", "bot42@xn--bcher-kva.example"];
-    let domains = [("spam.example", false), ("Bücher.example.", false), ("xn--bcher-kva.example", false), ("relay.example", true)];
+    let jids = [
+        "sales@stolen-cardz.example",
+        "Sales@Stolen-Cardz.Example/Phone",
+        "bot42@bücher.example",
+        "bot42@xn--bcher-kva.example",
+    ];
+    let domains = [
+        ("spam.example", false),
+        ("Bücher.example.", false),
+        ("xn--bcher-kva.example", false),
+        ("relay.example", true),
+    ];
     files.insert(
         "subjects.json",
         json!({
@@ -146,7 +173,14 @@ fn generate() -> BTreeMap<&'static str, Value> {
     );
 
     let s = secret();
-    let addrs = [("192.0.2.77", 32u8), ("192.0.2.77", 24), ("::ffff:192.0.2.77", 128), ("2001:db8:1:2::7", 128), ("2001:db8:1:2::7", 64), ("2001:db8:1:2::7", 48)];
+    let addrs = [
+        ("192.0.2.77", 32u8),
+        ("192.0.2.77", 24),
+        ("::ffff:192.0.2.77", 128),
+        ("2001:db8:1:2::7", 128),
+        ("2001:db8:1:2::7", 64),
+        ("2001:db8:1:2::7", 48),
+    ];
     let epoch = s.epoch_of(NOW);
     files.insert(
         "ip-tokens.json",
@@ -184,11 +218,26 @@ fn generate() -> BTreeMap<&'static str, Value> {
 
     // Valid items, one per subject kind, and the other record types.
     let feed = feed_a();
-    let jid_report = report(1, SubjectKey::for_jid("sales@stolen-cardz.example").expect("jid"), Category::Spam, None);
-    let idn_report = report(2, SubjectKey::for_domain("xn--bcher-kva.example", true).expect("d"), Category::OpenRelay, Some(NOW - DAY));
+    let jid_report = report(
+        1,
+        SubjectKey::for_jid("sales@stolen-cardz.example").expect("jid"),
+        Category::Spam,
+        None,
+    );
+    let idn_report = report(
+        2,
+        SubjectKey::for_domain("xn--bcher-kva.example", true).expect("d"),
+        Category::OpenRelay,
+        Some(NOW - DAY),
+    );
     let ip_key = s.token(&IpPrefix::parse("192.0.2.0/24").expect("p"), epoch);
     let ip_report = report(3, ip_key, Category::BulkRegistration, None);
-    let digest_report = report(4, body_digest(bodies[0]).expect("digest"), Category::Phishing, None);
+    let digest_report = report(
+        4,
+        body_digest(bodies[0]).expect("digest"),
+        Category::Phishing,
+        None,
+    );
     let retraction = Retraction {
         id: id(5),
         subject: jid_report.subject.clone(),
@@ -208,23 +257,57 @@ fn generate() -> BTreeMap<&'static str, Value> {
         let (item_id, item) = delta(&key, record);
         items.push(item_vector(name, &feed, &item_id, &item));
     }
-    let rotation = KeyRotation { old: key.public_key(), new: key2.public_key(), issued_at: NOW - 60 };
+    let rotation = KeyRotation {
+        old: key.public_key(),
+        new: key2.public_key(),
+        issued_at: NOW - 60,
+    };
     let rot_id = feed::rotation_item_id(&key2.public_key());
-    items.push(item_vector("key-rotation", &feed, &rot_id, &signed(&key, Body::KeyRotation(rotation), &feed, &rot_id)));
-    let revocation = KeyRevocation { key: key.public_key(), issued_at: NOW - 30, reason: Some("key compromised".into()) };
+    items.push(item_vector(
+        "key-rotation",
+        &feed,
+        &rot_id,
+        &signed(&key, Body::KeyRotation(rotation), &feed, &rot_id),
+    ));
+    let revocation = KeyRevocation {
+        key: key.public_key(),
+        issued_at: NOW - 30,
+        reason: Some("key compromised".into()),
+    };
     let rev_id = feed::revocation_item_id(&key.public_key());
-    items.push(item_vector("key-revocation", &feed, &rev_id, &signed(&key, Body::KeyRevocation(revocation), &feed, &rev_id)));
+    items.push(item_vector(
+        "key-revocation",
+        &feed,
+        &rev_id,
+        &signed(&key, Body::KeyRevocation(revocation), &feed, &rev_id),
+    ));
 
     // A small feed: a snapshot (head + one chunk) and a delta after it.
     let mut writer = FeedWriter::new(feed.clone(), issuer(&key));
     let snapshot_ops = writer
-        .replace_all(&key, [Record::Report(jid_report.clone()), Record::Report(idn_report.clone()), Record::Report(ip_report.clone())], NOW - 120)
+        .replace_all(
+            &key,
+            [
+                Record::Report(jid_report.clone()),
+                Record::Report(idn_report.clone()),
+                Record::Report(ip_report.clone()),
+            ],
+            NOW - 120,
+        )
         .expect("fits");
-    let delta_ops = writer.upsert(&key, Record::Retraction(retraction.clone()), NOW - 60).expect("fits");
+    let delta_ops = writer
+        .upsert(&key, Record::Retraction(retraction.clone()), NOW - 60)
+        .expect("fits");
     let mut feed_items = Vec::new();
     for op in snapshot_ops.iter().chain(&delta_ops) {
         if let FeedOp::Publish { item_id, item, .. } = op {
-            let name = if item_id == feed::HEAD_ITEM { "head" } else if item_id.starts_with(feed::CHUNK_PREFIX) { "snapshot-chunk" } else { "delta" };
+            let name = if item_id == feed::HEAD_ITEM {
+                "head"
+            } else if item_id.starts_with(feed::CHUNK_PREFIX) {
+                "snapshot-chunk"
+            } else {
+                "delta"
+            };
             feed_items.push(item_vector(name, &feed, item_id, item));
             items.push(item_vector(name, &feed, item_id, item));
         }
@@ -256,24 +339,111 @@ fn generate() -> BTreeMap<&'static str, Value> {
     let (jid_item_id, jid_item) = delta(&key, Record::Report(jid_report.clone()));
     let good_xml = jid_item.to_xml();
     let mut failures = Vec::new();
-    let mut fail = |name: &str, xml: String, feed: &FeedAddress, item_id: &str, revoked: bool, now: u64, error: &str| {
+    let mut fail = |name: &str,
+                    xml: String,
+                    feed: &FeedAddress,
+                    item_id: &str,
+                    revoked: bool,
+                    now: u64,
+                    error: &str| {
         failures.push(json!({"name": name, "xml": xml, "feed": feed.to_string(), "item_id": item_id, "key_revoked": revoked, "now": now, "error": error}));
     };
     let tampered = good_xml.replace("\"confidence\":90", "\"confidence\":99");
-    fail("tampered-field", tampered, &feed, &jid_item_id, false, NOW, "bad-signature");
+    fail(
+        "tampered-field",
+        tampered,
+        &feed,
+        &jid_item_id,
+        false,
+        NOW,
+        "bad-signature",
+    );
     let (_, by_other_key) = {
-        let item = SignedItem::sign(&key2, &Envelope { corvid: 1, issuer: Issuer { domain: "a.example".into(), key: key.public_key().key_id() }, body: Body::Delta { record: Record::Report(jid_report.clone()) } }, &feed, &jid_item_id).expect("signs");
+        let item = SignedItem::sign(
+            &key2,
+            &Envelope {
+                corvid: 1,
+                issuer: Issuer {
+                    domain: "a.example".into(),
+                    key: key.public_key().key_id(),
+                },
+                body: Body::Delta {
+                    record: Record::Report(jid_report.clone()),
+                },
+            },
+            &feed,
+            &jid_item_id,
+        )
+        .expect("signs");
         ((), item)
     };
-    fail("wrong-key", by_other_key.to_xml(), &feed, &jid_item_id, false, NOW, "bad-signature");
+    fail(
+        "wrong-key",
+        by_other_key.to_xml(),
+        &feed,
+        &jid_item_id,
+        false,
+        NOW,
+        "bad-signature",
+    );
     let other_feed: FeedAddress = "xmpp:pubsub.b.example?;node=corvid".parse().expect("feed");
-    fail("replay-other-feed", good_xml.clone(), &other_feed, &jid_item_id, false, NOW, "bad-signature");
-    let other_node: FeedAddress = "xmpp:pubsub.a.example?;node=corvid-test".parse().expect("feed");
-    fail("replay-other-node", good_xml.clone(), &other_node, &jid_item_id, false, NOW, "bad-signature");
-    fail("replay-other-item", good_xml.clone(), &feed, &feed::delta_item_id(&idn_report.subject), false, NOW, "bad-signature");
-    fail("expired", good_xml.clone(), &feed, &jid_item_id, false, NOW + 31 * DAY, "expired");
-    fail("from-the-future", good_xml.clone(), &feed, &jid_item_id, false, NOW - 2 * 3600, "clock-skew");
-    fail("revoked-key", good_xml.clone(), &feed, &jid_item_id, true, NOW, "revoked-key");
+    fail(
+        "replay-other-feed",
+        good_xml.clone(),
+        &other_feed,
+        &jid_item_id,
+        false,
+        NOW,
+        "bad-signature",
+    );
+    let other_node: FeedAddress = "xmpp:pubsub.a.example?;node=corvid-test"
+        .parse()
+        .expect("feed");
+    fail(
+        "replay-other-node",
+        good_xml.clone(),
+        &other_node,
+        &jid_item_id,
+        false,
+        NOW,
+        "bad-signature",
+    );
+    fail(
+        "replay-other-item",
+        good_xml.clone(),
+        &feed,
+        &feed::delta_item_id(&idn_report.subject),
+        false,
+        NOW,
+        "bad-signature",
+    );
+    fail(
+        "expired",
+        good_xml.clone(),
+        &feed,
+        &jid_item_id,
+        false,
+        NOW + 31 * DAY,
+        "expired",
+    );
+    fail(
+        "from-the-future",
+        good_xml.clone(),
+        &feed,
+        &jid_item_id,
+        false,
+        NOW - 2 * 3600,
+        "clock-skew",
+    );
+    fail(
+        "revoked-key",
+        good_xml.clone(),
+        &feed,
+        &jid_item_id,
+        true,
+        NOW,
+        "revoked-key",
+    );
     let spaced = jid_item.json().as_str().replacen("{", "{ ", 1);
     let xml_with = |json_text: &str| {
         format!(
@@ -282,16 +452,83 @@ fn generate() -> BTreeMap<&'static str, Value> {
             json_text.replace('&', "&amp;").replace('<', "&lt;")
         )
     };
-    fail("non-canonical-json", xml_with(&spaced), &feed, &jid_item_id, false, NOW, "non-canonical");
-    let duplicated = jid_item.json().as_str().replacen("{\"corvid\":1,", "{\"corvid\":1,\"corvid\":1,", 1);
-    fail("duplicate-key", xml_with(&duplicated), &feed, &jid_item_id, false, NOW, "duplicate-key");
-    fail("oversized", xml_with(&format!("{{\"pad\":\"{}\"}}", "x".repeat(70_000))), &feed, &jid_item_id, false, NOW, "oversized");
-    let v2 = signed_raw(&key, &feed, &jid_item_id, &jid_item.json().as_str().replacen("\"corvid\":1", "\"corvid\":2", 1));
-    fail("unsupported-version", v2, &feed, &jid_item_id, false, NOW, "unsupported-version");
+    fail(
+        "non-canonical-json",
+        xml_with(&spaced),
+        &feed,
+        &jid_item_id,
+        false,
+        NOW,
+        "non-canonical",
+    );
+    let duplicated =
+        jid_item
+            .json()
+            .as_str()
+            .replacen("{\"corvid\":1,", "{\"corvid\":1,\"corvid\":1,", 1);
+    fail(
+        "duplicate-key",
+        xml_with(&duplicated),
+        &feed,
+        &jid_item_id,
+        false,
+        NOW,
+        "duplicate-key",
+    );
+    fail(
+        "oversized",
+        xml_with(&format!("{{\"pad\":\"{}\"}}", "x".repeat(70_000))),
+        &feed,
+        &jid_item_id,
+        false,
+        NOW,
+        "oversized",
+    );
+    let v2 = signed_raw(
+        &key,
+        &feed,
+        &jid_item_id,
+        &jid_item
+            .json()
+            .as_str()
+            .replacen("\"corvid\":1", "\"corvid\":2", 1),
+    );
+    fail(
+        "unsupported-version",
+        v2,
+        &feed,
+        &jid_item_id,
+        false,
+        NOW,
+        "unsupported-version",
+    );
     let other_subject_id = feed::delta_item_id(&idn_report.subject);
-    let misfiled = signed(&key, Body::Delta { record: Record::Report(jid_report.clone()) }, &feed, &other_subject_id);
-    fail("delta-under-wrong-item-id", misfiled.to_xml(), &feed, &other_subject_id, false, NOW, "item-id-mismatch");
-    fail("not-a-report", "<item xmlns='http://jabber.org/protocol/pubsub'/>".into(), &feed, &jid_item_id, false, NOW, "malformed");
+    let misfiled = signed(
+        &key,
+        Body::Delta {
+            record: Record::Report(jid_report.clone()),
+        },
+        &feed,
+        &other_subject_id,
+    );
+    fail(
+        "delta-under-wrong-item-id",
+        misfiled.to_xml(),
+        &feed,
+        &other_subject_id,
+        false,
+        NOW,
+        "item-id-mismatch",
+    );
+    fail(
+        "not-a-report",
+        "<item xmlns='http://jabber.org/protocol/pubsub'/>".into(),
+        &feed,
+        &jid_item_id,
+        false,
+        NOW,
+        "malformed",
+    );
     files.insert(
         "failures.json",
         json!({
@@ -310,7 +547,11 @@ fn generate() -> BTreeMap<&'static str, Value> {
 /// Signs arbitrary JSON text (already canonical) into an item, for cases
 /// the typed API refuses to build.
 fn signed_raw(key: &SecretKey, feed: &FeedAddress, item_id: &str, json_text: &str) -> String {
-    let sig = key.sign(&corvid_protocol::item::signing_input(feed, item_id, json_text.as_bytes()));
+    let sig = key.sign(&corvid_protocol::item::signing_input(
+        feed,
+        item_id,
+        json_text.as_bytes(),
+    ));
     format!(
         "<report xmlns='urn:xmpp:reporting:1' reason='urn:xmpp:reporting:spam'><signed xmlns='urn:x-corvid:1' encoding='json' sig='{}'>{}</signed></report>",
         corvid_protocol::keys::signature_to_text(&sig),
@@ -319,9 +560,18 @@ fn signed_raw(key: &SecretKey, feed: &FeedAddress, item_id: &str, json_text: &st
 }
 
 fn aggregation_cases(_key: &SecretKey) -> Value {
-    let spammer = SubjectKey::for_jid("bot@spam.example").expect("jid").to_string();
+    let spammer = SubjectKey::for_jid("bot@spam.example")
+        .expect("jid")
+        .to_string();
     let domain = "domain:spam.example";
-    let c = |source: &str, kind: &str, weight: f64, mode: &str, subject: &str, confidence: u8, age_days: u64, record: &str| {
+    let c = |source: &str,
+             kind: &str,
+             weight: f64,
+             mode: &str,
+             subject: &str,
+             confidence: u8,
+             age_days: u64,
+             record: &str| {
         json!({"source": source, "kind": kind, "weight": weight, "mode": mode, "subject": subject, "confidence": confidence, "age_days": age_days, "record": record})
     };
     json!({
@@ -350,11 +600,13 @@ fn read(name: &str) -> Value {
 }
 
 fn s(v: &Value) -> &str {
-    v.as_str().unwrap_or_else(|| panic!("expected a string, got {v}"))
+    v.as_str()
+        .unwrap_or_else(|| panic!("expected a string, got {v}"))
 }
 
 fn u(v: &Value) -> u64 {
-    v.as_u64().unwrap_or_else(|| panic!("expected an integer, got {v}"))
+    v.as_u64()
+        .unwrap_or_else(|| panic!("expected an integer, got {v}"))
 }
 
 #[test]
@@ -368,7 +620,11 @@ fn vectors_are_current() {
         }
     }
     for (name, value) in &generated {
-        assert_eq!(&read(name), value, "{name} differs from what this implementation generates; CORVID_WRITE_VECTORS=1 rewrites it");
+        assert_eq!(
+            &read(name),
+            value,
+            "{name} differs from what this implementation generates; CORVID_WRITE_VECTORS=1 rewrites it"
+        );
     }
 }
 
@@ -385,7 +641,10 @@ fn keys_vectors() {
 
 #[test]
 fn canonical_json_vectors() {
-    for case in read("canonical-json.json")["cases"].as_array().expect("cases") {
+    for case in read("canonical-json.json")["cases"]
+        .as_array()
+        .expect("cases")
+    {
         let got = CanonicalJson::from_bytes(s(&case["input"]).as_bytes());
         let label = got.as_ref().err().map(|e| match e {
             corvid_protocol::canonical::CanonicalError::DuplicateKey { .. } => "duplicate-key",
@@ -402,15 +661,24 @@ fn canonical_json_vectors() {
 fn subject_vectors() {
     let v = read("subjects.json");
     for case in v["jids"].as_array().expect("jids") {
-        assert_eq!(SubjectKey::for_jid(s(&case["input"])).expect("jid").to_string(), s(&case["key"]));
+        assert_eq!(
+            SubjectKey::for_jid(s(&case["input"]))
+                .expect("jid")
+                .to_string(),
+            s(&case["key"])
+        );
     }
     for case in v["domains"].as_array().expect("domains") {
-        let key = SubjectKey::for_domain(s(&case["input"]), case["subdomains"] == true).expect("domain");
+        let key =
+            SubjectKey::for_domain(s(&case["input"]), case["subdomains"] == true).expect("domain");
         assert_eq!(key.to_string(), s(&case["key"]));
         assert_eq!(s(&case["key"]).parse::<SubjectKey>(), Ok(key));
     }
     for case in v["domain_lookups"].as_array().expect("lookups") {
-        let keys: Vec<String> = domain_lookup_keys(s(&case["domain"])).iter().map(ToString::to_string).collect();
+        let keys: Vec<String> = domain_lookup_keys(s(&case["domain"]))
+            .iter()
+            .map(ToString::to_string)
+            .collect();
         assert_eq!(json!(keys), case["keys"]);
     }
     for bad in v["invalid"].as_array().expect("invalid") {
@@ -421,19 +689,29 @@ fn subject_vectors() {
 #[test]
 fn ip_token_vectors() {
     let v = read("ip-tokens.json");
-    let secret = FederationSecret::new(SecretId::new(s(&v["secret_id"])).expect("id"), hex::decode(s(&v["secret_hex"])).expect("hex"), u(&v["epoch_secs"])).expect("secret");
+    let secret = FederationSecret::new(
+        SecretId::new(s(&v["secret_id"])).expect("id"),
+        hex::decode(s(&v["secret_hex"])).expect("hex"),
+        u(&v["epoch_secs"]),
+    )
+    .expect("secret");
     let epoch = secret.epoch_of(u(&v["now"]));
     assert_eq!(epoch, u(&v["epoch"]));
     assert_eq!(hex::encode(secret.epoch_key(epoch)), s(&v["epoch_key_hex"]));
     for case in v["cases"].as_array().expect("cases") {
         let addr = s(&case["address"]).parse().expect("ip");
-        let p = IpPrefix::new(addr, u8::try_from(u(&case["prefix_len"])).expect("len")).expect("prefix");
+        let p = IpPrefix::new(addr, u8::try_from(u(&case["prefix_len"])).expect("len"))
+            .expect("prefix");
         assert_eq!(p.addr().to_string(), s(&case["network"]));
         assert_eq!(secret.token(&p, epoch).to_string(), s(&case["key"]));
         // A lookup of the address finds this epoch's and the previous epoch's token.
         let lookups = secret.lookup_tokens(addr, u(&v["now"]), corvid_protocol::ns::MAX_TTL_SECS);
         assert!(lookups.iter().any(|k| k.as_str() == s(&case["key"])));
-        assert!(lookups.iter().any(|k| k.as_str() == s(&case["key_previous_epoch"])));
+        assert!(
+            lookups
+                .iter()
+                .any(|k| k.as_str() == s(&case["key_previous_epoch"]))
+        );
     }
 }
 
@@ -443,13 +721,24 @@ fn digest_vectors() {
     let cases = v["cases"].as_array().expect("cases");
     for case in cases {
         assert_eq!(normalize_body(s(&case["body"])), s(&case["normalized"]));
-        assert_eq!(body_digest(s(&case["body"])).map(|k| k.to_string()).as_deref(), case["subject"].as_str());
+        assert_eq!(
+            body_digest(s(&case["body"]))
+                .map(|k| k.to_string())
+                .as_deref(),
+            case["subject"].as_str()
+        );
     }
-    assert_eq!(cases[0]["subject"], cases[1]["subject"], "variations of one spam share a digest");
+    assert_eq!(
+        cases[0]["subject"], cases[1]["subject"],
+        "variations of one spam share a digest"
+    );
 }
 
 fn ring(v: &Value) -> KeyRing {
-    KeyRing::pinned(s(&v["issuer_domain"]), s(&v["public_key"]).parse().expect("key"))
+    KeyRing::pinned(
+        s(&v["issuer_domain"]),
+        s(&v["public_key"]).parse().expect("key"),
+    )
 }
 
 #[test]
@@ -458,10 +747,19 @@ fn item_vectors_verify_and_round_trip() {
     let ring = ring(&v);
     for case in v["items"].as_array().expect("items") {
         let feed: FeedAddress = s(&case["feed"]).parse().expect("feed");
-        let item = SignedItem::from_xml(s(&case["xml"])).unwrap_or_else(|e| panic!("{}: {e}", case["name"]));
+        let item = SignedItem::from_xml(s(&case["xml"]))
+            .unwrap_or_else(|e| panic!("{}: {e}", case["name"]));
         assert_eq!(item.json().as_str(), s(&case["json"]));
-        assert_eq!(corvid_protocol::keys::signature_to_text(item.signature()), s(&case["signature"]));
-        assert_eq!(item.to_xml(), s(&case["xml"]), "{} re-encodes identically", case["name"]);
+        assert_eq!(
+            corvid_protocol::keys::signature_to_text(item.signature()),
+            s(&case["signature"])
+        );
+        assert_eq!(
+            item.to_xml(),
+            s(&case["xml"]),
+            "{} re-encodes identically",
+            case["name"]
+        );
         let verified = verify_signed(&item, &feed, s(&case["item_id"]), &ring, u(&v["now"]), 300)
             .unwrap_or_else(|e| panic!("{}: {e}", case["name"]));
         assert_eq!(verified.issuer.domain, "a.example");
@@ -479,10 +777,23 @@ fn failure_vectors_are_rejected_with_their_reason() {
             ring.revoked.push(ring.keys[0].fingerprint());
         }
         let feed: FeedAddress = s(&case["feed"]).parse().expect("feed");
-        let result = SignedItem::from_xml(s(&case["xml"]))
-            .and_then(|item| verify_signed(&item, &feed, s(&case["item_id"]), &ring, u(&case["now"]), u(&v["skew_secs"])));
+        let result = SignedItem::from_xml(s(&case["xml"])).and_then(|item| {
+            verify_signed(
+                &item,
+                &feed,
+                s(&case["item_id"]),
+                &ring,
+                u(&case["now"]),
+                u(&v["skew_secs"]),
+            )
+        });
         let err = result.expect_err(s(&case["name"]));
-        assert_eq!(err.reason_label(), s(&case["error"]), "{}: {err}", case["name"]);
+        assert_eq!(
+            err.reason_label(),
+            s(&case["error"]),
+            "{}: {err}",
+            case["name"]
+        );
     }
 }
 
@@ -496,18 +807,52 @@ fn feed_vector_rebuilds_state() {
         .as_array()
         .expect("items")
         .iter()
-        .map(|i| (s(&i["item_id"]).to_owned(), SignedItem::from_xml(s(&i["xml"])).expect("xml")))
+        .map(|i| {
+            (
+                s(&i["item_id"]).to_owned(),
+                SignedItem::from_xml(s(&i["xml"])).expect("xml"),
+            )
+        })
         .collect();
     let mut reader = FeedReader::new();
-    let head = verify_signed(&items[feed::HEAD_ITEM], &feed, feed::HEAD_ITEM, &ring, now, 300).expect("head");
-    let Body::Head { generation, chunks, .. } = head.body else { panic!("not a head") };
+    let head = verify_signed(
+        &items[feed::HEAD_ITEM],
+        &feed,
+        feed::HEAD_ITEM,
+        &ring,
+        now,
+        300,
+    )
+    .expect("head");
+    let Body::Head {
+        generation, chunks, ..
+    } = head.body
+    else {
+        panic!("not a head")
+    };
     for chunk in reader.accept_head(generation, chunks) {
         let item = &items[&chunk.item];
-        let Body::Snapshot { records, .. } = verify_signed(item, &feed, &chunk.item, &ring, now, 300).expect("chunk").body else { panic!("not a chunk") };
-        reader.accept_chunk(&chunk.item, item, records).expect("listed");
+        let Body::Snapshot { records, .. } =
+            verify_signed(item, &feed, &chunk.item, &ring, now, 300)
+                .expect("chunk")
+                .body
+        else {
+            panic!("not a chunk")
+        };
+        reader
+            .accept_chunk(&chunk.item, item, records)
+            .expect("listed");
     }
-    for (item_id, item) in items.iter().filter(|(id, _)| id.starts_with(feed::DELTA_PREFIX)) {
-        let Body::Delta { record } = verify_signed(item, &feed, item_id, &ring, now, 300).expect("delta").body else { panic!("not a delta") };
+    for (item_id, item) in items
+        .iter()
+        .filter(|(id, _)| id.starts_with(feed::DELTA_PREFIX))
+    {
+        let Body::Delta { record } = verify_signed(item, &feed, item_id, &ring, now, 300)
+            .expect("delta")
+            .body
+        else {
+            panic!("not a delta")
+        };
         reader.accept_delta(record);
     }
     let state = reader.finish().expect("complete");
@@ -536,12 +881,20 @@ fn aggregation_vectors() {
             lookup.covering = keys[1..].to_vec();
         }
         let set = |name: &str| -> BTreeSet<SubjectKey> {
-            case[name].as_array().map(|a| a.iter().map(|k| s(k).parse().expect("key")).collect()).unwrap_or_default()
+            case[name]
+                .as_array()
+                .map(|a| a.iter().map(|k| s(k).parse().expect("key")).collect())
+                .unwrap_or_default()
         };
         lookup.allowed = set("allow");
         lookup.denied = set("deny");
         lookup.canaries = set("canaries");
-        for (i, c) in case["contributions"].as_array().expect("contributions").iter().enumerate() {
+        for (i, c) in case["contributions"]
+            .as_array()
+            .expect("contributions")
+            .iter()
+            .enumerate()
+        {
             let subject: SubjectKey = s(&c["subject"]).parse().expect("subject");
             let issued_at = now - u(&c["age_days"]) * DAY;
             let n = u8::try_from(i).expect("small");
@@ -552,7 +905,14 @@ fn aggregation_vectors() {
                 r.confidence = u8::try_from(u(&c["confidence"])).expect("pct");
                 Record::Report(r)
             } else {
-                Record::Retraction(Retraction { id: ReportId::new(issued_at * 1000 + 1, [n; 10]), subject, retracts: id(0), reason: RetractionReason::Resolved, issued_at, expires_at: now + DAY })
+                Record::Retraction(Retraction {
+                    id: ReportId::new(issued_at * 1000 + 1, [n; 10]),
+                    subject,
+                    retracts: id(0),
+                    reason: RetractionReason::Resolved,
+                    issued_at,
+                    expires_at: now + DAY,
+                })
             };
             lookup.contributions.push(Contribution {
                 source: s(&c["source"]).into(),
@@ -565,8 +925,18 @@ fn aggregation_vectors() {
         }
         let verdict = aggregate::decide(&lookup, &policy, now);
         let expect = &case["expect"];
-        assert_eq!(verdict.action.to_string(), s(&expect["action"]), "{}: {verdict:#?}", case["name"]);
-        assert_eq!(format!("{:.3}", verdict.score), s(&expect["score"]), "{}", case["name"]);
+        assert_eq!(
+            verdict.action.to_string(),
+            s(&expect["action"]),
+            "{}: {verdict:#?}",
+            case["name"]
+        );
+        assert_eq!(
+            format!("{:.3}", verdict.score),
+            s(&expect["score"]),
+            "{}",
+            case["name"]
+        );
         if let Some(reporters) = expect.get("canary_reporters") {
             assert_eq!(json!(verdict.canary_reporters), *reporters);
         }
@@ -581,21 +951,43 @@ fn spec_examples_match_vectors() {
     let mut checked = 0;
     let mut lines = spec.lines();
     while let Some(line) = lines.next() {
-        let Some(tag) = line.trim_start_matches('`').split_whitespace().find_map(|w| w.strip_prefix("vector:")) else { continue };
-        let block: Vec<&str> = lines.by_ref().take_while(|l| !l.starts_with("```")).collect();
+        let Some(tag) = line
+            .trim_start_matches('`')
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("vector:"))
+        else {
+            continue;
+        };
+        let block: Vec<&str> = lines
+            .by_ref()
+            .take_while(|l| !l.starts_with("```"))
+            .collect();
         let (file, rest) = tag.split_once('#').expect("vector:FILE#NAME.FIELD");
         let (name, field) = rest.rsplit_once('.').expect("NAME.FIELD");
         let v = read(file);
-        let list = v["items"].as_array().or(v["cases"].as_array()).expect("items or cases");
-        let entry = list.iter().find(|e| e["name"] == name).unwrap_or_else(|| panic!("no vector {name} in {file}"));
+        let list = v["items"]
+            .as_array()
+            .or(v["cases"].as_array())
+            .expect("items or cases");
+        let entry = list
+            .iter()
+            .find(|e| e["name"] == name)
+            .unwrap_or_else(|| panic!("no vector {name} in {file}"));
         let want = match &entry[field] {
             Value::String(text) => text.clone(),
             other => serde_json::to_string_pretty(other).expect("json"),
         };
-        assert_eq!(block.join("\n").trim(), want.trim(), "spec example {tag} differs from the vector");
+        assert_eq!(
+            block.join("\n").trim(),
+            want.trim(),
+            "spec example {tag} differs from the vector"
+        );
         checked += 1;
     }
-    assert!(checked >= 3, "the spec shows vector examples ({checked} found)");
+    assert!(
+        checked >= 3,
+        "the spec shows vector examples ({checked} found)"
+    );
 }
 
 #[test]
@@ -605,7 +997,12 @@ fn feed_item_ids_match_the_element_payloads() {
     let key = seed(SEED_HEX);
     let mut writer = FeedWriter::new(feed_a(), issuer(&key));
     let records = (0..500u32).map(|i| {
-        Record::Report(report((i % 200) as u8, SubjectKey::for_jid(&format!("bot{i}@spam.example")).expect("jid"), Category::Spam, None))
+        Record::Report(report(
+            (i % 200) as u8,
+            SubjectKey::for_jid(&format!("bot{i}@spam.example")).expect("jid"),
+            Category::Spam,
+            None,
+        ))
     });
     let ops = writer.replace_all(&key, records, NOW).expect("fits");
     let ring = KeyRing::pinned("a.example", key.public_key());
