@@ -255,7 +255,7 @@ mod validate {
     use super::MAX_SAFE_INTEGER;
 
     /// serde_json's default nesting limit; deeper documents are refused.
-    const MAX_DEPTH: usize = 128;
+    const MAX_DEPTH: usize = 127;
 
     pub(super) fn is_canonical(bytes: &[u8]) -> bool {
         let mut p = Parser { b: bytes, i: 0 };

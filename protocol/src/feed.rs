@@ -124,6 +124,10 @@ pub enum FeedError {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Chunk {
     item: String,
+    /// The generation the chunk was last written in (kept so an unchanged
+    /// chunk re-encodes to the same bytes).
+    #[serde(default)]
+    generation: u64,
     from: String,
     records: BTreeMap<SubjectKey, Record>,
     #[serde(skip)]
@@ -220,10 +224,21 @@ impl FeedWriter {
             },
             &item_id,
         )?;
-        self.deltas.insert(record.subject().clone(), record);
+        let previous = self.deltas.insert(record.subject().clone(), record.clone());
         let mut ops = vec![self.publish(item_id, item)];
         if self.deltas.len() >= DELTA_BUDGET {
-            ops.extend(self.compact(signer, now)?);
+            match self.compact(signer, now) {
+                Ok(more) => ops.extend(more),
+                Err(e) => {
+                    // Leave the writer as it was: the caller keeps the record
+                    // queued and retries later.
+                    match previous {
+                        Some(p) => self.deltas.insert(record.subject().clone(), p),
+                        None => self.deltas.remove(record.subject()),
+                    };
+                    return Err(e);
+                }
+            }
         }
         Ok(ops)
     }
@@ -239,6 +254,20 @@ impl FeedWriter {
         records: impl IntoIterator<Item = Record>,
         now: UnixTime,
     ) -> Result<Vec<FeedOp>, FeedError> {
+        let backup = self.clone();
+        let result = self.replace_all_inner(signer, records, now);
+        if result.is_err() {
+            *self = backup;
+        }
+        result
+    }
+
+    fn replace_all_inner(
+        &mut self,
+        signer: &dyn Signer,
+        records: impl IntoIterator<Item = Record>,
+        now: UnixTime,
+    ) -> Result<Vec<FeedOp>, FeedError> {
         let mut merged = BTreeMap::new();
         for r in records.into_iter().filter(|r| r.expires_at() > now) {
             merge_newest(&mut merged, r);
@@ -247,6 +276,10 @@ impl FeedWriter {
         let old_deltas: Vec<SubjectKey> = std::mem::take(&mut self.deltas).into_keys().collect();
         self.generation += 1;
         self.chunks = Vec::new();
+        // Chunk ids restart at s/0 and overwrite the old ones in place, so the
+        // node never holds two snapshots at once (readers detect a chunk
+        // that changed under them by its hash in the head).
+        self.next_chunk = 0;
         let mut ops = self.pack(signer, merged)?;
         ops.push(self.head_op(signer, now)?);
         let live: Vec<&str> = self.chunks.iter().map(|c| c.item.as_str()).collect();
@@ -271,6 +304,19 @@ impl FeedWriter {
     /// # Errors
     /// [`FeedError`] if encoding fails or the feed is full.
     pub fn compact(
+        &mut self,
+        signer: &dyn Signer,
+        now: UnixTime,
+    ) -> Result<Vec<FeedOp>, FeedError> {
+        let backup = self.clone();
+        let result = self.compact_inner(signer, now);
+        if result.is_err() {
+            *self = backup;
+        }
+        result
+    }
+
+    fn compact_inner(
         &mut self,
         signer: &dyn Signer,
         now: UnixTime,
@@ -304,8 +350,15 @@ impl FeedWriter {
         }
         self.chunks = rebuilt;
         if self.chunks.len() > CHUNK_BUDGET {
+            // Too many chunks after splits: repack from scratch. The deltas
+            // were folded into the chunks already, so retract them here.
             let records = self.records();
-            return self.replace_all(signer, records.into_values(), now);
+            let mut ops = self.replace_all_inner(signer, records.into_values(), now)?;
+            ops.extend(deltas.keys().map(|s| FeedOp::Retract {
+                node: self.feed.node.clone(),
+                item_id: delta_item_id(s),
+            }));
+            return Ok(ops);
         }
         ops.push(self.head_op(signer, now)?);
         ops.extend(deltas.keys().map(|s| FeedOp::Retract {
@@ -352,7 +405,7 @@ impl FeedWriter {
             return Ok(item.clone());
         }
         let body = Body::Snapshot {
-            generation: self.generation,
+            generation: self.chunks[i].generation,
             records: self.chunks[i].records.values().cloned().collect(),
         };
         let item = self.sign(signer, body, &self.chunks[i].item.clone())?;
@@ -439,6 +492,7 @@ impl FeedWriter {
                 ops.push(self.publish(item_id.clone(), item.clone()));
                 self.chunks.push(Chunk {
                     item: item_id,
+                    generation: self.generation,
                     from,
                     records: taken,
                     encoded: Some(item),
@@ -476,6 +530,7 @@ impl FeedWriter {
         };
         if let Some(item) = encoded {
             ops.push(self.publish(chunk.item.clone(), item.clone()));
+            chunk.generation = self.generation;
             chunk.encoded = Some(item);
             out.push(chunk);
             return Ok(());
@@ -487,6 +542,7 @@ impl FeedWriter {
         let upper = chunk.records.split_off(&split_key);
         let second = Chunk {
             item: self.new_chunk_id(),
+            generation: self.generation,
             from: split_key.as_str().to_owned(),
             records: upper,
             encoded: None,

@@ -491,33 +491,42 @@ impl SignedItem {
         item_id: &str,
         keys: &KeyRing,
     ) -> Result<Envelope, ItemError> {
-        // One typed pass in the common case; the header alone is read only
-        // to explain a failure (an unknown major version has its own schema).
-        let envelope = match self.json.to_typed::<Envelope>() {
-            Ok(envelope) => envelope,
-            Err(schema) => {
-                let header: EnvelopeHeader = self.json.to_typed()?;
-                if header.corvid != ns::PROTOCOL_MAJOR {
-                    return Err(ItemError::UnsupportedVersion(header.corvid));
-                }
-                return Err(schema.into());
-            }
-        };
-        if envelope.corvid != ns::PROTOCOL_MAJOR {
-            return Err(ItemError::UnsupportedVersion(envelope.corvid));
+        // Authenticate before reading the body: only the small header is
+        // parsed from unauthenticated bytes.
+        let header: EnvelopeHeader = self.json.to_typed()?;
+        if header.corvid != ns::PROTOCOL_MAJOR {
+            return Err(ItemError::UnsupportedVersion(header.corvid));
         }
-        if envelope.issuer.domain != keys.domain {
+        if header.issuer.domain != keys.domain {
             return Err(ItemError::WrongIssuer {
                 expected: keys.domain.clone(),
-                got: envelope.issuer.domain,
+                got: header.issuer.domain,
             });
         }
-        let key = keys.lookup(&envelope.issuer.key)?;
+        // A revocation is signed by the key it revokes, so it must stay
+        // readable after the revocation took effect.
+        let key = if header.kind == "key-revocation" {
+            keys.lookup_including_revoked(&header.issuer.key)?
+        } else {
+            keys.lookup(&header.issuer.key)?
+        };
         key.verify_strict(
             &signing_input(feed, item_id, self.json.as_bytes()),
             &self.signature,
         )
         .map_err(|_| ItemError::BadSignature)?;
+        let envelope: Envelope = self.json.to_typed()?;
+        // Key records must be signed by the key they are about.
+        let signer_ok = match &envelope.body {
+            Body::KeyRotation(r) => r.old.key_id() == header.issuer.key,
+            Body::KeyRevocation(r) => r.key.key_id() == header.issuer.key,
+            _ => true,
+        };
+        if !signer_ok {
+            return Err(ItemError::Malformed {
+                reason: "a key record must be signed by the key it is about".into(),
+            });
+        }
         Ok(envelope)
     }
 }
@@ -525,6 +534,9 @@ impl SignedItem {
 #[derive(Deserialize)]
 struct EnvelopeHeader {
     corvid: u64,
+    issuer: Issuer,
+    #[serde(rename = "type")]
+    kind: String,
 }
 
 /// The keys a receiver accepts for one issuer: pinned and confirmed ones,
@@ -547,6 +559,19 @@ impl KeyRing {
             keys: vec![key],
             revoked: Vec::new(),
         }
+    }
+
+    /// Finds an accepted key by id, revoked or not.
+    ///
+    /// # Errors
+    /// [`ItemError::UnknownKey`].
+    pub fn lookup_including_revoked(&self, key_id: &KeyId) -> Result<&PublicKey, ItemError> {
+        self.keys
+            .iter()
+            .find(|k| k.key_id_matches(key_id))
+            .ok_or_else(|| ItemError::UnknownKey {
+                key_id: key_id.clone(),
+            })
     }
 
     /// Finds an accepted, unrevoked key by id.
@@ -590,7 +615,10 @@ fn check_item_id(body: &Body, item_id: &str) -> Result<(), ItemError> {
         Body::Head { .. } => crate::feed::HEAD_ITEM.to_owned(),
         Body::KeyRotation(r) => crate::feed::rotation_item_id(&r.new),
         Body::KeyRevocation(r) => crate::feed::revocation_item_id(&r.key),
-        Body::Card(_) => return Ok(()),
+        Body::Card(card) if item_id == crate::feed::CARD_ITEM || item_id == card.domain => {
+            return Ok(());
+        }
+        Body::Card(card) => card.domain.clone(),
     };
     if expected == item_id {
         Ok(())

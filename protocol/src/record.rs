@@ -366,8 +366,15 @@ impl Record {
         if expires_at <= now {
             return Err(RecordError::Expired { expires_at, now });
         }
-        if let Self::Report(r) = self {
-            r.validate_fields()?;
+        match self {
+            Self::Report(r) => r.validate_fields()?,
+            Self::Retraction(r) if r.id <= r.retracts => {
+                return Err(RecordError::Field {
+                    field: "id",
+                    reason: "a retraction's id must be newer than the report it retracts".into(),
+                });
+            }
+            Self::Retraction(_) => {}
         }
         Ok(())
     }

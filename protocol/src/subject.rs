@@ -339,16 +339,15 @@ impl IpPrefix {
     /// # Errors
     /// [`SubjectError::Ip`] for a prefix length Corvid does not tokenize.
     pub fn new(addr: IpAddr, len: u8) -> Result<Self, SubjectError> {
+        // An IPv4-mapped /128 or /120 means the IPv4 /32 or /24; a plain
+        // IPv4 address takes IPv4 lengths only.
+        let mapped = matches!(addr, IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some());
         let addr = canonical_ip(addr);
         let allowed: &[u8] = match addr {
             IpAddr::V4(_) => &IPV4_PREFIXES,
             IpAddr::V6(_) => &IPV6_PREFIXES,
         };
-        // An IPv4-mapped /128 or /120 means the IPv4 /32 or /24.
-        let len = match (addr, len) {
-            (IpAddr::V4(_), l) if l >= 96 => l - 96,
-            _ => len,
-        };
+        let len = if mapped && len >= 96 { len - 96 } else { len };
         if !allowed.contains(&len) {
             return Err(SubjectError::Ip {
                 input: format!("{addr}/{len}"),
@@ -378,7 +377,6 @@ impl IpPrefix {
             None => (text.trim(), None),
         };
         let addr: IpAddr = addr.parse().map_err(|_| err("not an IP address"))?;
-        let addr = canonical_ip(addr);
         let len = len.unwrap_or(match addr {
             IpAddr::V4(_) => 32,
             IpAddr::V6(_) => 128,
