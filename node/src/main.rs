@@ -1,1 +1,326 @@
-fn main() {}
+//! corvidd: the Corvid node.
+//!
+//! `corvidd --config FILE` runs the node; `corvidd check-config FILE` lists
+//! every problem in a config file. Exit codes: 0 ok, 1 runtime failure,
+//! 2 bad config or usage.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use corvid_node::api::{ApiState, router};
+use corvid_node::config::{Config, Listen, read_secret};
+use corvid_node::engine::{Engine, Settings};
+use corvid_node::store::Store;
+use corvid_node::xmpp::{self, Backoff, LinkEvent};
+use corvid_node::{now, publisher, sync};
+use corvid_protocol::item::FeedAddress;
+use corvid_protocol::keys::SecretKey;
+use tokio::sync::{Notify, mpsc};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "corvidd",
+    version,
+    about = "The Corvid node: federated, signed spam reports over XMPP PubSub"
+)]
+struct Cli {
+    /// The config file (TOML).
+    #[arg(long, short = 'c', env = "CORVIDD_CONFIG")]
+    config: Option<PathBuf>,
+    /// Write a JSON readiness line here once the API listens.
+    #[arg(long)]
+    ready_file: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Check a config file and list every problem with a hint.
+    CheckConfig {
+        /// The config file.
+        file: PathBuf,
+    },
+}
+
+/// sled's page cache: sized for the memory target, not its 1 GiB default.
+const SLED_CACHE_BYTES: u64 = 64 * 1024 * 1024;
+
+fn main() {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let code = match cli.command {
+        Some(Command::CheckConfig { file }) => check_config(&file),
+        None => match cli.config {
+            None => {
+                eprintln!(
+                    "error: no config file. Run `corvidd --config /etc/corvid/corvidd.toml` (create one with `corvid init`)."
+                );
+                2
+            }
+            Some(path) => match run(&path, cli.ready_file) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    if e.chain().any(|c| c.to_string().contains("problem(s)")) {
+                        2
+                    } else {
+                        1
+                    }
+                }
+            },
+        },
+    };
+    std::process::exit(code);
+}
+
+fn check_config(path: &std::path::Path) -> i32 {
+    let config = match Config::parse_file(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return 2;
+        }
+    };
+    let problems = config.problems();
+    if problems.is_empty() {
+        println!("{}: ok", path.display());
+        0
+    } else {
+        for p in &problems {
+            eprintln!("{p}");
+        }
+        eprintln!("{} problem(s) in {}", problems.len(), path.display());
+        2
+    }
+}
+
+fn run(path: &std::path::Path, ready_file: Option<PathBuf>) -> Result<()> {
+    let config = Config::load(path)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(serve(path.to_owned(), config, ready_file))
+}
+
+async fn serve(path: PathBuf, config: Config, ready_file: Option<PathBuf>) -> Result<()> {
+    let store = Store::open(&config.data_dir, SLED_CACHE_BYTES)?;
+    let key_text = std::fs::read_to_string(&config.keys.signing_key_file).with_context(|| {
+        format!(
+            "cannot read signing key {}",
+            config.keys.signing_key_file.display()
+        )
+    })?;
+    let signer = SecretKey::from_key_file(&key_text).map_err(|e| {
+        anyhow::anyhow!(
+            "signing key {}: {e}",
+            config.keys.signing_key_file.display()
+        )
+    })?;
+    let feed = FeedAddress::new(&config.feed.service, &config.feed.node)?;
+    let settings = Settings::from_config(&config)?;
+    let engine = Arc::new(Engine::new(store, settings, signer, feed.clone())?);
+
+    let (events_tx, events_rx) = mpsc::unbounded_channel();
+    let backoff = Backoff {
+        initial: Duration::from_secs(1),
+        max: Duration::from_secs(300),
+    };
+    let link = xmpp::start(&config.xmpp, backoff, events_tx.clone())?;
+    let wake = Arc::new(Notify::new());
+    let reload = Arc::new(Notify::new());
+    let resync = Duration::from_secs(
+        std::env::var("CORVIDD_RESYNC_SECS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(300),
+    );
+
+    tokio::spawn(publisher::run(
+        Arc::clone(&engine),
+        link.clone(),
+        config.feed.clone(),
+        Arc::clone(&wake),
+    ));
+    tokio::spawn(sync::run(
+        Arc::clone(&engine),
+        link.clone(),
+        events_rx,
+        resync,
+    ));
+    {
+        let engine = Arc::clone(&engine);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                // Small batches: a mass expiry is spread over time.
+                if let Err(e) = engine.sweep(now(), 2000) {
+                    tracing::warn!("expiry sweep failed: {e:#}");
+                }
+            }
+        });
+    }
+
+    let state = Arc::new(ApiState::new(
+        Arc::clone(&engine),
+        link.clone(),
+        read_secret(&config.api.read_token_file)?,
+        read_secret(&config.api.write_token_file)?,
+        Arc::clone(&wake),
+        config.api.rate_limit_per_sec,
+        Arc::clone(&reload),
+    ));
+    spawn_clock_check(Arc::clone(&state), config.server.domain.clone());
+    let app = router(Arc::clone(&state), config.api.max_body_bytes);
+
+    let shutdown = async {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+        }
+        tracing::info!("shutting down");
+    };
+    spawn_reloader(
+        path,
+        Arc::clone(&engine),
+        link.clone(),
+        events_tx,
+        Arc::clone(&reload),
+    );
+
+    let listen = config.api.listen()?;
+    let bound = match &listen {
+        Listen::Tcp(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr}"))?;
+            let bound = listener.local_addr()?.to_string();
+            announce(&bound, &engine, ready_file.as_deref())?;
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await?;
+            bound
+        }
+        Listen::Unix(p) => {
+            let _ = std::fs::remove_file(p);
+            let listener = tokio::net::UnixListener::bind(p)
+                .with_context(|| format!("cannot listen on {}", p.display()))?;
+            let bound = format!("unix:{}", p.display());
+            announce(&bound, &engine, ready_file.as_deref())?;
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await?;
+            bound
+        }
+    };
+    engine.store().flush()?;
+    tracing::info!(api = bound, "stopped cleanly");
+    Ok(())
+}
+
+fn announce(bound: &str, engine: &Engine, ready_file: Option<&std::path::Path>) -> Result<()> {
+    let line = serde_json::json!({
+        "event": "ready",
+        "api": bound,
+        "feed": engine.feed().to_string(),
+        "public_key": engine.public_key().to_string(),
+        "pid": std::process::id(),
+    })
+    .to_string();
+    println!("{line}");
+    if let Some(path) = ready_file {
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, format!("{line}\n"))?;
+        std::fs::rename(&tmp, path)?;
+    }
+    tracing::info!(api = bound, feed = %engine.feed(), "corvidd ready");
+    Ok(())
+}
+
+/// SIGHUP (or an admin request) re-reads the config: peers, policy and
+/// lists change without dropping lookups; new peers are backfilled.
+fn spawn_reloader(
+    path: PathBuf,
+    engine: Arc<Engine>,
+    link: xmpp::Link,
+    events: mpsc::UnboundedSender<LinkEvent>,
+    reload: Arc<Notify>,
+) {
+    tokio::spawn(async move {
+        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::warn!("cannot listen for SIGHUP: {e}");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = hup.recv() => {}
+                () = reload.notified() => {}
+            }
+            match Config::load(&path).and_then(|c| Settings::from_config(&c)) {
+                Ok(settings) => {
+                    if let Err(e) = engine.replace_settings(settings) {
+                        tracing::warn!("reload: {e:#}");
+                        continue;
+                    }
+                    tracing::info!(config = %path.display(), "configuration reloaded");
+                    if let xmpp::LinkState::Online { session, .. } = link.state() {
+                        let _ = events.send(LinkEvent::Online { session });
+                    }
+                }
+                Err(e) => {
+                    tracing::error!("reload failed, keeping the running configuration: {e:#}")
+                }
+            }
+        }
+    });
+}
+
+/// Compares our clock with the XMPP server's (XEP-0202) every few minutes.
+fn spawn_clock_check(state: Arc<ApiState>, server: String) {
+    tokio::spawn(async move {
+        loop {
+            if state
+                .link
+                .wait_online(Duration::from_secs(600))
+                .await
+                .is_ok()
+                && let Ok(to) = xmpp_parsers::jid::BareJid::new(&server)
+            {
+                let iq = xmpp_parsers::iq::Iq::from_get("", xmpp_parsers::time::TimeQuery)
+                    .with_to(to.into());
+                let before = now();
+                if let Ok(Some(payload)) = state.link.iq(iq).await
+                    && let Ok(t) = xmpp_parsers::time::TimeResult::try_from(payload)
+                {
+                    let server_time = chrono::DateTime::<chrono::Utc>::from(t).timestamp();
+                    let ours = ((before + now()) / 2) as i64;
+                    let offset = server_time - ours;
+                    state
+                        .clock_offset
+                        .store(offset, std::sync::atomic::Ordering::Relaxed);
+                    state
+                        .clock_measured
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                    if offset.unsigned_abs() > 60 {
+                        tracing::warn!(offset, "local clock differs from the XMPP server's");
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(300)).await;
+        }
+    });
+}

@@ -1,0 +1,495 @@
+//! The hook API (HTTP/JSON) that the XMPP server's hooks and the `corvid`
+//! CLI call.
+//!
+//! Reads need the read token, writes the write token (`Authorization:
+//! Bearer …`, compared in constant time). Bodies are size-limited, requests
+//! rate-limited, and every error is JSON saying what is wrong.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use axum::extract::{DefaultBodyLimit, Path, Query as QueryParams, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use corvid_protocol::record::{Category, RetractionReason};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use subtle::ConstantTimeEq as _;
+use tokio::sync::Notify;
+
+use crate::engine::{Engine, Submission};
+use crate::subjects::{Query, parse_report_subject, parse_subject};
+use crate::xmpp::{Link, LinkState};
+
+/// Shared state of the API.
+#[derive(Debug)]
+pub struct ApiState {
+    /// The engine.
+    pub engine: Arc<Engine>,
+    /// The XMPP link (for health).
+    pub link: Link,
+    /// Read token.
+    pub read_token: String,
+    /// Write token.
+    pub write_token: String,
+    /// Wakes the publisher after a write.
+    pub wake: Arc<Notify>,
+    /// Server clock minus ours, seconds (XEP-0202), if measured.
+    pub clock_offset: AtomicI64,
+    /// Whether a clock offset was measured.
+    pub clock_measured: std::sync::atomic::AtomicBool,
+    limiter: Mutex<(f64, Instant)>,
+    rate: f64,
+    /// Reloads the config (SIGHUP equivalent); set by main.
+    pub reload: Arc<Notify>,
+}
+
+impl ApiState {
+    /// New state.
+    pub fn new(
+        engine: Arc<Engine>,
+        link: Link,
+        read_token: String,
+        write_token: String,
+        wake: Arc<Notify>,
+        rate: u32,
+        reload: Arc<Notify>,
+    ) -> Self {
+        Self {
+            engine,
+            link,
+            read_token,
+            write_token,
+            wake,
+            clock_offset: AtomicI64::new(0),
+            clock_measured: std::sync::atomic::AtomicBool::new(false),
+            limiter: Mutex::new((f64::from(rate), Instant::now())),
+            rate: f64::from(rate),
+            reload,
+        }
+    }
+}
+
+/// An API error: status plus a JSON body.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    /// A 400.
+    pub fn bad(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            message: message.into(),
+        }
+    }
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<anyhow::Error> for ApiError {
+    fn from(e: anyhow::Error) -> Self {
+        tracing::error!("request failed: {e:#}");
+        Self {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            message: format!("{e:#}"),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(json!({"error": self.message}))).into_response()
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+#[derive(Clone, Copy)]
+enum Need {
+    Read,
+    Write,
+}
+
+fn authorize(state: &ApiState, headers: &HeaderMap, need: Need) -> ApiResult<()> {
+    {
+        let mut l = state
+            .limiter
+            .lock()
+            .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "limiter poisoned"))?;
+        let now = Instant::now();
+        l.0 = (l.0 + now.duration_since(l.1).as_secs_f64() * state.rate).min(state.rate);
+        l.1 = now;
+        if l.0 < 1.0 {
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate limit exceeded; slow down",
+            ));
+        }
+        l.0 -= 1.0;
+    }
+    let given = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "missing Authorization: Bearer <token>",
+            )
+        })?;
+    let ok = |t: &str| bool::from(t.as_bytes().ct_eq(given.as_bytes()));
+    let allowed = match need {
+        // The write token may also read.
+        Need::Read => ok(&state.read_token) | ok(&state.write_token),
+        Need::Write => ok(&state.write_token),
+    };
+    if allowed {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            match need {
+                Need::Read => "token not valid for reads",
+                Need::Write => "token not valid for writes (use the write token)",
+            },
+        ))
+    }
+}
+
+const QUERY_KEYS: [&str; 5] = ["jid", "domain", "ip", "digest", "host"];
+
+fn parse_query(state: &ApiState, params: &HashMap<String, String>) -> ApiResult<Query> {
+    if let Some(k) = params.keys().find(|k| !QUERY_KEYS.contains(&k.as_str())) {
+        return Err(ApiError::bad(format!(
+            "unknown parameter {k:?}; use one of jid, domain, ip, digest (and optionally host)"
+        )));
+    }
+    if let Some(host) = params.get("host") {
+        let settings = state.engine.settings();
+        let h = corvid_protocol::subject::normalize_domain(host)
+            .map_err(|e| ApiError::bad(e.to_string()))?;
+        if !settings.hosts.contains(&h) {
+            return Err(ApiError::bad(format!(
+                "host {host:?} is not one of this server's hosts"
+            )));
+        }
+    }
+    let get = |k: &str| params.get(k).map(String::as_str);
+    Query::from_params(get("jid"), get("domain"), get("ip"), get("digest"))
+        .map_err(|e| ApiError::bad(e.to_string()))
+}
+
+fn verdict_json(v: &crate::engine::VerdictOut, explain: bool) -> Value {
+    let mut out = json!({
+        "action": v.action,
+        "score": v.score,
+        "reasons": v.reasons,
+    });
+    if explain {
+        out["subjects"] = json!(v.subjects);
+        out["contributions"] = json!(v.contributions);
+    }
+    out
+}
+
+async fn verdict(
+    State(s): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    QueryParams(params): QueryParams<HashMap<String, String>>,
+) -> ApiResult<Json<Value>> {
+    authorize(&s, &headers, Need::Read)?;
+    let q = parse_query(&s, &params)?;
+    let kind = match &q {
+        Query::Jid { .. } => "jid",
+        Query::Domain { .. } => "domain",
+        Query::Ip(_) => "ip",
+        Query::Digest(_) | Query::Key(_) => "digest",
+    };
+    s.engine
+        .metrics
+        .inc("corvid_lookups_total", &[("kind", kind)]);
+    let v = s.engine.verdict(crate::now(), &q)?;
+    Ok(Json(verdict_json(&v, false)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Batch {
+    queries: Vec<HashMap<String, String>>,
+}
+
+async fn verdicts(
+    State(s): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    body: Json<Batch>,
+) -> ApiResult<Json<Value>> {
+    authorize(&s, &headers, Need::Read)?;
+    if body.queries.len() > 1000 {
+        return Err(ApiError::bad("at most 1000 queries per batch"));
+    }
+    let now = crate::now();
+    let mut out = Vec::with_capacity(body.queries.len());
+    for params in &body.queries {
+        match parse_query(&s, params) {
+            Ok(q) => {
+                s.engine
+                    .metrics
+                    .inc("corvid_lookups_total", &[("kind", "batch")]);
+                let v = s.engine.verdict(now, &q)?;
+                out.push(verdict_json(&v, false));
+            }
+            Err(e) => out.push(json!({"error": e.message})),
+        }
+    }
+    Ok(Json(json!({"verdicts": out})))
+}
+
+async fn explain(
+    State(s): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    QueryParams(mut params): QueryParams<HashMap<String, String>>,
+) -> ApiResult<Json<Value>> {
+    authorize(&s, &headers, Need::Read)?;
+    // `subject=` takes any form the CLI accepts (JID, domain, key, ip:ADDR).
+    let q = match params.remove("subject") {
+        Some(text) if params.is_empty() => {
+            Query::parse(&text).map_err(|e| ApiError::bad(e.to_string()))?
+        }
+        Some(_) => {
+            return Err(ApiError::bad(
+                "give subject alone, or one of jid, domain, ip, digest",
+            ));
+        }
+        None => parse_query(&s, &params)?,
+    };
+    let v = s.engine.explain(crate::now(), &q)?;
+    Ok(Json(verdict_json(&v, true)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReportBody {
+    subject: String,
+    category: String,
+    #[serde(default = "default_confidence")]
+    confidence: u8,
+    #[serde(default)]
+    ttl_secs: Option<u64>,
+    #[serde(default)]
+    note: Option<String>,
+    #[serde(default)]
+    count: Option<u64>,
+    #[serde(default)]
+    first_seen: Option<u64>,
+    #[serde(default)]
+    abuse_contacted_at: Option<u64>,
+    #[serde(default)]
+    message_text: Option<String>,
+}
+
+fn default_confidence() -> u8 {
+    80
+}
+
+async fn report(
+    State(s): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    body: Json<ReportBody>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    authorize(&s, &headers, Need::Write)?;
+    let subject =
+        parse_report_subject(&body.subject).map_err(|e| ApiError::bad(format!("subject: {e}")))?;
+    let category: Category = body.category.parse().map_err(ApiError::bad)?;
+    if !(1..=100).contains(&body.confidence) {
+        return Err(ApiError::bad("confidence must be 1-100"));
+    }
+    let submission = Submission {
+        subject,
+        category,
+        confidence: body.confidence,
+        ttl: body.ttl_secs,
+        note: body.note.clone(),
+        count: body.count.unwrap_or(1),
+        first_seen: body.first_seen,
+        abuse_contacted_at: body.abuse_contacted_at,
+        message_text: body.message_text.clone(),
+    };
+    let report = s
+        .engine
+        .submit(crate::now(), submission)
+        .map_err(|e| ApiError::bad(e.to_string()))?;
+    s.wake.notify_one();
+    Ok((
+        StatusCode::CREATED,
+        Json(
+            json!({"id": report.id.to_string(), "subject": report.subject.to_string(), "expires_at": report.expires_at, "durable": true}),
+        ),
+    ))
+}
+
+async fn retract(
+    State(s): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path(subject): Path<String>,
+    QueryParams(params): QueryParams<HashMap<String, String>>,
+) -> ApiResult<Json<Value>> {
+    authorize(&s, &headers, Need::Write)?;
+    let reason: RetractionReason = params
+        .get("reason")
+        .map_or("false-positive", String::as_str)
+        .parse()
+        .map_err(ApiError::bad)?;
+    let key = match parse_report_subject(&subject).map_err(|e| ApiError::bad(e.to_string()))? {
+        crate::subjects::ReportSubject::Key(k) => k,
+        crate::subjects::ReportSubject::Ip(prefix) => {
+            let settings = s.engine.settings();
+            let Some((secret, _)) = settings.secrets.iter().find(|(_, issue)| *issue) else {
+                return Err(ApiError::bad(
+                    "no federation secret configured for IP subjects",
+                ));
+            };
+            // The report may be from an earlier epoch: find the one we hold.
+            let now = crate::now();
+            let first = secret.epoch_of(now.saturating_sub(corvid_protocol::ns::MAX_TTL_SECS));
+            let mut found = None;
+            for epoch in (first..=secret.epoch_of(now)).rev() {
+                let k = secret.token(&prefix, epoch);
+                if s.engine.store().own(&k)?.is_some() {
+                    found = Some(k);
+                    break;
+                }
+            }
+            found.ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "this server has no report about that IP prefix",
+                )
+            })?
+        }
+    };
+    match s.engine.retract(crate::now(), &key, reason)? {
+        Some(t) => {
+            s.wake.notify_one();
+            Ok(Json(
+                json!({"retracted": t.retracts.to_string(), "tombstone": t.id.to_string(), "subject": key.to_string(), "durable": true}),
+            ))
+        }
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("this server has no live report about {key}"),
+        )),
+    }
+}
+
+async fn decisions(
+    State(s): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    QueryParams(params): QueryParams<HashMap<String, String>>,
+) -> ApiResult<Json<Value>> {
+    authorize(&s, &headers, Need::Read)?;
+    let since: u64 = params
+        .get("since")
+        .map_or(Ok(0), |v| v.parse())
+        .map_err(|_| ApiError::bad("since must be a cursor number"))?;
+    let limit: usize = params
+        .get("limit")
+        .map_or(Ok(1000), |v| v.parse())
+        .map_err(|_| ApiError::bad("limit must be a number"))?;
+    let list = s.engine.store().decisions_since(since, limit.min(10_000))?;
+    let next = list.last().map_or(since, |d| d.seq);
+    Ok(Json(json!({"decisions": list, "next": next})))
+}
+
+async fn healthz(State(s): State<Arc<ApiState>>) -> Json<Value> {
+    let (xmpp, error) = match s.link.state() {
+        LinkState::Online { .. } => ("online", None),
+        LinkState::Connecting { last_error } => ("connecting", last_error),
+    };
+    let mut warnings = Vec::new();
+    let offset = s.clock_offset.load(Ordering::Relaxed);
+    let measured = s.clock_measured.load(Ordering::Relaxed);
+    let skew = s.engine.settings().skew;
+    if measured && offset.unsigned_abs() > skew / 2 {
+        warnings.push(format!(
+            "local clock differs from the XMPP server's by {offset} s (XEP-0202); peers reject reports more than {skew} s in the future: fix NTP"
+        ));
+    }
+    if let Some(e) = &error {
+        warnings.push(format!("XMPP: {e}"));
+    }
+    Json(json!({
+        "status": if warnings.is_empty() && xmpp == "online" { "ok" } else { "degraded" },
+        "xmpp": xmpp,
+        "clock_offset_secs": if measured { json!(offset) } else { Value::Null },
+        "warnings": warnings,
+    }))
+}
+
+async fn metrics(State(s): State<Arc<ApiState>>, headers: HeaderMap) -> ApiResult<String> {
+    authorize(&s, &headers, Need::Read)?;
+    s.engine.metrics.set(
+        "corvid_stored_contributions",
+        &[],
+        s.engine.store().contribution_count() as f64,
+    );
+    Ok(s.engine.metrics.render())
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "no such endpoint; see the README's hook API section",
+    )
+}
+
+/// The router.
+pub fn router(state: Arc<ApiState>, max_body: usize) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/v1/verdict", get(verdict))
+        .route("/v1/verdicts", post(verdicts))
+        .route("/v1/explain", get(explain))
+        .route("/v1/reports", post(report))
+        .route("/v1/reports/{subject}", delete(retract))
+        .route("/v1/decisions/stream", get(decisions))
+        .merge(crate::admin::routes())
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(state)
+}
+
+/// Checks a write token for admin routes.
+///
+/// # Errors
+/// 401/403/429 as for other writes.
+pub fn authorize_write(state: &ApiState, headers: &HeaderMap) -> Result<(), ApiError> {
+    authorize(state, headers, Need::Write)
+}
+
+/// Checks a read token for admin routes.
+///
+/// # Errors
+/// 401/403/429 as for other reads.
+pub fn authorize_read(state: &ApiState, headers: &HeaderMap) -> Result<(), ApiError> {
+    authorize(state, headers, Need::Read)
+}
+
+/// Parses a subject for admin routes.
+///
+/// # Errors
+/// 400 when it is not a subject.
+pub fn subject_param(text: &str) -> Result<corvid_protocol::subject::SubjectKey, ApiError> {
+    parse_subject(text).map_err(|e| ApiError::bad(e.to_string()))
+}

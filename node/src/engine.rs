@@ -1,0 +1,936 @@
+//! The verdict engine: the node's core, fed by `handle_*`-style calls with
+//! an explicit `now`. It owns the store and the trust settings; the tokio
+//! tasks around it only move bytes between XMPP, sled and HTTP.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use anyhow::{Context, Result, bail};
+use corvid_protocol::aggregate::{
+    self, Action, Contribution, Lookup, Mode, Policy, Scored, SourceKind,
+};
+use corvid_protocol::iptoken::{FederationSecret, SecretId};
+use corvid_protocol::item::{FeedAddress, KeyRing};
+use corvid_protocol::keys::{PublicKey, SecretKey, Signer};
+use corvid_protocol::record::{
+    Category, Evidence, Record, Report, ReportId, Retraction, RetractionReason,
+};
+use corvid_protocol::subject::{SubjectKey, SubjectKind, domain_lookup_keys};
+use serde::Serialize;
+
+use crate::config::{Config, read_secret};
+use crate::metrics::Metrics;
+use crate::store::{PeerState, Store, Stored};
+use crate::subjects::{IpPrefixMatch, ListEntry, Query, ReportSubject, parse_list_entry};
+
+/// How one trusted source counts.
+#[derive(Debug, Clone)]
+pub struct Trust {
+    /// Kind of source.
+    pub kind: SourceKind,
+    /// Weight.
+    pub weight: f64,
+    /// Mode from config (a canary suspension overrides it).
+    pub mode: Mode,
+}
+
+/// A configured peer, as the engine and the sync tasks use it.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    /// Issuer domain (the source id).
+    pub domain: String,
+    /// Its feed.
+    pub feed: FeedAddress,
+    /// Pinned key.
+    pub key: PublicKey,
+    /// Trust.
+    pub trust: Trust,
+    /// Accept rotations without the operator.
+    pub accept_rotations: bool,
+    /// Stored-report cap.
+    pub max_reports: u64,
+}
+
+/// A configured RTBL source.
+#[derive(Debug, Clone)]
+pub struct Rtbl {
+    /// Source id: `rtbl:` + feed.
+    pub source: String,
+    /// Its node.
+    pub feed: FeedAddress,
+    /// Trust (weight capped by the policy).
+    pub trust: Trust,
+}
+
+/// Everything a config file decides, rebuilt on reload.
+#[derive(Debug)]
+pub struct Settings {
+    /// This server's domain (source id of its own reports).
+    pub domain: String,
+    /// Own hosts (canaries).
+    pub hosts: Vec<String>,
+    /// Aggregation policy.
+    pub policy: Policy,
+    /// Peers by domain.
+    pub peers: BTreeMap<String, Peer>,
+    /// RTBL sources by source id.
+    pub rtbls: BTreeMap<String, Rtbl>,
+    allow: BTreeSet<SubjectKey>,
+    deny: BTreeSet<SubjectKey>,
+    allow_ip: Vec<IpPrefixMatch>,
+    deny_ip: Vec<IpPrefixMatch>,
+    canaries: BTreeSet<SubjectKey>,
+    /// Federation secrets; the first with `issue` tokenizes new reports.
+    pub secrets: Vec<(FederationSecret, bool)>,
+    /// Clock-skew bound.
+    pub skew: u64,
+    /// Grace period for unconfirmed entries.
+    pub grace: u64,
+    /// Default report TTL in seconds.
+    pub default_ttl: u64,
+    /// Ingest rate limit per source, items per second.
+    pub ingest_rate: u32,
+}
+
+impl Settings {
+    /// Builds settings from a checked config.
+    ///
+    /// # Errors
+    /// Secret files that cannot be read, invalid entries.
+    pub fn from_config(config: &Config) -> Result<Self> {
+        let policy = config.policy.aggregation();
+        let mut peers = BTreeMap::new();
+        for p in &config.peers {
+            let feed: FeedAddress = p.feed.parse()?;
+            let key: PublicKey = p
+                .key
+                .parse()
+                .with_context(|| format!("peer {}", p.domain))?;
+            let domain = corvid_protocol::subject::normalize_domain(&p.domain)?;
+            peers.insert(
+                domain.clone(),
+                Peer {
+                    domain,
+                    feed,
+                    key,
+                    trust: Trust {
+                        kind: SourceKind::Peer,
+                        weight: p.weight,
+                        mode: p.mode,
+                    },
+                    accept_rotations: p.accept_rotations,
+                    max_reports: p.max_reports,
+                },
+            );
+        }
+        let mut rtbls = BTreeMap::new();
+        for r in &config.rtbls {
+            let feed = FeedAddress::new(&r.service, &r.node)?;
+            let source = format!("rtbl:{feed}");
+            rtbls.insert(
+                source.clone(),
+                Rtbl {
+                    source,
+                    feed,
+                    trust: Trust {
+                        kind: SourceKind::Rtbl,
+                        weight: r.weight.min(policy.rtbl_max_weight),
+                        mode: Mode::Enforce,
+                    },
+                },
+            );
+        }
+        let split = |entries: &[String]| -> Result<(BTreeSet<SubjectKey>, Vec<IpPrefixMatch>)> {
+            let mut keys = BTreeSet::new();
+            let mut ips = Vec::new();
+            for e in entries {
+                match parse_list_entry(e)? {
+                    ListEntry::Key(k) => {
+                        keys.insert(k);
+                    }
+                    ListEntry::Ip(ip) => ips.push(ip),
+                }
+            }
+            Ok((keys, ips))
+        };
+        let (allow, allow_ip) = split(&config.policy.allow)?;
+        let (deny, deny_ip) = split(&config.policy.deny)?;
+        let (mut canaries, _) = split(&config.policy.canaries)?;
+        let domain = corvid_protocol::subject::normalize_domain(&config.server.domain)?;
+        let mut hosts: Vec<String> = vec![domain.clone()];
+        for h in &config.server.hosts {
+            let h = corvid_protocol::subject::normalize_domain(h)?;
+            if !hosts.contains(&h) {
+                hosts.push(h);
+            }
+        }
+        for h in &hosts {
+            canaries.insert(SubjectKey::for_domain(h, false)?);
+        }
+        let mut secrets = Vec::new();
+        for f in &config.keys.federations {
+            let hex_text = read_secret(&f.secret_file)?;
+            let bytes = hex::decode(hex_text.trim())
+                .with_context(|| format!("{} must hold hex", f.secret_file.display()))?;
+            let secret =
+                FederationSecret::new(SecretId::new(&f.id)?, bytes, f.epoch_days * 86_400)?;
+            secrets.push((secret, f.issue));
+        }
+        Ok(Self {
+            domain,
+            hosts,
+            policy,
+            peers,
+            rtbls,
+            allow,
+            deny,
+            allow_ip,
+            deny_ip,
+            canaries,
+            secrets,
+            skew: config.policy.clock_skew_secs,
+            grace: config.policy.unconfirmed_grace_secs,
+            default_ttl: config.policy.default_ttl_days * 86_400,
+            ingest_rate: config.policy.ingest_rate_per_sec,
+        })
+    }
+
+    fn trust(&self, source: &str) -> Option<Trust> {
+        if source == self.domain {
+            return Some(Trust {
+                kind: SourceKind::Local,
+                weight: 1.0,
+                mode: Mode::Enforce,
+            });
+        }
+        if let Some(p) = self.peers.get(source) {
+            return Some(p.trust.clone());
+        }
+        self.rtbls.get(source).map(|r| r.trust.clone())
+    }
+
+    /// Whether a subject is a canary: listed, an own host, or a subdomain
+    /// key covering an own host.
+    pub fn is_canary(&self, subject: &SubjectKey) -> bool {
+        if self.canaries.contains(subject) {
+            return true;
+        }
+        match subject.domain() {
+            Some((d, true)) => self
+                .hosts
+                .iter()
+                .any(|h| h == d || h.ends_with(&format!(".{d}"))),
+            _ => false,
+        }
+    }
+}
+
+/// A verdict as the API returns it.
+#[derive(Debug, Clone, Serialize)]
+pub struct VerdictOut {
+    /// allow | flag | block.
+    pub action: Action,
+    /// Highest score looked at.
+    pub score: f64,
+    /// The subject keys checked (exact first). IP lookups show tokens only.
+    pub subjects: Vec<String>,
+    /// Why.
+    pub reasons: Vec<serde_json::Value>,
+    /// Live contributions.
+    pub contributions: Vec<ContributionOut>,
+}
+
+/// One contribution, for `explain`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ContributionOut {
+    /// Scored values.
+    #[serde(flatten)]
+    pub scored: Scored,
+    /// `confirmed` or `unconfirmed`.
+    pub status: &'static str,
+}
+
+#[derive(Debug, Clone)]
+struct Cached {
+    generation: u64,
+    valid_until: u64,
+    verdict: Arc<VerdictOut>,
+}
+
+/// A report the operator submits.
+#[derive(Debug, Clone)]
+pub struct Submission {
+    /// Subject.
+    pub subject: ReportSubject,
+    /// Category.
+    pub category: Category,
+    /// 1–100.
+    pub confidence: u8,
+    /// Lifetime in seconds (default from policy).
+    pub ttl: Option<u64>,
+    /// Evidence.
+    pub note: Option<String>,
+    /// Incidents seen.
+    pub count: u64,
+    /// First seen.
+    pub first_seen: Option<u64>,
+    /// Domain reports: abuse contact notified at.
+    pub abuse_contacted_at: Option<u64>,
+    /// Explicitly included sample message.
+    pub message_text: Option<String>,
+}
+
+/// What became of an ingested record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ingested {
+    /// Stored (new or newer).
+    Stored,
+    /// Already known (same or newer stored); only confirmation refreshed.
+    Unchanged,
+    /// Over the peer's cap.
+    OverCap,
+}
+
+/// The engine.
+#[derive(Debug)]
+pub struct Engine {
+    store: Store,
+    settings: RwLock<Arc<Settings>>,
+    signer: SecretKey,
+    feed: FeedAddress,
+    generation: AtomicU64,
+    cache: RwLock<HashMap<String, Cached>>,
+    suspended: RwLock<HashSet<String>>,
+    /// Counters.
+    pub metrics: Metrics,
+}
+
+/// Cached verdicts kept before the cache is cleared.
+const CACHE_MAX: usize = 200_000;
+/// Longest a cached verdict is reused (decay moves scores slowly).
+const CACHE_SECS: u64 = 60;
+
+fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut b = [0u8; N];
+    // getrandom only fails when the OS has no entropy source at all.
+    if getrandom::fill(&mut b).is_err() {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        for (i, x) in b.iter_mut().enumerate() {
+            *x = (t >> ((i % 16) * 8)) as u8;
+        }
+    }
+    b
+}
+
+/// A fresh report id for `now` (seconds) with 80 random bits.
+pub fn new_report_id(now_ms: u64) -> ReportId {
+    ReportId::new(now_ms, random_bytes())
+}
+
+impl Engine {
+    /// An engine over a store.
+    pub fn new(
+        store: Store,
+        settings: Settings,
+        signer: SecretKey,
+        feed: FeedAddress,
+    ) -> Result<Self> {
+        let engine = Self {
+            store,
+            settings: RwLock::new(Arc::new(settings)),
+            signer,
+            feed,
+            generation: AtomicU64::new(0),
+            cache: RwLock::new(HashMap::new()),
+            suspended: RwLock::new(HashSet::new()),
+            metrics: Metrics::default(),
+        };
+        engine.load_suspensions()?;
+        Ok(engine)
+    }
+
+    fn load_suspensions(&self) -> Result<()> {
+        let settings = self.settings();
+        let mut set = HashSet::new();
+        for domain in settings.peers.keys() {
+            if self.store.peer(domain)?.suspended_for_canary.is_some() {
+                set.insert(domain.clone());
+            }
+        }
+        if let Ok(mut s) = self.suspended.write() {
+            *s = set;
+        }
+        Ok(())
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The signing key.
+    pub fn signer(&self) -> &SecretKey {
+        &self.signer
+    }
+
+    /// The own feed.
+    pub fn feed(&self) -> &FeedAddress {
+        &self.feed
+    }
+
+    /// Current settings.
+    pub fn settings(&self) -> Arc<Settings> {
+        self.settings
+            .read()
+            .map(|s| Arc::clone(&s))
+            .unwrap_or_else(|e| Arc::clone(&e.into_inner()))
+    }
+
+    /// Swaps settings (SIGHUP). Lookups in flight finish on the old ones.
+    pub fn replace_settings(&self, settings: Settings) -> Result<()> {
+        if let Ok(mut s) = self.settings.write() {
+            *s = Arc::new(settings);
+        }
+        self.load_suspensions()?;
+        self.invalidate();
+        Ok(())
+    }
+
+    fn invalidate(&self) {
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// The key ring for a peer: pinned key, accepted rotations, revocations.
+    pub fn key_ring(&self, peer: &Peer) -> Result<KeyRing> {
+        let state = self.store.peer(&peer.domain)?;
+        let mut ring = KeyRing::pinned(&peer.domain, peer.key);
+        for k in &state.rotated_keys {
+            if let Ok(k) = k.parse() {
+                ring.keys.push(k);
+            }
+        }
+        ring.revoked = state
+            .revoked
+            .iter()
+            .filter_map(|f| f.parse().ok())
+            .collect();
+        Ok(ring)
+    }
+
+    fn mode_of(&self, source: &str, trust: &Trust) -> Mode {
+        let suspended = self
+            .suspended
+            .read()
+            .map(|s| s.contains(source))
+            .unwrap_or(false);
+        if suspended { Mode::Observe } else { trust.mode }
+    }
+
+    /// Answers a lookup, from the cache when nothing changed since.
+    pub fn verdict(&self, now: u64, query: &Query) -> Result<Arc<VerdictOut>> {
+        let key = query.cache_key();
+        let generation = self.generation.load(Ordering::Acquire);
+        if let Ok(cache) = self.cache.read()
+            && let Some(c) = cache.get(&key)
+            && c.generation == generation
+            && now < c.valid_until
+        {
+            return Ok(Arc::clone(&c.verdict));
+        }
+        let (verdict, valid_until) = self.compute(now, query)?;
+        let verdict = Arc::new(verdict);
+        if let Ok(mut cache) = self.cache.write() {
+            if cache.len() >= CACHE_MAX {
+                cache.clear();
+            }
+            cache.insert(
+                key,
+                Cached {
+                    generation,
+                    valid_until,
+                    verdict: Arc::clone(&verdict),
+                },
+            );
+        }
+        Ok(verdict)
+    }
+
+    /// Computes a verdict without the cache (for `explain`).
+    pub fn explain(&self, now: u64, query: &Query) -> Result<VerdictOut> {
+        Ok(self.compute(now, query)?.0)
+    }
+
+    fn lookup_keys(
+        &self,
+        settings: &Settings,
+        now: u64,
+        query: &Query,
+    ) -> (Vec<SubjectKey>, Vec<SubjectKey>) {
+        match query {
+            Query::Jid { key, domain } => (vec![key.clone()], domain_lookup_keys(domain)),
+            Query::Domain { domain } => {
+                let mut keys = domain_lookup_keys(domain);
+                let exact = keys.remove(0);
+                (vec![exact], keys)
+            }
+            Query::Ip(ip) => {
+                let exact = settings
+                    .secrets
+                    .iter()
+                    .flat_map(|(s, _)| s.lookup_tokens(*ip, now, corvid_protocol::ns::MAX_TTL_SECS))
+                    .collect();
+                (exact, Vec::new())
+            }
+            Query::Digest(k) | Query::Key(k) => (vec![k.clone()], Vec::new()),
+        }
+    }
+
+    fn compute(&self, now: u64, query: &Query) -> Result<(VerdictOut, u64)> {
+        let settings = self.settings();
+        let (exact, covering) = self.lookup_keys(&settings, now, query);
+        let mut lookup = Lookup {
+            exact,
+            covering,
+            ..Lookup::default()
+        };
+        let mut valid_until = now + CACHE_SECS;
+        for subject in lookup.exact.iter().chain(&lookup.covering) {
+            for (source, stored) in self.store.about(subject.as_str())? {
+                let Some(trust) = settings.trust(&source) else {
+                    continue;
+                };
+                valid_until = valid_until.min(stored.record.expires_at());
+                lookup.contributions.push(Contribution {
+                    mode: self.mode_of(&source, &trust),
+                    source,
+                    kind: trust.kind,
+                    weight: trust.weight,
+                    confirmed: stored.missing_since.is_none(),
+                    record: stored.record,
+                });
+            }
+        }
+        for (list, set) in [
+            (&settings.allow, &mut lookup.allowed),
+            (&settings.deny, &mut lookup.denied),
+            (&settings.canaries, &mut lookup.canaries),
+        ] {
+            for k in lookup.exact.iter().chain(&lookup.covering) {
+                if list.contains(k) {
+                    set.insert(k.clone());
+                }
+            }
+        }
+        for k in lookup.exact.iter().chain(&lookup.covering) {
+            if settings.is_canary(k) {
+                lookup.canaries.insert(k.clone());
+            }
+        }
+        let mut verdict = aggregate::decide(&lookup, &settings.policy, now);
+        let mut reasons: Vec<serde_json::Value> = Vec::new();
+        // Local IP lists match the raw address, which only this server sees.
+        if let Query::Ip(ip) = query {
+            if let Some(m) = settings.allow_ip.iter().find(|m| m.contains(*ip)) {
+                verdict.action = Action::Allow;
+                reasons.push(serde_json::json!({"rule": "local-allow", "entry": m.to_string()}));
+                verdict.reasons.clear();
+            } else if let Some(m) = settings.deny_ip.iter().find(|m| m.contains(*ip)) {
+                verdict.action = Action::Block;
+                reasons.push(serde_json::json!({"rule": "local-deny", "entry": m.to_string()}));
+                verdict.reasons.clear();
+            }
+        }
+        reasons.extend(
+            verdict
+                .reasons
+                .iter()
+                .map(|r| serde_json::to_value(r).unwrap_or_default()),
+        );
+        if !verdict.canary_reporters.is_empty() {
+            for source in &verdict.canary_reporters {
+                self.suspend_for_canary(source, "reported a canary subject")?;
+            }
+        }
+        let contributions = verdict
+            .contributions
+            .into_iter()
+            .map(|scored| ContributionOut {
+                status: if scored.confirmed {
+                    "confirmed"
+                } else {
+                    "unconfirmed"
+                },
+                scored,
+            })
+            .collect();
+        let out = VerdictOut {
+            action: verdict.action,
+            score: (verdict.score * 1000.0).round() / 1000.0,
+            subjects: lookup
+                .exact
+                .iter()
+                .chain(&lookup.covering)
+                .map(ToString::to_string)
+                .collect(),
+            reasons,
+            contributions,
+        };
+        self.metrics.inc(
+            "corvid_verdicts_total",
+            &[("action", &out.action.to_string())],
+        );
+        Ok((out, valid_until))
+    }
+
+    fn suspend_for_canary(&self, source: &str, why: &str) -> Result<()> {
+        let already = self
+            .suspended
+            .read()
+            .map(|s| s.contains(source))
+            .unwrap_or(false);
+        if already || !self.settings().peers.contains_key(source) {
+            return Ok(());
+        }
+        tracing::warn!(
+            peer = source,
+            "{why}: moved to observe mode until the operator acts (corvid peer enforce {source})"
+        );
+        self.store
+            .update_peer(source, |p| p.suspended_for_canary = Some(why.to_owned()))?;
+        if let Ok(mut s) = self.suspended.write() {
+            s.insert(source.to_owned());
+        }
+        self.metrics
+            .inc("corvid_canary_suspensions_total", &[("peer", source)]);
+        self.invalidate();
+        Ok(())
+    }
+
+    /// Lifts a canary suspension (operator action).
+    pub fn lift_suspension(&self, source: &str) -> Result<()> {
+        self.store
+            .update_peer(source, |p| p.suspended_for_canary = None)?;
+        if let Ok(mut s) = self.suspended.write() {
+            s.remove(source);
+        }
+        self.invalidate();
+        Ok(())
+    }
+
+    /// Whether a source is suspended.
+    pub fn is_suspended(&self, source: &str) -> bool {
+        self.suspended
+            .read()
+            .map(|s| s.contains(source))
+            .unwrap_or(false)
+    }
+
+    /// Submits this server's own report; returns once it is on disk.
+    pub fn submit(&self, now: u64, s: Submission) -> Result<Report> {
+        let settings = self.settings();
+        let subject = match s.subject {
+            ReportSubject::Key(k) => k,
+            ReportSubject::Ip(prefix) => {
+                let Some((secret, _)) = settings.secrets.iter().find(|(_, issue)| *issue) else {
+                    bail!(
+                        "no federation secret is configured to tokenize IP reports (keys.federation with issue = true)"
+                    );
+                };
+                secret.token(&prefix, secret.epoch_of(now))
+            }
+        };
+        if settings.is_canary(&subject) {
+            bail!("{subject} is one of this server's own hosts or a canary; refusing to report it");
+        }
+        let ttl = s.ttl.unwrap_or(settings.default_ttl);
+        if ttl == 0 || ttl > corvid_protocol::ns::MAX_TTL_SECS {
+            bail!("ttl must be between 1 second and 90 days");
+        }
+        if s.abuse_contacted_at.is_some() && subject.kind() != SubjectKind::Domain {
+            bail!("abuse_contacted_at only applies to domain reports");
+        }
+        let report = Report {
+            id: new_report_id(now * 1000 + u64::from(u16::from_be_bytes(random_bytes()) % 1000)),
+            subject,
+            category: s.category,
+            confidence: s.confidence,
+            issued_at: now,
+            expires_at: now + ttl,
+            evidence: Evidence {
+                count: s.count.max(1),
+                first_seen: s.first_seen.unwrap_or(now).min(now),
+                last_seen: now,
+                note: s.note,
+                abuse_contacted_at: s.abuse_contacted_at,
+                message_text: s.message_text,
+            },
+        };
+        let record = Record::Report(report.clone());
+        record
+            .validate(now, 0)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        self.store.put_own_durable(&record)?;
+        self.ingest(now, &settings.domain, &record, "")?;
+        self.store.flush()?;
+        Ok(report)
+    }
+
+    /// Retracts this server's report about a subject; returns the tombstone.
+    pub fn retract(
+        &self,
+        now: u64,
+        subject: &SubjectKey,
+        reason: RetractionReason,
+    ) -> Result<Option<Retraction>> {
+        let settings = self.settings();
+        let Some(Record::Report(old)) = self.store.own(subject)? else {
+            return Ok(None);
+        };
+        let mut id = new_report_id(now * 1000);
+        if id <= old.id {
+            id = new_report_id(old.id.timestamp_ms() + 1);
+        }
+        let tomb = Retraction {
+            id,
+            subject: subject.clone(),
+            retracts: old.id,
+            reason,
+            issued_at: now.max(old.issued_at),
+            expires_at: old.expires_at,
+        };
+        let record = Record::Retraction(tomb.clone());
+        self.store.put_own_durable(&record)?;
+        self.ingest(now, &settings.domain, &record, "")?;
+        self.store.flush()?;
+        Ok(Some(tomb))
+    }
+
+    /// Stores a verified record from a source (newest per subject wins).
+    pub fn ingest(
+        &self,
+        now: u64,
+        source: &str,
+        record: &Record,
+        key_id: &str,
+    ) -> Result<Ingested> {
+        let subject = record.subject().as_str();
+        let existing = self.store.get(subject, source)?;
+        if let Some(old) = &existing
+            && !record.supersedes(&old.record)
+        {
+            if old.missing_since.is_some() && old.record == *record {
+                self.store.put(
+                    subject,
+                    source,
+                    &Stored {
+                        missing_since: None,
+                        ..old.clone()
+                    },
+                )?;
+                self.invalidate();
+            }
+            return Ok(Ingested::Unchanged);
+        }
+        let settings = self.settings();
+        if existing.is_none()
+            && let Some(peer) = settings.peers.get(source)
+            && self.store.peer(source)?.records >= peer.max_reports
+        {
+            return Ok(Ingested::OverCap);
+        }
+        if matches!(record, Record::Report(_))
+            && settings.is_canary(record.subject())
+            && settings.peers.contains_key(source)
+        {
+            self.suspend_for_canary(source, &format!("reported canary {}", record.subject()))?;
+        }
+        let grew = self.store.put(
+            subject,
+            source,
+            &Stored {
+                record: record.clone(),
+                key_id: key_id.to_owned(),
+                missing_since: None,
+            },
+        )?;
+        if grew {
+            self.store.update_peer(source, |p| p.records += 1)?;
+        }
+        self.invalidate();
+        self.note_decision(now, record.subject())?;
+        Ok(Ingested::Stored)
+    }
+
+    fn note_decision(&self, now: u64, subject: &SubjectKey) -> Result<()> {
+        let (v, _) = self.compute(now, &Query::Key(subject.clone()))?;
+        self.store
+            .record_decision(subject.as_str(), v.action, v.score, now)?;
+        Ok(())
+    }
+
+    /// Removes one contribution (expiry, revocation, grace over).
+    pub fn remove(&self, now: u64, source: &str, subject: &str) -> Result<()> {
+        if self.store.remove(subject, source)? {
+            self.store
+                .update_peer(source, |p| p.records = p.records.saturating_sub(1))?;
+            self.invalidate();
+            if let Ok(key) = subject.parse() {
+                self.note_decision(now, &key)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// After a complete read of a source's feed: everything present is
+    /// confirmed, everything else becomes unconfirmed (not removed).
+    pub fn reconcile(&self, now: u64, source: &str, present: &BTreeSet<String>) -> Result<usize> {
+        let mut missing = 0;
+        for subject in self.store.subjects_of(source)? {
+            if present.contains(&subject) {
+                continue;
+            }
+            if let Some(stored) = self.store.get(&subject, source)?
+                && stored.missing_since.is_none()
+            {
+                self.store.put(
+                    &subject,
+                    source,
+                    &Stored {
+                        missing_since: Some(now),
+                        ..stored
+                    },
+                )?;
+                missing += 1;
+            }
+        }
+        if missing > 0 {
+            self.invalidate();
+        }
+        self.store.update_peer(source, |p| {
+            p.last_sync = Some(now);
+        })?;
+        Ok(missing)
+    }
+
+    /// A purge or node deletion: every entry of the source is unconfirmed.
+    pub fn mark_all_unconfirmed(&self, now: u64, source: &str) -> Result<usize> {
+        self.reconcile(now, source, &BTreeSet::new())
+    }
+
+    /// Drops every contribution signed by a revoked key.
+    pub fn apply_revocation(&self, now: u64, source: &str, key: &PublicKey) -> Result<usize> {
+        let fp = key.fingerprint().to_string();
+        let key_id = key.key_id().to_string();
+        self.store.update_peer(source, |p| {
+            if !p.revoked.contains(&fp) {
+                p.revoked.push(fp.clone());
+            }
+        })?;
+        let mut dropped = 0;
+        for subject in self.store.subjects_of(source)? {
+            if let Some(stored) = self.store.get(&subject, source)?
+                && stored.key_id == key_id
+            {
+                self.remove(now, source, &subject)?;
+                dropped += 1;
+            }
+        }
+        tracing::warn!(peer = source, key = %key, dropped, "key revoked: its reports no longer count");
+        Ok(dropped)
+    }
+
+    /// A peer's rotation record.
+    pub fn handle_rotation(&self, peer: &Peer, new: &PublicKey) -> Result<()> {
+        let text = new.to_string();
+        let state = self.store.peer(&peer.domain)?;
+        if state.rotated_keys.contains(&text) || *new == peer.key {
+            return Ok(());
+        }
+        if peer.accept_rotations {
+            tracing::info!(peer = %peer.domain, key = %text, "accepted key rotation (peer allows automatic rotations)");
+            self.store.update_peer(&peer.domain, |p| {
+                p.rotated_keys.push(text.clone());
+                p.pending_rotation = None;
+            })?;
+        } else if state.pending_rotation.as_deref() != Some(&text) {
+            tracing::warn!(peer = %peer.domain, key = %text, fingerprint = %new.fingerprint(), "key rotation waits for the operator: corvid peer confirm-rotation {}", peer.domain);
+            self.store
+                .update_peer(&peer.domain, |p| p.pending_rotation = Some(text.clone()))?;
+        }
+        Ok(())
+    }
+
+    /// Accepts a pending rotation (operator action).
+    pub fn confirm_rotation(&self, domain: &str) -> Result<Option<String>> {
+        let state = self.store.peer(domain)?;
+        let Some(key) = state.pending_rotation else {
+            return Ok(None);
+        };
+        self.store.update_peer(domain, |p| {
+            p.rotated_keys.push(key.clone());
+            p.pending_rotation = None;
+        })?;
+        Ok(Some(key))
+    }
+
+    /// Expiry and end of grace periods, in bounded batches so a mass expiry
+    /// is spread out instead of stalling lookups. Returns entries removed.
+    pub fn sweep(&self, now: u64, batch: usize) -> Result<usize> {
+        let mut removed = 0;
+        for (source, subject) in self.store.expired(now, batch)? {
+            self.remove(now, &source, &subject)?;
+            removed += 1;
+        }
+        let settings = self.settings();
+        for source in settings
+            .peers
+            .keys()
+            .cloned()
+            .chain(settings.rtbls.keys().cloned())
+        {
+            for subject in self.store.subjects_of(&source)? {
+                if let Some(stored) = self.store.get(&subject, &source)?
+                    && stored
+                        .missing_since
+                        .is_some_and(|t| now >= t + settings.grace)
+                {
+                    self.remove(now, &source, &subject)?;
+                    removed += 1;
+                    self.metrics
+                        .inc("corvid_unconfirmed_dropped_total", &[("peer", &source)]);
+                }
+                if removed >= batch {
+                    return Ok(removed);
+                }
+            }
+        }
+        self.store.drop_expired_own(now)?;
+        Ok(removed)
+    }
+
+    /// A source's state.
+    pub fn peer_state(&self, source: &str) -> Result<PeerState> {
+        self.store.peer(source)
+    }
+
+    /// Marks an item received from a source.
+    pub fn touch(&self, now: u64, source: &str) -> Result<()> {
+        self.store
+            .update_peer(source, |p| p.last_item = Some(now))?;
+        Ok(())
+    }
+
+    /// The ingest rate limit.
+    pub fn ingest_rate(&self) -> u32 {
+        self.settings().ingest_rate
+    }
+
+    /// Public key of this node.
+    pub fn public_key(&self) -> PublicKey {
+        self.signer.public_key()
+    }
+}

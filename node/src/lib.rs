@@ -1,0 +1,22 @@
+//! corvidd, the Corvid node: library half, so tests and benches can drive
+//! the engine in-process. The binary is `src/main.rs`.
+
+pub mod config;
+pub mod engine;
+pub mod metrics;
+pub mod publisher;
+pub mod pubsub;
+pub mod store;
+pub mod subjects;
+pub mod xmpp;
+
+/// The current Unix time in seconds: the one place the node reads the clock.
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+pub mod admin;
+pub mod api;
+pub mod sync;

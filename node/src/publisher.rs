@@ -1,0 +1,195 @@
+//! The own feed: created and configured as the spec lays out, kept equal to
+//! the node's own records (the source of truth), republished after every
+//! connect because the PubSub service may have lost items.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use corvid_protocol::feed::{self, FeedOp, FeedWriter};
+use corvid_protocol::record::Issuer;
+use futures::StreamExt as _;
+use tokio::sync::Notify;
+
+use crate::config::FeedConfig;
+use crate::engine::Engine;
+use crate::pubsub;
+use crate::xmpp::{Link, LinkState};
+
+/// Publishes in flight at once (the link pipelines them).
+const IN_FLIGHT: usize = 32;
+
+/// Runs for ever: waits for sessions, reconciles, drains the outbox.
+pub async fn run(engine: Arc<Engine>, link: Link, config: FeedConfig, wake: Arc<Notify>) {
+    let issuer = Issuer {
+        domain: engine.settings().domain.clone(),
+        key: engine.public_key().key_id(),
+    };
+    let mut writer: Option<FeedWriter> = None;
+    let mut reconciled_session = 0u64;
+    loop {
+        let session = match link.state() {
+            LinkState::Online { session, .. } => session,
+            LinkState::Connecting { .. } => {
+                let _ = link.wait_online(Duration::from_secs(3600)).await;
+                continue;
+            }
+        };
+        if session != reconciled_session {
+            match reconcile(&engine, &link, &config, &issuer, &mut writer).await {
+                Ok(()) => reconciled_session = session,
+                Err(e) => {
+                    tracing::warn!("feed reconciliation failed: {e:#}; retrying");
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    continue;
+                }
+            }
+        }
+        if let Some(w) = writer.as_mut()
+            && let Err(e) = drain_outbox(&engine, &link, w).await
+        {
+            tracing::warn!("publishing failed: {e:#}; will reconcile on the next session or retry");
+            // A failed op leaves the service out of step: reconcile again.
+            reconciled_session = 0;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        }
+        tokio::select! {
+            () = wake.notified() => {}
+            () = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+    }
+}
+
+async fn reconcile(
+    engine: &Engine,
+    link: &Link,
+    config: &FeedConfig,
+    issuer: &Issuer,
+    writer: &mut Option<FeedWriter>,
+) -> Result<()> {
+    let service = &config.service;
+    let node = &config.node;
+    pubsub::ensure_node(
+        link,
+        service,
+        node,
+        &pubsub::feed_node_config(config.max_items, config.access_model.as_str()),
+    )
+    .await?;
+    let now = crate::now();
+    let signer = engine.signer();
+    let present: BTreeSet<String> = pubsub::item_ids(link, service, node)
+        .await?
+        .into_iter()
+        .collect();
+    let (ops, full) = match writer {
+        None => {
+            // First session since start: one fresh generation from the store.
+            let mut w = FeedWriter::new(engine.feed().clone(), issuer.clone());
+            let pending = engine.store().outbox()?;
+            let ops = w.replace_all(signer, engine.store().own_records()?, now)?;
+            *writer = Some(w);
+            for subject in pending {
+                engine.store().published(&subject)?;
+            }
+            (ops, true)
+        }
+        Some(w) => (w.desired_items(signer, now)?, false),
+    };
+    let mut wanted = BTreeSet::new();
+    let mut to_run = Vec::new();
+    for op in ops {
+        if let FeedOp::Publish { item_id, .. } = &op {
+            wanted.insert(item_id.clone());
+            // After a reconnect, only what the service lost is republished.
+            if !full && present.contains(item_id) {
+                continue;
+            }
+        }
+        to_run.push(op);
+    }
+    // Items of ours the layout no longer has (an earlier run's deltas and
+    // chunks). Cards and key records are managed elsewhere.
+    for id in &present {
+        let managed = id.starts_with(feed::DELTA_PREFIX)
+            || id.starts_with(feed::CHUNK_PREFIX)
+            || id == feed::HEAD_ITEM;
+        if managed && !wanted.contains(id) {
+            to_run.push(FeedOp::Retract {
+                node: node.clone(),
+                item_id: id.clone(),
+            });
+        }
+    }
+    let count = to_run.len();
+    execute(engine, link, service, to_run).await?;
+    tracing::info!(feed = %engine.feed(), ops = count, items = wanted.len(), "feed reconciled");
+    Ok(())
+}
+
+async fn drain_outbox(engine: &Engine, link: &Link, writer: &mut FeedWriter) -> Result<()> {
+    let service = engine.feed().service.clone();
+    for subject in engine.store().outbox()? {
+        let Some(record) = engine.store().own(&subject)? else {
+            engine.store().published(&subject)?;
+            continue;
+        };
+        let ops = writer.upsert(engine.signer(), record.clone(), crate::now())?;
+        execute(engine, link, &service, ops).await?;
+        // Unqueue only if no newer record replaced it meanwhile.
+        if engine.store().own(&subject)?.as_ref() == Some(&record) {
+            engine.store().published(&subject)?;
+        }
+    }
+    Ok(())
+}
+
+/// Carries out ops: everything before the head concurrently, then the head,
+/// then the rest (retractions of folded items) concurrently, so a reader
+/// never finds a head whose chunks are not yet there.
+async fn execute(engine: &Engine, link: &Link, service: &str, ops: Vec<FeedOp>) -> Result<()> {
+    let mut phases: Vec<Vec<FeedOp>> = vec![Vec::new()];
+    for op in ops {
+        let is_head = matches!(&op, FeedOp::Publish { item_id, .. } if item_id == feed::HEAD_ITEM);
+        if is_head {
+            phases.push(vec![op]);
+            phases.push(Vec::new());
+        } else if let Some(last) = phases.last_mut() {
+            last.push(op);
+        }
+    }
+    for phase in phases {
+        let results: Vec<Result<()>> = futures::stream::iter(phase)
+            .map(|op| async move {
+                let started = Instant::now();
+                match op {
+                    FeedOp::Publish {
+                        node,
+                        item_id,
+                        item,
+                    } => {
+                        pubsub::publish(link, service, &node, &item_id, item.to_element()).await?;
+                        engine.metrics.observe(
+                            "corvid_publish_latency_seconds",
+                            started.elapsed().as_secs_f64(),
+                        );
+                        engine.metrics.inc("corvid_published_items_total", &[]);
+                    }
+                    FeedOp::Retract { node, item_id } => {
+                        pubsub::retract(link, service, &node, &item_id).await?;
+                        engine.metrics.inc("corvid_retracted_items_total", &[]);
+                    }
+                }
+                Ok(())
+            })
+            .buffer_unordered(IN_FLIGHT)
+            .collect()
+            .await;
+        for r in results {
+            r?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,572 @@
+//! Following peers' feeds and RTBL nodes: subscribe, backfill at start and
+//! after every reconnect, apply live events, re-check subscriptions.
+//!
+//! Every item goes through the protocol crate's verifier; a rejected item
+//! is counted per peer and reason, logged, and dropped. Only a signed
+//! retraction, a revocation or expiry removes a peer's contribution: a
+//! purge, a deletion or an item missing at reconciliation only marks
+//! entries unconfirmed (they count through the grace period).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use corvid_protocol::feed::{self, FeedReader};
+use corvid_protocol::item::{Body, FeedAddress, ItemError, KeyRing, SignedItem, verify_signed};
+use corvid_protocol::record::{Category, Evidence, Record, Report};
+use corvid_protocol::subject::{IpPrefix, SubjectKey};
+use tokio::sync::mpsc;
+use xmpp_parsers::minidom::Element;
+
+use crate::engine::{Engine, Ingested, Peer, Rtbl};
+use crate::pubsub::{self, FeedEvent};
+use crate::xmpp::{Link, LinkEvent};
+
+/// Delta items fetched per request (each well under the stanza limits).
+const DELTA_BATCH: usize = 16;
+
+/// A per-source token bucket for the ingest rate limit.
+#[derive(Debug)]
+struct Bucket {
+    tokens: f64,
+    last: Instant,
+}
+
+impl Bucket {
+    fn take(&mut self, rate: f64) -> bool {
+        let now = Instant::now();
+        self.tokens =
+            (self.tokens + now.duration_since(self.last).as_secs_f64() * rate).min(rate.max(1.0));
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Runs the sync manager: consumes link events, backfills, re-checks.
+pub async fn run(
+    engine: Arc<Engine>,
+    link: Link,
+    mut events: mpsc::UnboundedReceiver<LinkEvent>,
+    resync: Duration,
+) {
+    let (resync_tx, mut resync_rx) = mpsc::unbounded_channel::<String>();
+    let mut buckets: HashMap<String, Bucket> = HashMap::new();
+    let mut check = tokio::time::interval(resync);
+    check.tick().await;
+    loop {
+        tokio::select! {
+            event = events.recv() => {
+                let Some(event) = event else { return };
+                match event {
+                    LinkEvent::Online { .. } => {
+                        for source in all_sources(&engine) {
+                            spawn_backfill(&engine, &link, source, &resync_tx);
+                        }
+                    }
+                    LinkEvent::PubSub { from, event } => {
+                        let from = from.map(|j| j.to_bare().to_string()).unwrap_or_default();
+                        handle_event(&engine, &from, &event, &mut buckets, &resync_tx);
+                    }
+                }
+            }
+            Some(source) = resync_rx.recv() => {
+                spawn_backfill(&engine, &link, source, &resync_tx);
+            }
+            _ = check.tick() => {
+                // A peer's server can restart while ours stays up and lose our
+                // subscription: check each one and backfill where it is gone.
+                for source in all_sources(&engine) {
+                    let (engine, link, tx) = (Arc::clone(&engine), link.clone(), resync_tx.clone());
+                    tokio::spawn(async move {
+                        let Some(feed) = feed_of(&engine, &source) else { return };
+                        match pubsub::is_subscribed(&link, &feed.service, &feed.node, link.bare()).await {
+                            Ok(true) => {}
+                            Ok(false) => {
+                                tracing::info!(source, "subscription gone; resubscribing and backfilling");
+                                let _ = tx.send(source);
+                            }
+                            Err(e) => tracing::debug!(source, "subscription check failed: {e}"),
+                        }
+                    });
+                }
+            }
+        }
+    }
+}
+
+fn all_sources(engine: &Engine) -> Vec<String> {
+    let s = engine.settings();
+    s.peers.keys().chain(s.rtbls.keys()).cloned().collect()
+}
+
+fn feed_of(engine: &Engine, source: &str) -> Option<FeedAddress> {
+    let s = engine.settings();
+    s.peers
+        .get(source)
+        .map(|p| p.feed.clone())
+        .or_else(|| s.rtbls.get(source).map(|r| r.feed.clone()))
+}
+
+fn spawn_backfill(
+    engine: &Arc<Engine>,
+    link: &Link,
+    source: String,
+    resync: &mpsc::UnboundedSender<String>,
+) {
+    let (engine, link, resync) = (Arc::clone(engine), link.clone(), resync.clone());
+    tokio::spawn(async move {
+        let settings = engine.settings();
+        let started = Instant::now();
+        let result = if let Some(peer) = settings.peers.get(&source) {
+            backfill_peer(&engine, &link, peer).await
+        } else if let Some(rtbl) = settings.rtbls.get(&source) {
+            backfill_rtbl(&engine, &link, rtbl).await
+        } else {
+            return;
+        };
+        match result {
+            Ok(n) => {
+                engine
+                    .metrics
+                    .set("corvid_peer_items", &[("peer", &source)], n as f64);
+                engine.metrics.set(
+                    "corvid_peer_last_sync_timestamp_seconds",
+                    &[("peer", &source)],
+                    crate::now() as f64,
+                );
+                tracing::info!(
+                    source,
+                    records = n,
+                    secs = started.elapsed().as_secs_f64(),
+                    "backfill complete"
+                );
+            }
+            Err(e) => {
+                tracing::warn!(source, "backfill failed: {e:#}; retrying in 10 s");
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                let _ = resync.send(source);
+            }
+        }
+    });
+}
+
+fn reject(engine: &Engine, source: &str, item_id: &str, e: &ItemError) {
+    engine.metrics.inc(
+        "corvid_rejected_items_total",
+        &[("peer", source), ("reason", e.reason_label())],
+    );
+    tracing::warn!(
+        peer = source,
+        item = item_id,
+        reason = e.reason_label(),
+        "rejected item: {e}"
+    );
+}
+
+fn reject_label(engine: &Engine, source: &str, item_id: &str, label: &str, why: &str) {
+    engine.metrics.inc(
+        "corvid_rejected_items_total",
+        &[("peer", source), ("reason", label)],
+    );
+    tracing::warn!(
+        peer = source,
+        item = item_id,
+        reason = label,
+        "rejected item: {why}"
+    );
+}
+
+fn verify(
+    engine: &Engine,
+    peer: &Peer,
+    ring: &KeyRing,
+    node: &str,
+    item_id: &str,
+    payload: Option<&Element>,
+) -> Option<(SignedItem, corvid_protocol::item::VerifiedItem)> {
+    let Some(payload) = payload else {
+        reject_label(
+            engine,
+            &peer.domain,
+            item_id,
+            "malformed",
+            "item without payload",
+        );
+        return None;
+    };
+    let feed = FeedAddress {
+        service: peer.feed.service.clone(),
+        node: node.to_owned(),
+    };
+    let settings = engine.settings();
+    let signed = match SignedItem::from_element(payload) {
+        Ok(s) => s,
+        Err(e) => {
+            reject(engine, &peer.domain, item_id, &e);
+            return None;
+        }
+    };
+    match verify_signed(&signed, &feed, item_id, ring, crate::now(), settings.skew) {
+        Ok(v) => Some((signed, v)),
+        Err(e) => {
+            reject(engine, &peer.domain, item_id, &e);
+            None
+        }
+    }
+}
+
+/// Applies one verified item body. Returns the records it carries.
+fn apply_key_record(engine: &Engine, peer: &Peer, body: &Body) -> Result<()> {
+    match body {
+        Body::KeyRotation(r) => engine.handle_rotation(peer, &r.new),
+        Body::KeyRevocation(r) => engine
+            .apply_revocation(crate::now(), &peer.domain, &r.key)
+            .map(|_| ()),
+        _ => Ok(()),
+    }
+}
+
+fn ingest_record(engine: &Engine, peer: &Peer, record: &Record, key_id: &str) -> Result<()> {
+    match engine.ingest(crate::now(), &peer.domain, record, key_id)? {
+        Ingested::Stored | Ingested::Unchanged => engine
+            .metrics
+            .inc("corvid_ingested_items_total", &[("peer", &peer.domain)]),
+        Ingested::OverCap => reject_label(
+            engine,
+            &peer.domain,
+            record.subject().as_str(),
+            "peer-cap",
+            "peer is at its max_reports cap",
+        ),
+    }
+    Ok(())
+}
+
+async fn backfill_peer(engine: &Engine, link: &Link, peer: &Peer) -> Result<usize> {
+    let feed = &peer.feed;
+    if !pubsub::is_subscribed(link, &feed.service, &feed.node, link.bare())
+        .await
+        .unwrap_or(false)
+    {
+        pubsub::subscribe(link, &feed.service, &feed.node, link.bare()).await?;
+    }
+    for attempt in 0..3 {
+        let ring = engine.key_ring(peer)?;
+        let ids = pubsub::item_ids(link, &feed.service, &feed.node).await?;
+        // Key records first: a revocation or rotation changes what verifies.
+        for id in ids.iter().filter(|i| i.starts_with("key/")) {
+            for (item_id, payload) in
+                pubsub::items(link, &feed.service, &feed.node, &[id.as_str()], None).await?
+            {
+                if let Some((_, v)) =
+                    verify(engine, peer, &ring, &feed.node, &item_id, payload.as_ref())
+                {
+                    apply_key_record(engine, peer, &v.body)?;
+                }
+            }
+        }
+        let ring = engine.key_ring(peer)?;
+        let mut reader = FeedReader::new();
+        let mut key_of: BTreeMap<String, String> = BTreeMap::new();
+        let mut stale = false;
+        if ids.iter().any(|i| i == feed::HEAD_ITEM) {
+            let head =
+                pubsub::items(link, &feed.service, &feed.node, &[feed::HEAD_ITEM], None).await?;
+            let Some((_, payload)) = head.into_iter().next() else {
+                bail!("head vanished while reading")
+            };
+            if let Some((_, v)) = verify(
+                engine,
+                peer,
+                &ring,
+                &feed.node,
+                feed::HEAD_ITEM,
+                payload.as_ref(),
+            ) && let Body::Head {
+                generation, chunks, ..
+            } = v.body
+            {
+                for chunk in reader.accept_head(generation, chunks) {
+                    let got = pubsub::items(
+                        link,
+                        &feed.service,
+                        &chunk.node,
+                        &[chunk.item.as_str()],
+                        None,
+                    )
+                    .await?;
+                    let Some((item_id, payload)) = got.into_iter().next() else {
+                        stale = true;
+                        break;
+                    };
+                    let Some((signed, v)) =
+                        verify(engine, peer, &ring, &chunk.node, &item_id, payload.as_ref())
+                    else {
+                        continue;
+                    };
+                    if let Body::Snapshot { records, .. } = v.body {
+                        for r in &records {
+                            key_of.insert(r.subject().to_string(), v.issuer.key.to_string());
+                        }
+                        if reader.accept_chunk(&item_id, &signed, records).is_err() {
+                            stale = true;
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        if stale {
+            tracing::debug!(peer = %peer.domain, attempt, "snapshot changed while reading; starting over");
+            continue;
+        }
+        let deltas: Vec<&String> = ids
+            .iter()
+            .filter(|i| i.starts_with(feed::DELTA_PREFIX))
+            .collect();
+        for batch in deltas.chunks(DELTA_BATCH) {
+            let batch: Vec<&str> = batch.iter().map(|s| s.as_str()).collect();
+            for (item_id, payload) in
+                pubsub::items(link, &feed.service, &feed.node, &batch, None).await?
+            {
+                if let Some((_, v)) =
+                    verify(engine, peer, &ring, &feed.node, &item_id, payload.as_ref())
+                    && let Body::Delta { record } = v.body
+                {
+                    key_of.insert(record.subject().to_string(), v.issuer.key.to_string());
+                    reader.accept_delta(record);
+                }
+            }
+        }
+        let state = match reader.finish() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(peer = %peer.domain, "incomplete snapshot ({e}); starting over");
+                continue;
+            }
+        };
+        let mut present = BTreeSet::new();
+        for (subject, record) in &state {
+            let key_id = key_of.get(subject.as_str()).cloned().unwrap_or_default();
+            ingest_record(engine, peer, record, &key_id)?;
+            present.insert(subject.to_string());
+        }
+        let missing = engine.reconcile(crate::now(), &peer.domain, &present)?;
+        if missing > 0 {
+            tracing::warn!(peer = %peer.domain, missing, "entries missing from the peer's feed are unconfirmed until it republishes them (or the grace period ends)");
+        }
+        return Ok(state.len());
+    }
+    bail!("the peer's snapshot kept changing while it was read")
+}
+
+/// The subject an RTBL item id stands for, by node convention.
+fn rtbl_subject(engine: &Engine, node: &str, id: &str) -> Option<SubjectKey> {
+    if node.contains("ip") {
+        // A CIDR: tokenized at once with the issuing secret; never kept raw.
+        let settings = engine.settings();
+        let (secret, _) = settings.secrets.iter().find(|(_, issue)| *issue)?;
+        let prefix = IpPrefix::parse(id).ok()?;
+        return Some(secret.token(&prefix, secret.epoch_of(crate::now())));
+    }
+    if id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return format!("jid:{}", id.to_ascii_lowercase()).parse().ok();
+    }
+    SubjectKey::for_domain(id, false).ok()
+}
+
+fn rtbl_record(subject: SubjectKey, now: u64, id: &str) -> Record {
+    use sha2::Digest as _;
+    let h = sha2::Sha256::digest(id.as_bytes());
+    let mut random = [0u8; 10];
+    random.copy_from_slice(&h[..10]);
+    Record::Report(Report {
+        id: corvid_protocol::record::ReportId::new(now * 1000, random),
+        subject,
+        category: Category::Spam,
+        confidence: 100,
+        issued_at: now,
+        expires_at: now + corvid_protocol::ns::MAX_TTL_SECS,
+        evidence: Evidence {
+            count: 1,
+            first_seen: now,
+            last_seen: now,
+            note: None,
+            abuse_contacted_at: None,
+            message_text: None,
+        },
+    })
+}
+
+fn ingest_rtbl_item(engine: &Engine, rtbl: &Rtbl, id: &str) -> Result<Option<String>> {
+    let Some(subject) = rtbl_subject(engine, &rtbl.feed.node, id) else {
+        reject_label(
+            engine,
+            &rtbl.source,
+            id,
+            "unsupported-datum",
+            "item id is not a hash, domain or supported CIDR",
+        );
+        return Ok(None);
+    };
+    let now = crate::now();
+    // Keep the first-seen record while the entry stays listed; re-ingesting
+    // it only confirms it again.
+    let record = match engine.store().get(subject.as_str(), &rtbl.source)? {
+        Some(stored) if stored.record.expires_at() > now => stored.record,
+        _ => rtbl_record(subject.clone(), now, id),
+    };
+    engine.ingest(now, &rtbl.source, &record, "")?;
+    engine
+        .metrics
+        .inc("corvid_ingested_items_total", &[("peer", &rtbl.source)]);
+    Ok(Some(subject.to_string()))
+}
+
+async fn backfill_rtbl(engine: &Engine, link: &Link, rtbl: &Rtbl) -> Result<usize> {
+    let feed = &rtbl.feed;
+    if !pubsub::is_subscribed(link, &feed.service, &feed.node, link.bare())
+        .await
+        .unwrap_or(false)
+    {
+        pubsub::subscribe(link, &feed.service, &feed.node, link.bare()).await?;
+    }
+    let ids = pubsub::item_ids(link, &feed.service, &feed.node).await?;
+    let mut present = BTreeSet::new();
+    for id in &ids {
+        if let Some(s) = ingest_rtbl_item(engine, rtbl, id)? {
+            present.insert(s);
+        }
+    }
+    engine.reconcile(crate::now(), &rtbl.source, &present)?;
+    Ok(present.len())
+}
+
+fn handle_event(
+    engine: &Arc<Engine>,
+    from: &str,
+    event: &Element,
+    buckets: &mut HashMap<String, Bucket>,
+    resync: &mpsc::UnboundedSender<String>,
+) {
+    let parsed = pubsub::parse_event(event);
+    let node = match &parsed {
+        FeedEvent::Items { node, .. } | FeedEvent::Purge { node } | FeedEvent::Delete { node } => {
+            node.clone()
+        }
+        FeedEvent::Other => return,
+    };
+    let settings = engine.settings();
+    // Only events from the configured service count: anyone can send us a
+    // message that looks like a PubSub event.
+    let peer = settings.peers.values().find(|p| {
+        p.feed.service == from
+            && (p.feed.node == node || node.starts_with(&format!("{}.", p.feed.node)))
+    });
+    let rtbl = settings
+        .rtbls
+        .values()
+        .find(|r| r.feed.service == from && r.feed.node == node);
+    let source = match (peer, rtbl) {
+        (Some(p), _) => p.domain.clone(),
+        (None, Some(r)) => r.source.clone(),
+        (None, None) => {
+            engine.metrics.inc(
+                "corvid_rejected_items_total",
+                &[("peer", "unknown"), ("reason", "unknown-sender")],
+            );
+            tracing::debug!(
+                from,
+                node,
+                "dropped a PubSub event from a service that is not a configured peer"
+            );
+            return;
+        }
+    };
+    let now = crate::now();
+    let _ = engine.touch(now, &source);
+    let rate = f64::from(engine.ingest_rate());
+    let result: Result<()> = (|| {
+        match parsed {
+            FeedEvent::Items {
+                published,
+                retracted,
+                ..
+            } => {
+                for (item_id, payload) in published {
+                    let bucket = buckets.entry(source.clone()).or_insert(Bucket {
+                        tokens: rate,
+                        last: Instant::now(),
+                    });
+                    if !bucket.take(rate) {
+                        reject_label(
+                            engine,
+                            &source,
+                            &item_id,
+                            "rate-limited",
+                            "ingest rate limit; a resync will fetch it",
+                        );
+                        let _ = resync.send(source.clone());
+                        continue;
+                    }
+                    if let Some(peer) = peer {
+                        let ring = engine.key_ring(peer)?;
+                        let Some((_, v)) =
+                            verify(engine, peer, &ring, &node, &item_id, payload.as_ref())
+                        else {
+                            continue;
+                        };
+                        match v.body {
+                            Body::Delta { record } => {
+                                ingest_record(engine, peer, &record, v.issuer.key.as_str())?
+                            }
+                            Body::Head { .. } => {
+                                // A new snapshot generation: read it (cheap when
+                                // little changed, and the only way to see chunks).
+                                let _ = resync.send(source.clone());
+                            }
+                            Body::Snapshot { .. } | Body::Card(_) => {}
+                            other => apply_key_record(engine, peer, &other)?,
+                        }
+                    } else if let Some(rtbl) = rtbl {
+                        ingest_rtbl_item(engine, rtbl, &item_id)?;
+                    }
+                }
+                if !retracted.is_empty() {
+                    if let Some(rtbl) = rtbl {
+                        // An RTBL has no signed retraction: its retract is the delisting.
+                        for id in retracted {
+                            if let Some(subject) = rtbl_subject(engine, &rtbl.feed.node, &id) {
+                                engine.remove(now, &rtbl.source, subject.as_str())?;
+                            }
+                        }
+                    } else {
+                        // Advisory for a Corvid peer (compaction folds deltas
+                        // into chunks): reconcile to see what really changed.
+                        let _ = resync.send(source.clone());
+                    }
+                }
+            }
+            FeedEvent::Purge { .. } | FeedEvent::Delete { .. } => {
+                let n = engine.mark_all_unconfirmed(now, &source)?;
+                tracing::warn!(
+                    source,
+                    entries = n,
+                    "feed purged or deleted: entries unconfirmed for the grace period"
+                );
+                let _ = resync.send(source.clone());
+            }
+            FeedEvent::Other => {}
+        }
+        Ok(())
+    })();
+    if let Err(e) = result {
+        tracing::warn!(source, "event handling failed: {e:#}");
+    }
+}

@@ -1,0 +1,516 @@
+//! The XMPP link: one task owns a `StanzaStream` and moves stanzas.
+//!
+//! tokio-xmpp's high-level `Client` can hang when it sends while stanzas
+//! arrive (see shared/notes), so the link drives `StanzaStream` directly
+//! from a single task: requests come in over a channel, IQ replies are
+//! matched to waiting callers by id, PubSub events go out over another
+//! channel, and nothing in the task ever waits on a consumer.
+//!
+//! Logins go through our own reconnector so that each attempt has a
+//! timeout, failures are reported (a wrong password is not silently retried
+//! forever), and retries back off exponentially with jitter. Dead links are
+//! found by XEP-0199 pings: tokio-xmpp's liveness probe plus our own ping
+//! of the server, which restarts the stream after repeated silence.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Result, anyhow, bail};
+use futures::StreamExt as _;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_xmpp::connect::{
+    DnsConfig, ServerConnector, StartTlsServerConnector, TcpServerConnector,
+};
+use tokio_xmpp::stanzastream::{Connection, Event, StanzaStream, StreamEvent};
+use tokio_xmpp::xmlstream::{StreamHeader, Timeouts};
+use xmpp_parsers::iq::Iq;
+use xmpp_parsers::jid::{BareJid, Jid};
+use xmpp_parsers::message::Message;
+use xmpp_parsers::minidom::Element;
+use xmpp_parsers::presence::Presence;
+use xmpp_parsers::stanza::Stanza;
+use xmpp_parsers::stanza_error::{DefinedCondition, ErrorType, StanzaError};
+
+use crate::config::{TlsMode, XmppConfig, read_secret};
+
+/// Where the link is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkState {
+    /// Connecting or reconnecting.
+    Connecting {
+        /// The last login error, if any.
+        last_error: Option<String>,
+    },
+    /// Logged in: `session` increases with every new session.
+    Online {
+        /// Our full JID.
+        bound: String,
+        /// Session counter.
+        session: u64,
+    },
+}
+
+/// Something a consumer must react to.
+#[derive(Debug, Clone)]
+pub enum LinkEvent {
+    /// A new session: subscriptions may be gone, the feed may need republishing.
+    Online {
+        /// Session counter.
+        session: u64,
+    },
+    /// A PubSub event message.
+    PubSub {
+        /// Who sent it.
+        from: Option<Jid>,
+        /// The `<event xmlns='http://jabber.org/protocol/pubsub#event'/>` element.
+        event: Element,
+    },
+}
+
+enum Command {
+    Iq {
+        iq: Box<Iq>,
+        reply: oneshot::Sender<Iq>,
+    },
+}
+
+/// A handle to the link.
+#[derive(Debug, Clone)]
+pub struct Link {
+    commands: mpsc::Sender<Command>,
+    state: watch::Receiver<LinkState>,
+    iq_timeout: Duration,
+    bare: BareJid,
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Command")
+    }
+}
+
+/// An IQ failed.
+#[derive(Debug, thiserror::Error)]
+pub enum IqError {
+    /// The entity answered with an error.
+    #[error("{condition}{text}")]
+    Stanza {
+        /// The defined condition (e.g. `item-not-found`).
+        condition: String,
+        /// Any text.
+        text: String,
+        /// The full error.
+        error: Box<StanzaError>,
+    },
+    /// No answer in time.
+    #[error("no reply within {0:?}")]
+    Timeout(Duration),
+    /// The link is gone.
+    #[error("the XMPP link is shut down")]
+    Closed,
+}
+
+impl IqError {
+    /// Whether this is the given condition.
+    pub fn is(&self, condition: DefinedCondition) -> bool {
+        matches!(self, Self::Stanza { error, .. } if error.defined_condition == condition)
+    }
+}
+
+impl Link {
+    /// Our bare JID.
+    pub fn bare(&self) -> &BareJid {
+        &self.bare
+    }
+
+    /// The current state.
+    pub fn state(&self) -> LinkState {
+        self.state.borrow().clone()
+    }
+
+    /// Waits until online (or `timeout`).
+    ///
+    /// # Errors
+    /// On timeout, with the last login error.
+    pub async fn wait_online(&self, timeout: Duration) -> Result<u64> {
+        let mut rx = self.state.clone();
+        let wait = async {
+            loop {
+                if let LinkState::Online { session, .. } = &*rx.borrow_and_update() {
+                    return Ok(*session);
+                }
+                if rx.changed().await.is_err() {
+                    bail!("the XMPP link is shut down");
+                }
+            }
+        };
+        match tokio::time::timeout(timeout, wait).await {
+            Ok(r) => r,
+            Err(_) => match self.state() {
+                LinkState::Connecting {
+                    last_error: Some(e),
+                } => bail!("not logged in after {timeout:?}: {e}"),
+                _ => bail!("not logged in after {timeout:?}"),
+            },
+        }
+    }
+
+    /// Sends an IQ and waits for its reply.
+    ///
+    /// # Errors
+    /// [`IqError`] for error replies, timeouts and a closed link.
+    pub async fn iq(&self, iq: Iq) -> Result<Option<Element>, IqError> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Iq {
+                iq: Box::new(iq),
+                reply,
+            })
+            .await
+            .map_err(|_| IqError::Closed)?;
+        match tokio::time::timeout(self.iq_timeout, rx).await {
+            Err(_) => Err(IqError::Timeout(self.iq_timeout)),
+            Ok(Err(_)) => Err(IqError::Closed),
+            Ok(Ok(Iq::Result { payload, .. })) => Ok(payload),
+            Ok(Ok(Iq::Error { error, .. })) => Err(IqError::Stanza {
+                condition: format!("{:?}", error.defined_condition),
+                text: error
+                    .texts
+                    .values()
+                    .next()
+                    .map(|t| format!(": {t}"))
+                    .unwrap_or_default(),
+                error: Box::new(error),
+            }),
+            Ok(Ok(_)) => Err(IqError::Closed),
+        }
+    }
+}
+
+/// Login pacing.
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    /// First retry delay.
+    pub initial: Duration,
+    /// Largest delay.
+    pub max: Duration,
+}
+
+impl Backoff {
+    /// The delay before attempt `n` (0-based): exponential, with ±50% jitter
+    /// so that many nodes restarted together do not reconnect in step.
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let base = self
+            .initial
+            .saturating_mul(1u32 << attempt.min(16))
+            .min(self.max);
+        let mut r = [0u8; 2];
+        let _ = getrandom::fill(&mut r);
+        let jitter = f64::from(u16::from_le_bytes(r)) / f64::from(u16::MAX); // 0..1
+        base.mul_f64(0.5 + jitter)
+    }
+}
+
+/// Starts the link task.
+///
+/// # Errors
+/// Bad JID, unreadable password file.
+pub fn start(
+    config: &XmppConfig,
+    backoff: Backoff,
+    events: mpsc::UnboundedSender<LinkEvent>,
+) -> Result<Link> {
+    let jid = BareJid::new(&config.jid).map_err(|e| anyhow!("xmpp.jid: {e}"))?;
+    if jid.node().is_none() {
+        bail!("xmpp.jid needs a localpart");
+    }
+    let password = read_secret(&config.password_file)?;
+    let (state_tx, state_rx) = watch::channel(LinkState::Connecting { last_error: None });
+    let state_tx = Arc::new(state_tx);
+    let login_timeout = Duration::from_secs(config.login_timeout_secs.max(1));
+    // Detect a dead link within about a minute.
+    let timeouts = Timeouts {
+        read_timeout: Duration::from_secs(45),
+        response_timeout: Duration::from_secs(15),
+    };
+    let connector: Box<dyn FnMut(Option<String>, oneshot::Sender<Connection>) + Send> =
+        match (config.tls, &config.server) {
+            (TlsMode::Plaintext, Some(addr)) => reconnector(
+                TcpServerConnector::from(DnsConfig::addr(addr)),
+                jid.clone(),
+                password,
+                timeouts,
+                login_timeout,
+                backoff,
+                Arc::clone(&state_tx),
+            ),
+            (TlsMode::Plaintext, None) => bail!("plaintext needs xmpp.server"),
+            (TlsMode::Starttls, Some(addr)) => reconnector(
+                StartTlsServerConnector::from(DnsConfig::addr(addr)),
+                jid.clone(),
+                password,
+                timeouts,
+                login_timeout,
+                backoff,
+                Arc::clone(&state_tx),
+            ),
+            (TlsMode::Starttls, None) => reconnector(
+                StartTlsServerConnector::from(DnsConfig::srv_default_client(jid.domain().as_str())),
+                jid.clone(),
+                password,
+                timeouts,
+                login_timeout,
+                backoff,
+                Arc::clone(&state_tx),
+            ),
+        };
+    let stream = StanzaStream::new(connector, 1024);
+    let (commands, rx) = mpsc::channel(1024);
+    let iq_timeout = Duration::from_secs(config.iq_timeout_secs.max(1));
+    tokio::spawn(drive(
+        stream,
+        rx,
+        events,
+        state_tx,
+        jid.domain().to_string(),
+        iq_timeout,
+    ));
+    Ok(Link {
+        commands,
+        state: state_rx,
+        iq_timeout,
+        bare: jid,
+    })
+}
+
+fn reconnector<C: ServerConnector>(
+    server: C,
+    jid: BareJid,
+    password: String,
+    timeouts: Timeouts,
+    login_timeout: Duration,
+    backoff: Backoff,
+    state: Arc<watch::Sender<LinkState>>,
+) -> Box<dyn FnMut(Option<String>, oneshot::Sender<Connection>) + Send> {
+    Box::new(move |_preferred, slot: oneshot::Sender<Connection>| {
+        let (server, jid, password, state) = (
+            server.clone(),
+            jid.clone(),
+            password.clone(),
+            Arc::clone(&state),
+        );
+        tokio::spawn(async move {
+            let mut attempt = 0;
+            loop {
+                if slot.is_closed() {
+                    return; // the stream was closed: stop retrying
+                }
+                let result = tokio::time::timeout(
+                    login_timeout,
+                    login(server.clone(), &jid, &password, timeouts),
+                )
+                .await;
+                let error = match result {
+                    Ok(Ok(connection)) => {
+                        let _ = slot.send(connection);
+                        return;
+                    }
+                    Ok(Err(e)) => e.to_string(),
+                    Err(_) => format!("login timed out after {login_timeout:?}"),
+                };
+                let delay = backoff.delay(attempt);
+                tracing::warn!(jid = %jid, "XMPP login failed: {error}; retrying in {delay:.1?}");
+                state.send_replace(LinkState::Connecting {
+                    last_error: Some(error),
+                });
+                tokio::time::sleep(delay).await;
+                attempt += 1;
+            }
+        });
+    })
+}
+
+async fn login<C: ServerConnector>(
+    server: C,
+    jid: &BareJid,
+    password: &str,
+    timeouts: Timeouts,
+) -> Result<Connection> {
+    let full: Jid = jid.clone().into();
+    let (stream, binding) = server
+        .connect(&full, xmpp_parsers::ns::JABBER_CLIENT, timeouts)
+        .await
+        .map_err(|e| anyhow!("connect: {e}"))?;
+    let (features, stream) = stream
+        .recv_features()
+        .await
+        .map_err(|e| anyhow!("stream features: {e}"))?;
+    let node = jid
+        .node()
+        .map(|n| n.as_str().to_owned())
+        .unwrap_or_default();
+    let creds = sasl::common::Credentials::default()
+        .with_username(node)
+        .with_password(password.to_owned())
+        .with_channel_binding(binding);
+    let stream = tokio_xmpp::client_login(stream, features.sasl_mechanisms, creds)
+        .await
+        .map_err(|e| anyhow!("authentication: {e}"))?;
+    let stream = stream
+        .send_header(StreamHeader {
+            to: Some(std::borrow::Cow::Borrowed(jid.domain().as_str())),
+            from: None,
+            id: None,
+        })
+        .await
+        .map_err(|e| anyhow!("stream restart: {e}"))?;
+    let (features, stream) = stream
+        .recv_features()
+        .await
+        .map_err(|e| anyhow!("stream features: {e}"))?;
+    Ok(Connection {
+        stream: stream.box_stream(),
+        features,
+        identity: full,
+    })
+}
+
+async fn drive(
+    mut stream: StanzaStream,
+    mut commands: mpsc::Receiver<Command>,
+    events: mpsc::UnboundedSender<LinkEvent>,
+    state: Arc<watch::Sender<LinkState>>,
+    server: String,
+    iq_timeout: Duration,
+) {
+    let mut pending: HashMap<String, oneshot::Sender<Iq>> = HashMap::new();
+    let mut next_id: u64 = 0;
+    let mut session: u64 = 0;
+    let mut tick = tokio::time::interval(Duration::from_secs(30));
+    let mut ping_pending: Option<(String, tokio::time::Instant)> = None;
+    loop {
+        tokio::select! {
+            event = stream.next() => {
+                let Some(event) = event else {
+                    tracing::error!("XMPP stream worker ended");
+                    break;
+                };
+                match event {
+                    Event::Stream(StreamEvent::Reset { bound_jid, .. }) => {
+                        session += 1;
+                        tracing::info!(jid = %bound_jid, session, "XMPP session established");
+                        // Replies to IQs sent on the old stream will never come.
+                        pending.clear();
+                        ping_pending = None;
+                        // Available presence: Prosody drops headline messages
+                        // (PubSub notifications) for a bare JID with no available resource.
+                        stream.send(Box::new(Presence::available().into())).await;
+                        state.send_replace(LinkState::Online { bound: bound_jid.to_string(), session });
+                        let _ = events.send(LinkEvent::Online { session });
+                    }
+                    Event::Stream(StreamEvent::Suspended) => {
+                        tracing::warn!("XMPP connection lost; reconnecting");
+                        state.send_replace(LinkState::Connecting { last_error: Some("connection lost".into()) });
+                    }
+                    Event::Stream(StreamEvent::Resumed) => {
+                        tracing::info!("XMPP stream resumed");
+                        state.send_replace(LinkState::Online { bound: String::new(), session });
+                    }
+                    Event::Stanza(Stanza::Iq(iq)) => match iq {
+                        Iq::Result { .. } | Iq::Error { .. } => {
+                            if ping_pending.as_ref().is_some_and(|(id, _)| id == iq.id()) {
+                                ping_pending = None;
+                            } else if let Some(tx) = pending.remove(iq.id()) {
+                                let _ = tx.send(iq);
+                            }
+                        }
+                        Iq::Get { from, id, payload, .. } | Iq::Set { from, id, payload, .. } => {
+                            stream.send(Box::new(answer(from, id, &payload).into())).await;
+                        }
+                    },
+                    Event::Stanza(Stanza::Message(message)) => forward_events(message, &events),
+                    Event::Stanza(Stanza::Presence(_)) => {}
+                }
+            }
+            command = commands.recv() => {
+                let Some(Command::Iq { mut iq, reply }) = command else { break };
+                next_id += 1;
+                let id = format!("corvid-{next_id}");
+                *iq.id_mut() = id.clone();
+                pending.insert(id, reply);
+                stream.send(Box::new((*iq).into())).await;
+            }
+            _ = tick.tick() => {
+                pending.retain(|_, tx| !tx.is_closed());
+                // Our own XEP-0199 ping of the server: two unanswered pings
+                // in a row mean a dead link.
+                let online = matches!(*state.borrow(), LinkState::Online { .. });
+                if online {
+                    if let Some((_, sent)) = &ping_pending
+                        && sent.elapsed() > iq_timeout * 2
+                    {
+                        tracing::warn!("server did not answer XEP-0199 pings; the stream's liveness probe will reconnect");
+                        state.send_replace(LinkState::Connecting { last_error: Some("server stopped answering pings".into()) });
+                        ping_pending = None;
+                    }
+                    if ping_pending.is_none() {
+                        next_id += 1;
+                        let id = format!("corvid-ping-{next_id}");
+                        if let Ok(to) = BareJid::new(&server) {
+                            let ping = Iq::from_get(id.clone(), xmpp_parsers::ping::Ping).with_to(to.into());
+                            stream.send(Box::new(ping.into())).await;
+                            ping_pending = Some((id, tokio::time::Instant::now()));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    stream.close().await;
+}
+
+fn forward_events(message: Message, events: &mpsc::UnboundedSender<LinkEvent>) {
+    let from = message.from.clone();
+    for payload in message.payloads {
+        if payload.is("event", xmpp_parsers::ns::PUBSUB_EVENT) {
+            let _ = events.send(LinkEvent::PubSub {
+                from: from.clone(),
+                event: payload,
+            });
+        }
+    }
+}
+
+fn answer(from: Option<Jid>, id: String, payload: &Element) -> Iq {
+    if payload.is("ping", xmpp_parsers::ns::PING) {
+        return Iq::Result {
+            from: None,
+            to: from,
+            id,
+            payload: None,
+        };
+    }
+    if payload.is("time", xmpp_parsers::ns::TIME) {
+        let t = xmpp_parsers::time::TimeResult::from(chrono::Utc::now());
+        return Iq::Result {
+            from: None,
+            to: from,
+            id,
+            payload: Some(t.into()),
+        };
+    }
+    Iq::Error {
+        from: None,
+        to: from,
+        id,
+        payload: None,
+        error: StanzaError {
+            type_: ErrorType::Cancel,
+            by: None,
+            defined_condition: DefinedCondition::ServiceUnavailable,
+            texts: Default::default(),
+            other: None,
+        },
+    }
+}
