@@ -1,0 +1,231 @@
+//! A real Prosody, started from a private config on loopback.
+//!
+//! Debian's defaults that matter are kept (mod_limits with its c2s and
+//! s2s rates, `pubsub_max_items` 256, internal file storage, stanza size
+//! limits); what corvidd needs is set the way the README tells operators
+//! to: `unlimited_jids` for its account and its JID as admin of the PubSub
+//! component only.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::{free_port, wait_for};
+
+/// Options for one server.
+#[derive(Debug, Clone)]
+pub struct ProsodyOptions {
+    /// Interface to listen on (127.0.0.1 unless testing s2s).
+    pub interface: String,
+    /// Keep PubSub items in memory (a restart loses them).
+    pub memory_pubsub: bool,
+    /// Listen for s2s on 5269 (for two servers on 127.0.0.2/.3).
+    pub s2s: bool,
+    /// Hosts file lines shared by federating servers.
+    pub hosts_file: Option<PathBuf>,
+}
+
+impl Default for ProsodyOptions {
+    fn default() -> Self {
+        Self {
+            interface: "127.0.0.1".into(),
+            memory_pubsub: false,
+            s2s: false,
+            hosts_file: None,
+        }
+    }
+}
+
+/// A running Prosody.
+#[derive(Debug)]
+pub struct Prosody {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    child: Option<Child>,
+    /// c2s port.
+    pub c2s_port: u16,
+    /// Interface.
+    pub interface: String,
+    /// Hosts served.
+    pub hosts: Vec<String>,
+}
+
+/// The password every test account gets for `user@host`.
+pub fn password(user: &str, host: &str) -> String {
+    format!("pw-{user}-{host}")
+}
+
+impl Prosody {
+    /// Writes a config for `hosts` (each with a `pubsub.HOST` component whose
+    /// admin is `corvidd@HOST`), registers `accounts` (`user@host`), starts.
+    ///
+    /// # Panics
+    /// When Prosody cannot be started.
+    pub fn start(hosts: &[&str], accounts: &[&str], options: ProsodyOptions) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("corvid-prosody-")
+            .tempdir()
+            .expect("tempdir");
+        let c2s_port = free_port();
+        let config = dir.path().join("prosody.cfg.lua");
+        let hosts_file = options.hosts_file.clone().unwrap_or_else(|| {
+            let p = dir.path().join("hosts");
+            let names: Vec<String> = hosts
+                .iter()
+                .flat_map(|h| [h.to_string(), format!("pubsub.{h}")])
+                .collect();
+            std::fs::write(&p, format!("{} {}\n", options.interface, names.join(" ")))
+                .expect("hosts");
+            p
+        });
+        std::fs::write(dir.path().join("resolv.conf"), "nameserver 127.0.0.1\n").expect("resolv");
+        std::fs::create_dir_all(dir.path().join("data")).expect("data");
+        let unlimited: Vec<String> = accounts.iter().map(|a| format!("{a:?}")).collect();
+        let mut text = format!(
+            r#"-- Written by the Corvid test harness.
+run_as_root = true
+daemonize = false
+data_path = "{data}"
+pidfile = "{dir}/prosody.pid"
+log = {{ {{ levels = {{ min = "info" }}, to = "file", filename = "{dir}/prosody.log" }} }}
+interfaces = {{ "{iface}" }}
+local_interfaces = {{ "{iface}" }}
+c2s_ports = {{ {c2s_port} }}
+s2s_ports = {{ {s2s} }}
+http_ports = {{}}
+https_ports = {{}}
+component_ports = {{}}
+c2s_direct_tls_ports = {{}}
+s2s_direct_tls_ports = {{}}
+unbound = {{ resolvconf = "{dir}/resolv.conf"; hoststxt = "{hosts}" }}
+network_settings = {{ nagle = false }}
+c2s_require_encryption = false
+allow_unencrypted_plain_auth = true
+s2s_require_encryption = false
+s2s_secure_auth = false
+authentication = "internal_hashed"
+modules_enabled = {{ "disco"; "roster"; "saslauth"; "dialback"; "limits"; "pep"; "private"; "smacks"; "ping"; "time"; "uptime"; "version" }}
+-- Debian's default rate limits, kept so the limits in force are known.
+limits = {{ c2s = {{ rate = "10kb/s" }}; s2sin = {{ rate = "30kb/s" }} }}
+-- What the README asks operators to set for corvidd's account.
+unlimited_jids = {{ {unlimited} }}
+"#,
+            data = dir.path().join("data").display(),
+            dir = dir.path().display(),
+            iface = options.interface,
+            s2s = if options.s2s { "5269" } else { "" },
+            hosts = hosts_file.display(),
+            unlimited = unlimited.join(", "),
+        );
+        if options.memory_pubsub {
+            text.push_str("storage = { pubsub_data = \"memory\"; pubsub_nodes = \"memory\" }\n");
+        }
+        for h in hosts {
+            text.push_str(&format!(
+                "\nVirtualHost \"{h}\"\nComponent \"pubsub.{h}\" \"pubsub\"\n    admins = {{ \"corvidd@{h}\" }}\n"
+            ));
+        }
+        std::fs::write(&config, text).expect("config");
+        for account in accounts {
+            let (user, host) = account.split_once('@').expect("user@host");
+            let status = Command::new("prosodyctl")
+                .args([
+                    "--config",
+                    &config.to_string_lossy(),
+                    "register",
+                    user,
+                    host,
+                    &password(user, host),
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .expect("prosodyctl (is prosody installed? scripts/test.sh installs it)");
+            assert!(status.success(), "prosodyctl register {account} failed");
+        }
+        let mut p = Self {
+            dir,
+            config,
+            child: None,
+            c2s_port,
+            interface: options.interface,
+            hosts: hosts.iter().map(|h| h.to_string()).collect(),
+        };
+        p.launch();
+        p
+    }
+
+    fn launch(&mut self) {
+        let child = Command::new("prosody")
+            .args(["-F", "--config", &self.config.to_string_lossy()])
+            .stdout(Stdio::null())
+            .stderr(
+                std::fs::File::create(self.dir.path().join("prosody.stderr")).expect("stderr file"),
+            )
+            .spawn()
+            .expect("start prosody");
+        self.child = Some(child);
+        let addr = format!("{}:{}", self.interface, self.c2s_port);
+        wait_for(
+            Duration::from_secs(20),
+            "prosody to accept connections",
+            || std::net::TcpStream::connect(&addr).ok(),
+        );
+    }
+
+    /// The c2s address for corvidd's `xmpp.server`.
+    pub fn c2s_addr(&self) -> String {
+        format!("{}:{}", self.interface, self.c2s_port)
+    }
+
+    /// The directory with config and logs.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Stops the server (SIGTERM, then SIGKILL after 5 s).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
+            for _ in 0..100 {
+                if child.try_wait().ok().flatten().is_some() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Stops and starts again on the same ports (memory storage loses items).
+    pub fn restart(&mut self) {
+        self.stop();
+        self.launch();
+    }
+
+    /// The server log.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("prosody.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Prosody {
+    fn drop(&mut self) {
+        self.stop();
+        if std::thread::panicking() {
+            let log = self.log();
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            eprintln!(
+                "---- prosody log ({}) last lines ----",
+                self.dir.path().display()
+            );
+            for l in tail.into_iter().rev() {
+                eprintln!("{l}");
+            }
+        }
+    }
+}

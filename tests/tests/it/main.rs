@@ -1,0 +1,9 @@
+//! Integration tests against real Prosody servers and real corvidd
+//! processes, all on loopback.
+
+mod federation;
+
+/// Points the harness at the freshly built daemon.
+pub fn init() {
+    corvid_tests::node::set_corvidd_bin(env!("CARGO_BIN_EXE_corvidd-under-test"));
+}
