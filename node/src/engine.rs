@@ -304,6 +304,9 @@ pub struct Engine {
     suspended: RwLock<HashSet<String>>,
     /// Counters.
     pub metrics: Metrics,
+    /// Signalled when our own feed was purged, deleted or had items
+    /// retracted behind our back: the publisher reconciles.
+    pub own_feed_changed: tokio::sync::Notify,
 }
 
 /// Cached verdicts kept before the cache is cleared.
@@ -348,6 +351,7 @@ impl Engine {
             cache: RwLock::new(HashMap::new()),
             suspended: RwLock::new(HashSet::new()),
             metrics: Metrics::default(),
+            own_feed_changed: tokio::sync::Notify::new(),
         };
         engine.load_suspensions()?;
         Ok(engine)

@@ -57,6 +57,10 @@ pub async fn run(engine: Arc<Engine>, link: Link, config: FeedConfig, wake: Arc<
         }
         tokio::select! {
             () = wake.notified() => {}
+            () = engine.own_feed_changed.notified() => {
+                tracing::info!("own feed changed on the service (purge, deletion or retraction): reconciling");
+                reconciled_session = 0;
+            }
             () = tokio::time::sleep(Duration::from_secs(5)) => {}
         }
     }

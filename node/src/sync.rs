@@ -462,6 +462,15 @@ fn handle_event(
         }
         FeedEvent::Other => return,
     };
+    let own = engine.feed();
+    if from == own.service && node == own.node {
+        // Our own feed: items we published come back to us and mean nothing;
+        // a purge, deletion or retraction may mean the service lost items.
+        if !matches!(&parsed, FeedEvent::Items { retracted, .. } if retracted.is_empty()) {
+            engine.own_feed_changed.notify_one();
+        }
+        return;
+    }
     let settings = engine.settings();
     // Only events from the configured service count: anyone can send us a
     // message that looks like a PubSub event.

@@ -73,6 +73,7 @@ enum Command {
         iq: Box<Iq>,
         reply: oneshot::Sender<Iq>,
     },
+    Send(Box<Stanza>),
 }
 
 /// A handle to the link.
@@ -154,6 +155,17 @@ impl Link {
                 _ => bail!("not logged in after {timeout:?}"),
             },
         }
+    }
+
+    /// Sends a stanza without waiting for anything.
+    ///
+    /// # Errors
+    /// When the link is shut down.
+    pub async fn send(&self, stanza: Stanza) -> Result<(), IqError> {
+        self.commands
+            .send(Command::Send(Box::new(stanza)))
+            .await
+            .map_err(|_| IqError::Closed)
     }
 
     /// Sends an IQ and waits for its reply.
@@ -434,12 +446,19 @@ async fn drive(
                 }
             }
             command = commands.recv() => {
-                let Some(Command::Iq { mut iq, reply }) = command else { break };
-                next_id += 1;
-                let id = format!("corvid-{next_id}");
-                *iq.id_mut() = id.clone();
-                pending.insert(id, reply);
-                stream.send(Box::new((*iq).into())).await;
+                match command {
+                    None => break,
+                    Some(Command::Iq { mut iq, reply }) => {
+                        next_id += 1;
+                        let id = format!("corvid-{next_id}");
+                        *iq.id_mut() = id.clone();
+                        pending.insert(id, reply);
+                        stream.send(Box::new((*iq).into())).await;
+                    }
+                    Some(Command::Send(stanza)) => {
+                        stream.send(stanza).await;
+                    }
+                }
             }
             _ = tick.tick() => {
                 pending.retain(|_, tx| !tx.is_closed());

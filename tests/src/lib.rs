@@ -2,6 +2,7 @@
 //! loopback, written into a temp dir, killed on drop, with their logs
 //! printed when a test fails.
 
+pub mod client;
 pub mod http;
 pub mod node;
 pub mod prosody;

@@ -2,6 +2,7 @@
 //! processes, all on loopback.
 
 mod federation;
+mod hostile;
 
 /// Points the harness at the freshly built daemon.
 pub fn init() {
