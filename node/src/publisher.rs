@@ -82,6 +82,9 @@ async fn reconcile(
         &pubsub::feed_node_config(config.max_items, config.access_model.as_str()),
     )
     .await?;
+    // Follow our own node too, to notice a purge or deletion at once.
+    // (Always: a stale "subscribed" survives a node's deletion in Prosody.)
+    pubsub::subscribe(link, service, node, link.bare()).await?;
     let now = crate::now();
     let signer = engine.signer();
     let present: BTreeSet<String> = pubsub::item_ids(link, service, node)

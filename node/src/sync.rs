@@ -250,12 +250,11 @@ fn ingest_record(engine: &Engine, peer: &Peer, record: &Record, key_id: &str) ->
 
 async fn backfill_peer(engine: &Engine, link: &Link, peer: &Peer) -> Result<usize> {
     let feed = &peer.feed;
-    if !pubsub::is_subscribed(link, &feed.service, &feed.node, link.bare())
-        .await
-        .unwrap_or(false)
-    {
-        pubsub::subscribe(link, &feed.service, &feed.node, link.bare()).await?;
-    }
+    // Subscribe every time, even if the service says we are subscribed:
+    // Prosody keeps a stale subscription index entry after a node is
+    // deleted and recreated, so "subscribed" can be a lie. Subscribing
+    // again is idempotent.
+    pubsub::subscribe(link, &feed.service, &feed.node, link.bare()).await?;
     for attempt in 0..3 {
         let ring = engine.key_ring(peer)?;
         let ids = pubsub::item_ids(link, &feed.service, &feed.node).await?;
@@ -431,12 +430,11 @@ fn ingest_rtbl_item(engine: &Engine, rtbl: &Rtbl, id: &str) -> Result<Option<Str
 
 async fn backfill_rtbl(engine: &Engine, link: &Link, rtbl: &Rtbl) -> Result<usize> {
     let feed = &rtbl.feed;
-    if !pubsub::is_subscribed(link, &feed.service, &feed.node, link.bare())
-        .await
-        .unwrap_or(false)
-    {
-        pubsub::subscribe(link, &feed.service, &feed.node, link.bare()).await?;
-    }
+    // Subscribe every time, even if the service says we are subscribed:
+    // Prosody keeps a stale subscription index entry after a node is
+    // deleted and recreated, so "subscribed" can be a lie. Subscribing
+    // again is idempotent.
+    pubsub::subscribe(link, &feed.service, &feed.node, link.bare()).await?;
     let ids = pubsub::item_ids(link, &feed.service, &feed.node).await?;
     let mut present = BTreeSet::new();
     for id in &ids {
@@ -463,6 +461,7 @@ fn handle_event(
         FeedEvent::Other => return,
     };
     let own = engine.feed();
+    tracing::debug!(from, node, "pubsub event");
     if from == own.service && node == own.node {
         // Our own feed: items we published come back to us and mean nothing;
         // a purge, deletion or retraction may mean the service lost items.
