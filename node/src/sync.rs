@@ -7,7 +7,7 @@
 //! purge, a deletion or an item missing at reconciliation only marks
 //! entries unconfirmed (they count through the grace period).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -56,7 +56,20 @@ pub async fn run(
     resync: Duration,
 ) {
     let (resync_tx, mut resync_rx) = mpsc::unbounded_channel::<String>();
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<String>();
     let mut buckets: HashMap<String, Bucket> = HashMap::new();
+    // One backfill per source at a time; requests meanwhile coalesce into
+    // one more run (a burst of head events must not start a burst of reads).
+    let mut running: HashSet<String> = HashSet::new();
+    let mut again: HashSet<String> = HashSet::new();
+    let start = |source: String, running: &mut HashSet<String>, again: &mut HashSet<String>| {
+        if running.contains(&source) {
+            again.insert(source);
+        } else {
+            running.insert(source.clone());
+            spawn_backfill(&engine, &link, source, &resync_tx, &done_tx);
+        }
+    };
     let mut check = tokio::time::interval(resync);
     check.tick().await;
     loop {
@@ -66,7 +79,7 @@ pub async fn run(
                 match event {
                     LinkEvent::Online { .. } => {
                         for source in all_sources(&engine) {
-                            spawn_backfill(&engine, &link, source, &resync_tx);
+                            start(source, &mut running, &mut again);
                         }
                     }
                     LinkEvent::PubSub { from, event } => {
@@ -76,7 +89,13 @@ pub async fn run(
                 }
             }
             Some(source) = resync_rx.recv() => {
-                spawn_backfill(&engine, &link, source, &resync_tx);
+                start(source, &mut running, &mut again);
+            }
+            Some(source) = done_rx.recv() => {
+                running.remove(&source);
+                if again.remove(&source) {
+                    start(source, &mut running, &mut again);
+                }
             }
             _ = check.tick() => {
                 // A peer's server can restart while ours stays up and lose our
@@ -118,8 +137,14 @@ fn spawn_backfill(
     link: &Link,
     source: String,
     resync: &mpsc::UnboundedSender<String>,
+    done: &mpsc::UnboundedSender<String>,
 ) {
-    let (engine, link, resync) = (Arc::clone(engine), link.clone(), resync.clone());
+    let (engine, link, resync, done) = (
+        Arc::clone(engine),
+        link.clone(),
+        resync.clone(),
+        done.clone(),
+    );
     tokio::spawn(async move {
         let settings = engine.settings();
         let started = Instant::now();
@@ -128,8 +153,10 @@ fn spawn_backfill(
         } else if let Some(rtbl) = settings.rtbls.get(&source) {
             backfill_rtbl(&engine, &link, rtbl).await
         } else {
+            let _ = done.send(source);
             return;
         };
+        let _ = done.send(source.clone());
         match result {
             Ok(n) => {
                 engine

@@ -4,6 +4,7 @@
 mod durability;
 mod federation;
 mod hostile;
+mod scale;
 
 /// Points the harness at the freshly built daemon.
 pub fn init() {
