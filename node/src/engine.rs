@@ -732,6 +732,7 @@ impl Engine {
                     source,
                     &Stored {
                         missing_since: None,
+                        seen_ms: crate::now_ms(),
                         ..old.clone()
                     },
                 )?;
@@ -759,6 +760,7 @@ impl Engine {
                 record: record.clone(),
                 key_id: key_id.to_owned(),
                 missing_since: None,
+                seen_ms: crate::now_ms(),
             },
         )?;
         if grew {
@@ -791,7 +793,16 @@ impl Engine {
 
     /// After a complete read of a source's feed: everything present is
     /// confirmed, everything else becomes unconfirmed (not removed).
-    pub fn reconcile(&self, now: u64, source: &str, present: &BTreeSet<String>) -> Result<usize> {
+    ///
+    /// `started_ms` is when the read began: entries that arrived by a live
+    /// event after that are newer than the read and stay confirmed.
+    pub fn reconcile(
+        &self,
+        now: u64,
+        source: &str,
+        present: &BTreeSet<String>,
+        started_ms: u64,
+    ) -> Result<usize> {
         let mut missing = 0;
         for subject in self.store.subjects_of(source)? {
             if present.contains(&subject) {
@@ -799,6 +810,7 @@ impl Engine {
             }
             if let Some(stored) = self.store.get(&subject, source)?
                 && stored.missing_since.is_none()
+                && stored.seen_ms < started_ms
             {
                 self.store.put(
                     &subject,
@@ -822,7 +834,7 @@ impl Engine {
 
     /// A purge or node deletion: every entry of the source is unconfirmed.
     pub fn mark_all_unconfirmed(&self, now: u64, source: &str) -> Result<usize> {
-        self.reconcile(now, source, &BTreeSet::new())
+        self.reconcile(now, source, &BTreeSet::new(), u64::MAX)
     }
 
     /// Drops every contribution signed by a revoked key.

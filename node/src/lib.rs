@@ -10,6 +10,14 @@ pub mod store;
 pub mod subjects;
 pub mod xmpp;
 
+/// The current Unix time in milliseconds.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 /// The current Unix time in seconds: the one place the node reads the clock.
 pub fn now() -> u64 {
     std::time::SystemTime::now()

@@ -38,6 +38,9 @@ pub struct Stored {
     /// When it went missing from the source's feed, if it did.
     #[serde(default)]
     pub missing_since: Option<u64>,
+    /// When it was last received or confirmed (Unix ms).
+    #[serde(default)]
+    pub seen_ms: u64,
 }
 
 /// Per-source state.

@@ -276,6 +276,7 @@ fn ingest_record(engine: &Engine, peer: &Peer, record: &Record, key_id: &str) ->
 }
 
 async fn backfill_peer(engine: &Engine, link: &Link, peer: &Peer) -> Result<usize> {
+    let started_ms = crate::now_ms();
     let feed = &peer.feed;
     // Subscribe every time, even if the service says we are subscribed:
     // Prosody keeps a stale subscription index entry after a node is
@@ -383,7 +384,7 @@ async fn backfill_peer(engine: &Engine, link: &Link, peer: &Peer) -> Result<usiz
             ingest_record(engine, peer, record, &key_id)?;
             present.insert(subject.to_string());
         }
-        let missing = engine.reconcile(crate::now(), &peer.domain, &present)?;
+        let missing = engine.reconcile(crate::now(), &peer.domain, &present, started_ms)?;
         if missing > 0 {
             tracing::warn!(peer = %peer.domain, missing, "entries missing from the peer's feed are unconfirmed until it republishes them (or the grace period ends)");
         }
@@ -456,6 +457,7 @@ fn ingest_rtbl_item(engine: &Engine, rtbl: &Rtbl, id: &str) -> Result<Option<Str
 }
 
 async fn backfill_rtbl(engine: &Engine, link: &Link, rtbl: &Rtbl) -> Result<usize> {
+    let started_ms = crate::now_ms();
     let feed = &rtbl.feed;
     // Subscribe every time, even if the service says we are subscribed:
     // Prosody keeps a stale subscription index entry after a node is
@@ -469,7 +471,7 @@ async fn backfill_rtbl(engine: &Engine, link: &Link, rtbl: &Rtbl) -> Result<usiz
             present.insert(s);
         }
     }
-    engine.reconcile(crate::now(), &rtbl.source, &present)?;
+    engine.reconcile(crate::now(), &rtbl.source, &present, started_ms)?;
     Ok(present.len())
 }
 
