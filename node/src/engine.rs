@@ -300,7 +300,8 @@ pub struct Engine {
     signer: SecretKey,
     feed: FeedAddress,
     generation: AtomicU64,
-    cache: RwLock<HashMap<String, Cached>>,
+    cache: RwLock<HashMap<String, Cached, foldhash::fast::RandomState>>,
+    counts: std::sync::Mutex<HashMap<String, u64>>,
     suspended: RwLock<HashSet<String>>,
     /// Counters.
     pub metrics: Metrics,
@@ -348,13 +349,29 @@ impl Engine {
             signer,
             feed,
             generation: AtomicU64::new(0),
-            cache: RwLock::new(HashMap::new()),
+            cache: RwLock::new(HashMap::default()),
+            counts: std::sync::Mutex::new(HashMap::new()),
             suspended: RwLock::new(HashSet::new()),
             metrics: Metrics::default(),
             own_feed_changed: tokio::sync::Notify::new(),
         };
         engine.load_suspensions()?;
+        engine.restore_own_contributions()?;
         Ok(engine)
+    }
+
+    /// The own records are flushed before a report is acknowledged; their
+    /// contributions are rebuilt from them here, so a crash between the two
+    /// writes loses nothing.
+    fn restore_own_contributions(&self) -> Result<()> {
+        let domain = self.settings().domain.clone();
+        let now = crate::now();
+        for record in self.store.own_records()? {
+            if record.expires_at() > now {
+                self.ingest(now, &domain, &record, "")?;
+            }
+        }
+        Ok(())
     }
 
     fn load_suspensions(&self) -> Result<()> {
@@ -439,7 +456,7 @@ impl Engine {
         let key = query.cache_key();
         let generation = self.generation.load(Ordering::Acquire);
         if let Ok(cache) = self.cache.read()
-            && let Some(c) = cache.get(&key)
+            && let Some(c) = cache.get(key.as_ref())
             && c.generation == generation
             && now < c.valid_until
         {
@@ -452,7 +469,7 @@ impl Engine {
                 cache.clear();
             }
             cache.insert(
-                key,
+                key.into_owned(),
                 Cached {
                     generation,
                     valid_until,
@@ -493,9 +510,9 @@ impl Engine {
         }
     }
 
-    fn compute(&self, now: u64, query: &Query) -> Result<(VerdictOut, u64)> {
-        let settings = self.settings();
-        let (exact, covering) = self.lookup_keys(&settings, now, query);
+    /// Gathers what a lookup needs from the store and the settings.
+    fn gather(&self, settings: &Settings, now: u64, query: &Query) -> Result<(Lookup, u64)> {
+        let (exact, covering) = self.lookup_keys(settings, now, query);
         let mut lookup = Lookup {
             exact,
             covering,
@@ -534,6 +551,12 @@ impl Engine {
                 lookup.canaries.insert(k.clone());
             }
         }
+        Ok((lookup, valid_until))
+    }
+
+    fn compute(&self, now: u64, query: &Query) -> Result<(VerdictOut, u64)> {
+        let settings = self.settings();
+        let (lookup, valid_until) = self.gather(&settings, now, query)?;
         let mut verdict = aggregate::decide(&lookup, &settings.policy, now);
         let mut reasons: Vec<serde_json::Value> = Vec::new();
         // Local IP lists match the raw address, which only this server sees.
@@ -583,10 +606,6 @@ impl Engine {
             reasons,
             contributions,
         };
-        self.metrics.inc(
-            "corvid_verdicts_total",
-            &[("action", &out.action.to_string())],
-        );
         Ok((out, valid_until))
     }
 
@@ -679,7 +698,6 @@ impl Engine {
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         self.store.put_own_durable(&record)?;
         self.ingest(now, &settings.domain, &record, "")?;
-        self.store.flush()?;
         Ok(report)
     }
 
@@ -709,7 +727,6 @@ impl Engine {
         let record = Record::Retraction(tomb.clone());
         self.store.put_own_durable(&record)?;
         self.ingest(now, &settings.domain, &record, "")?;
-        self.store.flush()?;
         Ok(Some(tomb))
     }
 
@@ -743,7 +760,7 @@ impl Engine {
         let settings = self.settings();
         if existing.is_none()
             && let Some(peer) = settings.peers.get(source)
-            && self.store.peer(source)?.records >= peer.max_reports
+            && self.record_count(source) >= peer.max_reports
         {
             return Ok(Ingested::OverCap);
         }
@@ -764,15 +781,52 @@ impl Engine {
             },
         )?;
         if grew {
-            self.store.update_peer(source, |p| p.records += 1)?;
+            self.add_count(source, 1);
         }
         self.invalidate();
         self.note_decision(now, record.subject())?;
         Ok(Ingested::Stored)
     }
 
+    /// Records stored from a source (kept in memory, persisted by `sweep`).
+    pub fn record_count(&self, source: &str) -> u64 {
+        let mut counts = self
+            .counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *counts
+            .entry(source.to_owned())
+            .or_insert_with(|| self.store.peer(source).map(|p| p.records).unwrap_or(0))
+    }
+
+    fn add_count(&self, source: &str, delta: i64) {
+        let current = self.record_count(source);
+        let mut counts = self
+            .counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        counts.insert(source.to_owned(), current.saturating_add_signed(delta));
+    }
+
+    fn persist_counts(&self) -> Result<()> {
+        let counts: Vec<(String, u64)> = self
+            .counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        for (source, n) in counts {
+            self.store.update_peer(&source, |p| p.records = n)?;
+        }
+        Ok(())
+    }
+
     fn note_decision(&self, now: u64, subject: &SubjectKey) -> Result<()> {
-        let (v, _) = self.compute(now, &Query::Key(subject.clone()))?;
+        // Action and score only: no explanation is built on the ingest path.
+        let settings = self.settings();
+        let (lookup, _) = self.gather(&settings, now, &Query::Key(subject.clone()))?;
+        let v = aggregate::decide(&lookup, &settings.policy, now);
         self.store
             .record_decision(subject.as_str(), v.action, v.score, now)?;
         Ok(())
@@ -781,8 +835,7 @@ impl Engine {
     /// Removes one contribution (expiry, revocation, grace over).
     pub fn remove(&self, now: u64, source: &str, subject: &str) -> Result<()> {
         if self.store.remove(subject, source)? {
-            self.store
-                .update_peer(source, |p| p.records = p.records.saturating_sub(1))?;
+            self.add_count(source, -1);
             self.invalidate();
             if let Ok(key) = subject.parse() {
                 self.note_decision(now, &key)?;
@@ -896,6 +949,7 @@ impl Engine {
     /// Expiry and end of grace periods, in bounded batches so a mass expiry
     /// is spread out instead of stalling lookups. Returns entries removed.
     pub fn sweep(&self, now: u64, batch: usize) -> Result<usize> {
+        self.persist_counts()?;
         let mut removed = 0;
         for (source, subject) in self.store.expired(now, batch)? {
             self.remove(now, &source, &subject)?;
@@ -930,7 +984,9 @@ impl Engine {
 
     /// A source's state.
     pub fn peer_state(&self, source: &str) -> Result<PeerState> {
-        self.store.peer(source)
+        let mut state = self.store.peer(source)?;
+        state.records = self.record_count(source);
+        Ok(state)
     }
 
     /// Marks an item received from a source.

@@ -149,11 +149,15 @@ pub enum Query {
 impl Query {
     /// A stable cache key. For an IP this is the address itself: it stays
     /// in memory only (never logged or stored).
-    pub fn cache_key(&self) -> String {
+    pub fn cache_key(&self) -> std::borrow::Cow<'_, str> {
+        use std::borrow::Cow;
         match self {
-            Self::Jid { key, .. } | Self::Digest(key) | Self::Key(key) => key.to_string(),
-            Self::Domain { domain } => format!("domain:{domain}"),
-            Self::Ip(ip) => format!("rawip:{ip}"),
+            // The common case borrows: no allocation on the lookup path.
+            Self::Jid { key, .. } | Self::Digest(key) | Self::Key(key) => {
+                Cow::Borrowed(key.as_str())
+            }
+            Self::Domain { domain } => Cow::Owned(format!("domain:{domain}")),
+            Self::Ip(ip) => Cow::Owned(format!("rawip:{ip}")),
         }
     }
 

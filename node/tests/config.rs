@@ -17,7 +17,10 @@ fn the_example_parses_and_only_file_checks_fail() {
     let problems = config.problems();
     // The example points at /etc/corvid files that do not exist here; every
     // other check passes.
-    assert!(problems.iter().all(|p| p.message.contains("missing")), "{problems:#?}");
+    assert!(
+        problems.iter().all(|p| p.message.contains("missing")),
+        "{problems:#?}"
+    );
     assert!(problems.iter().all(|p| !p.hint.is_empty()));
 }
 
@@ -76,6 +79,9 @@ write_token_file = "write"
     let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
     assert!(keys.contains(&"keys.signing_key_file"), "{problems:#?}");
     assert!(keys.contains(&"api.listen"), "{problems:#?}");
-    assert!(keys.contains(&"xmpp.tls"), "plaintext off loopback: {problems:#?}");
+    assert!(
+        keys.contains(&"xmpp.tls"),
+        "plaintext off loopback: {problems:#?}"
+    );
     assert!(Config::load(&d.join("c.toml")).is_err());
 }

@@ -98,6 +98,19 @@ impl Node {
     /// # Panics
     /// When corvidd does not become ready.
     pub fn start(prosody: &Prosody, id: &Identity, extra: &str) -> Self {
+        Self::start_with_data(prosody, id, extra, None)
+    }
+
+    /// As [`Node::start`], with the database in `data_dir` (kept by the caller).
+    ///
+    /// # Panics
+    /// When corvidd does not become ready.
+    pub fn start_with_data(
+        prosody: &Prosody,
+        id: &Identity,
+        extra: &str,
+        data_dir: Option<&Path>,
+    ) -> Self {
         let dir = tempfile::Builder::new()
             .prefix(&format!("corvidd-{}-", id.domain))
             .tempdir()
@@ -110,9 +123,10 @@ impl Node {
         let write = format!("write-{}", id.domain);
         write_private(&d.join("read.token"), &read);
         write_private(&d.join("write.token"), &write);
-        let (policy_extra, rest) = split_policy(extra);
+        let (policy_extra, api_extra, rest) = split_policy(extra);
+        let data = data_dir.map_or_else(|| "data".to_owned(), |p| p.display().to_string());
         let config = format!(
-            r#"data_dir = "data"
+            r#"data_dir = "{data}"
 
 [xmpp]
 jid = "corvidd@{domain}"
@@ -144,6 +158,7 @@ secret_file = "fed.secret"
 listen = "127.0.0.1:0"
 read_token_file = "read.token"
 write_token_file = "write.token"
+{api_extra}
 {rest}
 "#,
             domain = id.domain,
@@ -194,6 +209,11 @@ write_token_file = "write.token"
         });
         let v: Value = serde_json::from_str(line.trim()).expect("ready line is JSON");
         self.api = v["api"].as_str().expect("api address").to_owned();
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// The config file path.
@@ -317,23 +337,20 @@ write_token_file = "write.token"
     }
 }
 
-/// Splits `extra` into lines for `[policy]` (prefixed `policy.`) and the rest.
-fn split_policy(extra: &str) -> (String, String) {
-    let mut policy = String::new();
-    let mut rest = String::new();
+/// Splits `extra` into lines for `[policy]` (prefixed `policy.`), for
+/// `[api]` (prefixed `api.`) and the rest.
+fn split_policy(extra: &str) -> (String, String, String) {
+    let (mut policy, mut api, mut rest) = (String::new(), String::new(), String::new());
     for line in extra.lines() {
-        match line.strip_prefix("policy.") {
-            Some(p) => {
-                policy.push_str(p);
-                policy.push('\n');
-            }
-            None => {
-                rest.push_str(line);
-                rest.push('\n');
-            }
-        }
+        let (target, text) = match (line.strip_prefix("policy."), line.strip_prefix("api.")) {
+            (Some(p), _) => (&mut policy, p),
+            (_, Some(a)) => (&mut api, a),
+            _ => (&mut rest, line),
+        };
+        target.push_str(text);
+        target.push('\n');
     }
-    (policy, rest)
+    (policy, api, rest)
 }
 
 impl Drop for Node {
