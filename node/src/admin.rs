@@ -1,19 +1,74 @@
-//! Admin endpoints the `corvid` CLI needs: peers and status.
+//! Admin endpoints the `corvid` CLI needs: peers, reload, status, import,
+//! export and the federation directory. Anything that changes state takes
+//! the write token.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use axum::Json;
-use axum::Router;
-use axum::extract::State;
+use axum::extract::{Path, Query as QueryParams, State};
 use axum::http::HeaderMap;
-use axum::routing::get;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use corvid_protocol::record::Category;
+use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::api::{ApiError, ApiState, authorize_read};
+use crate::api::{ApiError, ApiState, authorize_read, authorize_write};
+use crate::engine::IMPORT_PREFIX;
+use crate::subjects::{ReportSubject, parse_report_subject};
+use crate::xmpp::LinkState;
 
 /// Admin routes.
 pub fn routes() -> Router<Arc<ApiState>> {
-    Router::new().route("/v1/peers", get(peers))
+    Router::new()
+        .route("/v1/peers", get(peers))
+        .route(
+            "/v1/peers/{domain}/confirm-rotation",
+            post(confirm_rotation),
+        )
+        .route("/v1/peers/{domain}/enforce", post(enforce))
+        .route("/v1/admin/reload", post(reload))
+        .route("/v1/status", get(status))
+        .route("/v1/import", post(import))
+        .route("/v1/export", get(export))
+        .route("/v1/federation/announce", post(announce))
+        .route("/v1/federation/members", get(members))
+}
+
+fn peer_json(s: &ApiState, domain: &str, p: &crate::engine::Peer) -> Result<Value, ApiError> {
+    let state = s.engine.peer_state(domain)?;
+    let mut rejected = serde_json::Map::new();
+    for (labels, count) in s.engine.metrics.series("corvid_rejected_items_total") {
+        if labels.contains(&format!("peer=\"{domain}\""))
+            && let Some(reason) = labels
+                .split("reason=\"")
+                .nth(1)
+                .and_then(|r| r.split('"').next())
+        {
+            rejected.insert(reason.to_owned(), json!(count));
+        }
+    }
+    let mode = if s.engine.is_suspended(domain) {
+        "observe (suspended: reported a canary)"
+    } else if p.trust.mode == corvid_protocol::aggregate::Mode::Observe {
+        "observe"
+    } else {
+        "enforce"
+    };
+    Ok(json!({
+        "domain": domain,
+        "feed": p.feed.to_string(),
+        "key": p.key.to_string(),
+        "fingerprint": p.key.fingerprint().to_string(),
+        "weight": p.trust.weight,
+        "mode": mode,
+        "last_sync": state.last_sync,
+        "last_item": state.last_item,
+        "records": state.records,
+        "pending_rotation": state.pending_rotation,
+        "suspended": state.suspended_for_canary,
+        "rejected": rejected,
+    }))
 }
 
 async fn peers(
@@ -24,29 +79,247 @@ async fn peers(
     let settings = s.engine.settings();
     let mut out = Vec::new();
     for (domain, p) in &settings.peers {
-        let state = s.engine.peer_state(domain)?;
-        let rejected: Vec<Value> = s
-            .engine
-            .metrics
-            .series("corvid_rejected_items_total")
-            .into_iter()
-            .filter(|(l, _)| l.contains(&format!("peer=\"{domain}\"")))
-            .map(|(l, v)| json!({"labels": l, "count": v}))
-            .collect();
-        out.push(json!({
-            "domain": domain,
-            "feed": p.feed.to_string(),
-            "key": p.key.to_string(),
-            "fingerprint": p.key.fingerprint().to_string(),
-            "weight": p.trust.weight,
-            "mode": if s.engine.is_suspended(domain) { "observe (suspended: reported a canary)" } else if p.trust.mode == corvid_protocol::aggregate::Mode::Observe { "observe" } else { "enforce" },
-            "last_sync": state.last_sync,
-            "last_item": state.last_item,
-            "records": state.records,
-            "pending_rotation": state.pending_rotation,
-            "suspended": state.suspended_for_canary,
-            "rejected": rejected,
-        }));
+        out.push(peer_json(&s, domain, p)?);
     }
     Ok(Json(json!({"peers": out})))
+}
+
+async fn confirm_rotation(
+    State(s): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path(domain): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    authorize_write(&s, &headers)?;
+    match s.engine.confirm_rotation(&domain)? {
+        Some(key) => {
+            s.reload.notify_one();
+            Ok(Json(json!({"peer": domain, "accepted_key": key})))
+        }
+        None => Err(ApiError::bad(format!(
+            "no key rotation is pending for {domain}"
+        ))),
+    }
+}
+
+async fn enforce(
+    State(s): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path(domain): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    authorize_write(&s, &headers)?;
+    s.engine.lift_suspension(&domain)?;
+    Ok(Json(json!({"peer": domain, "suspension_lifted": true})))
+}
+
+async fn reload(
+    State(s): State<Arc<ApiState>>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    authorize_write(&s, &headers)?;
+    s.reload.notify_one();
+    Ok(Json(json!({"reloading": true})))
+}
+
+async fn status(
+    State(s): State<Arc<ApiState>>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    authorize_read(&s, &headers)?;
+    let settings = s.engine.settings();
+    let now = crate::now();
+    let mut warnings = Vec::new();
+    let mut peers = Vec::new();
+    for (domain, p) in &settings.peers {
+        let v = peer_json(&s, domain, p)?;
+        let last = v["last_sync"].as_u64();
+        if last.is_none_or(|t| now.saturating_sub(t) > 3600) {
+            warnings.push(format!(
+                "peer {domain}: no complete sync in the last hour (is its feed reachable?)"
+            ));
+        }
+        if v["pending_rotation"].is_string() {
+            warnings.push(format!(
+                "peer {domain}: a key rotation waits for you: corvid peer confirm-rotation {domain}"
+            ));
+        }
+        if v["suspended"].is_string() {
+            warnings.push(format!("peer {domain}: suspended (observe mode) for reporting a canary: corvid peer enforce {domain} once resolved"));
+        }
+        peers.push(v);
+    }
+    let xmpp = match s.link.state() {
+        LinkState::Online { .. } => "online".to_owned(),
+        LinkState::Connecting { last_error } => {
+            warnings.push(format!(
+                "XMPP link down: {}",
+                last_error.as_deref().unwrap_or("connecting")
+            ));
+            "connecting".to_owned()
+        }
+    };
+    let offset = s.clock_offset.load(std::sync::atomic::Ordering::Relaxed);
+    if s.clock_measured.load(std::sync::atomic::Ordering::Relaxed)
+        && offset.unsigned_abs() > settings.skew / 2
+    {
+        warnings.push(format!(
+            "clock differs from the XMPP server's by {offset} s: fix NTP"
+        ));
+    }
+    Ok(Json(json!({
+        "domain": settings.domain,
+        "feed": s.engine.feed().to_string(),
+        "public_key": s.engine.public_key().to_string(),
+        "fingerprint": s.engine.public_key().fingerprint().to_string(),
+        "xmpp": xmpp,
+        "subjects_by_action": s.engine.action_counts()?,
+        "stored_contributions": s.engine.store().contribution_count(),
+        "own_reports_unpublished": s.engine.store().outbox()?.len(),
+        "peers": peers,
+        "warnings": warnings,
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ImportBody {
+    /// A name for the list (the source id becomes `import:NAME`).
+    name: String,
+    entries: Vec<ImportEntry>,
+    #[serde(default)]
+    publish: bool,
+    #[serde(default)]
+    ttl_secs: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ImportEntry {
+    subject: String,
+    #[serde(default)]
+    category: Option<String>,
+    #[serde(default)]
+    note: Option<String>,
+}
+
+async fn import(
+    State(s): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Json(body): Json<ImportBody>,
+) -> Result<Json<Value>, ApiError> {
+    authorize_write(&s, &headers)?;
+    if body.name.is_empty()
+        || !body
+            .name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    {
+        return Err(ApiError::bad("name must be letters, digits, - _ ."));
+    }
+    let settings = s.engine.settings();
+    let ttl = body.ttl_secs.unwrap_or(settings.default_ttl);
+    let source = format!("{IMPORT_PREFIX}{}", body.name);
+    let now = crate::now();
+    let (mut imported, mut skipped) = (0u64, Vec::new());
+    for e in body.entries {
+        let category: Category = match e.category.as_deref().unwrap_or("spam").parse() {
+            Ok(c) => c,
+            Err(err) => {
+                skipped.push(json!({"subject": e.subject, "reason": err}));
+                continue;
+            }
+        };
+        let subject = match parse_report_subject(&e.subject) {
+            Ok(ReportSubject::Key(k)) => k,
+            Ok(ReportSubject::Ip(_)) => {
+                skipped.push(json!({"subject": e.subject, "reason": "IP entries are not imported (raw addresses stay out of the store)"}));
+                continue;
+            }
+            Err(err) => {
+                skipped.push(json!({"subject": e.subject, "reason": err.to_string()}));
+                continue;
+            }
+        };
+        if settings.is_canary(&subject) {
+            skipped.push(json!({"subject": e.subject, "reason": "one of this server's own hosts (a canary)"}));
+            continue;
+        }
+        let result = if body.publish {
+            s.engine
+                .submit(
+                    now,
+                    crate::engine::Submission {
+                        subject: ReportSubject::Key(subject),
+                        category,
+                        confidence: 80,
+                        ttl: Some(ttl),
+                        note: e.note,
+                        count: 1,
+                        first_seen: None,
+                        abuse_contacted_at: None,
+                        message_text: None,
+                    },
+                )
+                .map(|_| ())
+        } else {
+            s.engine
+                .import(now, &source, subject, category, ttl)
+                .map(|_| ())
+        };
+        match result {
+            Ok(()) => imported += 1,
+            Err(err) => skipped.push(json!({"subject": e.subject, "reason": err.to_string()})),
+        }
+    }
+    if body.publish {
+        s.wake.notify_one();
+    }
+    Ok(Json(
+        json!({"source": if body.publish { settings.domain.clone() } else { source }, "imported": imported, "skipped": skipped, "published": body.publish}),
+    ))
+}
+
+async fn export(
+    State(s): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    QueryParams(params): QueryParams<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    authorize_read(&s, &headers)?;
+    let settings = s.engine.settings();
+    let all = s.engine.export(crate::now())?;
+    let only_block = params.get("action").map(String::as_str) == Some("block");
+    let list: Vec<_> = all
+        .into_iter()
+        .filter(|e| !only_block || e.action == corvid_protocol::aggregate::Action::Block)
+        .collect();
+    let dir = settings.directory.as_ref();
+    Ok(Json(json!({
+        "server": settings.domain,
+        "generated_at": crate::now(),
+        "abuse_contacts": dir.map(|d| d.abuse.clone()).unwrap_or_default(),
+        "listing_policy": dir.map(|d| d.listing_policy.clone()).unwrap_or_default(),
+        "delisting_policy": dir.map(|d| d.delisting_policy.clone()).unwrap_or_default(),
+        "entries": list,
+    })))
+}
+
+async fn announce(
+    State(s): State<Arc<ApiState>>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    authorize_write(&s, &headers)?;
+    let card = crate::federation::announce(&s.engine, &s.link)
+        .await
+        .map_err(|e| ApiError::bad(format!("{e:#}")))?;
+    Ok(Json(json!({"announced": card})))
+}
+
+async fn members(
+    State(s): State<Arc<ApiState>>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    authorize_read(&s, &headers)?;
+    let list = crate::federation::members(&s.engine, &s.link)
+        .await
+        .map_err(|e| ApiError::bad(format!("{e:#}")))?;
+    Ok(Json(json!({"members": list})))
 }

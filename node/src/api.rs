@@ -167,7 +167,7 @@ fn authorize(state: &ApiState, headers: &HeaderMap, need: Need) -> ApiResult<()>
     }
 }
 
-const QUERY_KEYS: [&str; 5] = ["jid", "domain", "ip", "digest", "host"];
+const QUERY_KEYS: [&str; 6] = ["jid", "domain", "ip", "digest", "host", "subject"];
 
 fn parse_query(state: &ApiState, params: &HashMap<String, String>) -> ApiResult<Query> {
     if let Some(k) = params.keys().find(|k| !QUERY_KEYS.contains(&k.as_str())) {
@@ -186,6 +186,18 @@ fn parse_query(state: &ApiState, params: &HashMap<String, String>) -> ApiResult<
         }
     }
     let get = |k: &str| params.get(k).map(String::as_str);
+    // `subject=` takes any form the CLI accepts (JID, domain, key, ip:ADDR).
+    if let Some(text) = get("subject") {
+        if ["jid", "domain", "ip", "digest"]
+            .iter()
+            .any(|k| params.contains_key(*k))
+        {
+            return Err(ApiError::bad(
+                "give subject alone, or one of jid, domain, ip, digest",
+            ));
+        }
+        return Query::parse(text).map_err(|e| ApiError::bad(e.to_string()));
+    }
     Query::from_params(get("jid"), get("domain"), get("ip"), get("digest"))
         .map_err(|e| ApiError::bad(e.to_string()))
 }

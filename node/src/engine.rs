@@ -91,6 +91,8 @@ pub struct Settings {
     pub default_ttl: u64,
     /// Ingest rate limit per source, items per second.
     pub ingest_rate: u32,
+    /// Federation directory settings, if this node takes part in one.
+    pub directory: Option<crate::config::DirectoryConfig>,
 }
 
 impl Settings {
@@ -193,6 +195,7 @@ impl Settings {
             grace: config.policy.unconfirmed_grace_secs,
             default_ttl: config.policy.default_ttl_days * 86_400,
             ingest_rate: config.policy.ingest_rate_per_sec,
+            directory: config.directory.clone(),
         })
     }
 
@@ -206,6 +209,15 @@ impl Settings {
         }
         if let Some(p) = self.peers.get(source) {
             return Some(p.trust.clone());
+        }
+        if source.starts_with(IMPORT_PREFIX) {
+            // A list the operator imported: counted, but unsigned and
+            // third-party, so like an RTBL it never makes a quorum.
+            return Some(Trust {
+                kind: SourceKind::Import,
+                weight: IMPORT_WEIGHT,
+                mode: Mode::Enforce,
+            });
         }
         self.rtbls.get(source).map(|r| r.trust.clone())
     }
@@ -308,6 +320,34 @@ pub struct Engine {
     /// Signalled when our own feed was purged, deleted or had items
     /// retracted behind our back: the publisher reconciles.
     pub own_feed_changed: tokio::sync::Notify,
+}
+
+/// Source ids of local imports start with this.
+pub const IMPORT_PREFIX: &str = "import:";
+/// Weight of an imported list's entries.
+pub const IMPORT_WEIGHT: f64 = 0.8;
+
+/// One subject in an export.
+#[derive(Debug, Clone, Serialize)]
+pub struct Exported {
+    /// Subject key.
+    pub subject: String,
+    /// For domain subjects, the domain (U-label).
+    pub domain: Option<String>,
+    /// Current action.
+    pub action: Action,
+    /// Score.
+    pub score: f64,
+    /// Category of the strongest contribution.
+    pub category: Option<Category>,
+    /// Earliest issue time among live contributions.
+    pub since: Option<u64>,
+    /// Sum of evidence counts.
+    pub evidence: u64,
+    /// Whether a contribution says the abuse contact was tried.
+    pub abuse_contacted: bool,
+    /// Sources contributing.
+    pub sources: Vec<String>,
 }
 
 /// Cached verdicts kept before the cache is cleared.
@@ -994,6 +1034,81 @@ impl Engine {
         self.store
             .update_peer(source, |p| p.last_item = Some(now))?;
         Ok(())
+    }
+
+    /// Every subject whose own verdict is `flag` or `block`, with details
+    /// for the public list.
+    pub fn export(&self, now: u64) -> Result<Vec<Exported>> {
+        let settings = self.settings();
+        let mut out = Vec::new();
+        for subject in self.store.subjects()? {
+            let Ok(key) = subject.parse::<SubjectKey>() else {
+                continue;
+            };
+            let (lookup, _) = self.gather(&settings, now, &Query::Key(key.clone()))?;
+            let v = aggregate::decide(&lookup, &settings.policy, now);
+            if v.action == Action::Allow {
+                continue;
+            }
+            let counted: Vec<&Scored> = v.contributions.iter().filter(|c| c.counted).collect();
+            let mut evidence = 0;
+            let mut since = None::<u64>;
+            for c in &lookup.contributions {
+                if let Record::Report(r) = &c.record
+                    && r.expires_at > now
+                {
+                    evidence += r.evidence.count;
+                    since = Some(since.map_or(r.issued_at, |s| s.min(r.issued_at)));
+                }
+            }
+            out.push(Exported {
+                domain: key
+                    .domain()
+                    .map(|(d, wild)| if wild { format!("*.{d}") } else { d.to_owned() }),
+                subject,
+                action: v.action,
+                score: (v.score * 1000.0).round() / 1000.0,
+                category: counted.first().map(|c| c.category),
+                since,
+                evidence,
+                abuse_contacted: counted.iter().any(|c| c.abuse_contacted_at.is_some()),
+                sources: counted.iter().map(|c| c.source.clone()).collect(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Stores an imported list entry as a local, unpublished source.
+    pub fn import(
+        &self,
+        now: u64,
+        source: &str,
+        subject: SubjectKey,
+        category: Category,
+        ttl: u64,
+    ) -> Result<Ingested> {
+        let report = Report {
+            id: new_report_id(now * 1000),
+            subject,
+            category,
+            confidence: 100,
+            issued_at: now,
+            expires_at: now + ttl.min(corvid_protocol::ns::MAX_TTL_SECS),
+            evidence: Evidence {
+                count: 1,
+                first_seen: now,
+                last_seen: now,
+                note: None,
+                abuse_contacted_at: None,
+                message_text: None,
+            },
+        };
+        self.ingest(now, source, &Record::Report(report), "")
+    }
+
+    /// Counts of subjects by their last recorded action.
+    pub fn action_counts(&self) -> Result<BTreeMap<String, u64>> {
+        self.store.action_counts()
     }
 
     /// The ingest rate limit.

@@ -27,4 +27,5 @@ pub fn now() -> u64 {
 }
 pub mod admin;
 pub mod api;
+pub mod federation;
 pub mod sync;

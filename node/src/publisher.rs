@@ -38,7 +38,15 @@ pub async fn run(engine: Arc<Engine>, link: Link, config: FeedConfig, wake: Arc<
         };
         if session != reconciled_session {
             match reconcile(&engine, &link, &config, &issuer, &mut writer).await {
-                Ok(()) => reconciled_session = session,
+                Ok(()) => {
+                    reconciled_session = session;
+                    // Keep the membership card current after every connect.
+                    if engine.settings().directory.is_some()
+                        && let Err(e) = crate::federation::announce(&engine, &link).await
+                    {
+                        tracing::warn!("could not publish the membership card: {e:#}");
+                    }
+                }
                 Err(e) => {
                     tracing::warn!("feed reconciliation failed: {e:#}; retrying");
                     tokio::time::sleep(Duration::from_secs(2)).await;

@@ -447,6 +447,23 @@ impl Store {
             .collect()
     }
 
+    /// Subjects by their last recorded action.
+    ///
+    /// # Errors
+    /// IO errors.
+    pub fn action_counts(&self) -> Result<std::collections::BTreeMap<String, u64>> {
+        let mut out = std::collections::BTreeMap::new();
+        for v in self.last_action.iter().values() {
+            let name = match v?.first() {
+                Some(2) => "block",
+                Some(1) => "flag",
+                _ => "allow",
+            };
+            *out.entry(name.to_owned()).or_insert(0) += 1;
+        }
+        Ok(out)
+    }
+
     /// Bytes on disk.
     pub fn size_on_disk(&self) -> u64 {
         self.db.size_on_disk().unwrap_or(0)
