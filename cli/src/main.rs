@@ -1,1 +1,515 @@
-fn main() {}
+//! corvid: the operator's tool for a Corvid node.
+//!
+//! It edits corvidd's config (keeping comments), talks to the local
+//! corvidd's API (address and tokens read from that same config), and
+//! works offline for `keygen`, `init` and `check-config`.
+
+mod api;
+mod edit;
+mod lists;
+mod setup;
+mod show;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use serde_json::{Value, json};
+
+use crate::api::{Failure, Node, enc};
+
+const EXIT_CODES: &str = "Exit codes: 0 success; 1 failure; 2 bad usage or config problems; \
+3 corvidd not reachable; 4 no such subject or peer.";
+
+#[derive(Parser, Debug)]
+#[command(name = "corvid", version, about = "Operate a Corvid node: report spammers, check verdicts, manage peers", after_help = EXIT_CODES)]
+struct Cli {
+    /// corvidd's config file (the API address and tokens are read from it).
+    #[arg(
+        long,
+        short = 'c',
+        global = true,
+        env = "CORVID_CONFIG",
+        default_value = "/etc/corvid/corvidd.toml"
+    )]
+    config: PathBuf,
+    /// Print JSON instead of text (read commands).
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Create a signing key (mode 0600) and print its public key and fingerprint.
+    Keygen {
+        /// Where to write the key.
+        #[arg(long, default_value = "signing.key")]
+        out: PathBuf,
+        /// Overwrite an existing key file (the old key is lost).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Write a commented corvidd config for joining a federation.
+    Init(setup::InitArgs),
+    /// Check a corvidd config file and list every problem with a hint.
+    CheckConfig {
+        /// The file to check.
+        file: PathBuf,
+    },
+    /// Report a subject: a JID, a domain (*.domain for subdomains), ip:ADDR[/LEN], or digest: (body from --body-file or stdin).
+    Report(ReportArgs),
+    /// Withdraw this server's report about a subject.
+    Retract {
+        /// The subject, as reported.
+        subject: String,
+        /// Why: false-positive or resolved.
+        #[arg(long, default_value = "false-positive")]
+        reason: String,
+    },
+    /// Show the action and score for subjects.
+    Verdict {
+        /// JIDs, domains, ip:ADDR, digest:HEX or subject keys.
+        #[arg(required = true)]
+        subjects: Vec<String>,
+    },
+    /// Explain a verdict: every contributing report with issuer, weight, age, decay, mode, expiry and status.
+    Why {
+        /// The subject.
+        subject: String,
+    },
+    /// Manage peers (edits the config and has corvidd reload it).
+    #[command(subcommand)]
+    Peer(PeerCommand),
+    /// Import a list as a local source (published under this server's key only with --publish).
+    Import(lists::ImportArgs),
+    /// Export verdicts, including the public shame list of blocked domains.
+    Export(lists::ExportArgs),
+    /// Health, peers, freshness, counts and warnings.
+    Status,
+    /// The federation directory.
+    #[command(subcommand)]
+    Federation(FederationCommand),
+}
+
+#[derive(Parser, Debug)]
+struct ReportArgs {
+    /// The subject.
+    subject: String,
+    /// spam, abuse, phishing, malware, bulk-registration, muc-spam, open-relay, tor-exit or open-proxy.
+    #[arg(long)]
+    category: String,
+    /// How sure you are, 1-100.
+    #[arg(long, default_value_t = 80)]
+    confidence: u8,
+    /// Lifetime: 30d, 12h, 90m or seconds (default from the config, at most 90d).
+    #[arg(long)]
+    ttl: Option<String>,
+    /// A short note for other operators (no message text unless you mean it).
+    #[arg(long)]
+    note: Option<String>,
+    /// Incidents seen.
+    #[arg(long, default_value_t = 1)]
+    count: u64,
+    /// Domain reports: you notified the domain's abuse contact (Unix time, or "now").
+    #[arg(long)]
+    abuse_contacted: Option<String>,
+    /// For digest: subjects, the message body file ("-" for stdin).
+    #[arg(long)]
+    body_file: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+enum PeerCommand {
+    /// Trust a peer's feed.
+    Add {
+        /// The peer's server domain.
+        domain: String,
+        /// Its feed, xmpp:pubsub.DOMAIN?;node=corvid.
+        #[arg(long, required_unless_present = "from_directory")]
+        feed: Option<String>,
+        /// Its public key (ed25519:...), checked out of band.
+        #[arg(long, required_unless_present = "from_directory")]
+        key: Option<String>,
+        /// Take feed and key from the member's verified directory card.
+        #[arg(long)]
+        from_directory: bool,
+        /// Trust weight 0.0-1.0.
+        #[arg(long, default_value_t = 1.0)]
+        weight: f64,
+        /// enforce or observe.
+        #[arg(long, default_value = "enforce")]
+        mode: String,
+        /// Confirm the fingerprint without asking (scripts).
+        #[arg(long)]
+        yes: bool,
+    },
+    /// List peers with sync state, counts, rejections and pending rotations.
+    List,
+    /// Stop trusting a peer.
+    Remove {
+        /// Domain.
+        domain: String,
+    },
+    /// Change a peer's weight.
+    SetWeight {
+        /// Domain.
+        domain: String,
+        /// 0.0-1.0.
+        weight: f64,
+    },
+    /// Show a peer's reports without counting them.
+    Observe {
+        /// Domain.
+        domain: String,
+    },
+    /// Count a peer's reports again (also lifts a canary suspension).
+    Enforce {
+        /// Domain.
+        domain: String,
+    },
+    /// Accept a peer's pending key rotation.
+    ConfirmRotation {
+        /// Domain.
+        domain: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum FederationCommand {
+    /// Publish this server's signed membership card on the directory.
+    Announce,
+    /// List the directory's members: signature, domain verification, peer status.
+    Members,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(&cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            let code = e.downcast_ref::<Failure>().map_or(1, |f| f.code);
+            eprintln!("error: {e:#}");
+            ExitCode::from(u8::try_from(code).unwrap_or(1))
+        }
+    }
+}
+
+fn node(cli: &Cli) -> Result<Node> {
+    Node::from_config(&cli.config)
+}
+
+fn print(cli: &Cli, v: &Value, text: impl FnOnce(&Value) -> String) {
+    if cli.json {
+        println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    } else {
+        print!("{}", text(v));
+    }
+}
+
+fn run(cli: &Cli) -> Result<u8> {
+    match &cli.command {
+        Command::Keygen { out, force } => setup::keygen(out, *force),
+        Command::Init(args) => setup::init(args),
+        Command::CheckConfig { file } => setup::check_config(file),
+        Command::Report(args) => report(cli, args),
+        Command::Retract { subject, reason } => {
+            let v = node(cli)?
+                .delete(&format!(
+                    "/v1/reports/{}?reason={}",
+                    enc(subject),
+                    enc(reason)
+                ))?
+                .ok()?;
+            print(cli, &v, |v| {
+                format!(
+                    "retracted {} (tombstone {}); peers drop this server's contribution\n",
+                    v["subject"].as_str().unwrap_or(""),
+                    v["tombstone"].as_str().unwrap_or("")
+                )
+            });
+            Ok(0)
+        }
+        Command::Verdict { subjects } => {
+            let n = node(cli)?;
+            let mut all = Vec::new();
+            for s in subjects {
+                let mut v = n.get(&format!("/v1/verdict?subject={}", enc(s)))?.ok()?;
+                v["subject"] = json!(s);
+                all.push(v);
+            }
+            print(cli, &json!(all), show::verdicts);
+            Ok(0)
+        }
+        Command::Why { subject } => {
+            let v = node(cli)?
+                .get(&format!("/v1/explain?subject={}", enc(subject)))?
+                .ok()?;
+            print(cli, &v, |v| show::why(subject, v));
+            Ok(0)
+        }
+        Command::Peer(p) => peer(cli, p),
+        Command::Import(args) => lists::import(cli.json, &node(cli)?, args),
+        Command::Export(args) => lists::export(&node(cli)?, args),
+        Command::Status => {
+            let n = node(cli)?;
+            let health = n.get("/healthz")?.json;
+            let mut v = n.get("/v1/status")?.ok()?;
+            v["health"] = health;
+            print(cli, &v, show::status);
+            Ok(0)
+        }
+        Command::Federation(FederationCommand::Announce) => {
+            let v = node(cli)?
+                .post("/v1/federation/announce", &json!({}))?
+                .ok()?;
+            print(cli, &v, |v| {
+                format!(
+                    "announced {} with key {}\n",
+                    v["announced"]["domain"].as_str().unwrap_or(""),
+                    v["announced"]["key"].as_str().unwrap_or("")
+                )
+            });
+            Ok(0)
+        }
+        Command::Federation(FederationCommand::Members) => {
+            let v = node(cli)?.get("/v1/federation/members")?.ok()?;
+            print(cli, &v, show::members);
+            Ok(0)
+        }
+    }
+}
+
+/// Parses 30d, 12h, 90m, 45s or plain seconds.
+fn parse_ttl(text: &str) -> Result<u64> {
+    let (num, unit) = text.trim().split_at(
+        text.trim()
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.trim().len()),
+    );
+    let n: u64 = num
+        .parse()
+        .with_context(|| format!("--ttl {text:?}: expected e.g. 30d, 12h, 90m"))?;
+    let mult = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => bail!("--ttl {text:?}: unit must be s, m, h or d"),
+    };
+    Ok(n * mult)
+}
+
+fn report(cli: &Cli, a: &ReportArgs) -> Result<u8> {
+    let subject = if let Some(rest) = a.subject.strip_prefix("digest:")
+        && (rest.is_empty() || rest == "-")
+    {
+        let body = match a.body_file.as_deref() {
+            Some(p) if p != std::path::Path::new("-") => std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read {}", p.display()))?,
+            _ => std::io::read_to_string(std::io::stdin())
+                .context("reading the message body from stdin")?,
+        };
+        match corvid_protocol::digest::body_digest(&body) {
+            Some(k) => k.to_string(),
+            None => bail!(
+                "the body is too short for a digest (fewer than {} characters after normalization)",
+                corvid_protocol::digest::MIN_NORMALIZED_CHARS
+            ),
+        }
+    } else {
+        a.subject.clone()
+    };
+    let abuse = match a.abuse_contacted.as_deref() {
+        None => None,
+        Some("now") => Some(corvid_node::now()),
+        Some(t) => Some(
+            t.parse::<u64>()
+                .context("--abuse-contacted takes a Unix time or \"now\"")?,
+        ),
+    };
+    let body = json!({
+        "subject": subject,
+        "category": a.category,
+        "confidence": a.confidence,
+        "ttl_secs": a.ttl.as_deref().map(parse_ttl).transpose()?,
+        "note": a.note,
+        "count": a.count,
+        "abuse_contacted_at": abuse,
+    });
+    let v = node(cli)?.post("/v1/reports", &body)?.ok()?;
+    print(cli, &v, |v| {
+        format!(
+            "{}\nreport stored durably; it is being published to this server's feed.\nsubject {} expires {}\n",
+            v["id"].as_str().unwrap_or(""),
+            v["subject"].as_str().unwrap_or(""),
+            edit::date(v["expires_at"].as_u64().unwrap_or(0))
+        )
+    });
+    Ok(0)
+}
+
+fn reload(cli: &Cli) -> Result<()> {
+    match Node::from_config(&cli.config).and_then(|n| n.post("/v1/admin/reload", &json!({}))?.ok())
+    {
+        Ok(_) => eprintln!("saved {}; corvidd is reloading it", cli.config.display()),
+        Err(e) => eprintln!(
+            "saved {}; corvidd did not take the reload ({e:#}); it reads the file at start, or send it SIGHUP",
+            cli.config.display()
+        ),
+    }
+    Ok(())
+}
+
+fn peer(cli: &Cli, p: &PeerCommand) -> Result<u8> {
+    let path = &cli.config;
+    match p {
+        PeerCommand::List => {
+            let v = node(cli)?.get("/v1/peers")?.ok()?;
+            print(cli, &v, show::peers);
+            return Ok(0);
+        }
+        PeerCommand::Add {
+            domain,
+            feed,
+            key,
+            from_directory,
+            weight,
+            mode,
+            yes,
+        } => {
+            let (feed, key) = if *from_directory {
+                from_directory_card(cli, domain)?
+            } else {
+                (
+                    feed.clone().unwrap_or_default(),
+                    key.clone().unwrap_or_default(),
+                )
+            };
+            let public: corvid_protocol::keys::PublicKey =
+                key.parse().with_context(|| format!("--key {key:?}"))?;
+            feed.parse::<corvid_protocol::item::FeedAddress>()?;
+            if !(0.0..=1.0).contains(weight) {
+                bail!("--weight must be between 0.0 and 1.0");
+            }
+            if mode != "enforce" && mode != "observe" {
+                bail!("--mode is enforce or observe");
+            }
+            if !*yes {
+                confirm(&format!(
+                    "Trust {domain}? Compare this fingerprint with the one its operator gives you out of band:\n  {}\n",
+                    public.fingerprint()
+                ))?;
+            }
+            let mut doc = edit::load(path)?;
+            edit::add_peer(&mut doc, domain, &feed, &key, *weight, mode)?;
+            edit::save(path, &doc)?;
+            println!(
+                "{domain} added ({mode}, weight {weight}, key {})",
+                public.fingerprint()
+            );
+        }
+        PeerCommand::Remove { domain } => {
+            let mut doc = edit::load(path)?;
+            edit::remove_peer(&mut doc, domain).map_err(|e| {
+                anyhow::anyhow!(Failure {
+                    code: api::EXIT_NOT_FOUND,
+                    message: e.to_string()
+                })
+            })?;
+            edit::save(path, &doc)?;
+            println!("{domain} removed; its reports stop counting");
+        }
+        PeerCommand::SetWeight { domain, weight } => {
+            if !(0.0..=1.0).contains(weight) {
+                bail!("weight must be between 0.0 and 1.0");
+            }
+            let mut doc = edit::load(path)?;
+            edit::peer_mut(&mut doc, domain)?.insert("weight", toml_edit::value(*weight));
+            edit::save(path, &doc)?;
+            println!("{domain}: weight {weight}");
+        }
+        PeerCommand::Observe { domain } | PeerCommand::Enforce { domain } => {
+            let mode = if matches!(p, PeerCommand::Observe { .. }) {
+                "observe"
+            } else {
+                "enforce"
+            };
+            let mut doc = edit::load(path)?;
+            edit::peer_mut(&mut doc, domain)?.insert("mode", toml_edit::value(mode));
+            edit::save(path, &doc)?;
+            if mode == "enforce"
+                && let Ok(n) = node(cli)
+            {
+                let _ = n.post(&format!("/v1/peers/{}/enforce", enc(domain)), &json!({}));
+            }
+            println!("{domain}: {mode}");
+        }
+        PeerCommand::ConfirmRotation { domain } => {
+            let v = node(cli)?
+                .post(
+                    &format!("/v1/peers/{}/confirm-rotation", enc(domain)),
+                    &json!({}),
+                )?
+                .ok()?;
+            let key = v["accepted_key"].as_str().unwrap_or_default().to_owned();
+            let mut doc = edit::load(path)?;
+            edit::peer_mut(&mut doc, domain)?.insert("key", toml_edit::value(&key));
+            edit::save(path, &doc)?;
+            println!("{domain}: now pinned to {key}");
+        }
+    }
+    reload(cli)?;
+    Ok(0)
+}
+
+fn from_directory_card(cli: &Cli, domain: &str) -> Result<(String, String)> {
+    let v = node(cli)?.get("/v1/federation/members")?.ok()?;
+    let members = v["members"].as_array().cloned().unwrap_or_default();
+    let m = members
+        .iter()
+        .find(|m| m["card"]["domain"] == domain)
+        .ok_or_else(|| {
+            anyhow::anyhow!(Failure {
+                code: api::EXIT_NOT_FOUND,
+                message: format!(
+                    "{domain} has no card in the directory (see `corvid federation members`)"
+                )
+            })
+        })?;
+    if m["signature_ok"] != true {
+        bail!(
+            "{domain}'s card does not verify: {}",
+            m["signature_error"].as_str().unwrap_or("unknown")
+        );
+    }
+    if m["domain_verified"] != true {
+        bail!(
+            "{domain}'s card is not domain-verified ({}); pin its key by hand only after checking it out of band",
+            m["domain_error"].as_str().unwrap_or("unknown")
+        );
+    }
+    Ok((
+        m["card"]["feed"].as_str().unwrap_or_default().to_owned(),
+        m["card"]["key"].as_str().unwrap_or_default().to_owned(),
+    ))
+}
+
+fn confirm(prompt: &str) -> Result<()> {
+    use std::io::{BufRead as _, IsTerminal as _, Write as _};
+    if !std::io::stdin().is_terminal() {
+        bail!(
+            "{prompt}Not asking on a non-interactive stdin: pass --yes once you have compared the fingerprint"
+        );
+    }
+    print!("{prompt}Type yes to trust it: ");
+    std::io::stdout().flush()?;
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    if line.trim() != "yes" {
+        bail!("not confirmed; nothing changed");
+    }
+    Ok(())
+}

@@ -1,0 +1,228 @@
+//! Talking to the local corvidd: where it listens and which tokens to use
+//! come from its own config file, so one `--config` is all the CLI needs.
+
+use std::io::{Read as _, Write as _};
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow};
+use corvid_node::config::{Config, Listen, read_secret};
+use serde_json::Value;
+
+/// Exit code: corvidd could not be reached.
+pub const EXIT_UNREACHABLE: i32 = 3;
+/// Exit code: the subject or peer does not exist.
+pub const EXIT_NOT_FOUND: i32 = 4;
+
+/// An error with a specific exit code and advice.
+#[derive(Debug)]
+pub struct Failure {
+    /// Exit code.
+    pub code: i32,
+    /// Message (with what to do next).
+    pub message: String,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Failure {}
+
+/// The local node's API.
+#[derive(Debug)]
+pub struct Node {
+    listen: Listen,
+    read: String,
+    write: String,
+}
+
+/// A response.
+#[derive(Debug)]
+pub struct Reply {
+    /// HTTP status.
+    pub status: u16,
+    /// JSON body.
+    pub json: Value,
+}
+
+impl Node {
+    /// Reads where the node listens from its config.
+    ///
+    /// # Errors
+    /// When the config or token files cannot be read.
+    pub fn from_config(path: &Path) -> Result<Self> {
+        let config = Config::parse_file(path).with_context(|| {
+            format!(
+                "cannot read corvidd's config {} (use --config FILE or set CORVID_CONFIG)",
+                path.display()
+            )
+        })?;
+        Ok(Self {
+            listen: config.api.listen()?,
+            read: read_secret(&config.api.read_token_file).context(
+                "cannot read the API read token (run corvid as the corvid user, or with sudo)",
+            )?,
+            write: read_secret(&config.api.write_token_file).context(
+                "cannot read the API write token (run corvid as the corvid user, or with sudo)",
+            )?,
+        })
+    }
+
+    /// GET with the read token.
+    ///
+    /// # Errors
+    /// When corvidd cannot be reached.
+    pub fn get(&self, path: &str) -> Result<Reply> {
+        self.request("GET", path, &self.read, None)
+    }
+
+    /// POST with the write token.
+    ///
+    /// # Errors
+    /// When corvidd cannot be reached.
+    pub fn post(&self, path: &str, body: &Value) -> Result<Reply> {
+        self.request("POST", path, &self.write, Some(body))
+    }
+
+    /// DELETE with the write token.
+    ///
+    /// # Errors
+    /// When corvidd cannot be reached.
+    pub fn delete(&self, path: &str) -> Result<Reply> {
+        self.request("DELETE", path, &self.write, None)
+    }
+
+    fn request(
+        &self,
+        method: &str,
+        path: &str,
+        token: &str,
+        body: Option<&Value>,
+    ) -> Result<Reply> {
+        let body_text = body.map(Value::to_string).unwrap_or_default();
+        let mut req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: corvidd\r\nConnection: close\r\nAuthorization: Bearer {token}\r\nContent-Length: {}\r\n",
+            body_text.len()
+        );
+        if body.is_some() {
+            req.push_str("Content-Type: application/json\r\n");
+        }
+        req.push_str("\r\n");
+        req.push_str(&body_text);
+        let unreachable = |e: std::io::Error| {
+            anyhow!(Failure {
+                code: EXIT_UNREACHABLE,
+                message: format!(
+                    "cannot reach corvidd at {} ({e}). Is corvidd running? Try `corvid status` or `systemctl status corvidd`.",
+                    self.where_()
+                ),
+            })
+        };
+        let raw = match &self.listen {
+            Listen::Tcp(addr) => {
+                let mut s = std::net::TcpStream::connect_timeout(addr, Duration::from_secs(5))
+                    .map_err(unreachable)?;
+                s.set_read_timeout(Some(Duration::from_secs(120)))?;
+                s.write_all(req.as_bytes()).map_err(unreachable)?;
+                let mut raw = Vec::new();
+                s.read_to_end(&mut raw).map_err(unreachable)?;
+                raw
+            }
+            Listen::Unix(p) => {
+                let mut s = std::os::unix::net::UnixStream::connect(p).map_err(unreachable)?;
+                s.set_read_timeout(Some(Duration::from_secs(120)))?;
+                s.write_all(req.as_bytes()).map_err(unreachable)?;
+                let mut raw = Vec::new();
+                s.read_to_end(&mut raw).map_err(unreachable)?;
+                raw
+            }
+        };
+        let text = String::from_utf8_lossy(&raw);
+        let (head, rest) = text
+            .split_once("\r\n\r\n")
+            .ok_or_else(|| anyhow!("corvidd sent a malformed HTTP reply"))?;
+        let status: u16 = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let body = if head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked")
+        {
+            dechunk(rest)
+        } else {
+            rest.to_owned()
+        };
+        let json = serde_json::from_str(&body).unwrap_or(Value::String(body));
+        Ok(Reply { status, json })
+    }
+
+    fn where_(&self) -> String {
+        match &self.listen {
+            Listen::Tcp(a) => a.to_string(),
+            Listen::Unix(p) => format!("unix:{}", p.display()),
+        }
+    }
+}
+
+fn dechunk(body: &str) -> String {
+    let mut out = String::new();
+    let mut rest = body;
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if n == 0 || after.len() < n {
+            break;
+        }
+        out.push_str(&after[..n]);
+        rest = after[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+impl Reply {
+    /// The body if the status is 2xx, else an error with the node's message.
+    ///
+    /// # Errors
+    /// Non-2xx replies, 404 with [`EXIT_NOT_FOUND`].
+    pub fn ok(self) -> Result<Value> {
+        if (200..300).contains(&self.status) {
+            return Ok(self.json);
+        }
+        let message = self.json["error"]
+            .as_str()
+            .map_or_else(|| self.json.to_string(), str::to_owned);
+        let code = if self.status == 404 {
+            EXIT_NOT_FOUND
+        } else {
+            1
+        };
+        let hint = match self.status {
+            401 | 403 => " (check the token files named in the config)",
+            429 => " (the API rate limit was hit; try again)",
+            _ => "",
+        };
+        Err(anyhow!(Failure {
+            code,
+            message: format!("corvidd: {message}{hint}")
+        }))
+    }
+}
+
+/// Percent-encodes a path or query component.
+pub fn enc(v: &str) -> String {
+    let mut out = String::new();
+    for b in v.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}

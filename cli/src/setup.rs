@@ -1,0 +1,224 @@
+//! Offline commands: keygen, init, check-config.
+
+use std::io::IsTerminal as _;
+use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use corvid_protocol::keys::{SecretKey, Signer};
+
+/// Creates a key file; refuses to overwrite without `force`.
+pub fn keygen(out: &Path, force: bool) -> Result<u8> {
+    if out.exists() && !force {
+        bail!(
+            "{} already exists; refusing to overwrite a signing key (use --force to replace it; peers pinned the old one)",
+            out.display()
+        );
+    }
+    let mut seed = [0u8; 32];
+    getrandom::fill(&mut seed).map_err(|e| anyhow::anyhow!("no randomness from the OS: {e}"))?;
+    let key = SecretKey::from_seed(seed);
+    write_private(out, &key.to_key_file(), force)?;
+    let public = key.public_key();
+    println!("wrote {} (mode 0600)", out.display());
+    println!("public key:  {public}");
+    println!("fingerprint: {}", public.fingerprint());
+    println!("Give peers the public key; they confirm the fingerprint with you out of band.");
+    Ok(0)
+}
+
+fn write_private(path: &Path, text: &str, replace: bool) -> Result<()> {
+    if replace {
+        let _ = std::fs::remove_file(path);
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    std::io::Write::write_all(&mut f, text.as_bytes())?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(())
+}
+
+/// `corvid init`.
+#[derive(Args, Debug)]
+pub struct InitArgs {
+    /// Your server's main domain (asked for on a terminal if missing).
+    #[arg(long)]
+    domain: Option<String>,
+    /// Other VirtualHosts and components this server serves.
+    #[arg(long = "host")]
+    hosts: Vec<String>,
+    /// Where to write the config.
+    #[arg(long, default_value = "corvidd.toml")]
+    out: PathBuf,
+    /// Directory for the key, password, secret and token files named in the config.
+    #[arg(long, default_value = "/etc/corvid")]
+    secrets_dir: PathBuf,
+    /// corvidd's database directory.
+    #[arg(long, default_value = "/var/lib/corvid")]
+    data_dir: PathBuf,
+    /// The XMPP server's c2s address (skips SRV lookups).
+    #[arg(long, default_value = "127.0.0.1:5222")]
+    server: String,
+    /// Where the hook API listens.
+    #[arg(long, default_value = "127.0.0.1:7780")]
+    listen: String,
+    /// Also create random API token files in the secrets directory (0600).
+    #[arg(long)]
+    tokens: bool,
+    /// Overwrite an existing config.
+    #[arg(long)]
+    force: bool,
+}
+
+/// What a Prosody operator must set for corvidd (also in the README).
+pub fn prosody_settings(domain: &str) -> String {
+    format!(
+        r#"-- prosody.cfg.lua: what corvidd needs
+-- 1. An account:  prosodyctl register corvidd {domain} 'a long password'
+-- 2. Exempt it from mod_limits' rate limits (global section):
+unlimited_jids = {{ "corvidd@{domain}" }}
+-- 3. A PubSub component where corvidd may create its node (admin of this component only):
+Component "pubsub.{domain}" "pubsub"
+    admins = {{ "corvidd@{domain}" }}
+    pubsub_max_items = 256 -- at least 256: a full node silently drops its oldest item
+-- PubSub storage may be the default files or memory: corvidd republishes what is lost.
+"#
+    )
+}
+
+/// Writes a commented config.
+pub fn init(a: &InitArgs) -> Result<u8> {
+    if a.out.exists() && !a.force {
+        bail!("{} exists; use --force to overwrite it", a.out.display());
+    }
+    let domain = match &a.domain {
+        Some(d) => d.clone(),
+        None if std::io::stdin().is_terminal() => {
+            eprint!("Your XMPP server's main domain: ");
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line)?;
+            line.trim().to_owned()
+        }
+        None => bail!("--domain is required when stdin is not a terminal"),
+    };
+    let domain = corvid_protocol::subject::normalize_domain(&domain)
+        .map_err(|e| anyhow::anyhow!("--domain: {e}"))?;
+    let mut hosts = vec![domain.clone()];
+    hosts.extend(a.hosts.iter().cloned());
+    let s = |f: &str| a.secrets_dir.join(f).display().to_string();
+    let hosts_toml: Vec<String> = hosts.iter().map(|h| format!("{h:?}")).collect();
+    let text = format!(
+        r#"# corvidd configuration for {domain}, written by `corvid init`.
+# Check it with `corvid check-config {out}`; every key is documented in
+# node/corvidd.example.toml. Unknown keys are errors.
+#
+{prosody}
+data_dir = "{data}"
+
+[xmpp]
+# corvidd's own account on your server.
+jid = "corvidd@{domain}"
+# Put the account's password in this file (chmod 600).
+password_file = "{pw}"
+server = "{server}"
+# STARTTLS, checked against the system roots. "plaintext" only on loopback.
+tls = "starttls"
+
+[feed]
+# Your PubSub component; corvidd creates and configures node "corvid" there.
+service = "pubsub.{domain}"
+node = "corvid"
+access_model = "open"
+
+[server]
+domain = "{domain}"
+# Every VirtualHost and component: never blocked (canaries).
+hosts = [{hosts}]
+
+[keys]
+# Create it with: corvid keygen --out {key}
+signing_key_file = "{key}"
+
+# The federation's shared secret for IP tokens (hex), from its coordinator:
+# [[keys.federation]]
+# id = "federation-2026"
+# secret_file = "{secrets}/federation.secret"
+
+# Peers: add them with `corvid peer add DOMAIN --feed ... --key ...`
+# or `corvid peer add DOMAIN --from-directory` once you joined a directory.
+
+[policy]
+quorum = 2
+default_ttl_days = 30
+
+[api]
+listen = "{listen}"
+read_token_file = "{read}"
+write_token_file = "{write}"
+
+# To appear in a federation directory:
+# [directory]
+# node = "xmpp:pubsub.example.net?;node=corvid-directory"
+# abuse = ["mailto:abuse@{domain}"]
+# listing_policy = "We list subjects after two independent reports."
+# delisting_policy = "Write to abuse@{domain}; we answer within two days."
+"#,
+        out = a.out.display(),
+        prosody = prosody_settings(&domain)
+            .lines()
+            .map(|l| format!("# {l}"))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        data = a.data_dir.display(),
+        pw = s("xmpp-password"),
+        server = a.server,
+        hosts = hosts_toml.join(", "),
+        key = s("signing.key"),
+        secrets = a.secrets_dir.display(),
+        listen = a.listen,
+        read = s("read.token"),
+        write = s("write.token"),
+    );
+    std::fs::write(&a.out, text).with_context(|| format!("cannot write {}", a.out.display()))?;
+    println!("wrote {}", a.out.display());
+    if a.tokens {
+        std::fs::create_dir_all(&a.secrets_dir)?;
+        for name in ["read.token", "write.token"] {
+            let p = a.secrets_dir.join(name);
+            if !p.exists() {
+                let mut t = [0u8; 24];
+                getrandom::fill(&mut t).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+                let token: String = t.iter().map(|b| format!("{b:02x}")).collect();
+                write_private(&p, &format!("{token}\n"), false)?;
+                println!("wrote {} (mode 0600)", p.display());
+            }
+        }
+    }
+    println!(
+        "\nNext:\n  corvid keygen --out {}\n  put corvidd's XMPP password in {}\n  set up Prosody:\n",
+        s("signing.key"),
+        s("xmpp-password")
+    );
+    print!("{}", prosody_settings(&domain));
+    Ok(0)
+}
+
+/// Lists every problem in a config.
+pub fn check_config(file: &Path) -> Result<u8> {
+    let config = corvid_node::config::Config::parse_file(file)?;
+    let problems = config.problems();
+    if problems.is_empty() {
+        println!("{}: ok", file.display());
+        return Ok(0);
+    }
+    for p in &problems {
+        println!("{p}");
+    }
+    println!("{} problem(s) in {}", problems.len(), file.display());
+    Ok(2)
+}

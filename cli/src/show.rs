@@ -1,0 +1,270 @@
+//! Text output for read commands (`--json` prints the API's JSON instead).
+
+use std::fmt::Write as _;
+
+use serde_json::Value;
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+fn ago(t: &Value) -> String {
+    match t.as_u64() {
+        None => "never".into(),
+        Some(t) => {
+            let d = corvid_node::now().saturating_sub(t);
+            if d < 120 {
+                format!("{d}s ago")
+            } else if d < 7200 {
+                format!("{}m ago", d / 60)
+            } else if d < 172_800 {
+                format!("{}h ago", d / 3600)
+            } else {
+                format!("{}d ago", d / 86_400)
+            }
+        }
+    }
+}
+
+fn age(secs: u64) -> String {
+    if secs < 3600 {
+        format!("{}m", secs / 60)
+    } else if secs < 172_800 {
+        format!("{}h", secs / 3600)
+    } else {
+        format!("{}d", secs / 86_400)
+    }
+}
+
+/// `corvid verdict`.
+pub fn verdicts(v: &Value) -> String {
+    let mut out = String::new();
+    for item in v.as_array().into_iter().flatten() {
+        let _ = writeln!(
+            out,
+            "{:<40} {:<6} {:.3}",
+            s(&item["subject"]),
+            s(&item["action"]),
+            item["score"].as_f64().unwrap_or(0.0)
+        );
+    }
+    out
+}
+
+/// `corvid why`.
+pub fn why(subject: &str, v: &Value) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{subject}: {} (score {:.3})",
+        s(&v["action"]),
+        v["score"].as_f64().unwrap_or(0.0)
+    );
+    for r in v["reasons"].as_array().into_iter().flatten() {
+        let _ = writeln!(out, "  because: {}", reason(r));
+    }
+    let list = v["contributions"].as_array().cloned().unwrap_or_default();
+    if list.is_empty() {
+        let _ = writeln!(out, "  no live reports");
+        return out;
+    }
+    let _ = writeln!(
+        out,
+        "  {:<22} {:<7} {:<17} {:>6} {:>5} {:>6} {:>9} {:<8} {:<10} {}",
+        "ISSUER",
+        "KIND",
+        "CATEGORY",
+        "WEIGHT",
+        "AGE",
+        "DECAY",
+        "EFFECTIVE",
+        "MODE",
+        "EXPIRES",
+        "STATUS"
+    );
+    for c in list {
+        let _ = writeln!(
+            out,
+            "  {:<22} {:<7} {:<17} {:>6.2} {:>5} {:>6.3} {:>9.3} {:<8} {:<10} {}{}",
+            s(&c["source"]),
+            s(&c["kind"]),
+            s(&c["category"]),
+            c["weight"].as_f64().unwrap_or(0.0),
+            age(c["age_secs"].as_u64().unwrap_or(0)),
+            c["decay"].as_f64().unwrap_or(0.0),
+            c["effective"].as_f64().unwrap_or(0.0),
+            s(&c["mode"]),
+            crate::edit::date(c["expires_at"].as_u64().unwrap_or(0)),
+            s(&c["status"]),
+            if c["counted"] == false {
+                " (not counted)"
+            } else {
+                ""
+            },
+        );
+    }
+    out
+}
+
+fn reason(r: &Value) -> String {
+    match r["rule"].as_str().unwrap_or("") {
+        "score" => format!(
+            "score {} from {} issuer(s) on {} gives {}",
+            s(&r["score"]),
+            s(&r["issuers"]),
+            s(&r["subject"]),
+            s(&r["action"])
+        ),
+        "quorum-not-met" => format!(
+            "block held back: {} of {} issuers needed",
+            s(&r["issuers"]),
+            s(&r["quorum"])
+        ),
+        "local-allow" => format!(
+            "on the local allow list ({})",
+            s(r.get("subject").or(r.get("entry")).unwrap_or(&Value::Null))
+        ),
+        "local-deny" => format!(
+            "on the local deny list ({})",
+            s(r.get("subject").or(r.get("entry")).unwrap_or(&Value::Null))
+        ),
+        "digest-never-blocks" => "a content digest alone never blocks".into(),
+        "canary" => format!("{} is a canary and is never blocked", s(&r["subject"])),
+        "abuse-contact-missing" => {
+            "block held back: no report says the domain's abuse contact was tried".into()
+        }
+        other => format!("{other}: {r}"),
+    }
+}
+
+/// `corvid peer list`.
+pub fn peers(v: &Value) -> String {
+    let mut out = String::new();
+    let list = v["peers"].as_array().cloned().unwrap_or_default();
+    if list.is_empty() {
+        return "no peers configured; add one with `corvid peer add`\n".into();
+    }
+    let _ = writeln!(
+        out,
+        "{:<24} {:<8} {:>6} {:>8} {:<12} {:<12} {}",
+        "PEER", "MODE", "WEIGHT", "RECORDS", "LAST SYNC", "LAST ITEM", "REJECTED / PENDING"
+    );
+    for p in list {
+        let rejected: Vec<String> = p["rejected"]
+            .as_object()
+            .map(|m| m.iter().map(|(k, v)| format!("{k}={v}")).collect())
+            .unwrap_or_default();
+        let mut notes = rejected.join(" ");
+        if let Some(k) = p["pending_rotation"].as_str() {
+            notes.push_str(&format!(" rotation pending: {k}"));
+        }
+        let mode = s(&p["mode"]);
+        let _ = writeln!(
+            out,
+            "{:<24} {:<8} {:>6.2} {:>8} {:<12} {:<12} {}",
+            s(&p["domain"]),
+            if mode.starts_with("observe (") {
+                "SUSPEND"
+            } else {
+                &mode
+            },
+            p["weight"].as_f64().unwrap_or(0.0),
+            s(&p["records"]),
+            ago(&p["last_sync"]),
+            ago(&p["last_item"]),
+            notes.trim()
+        );
+    }
+    out
+}
+
+/// `corvid status`.
+pub fn status(v: &Value) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "corvidd for {} - {}",
+        s(&v["domain"]),
+        s(&v["health"]["status"])
+    );
+    let _ = writeln!(out, "  xmpp:        {}", s(&v["xmpp"]));
+    let _ = writeln!(out, "  feed:        {}", s(&v["feed"]));
+    let _ = writeln!(out, "  key:         {}", s(&v["fingerprint"]));
+    let counts = &v["subjects_by_action"];
+    let _ = writeln!(
+        out,
+        "  verdicts:    {} block, {} flag, {} allow (subjects with reports)",
+        counts["block"].as_u64().unwrap_or(0),
+        counts["flag"].as_u64().unwrap_or(0),
+        counts["allow"].as_u64().unwrap_or(0)
+    );
+    let _ = writeln!(
+        out,
+        "  stored:      {} contributions, {} own reports waiting to publish",
+        s(&v["stored_contributions"]),
+        s(&v["own_reports_unpublished"])
+    );
+    let _ = writeln!(
+        out,
+        "  clock:       {}",
+        match v["health"]["clock_offset_secs"].as_i64() {
+            Some(o) => format!("{o:+} s against the XMPP server"),
+            None => "not measured yet".into(),
+        }
+    );
+    out.push_str(
+        &peers(&serde_json::json!({"peers": v["peers"]}))
+            .lines()
+            .map(|l| format!("  {l}\n"))
+            .collect::<String>(),
+    );
+    let warnings = v["warnings"].as_array().cloned().unwrap_or_default();
+    if warnings.is_empty() {
+        let _ = writeln!(out, "no warnings");
+    }
+    for w in warnings {
+        let _ = writeln!(out, "warning: {}", s(&w));
+    }
+    out
+}
+
+/// `corvid federation members`.
+pub fn members(v: &Value) -> String {
+    let mut out = String::new();
+    let list = v["members"].as_array().cloned().unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "{:<24} {:<10} {:<16} {:<8} {}",
+        "MEMBER", "SIGNATURE", "DOMAIN-VERIFIED", "PEER", "FINGERPRINT"
+    );
+    for m in list {
+        let sig = if m["signature_ok"] == true {
+            "ok".to_owned()
+        } else {
+            format!("BAD ({})", s(&m["signature_error"]))
+        };
+        let dv = if m["domain_verified"] == true {
+            "yes".to_owned()
+        } else {
+            format!("no ({})", s(&m["domain_error"]))
+        };
+        let peer = match (m["peer"].as_bool(), m["peer_key_matches"].as_bool()) {
+            (Some(true), Some(true)) => "yes",
+            (Some(true), _) => "KEY DIFFERS",
+            _ => "no",
+        };
+        let name = m["card"]["domain"]
+            .as_str()
+            .map_or_else(|| s(&m["item"]), str::to_owned);
+        let _ = writeln!(
+            out,
+            "{name:<24} {sig:<10} {dv:<16} {peer:<8} {}",
+            s(&m["fingerprint"])
+        );
+    }
+    out
+}
