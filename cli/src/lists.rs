@@ -59,9 +59,12 @@ pub fn parse(
         }
         match format {
             InFormat::Blacklist => {
-                let domain = line.split_whitespace().next().unwrap_or_default();
+                let mut words = line.split_whitespace();
+                let domain = words.next().unwrap_or_default();
                 match corvid_protocol::subject::normalize_domain(domain) {
-                    Ok(d) => entries.push((d, default_category.to_owned(), None)),
+                    _ if words.next().is_some() => skipped.push((n + 1, line.to_owned(), "expected one domain a line".into())),
+                    Ok(d) if d.contains('.') => entries.push((d, default_category.to_owned(), None)),
+                    Ok(_) => skipped.push((n + 1, line.to_owned(), "not a fully qualified domain".into())),
                     Err(e) => skipped.push((n + 1, line.to_owned(), e.to_string())),
                 }
             }

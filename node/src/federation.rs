@@ -66,6 +66,19 @@ pub async fn announce(engine: &Engine, link: &Link) -> Result<MembershipCard> {
     pubsub::publish(link, &feed.service, &feed.node, CARD_ITEM, own.to_element())
         .await
         .context("publishing the card on the own feed")?;
+    if directory.service == feed.service {
+        // This member hosts the directory: create it where every member may
+        // publish its own (signed) card.
+        let mut fields = pubsub::feed_node_config(256, "open");
+        for f in &mut fields {
+            if f.0 == "pubsub#publish_model" {
+                f.1 = "open".into();
+            }
+        }
+        pubsub::ensure_node(link, &directory.service, &directory.node, &fields)
+            .await
+            .context("creating the directory node")?;
+    }
     let listed = sign_card(engine, &card, &directory, &card.domain)?;
     pubsub::publish(
         link,

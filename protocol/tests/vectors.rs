@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use corvid_protocol::aggregate::{self, Contribution, Lookup, Mode, Policy, SourceKind};
 use corvid_protocol::canonical::CanonicalJson;
+use corvid_protocol::card::MembershipCard;
 use corvid_protocol::digest::{body_digest, normalize_body};
 use corvid_protocol::feed::{self, FeedOp, FeedReader, FeedWriter};
 use corvid_protocol::iptoken::{FederationSecret, SecretId};
@@ -41,6 +42,30 @@ fn dir() -> PathBuf {
 
 fn feed_a() -> FeedAddress {
     "xmpp:pubsub.a.example?;node=corvid".parse().expect("feed")
+}
+
+/// The federation directory node of the card vectors.
+fn directory_feed() -> FeedAddress {
+    "xmpp:pubsub.fed.example?;node=corvid-directory"
+        .parse()
+        .expect("feed")
+}
+
+/// The membership card of `a.example`, for its key.
+fn card_a(key: &SecretKey) -> MembershipCard {
+    MembershipCard {
+        domain: "a.example".into(),
+        hosts: vec!["a.example".into(), "conference.a.example".into()],
+        feed: feed_a().to_string(),
+        key: key.public_key(),
+        abuse: vec![
+            "mailto:abuse@a.example".into(),
+            "xmpp:abuse@a.example".into(),
+        ],
+        listing_policy: "We list accounts and servers after at least three independent reports from our users or moderators, checked by a human.".into(),
+        delisting_policy: "Write to abuse@a.example; we review every request within 48 hours and retract when we were wrong.".into(),
+        issued_at: NOW - 60,
+    }
 }
 
 fn issuer(key: &SecretKey) -> Issuer {
@@ -282,6 +307,24 @@ fn generate() -> BTreeMap<&'static str, Value> {
         &signed(&key, Body::KeyRevocation(revocation), &feed, &rev_id),
     ));
 
+    // The membership card, signed twice: as item `card` on the own feed and
+    // as item `a.example` on the directory node (§17).
+    let card = card_a(&key);
+    items.push(item_vector(
+        "card-own-feed",
+        &feed,
+        feed::CARD_ITEM,
+        &signed(&key, Body::Card(card.clone()), &feed, feed::CARD_ITEM),
+    ));
+    let directory = directory_feed();
+    let listed_card = signed(&key, Body::Card(card.clone()), &directory, &card.domain);
+    items.push(item_vector(
+        "card-directory",
+        &directory,
+        &card.domain,
+        &listed_card,
+    ));
+
     // A small feed: a snapshot (head + one chunk) and a delta after it.
     let mut writer = FeedWriter::new(feed.clone(), issuer(&key));
     let snapshot_ops = writer
@@ -315,7 +358,7 @@ fn generate() -> BTreeMap<&'static str, Value> {
     files.insert(
         "items.json",
         json!({
-            "description": "Valid signed items, all by keys[0], verified at `now`. signature = ed25519(\"corvid-item-v1\" 0x00 service 0x00 node 0x00 item_id 0x00 json).",
+            "description": "Valid signed items, all by keys[0] for issuer a.example, each verified against its own `feed` and `item_id` at `now` (the card-directory item is on the directory node). signature = ed25519(\"corvid-item-v1\" 0x00 service 0x00 node 0x00 item_id 0x00 json).",
             "now": NOW,
             "issuer_domain": "a.example",
             "public_key": key.public_key().to_string(),
@@ -519,6 +562,72 @@ fn generate() -> BTreeMap<&'static str, Value> {
         false,
         NOW,
         "item-id-mismatch",
+    );
+    // The directory card moved to another member's item id: its signature
+    // is bound to the id `a.example`.
+    fail(
+        "card-under-another-domain",
+        listed_card.to_xml(),
+        &directory,
+        "b.example",
+        false,
+        NOW,
+        "bad-signature",
+    );
+    // A card validly signed for the id `b.example` that names `a.example`.
+    let misfiled_card = signed(&key, Body::Card(card.clone()), &directory, "b.example");
+    fail(
+        "card-signed-under-another-domain",
+        misfiled_card.to_xml(),
+        &directory,
+        "b.example",
+        false,
+        NOW,
+        "item-id-mismatch",
+    );
+    // Signed by the pinned key, but naming another issuer.
+    let other_issuer = SignedItem::sign(
+        &key,
+        &Envelope {
+            corvid: 1,
+            issuer: Issuer {
+                domain: "b.example".into(),
+                key: key.public_key().key_id(),
+            },
+            body: Body::Delta {
+                record: Record::Report(jid_report.clone()),
+            },
+        },
+        &feed,
+        &jid_item_id,
+    )
+    .expect("signs");
+    fail(
+        "wrong-issuer",
+        other_issuer.to_xml(),
+        &feed,
+        &jid_item_id,
+        false,
+        NOW,
+        "wrong-issuer",
+    );
+    // Signed by keys[1], which is not pinned (only keys[0] is).
+    fail(
+        "unknown-key",
+        signed(
+            &key2,
+            Body::Delta {
+                record: Record::Report(jid_report.clone()),
+            },
+            &feed,
+            &jid_item_id,
+        )
+        .to_xml(),
+        &feed,
+        &jid_item_id,
+        false,
+        NOW,
+        "unknown-key",
     );
     fail(
         "not-a-report",

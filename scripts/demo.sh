@@ -1,0 +1,195 @@
+#!/usr/bin/env bash
+# Corvid local federation demo.
+#
+# Starts three XMPP servers (Prosody from Debian's packages) federating over
+# s2s on 127.0.0.2, 127.0.0.3 and 127.0.0.4, one corvidd beside each, and
+# walks through what Corvid does, using the `corvid` CLI an operator uses.
+# Everything lives in a temp dir and is stopped at the end, unless --keep is
+# given: then the federation stays up to explore with `corvid`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+KEEP=0
+[ "${1:-}" = "--keep" ] && KEEP=1
+
+say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+run() { printf '$ %s\n' "$*"; "$@"; }
+
+if ! command -v prosody >/dev/null 2>&1; then
+  say "Installing Prosody from Debian's packages"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update
+  apt-get install -y --no-install-recommends prosody
+fi
+say "Building corvidd and corvid (release)"
+cargo build --release --quiet -p corvid-node -p corvid-cli
+BIN="$PWD/target/release"
+export PATH="$BIN:$PATH"
+
+W=$(mktemp -d /tmp/corvid-demo.XXXXXX)
+PIDS=()
+cleanup() {
+  if [ "$KEEP" = 1 ]; then return; fi
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$W"
+}
+trap cleanup EXIT
+
+cat > "$W/hosts" <<HOSTS
+127.0.0.2 a.test pubsub.a.test
+127.0.0.3 b.test pubsub.b.test
+127.0.0.4 c.test pubsub.c.test
+HOSTS
+echo "nameserver 127.0.0.1" > "$W/resolv.conf"
+# The federation's shared secret for IP tokens (members only).
+head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$W/federation.secret"
+chmod 600 "$W/federation.secret"
+
+declare -A IP=([a]=127.0.0.2 [b]=127.0.0.3 [c]=127.0.0.4)
+declare -A API=([a]=127.0.0.1:17781 [b]=127.0.0.1:17782 [c]=127.0.0.1:17783)
+
+say "Starting three XMPP servers: a.test, b.test, c.test (s2s on port 5269)"
+for s in a b c; do
+  d="$W/$s"; mkdir -p "$d/prosody"
+  cat > "$d/prosody.cfg.lua" <<CFG
+run_as_root = true
+data_path = "$d/prosody"
+pidfile = "$d/prosody.pid"
+log = { { levels = { min = "warn" }, to = "file", filename = "$d/prosody.log" } }
+interfaces = { "${IP[$s]}" }
+local_interfaces = { "${IP[$s]}" }
+c2s_ports = { 5222 }
+s2s_ports = { 5269 }
+http_ports = {}
+https_ports = {}
+component_ports = {}
+c2s_direct_tls_ports = {}
+s2s_direct_tls_ports = {}
+unbound = { resolvconf = "$W/resolv.conf"; hoststxt = "$W/hosts" }
+network_settings = { nagle = false }
+-- Plaintext only because everything here is on loopback.
+c2s_require_encryption = false
+allow_unencrypted_plain_auth = true
+s2s_require_encryption = false
+s2s_secure_auth = false
+authentication = "internal_hashed"
+modules_enabled = { "disco"; "roster"; "saslauth"; "dialback"; "limits"; "pep"; "ping"; "time"; "version" }
+limits = { c2s = { rate = "10kb/s" }; s2sin = { rate = "30kb/s" } }
+-- What corvidd needs (the README lists these for operators):
+unlimited_jids = { "corvidd@$s.test" }
+VirtualHost "$s.test"
+Component "pubsub.$s.test" "pubsub"
+    admins = { "corvidd@$s.test" }
+CFG
+  prosodyctl --config "$d/prosody.cfg.lua" register corvidd "$s.test" "demo-password-$s" >/dev/null
+  prosody -F --config "$d/prosody.cfg.lua" >/dev/null 2>&1 &
+  PIDS+=($!)
+done
+sleep 1
+
+say "Setting up three Corvid nodes with the operator's commands"
+for s in a b c; do
+  d="$W/$s"
+  run corvid keygen --out "$d/signing.key"
+  run corvid init --domain "$s.test" --out "$d/corvidd.toml" --secrets-dir "$d" --data-dir "$d/data" \
+      --server "${IP[$s]}:5222" --listen "${API[$s]}" --tokens
+  printf 'demo-password-%s\n' "$s" > "$d/xmpp-password"; chmod 600 "$d/xmpp-password"
+  cp "$W/federation.secret" "$d/federation.secret"
+  # Loopback demo: plaintext c2s, the shared IP secret, and a directory on a.test.
+  sed -i 's/^tls = "starttls"/tls = "plaintext"/' "$d/corvidd.toml"
+  cat >> "$d/corvidd.toml" <<EXTRA
+
+[[keys.federation]]
+id = "demo-federation"
+secret_file = "$d/federation.secret"
+
+[directory]
+node = "xmpp:pubsub.a.test?;node=corvid-directory"
+abuse = ["mailto:abuse@$s.test"]
+listing_policy = "Listed after reports from two independent servers."
+delisting_policy = "Write to abuse@$s.test; we answer within two days."
+EXTRA
+  run corvid check-config "$d/corvidd.toml"
+done
+key() { grep '^# public-key:' "$W/$1/signing.key" | cut -d' ' -f3; }
+
+# Each trusts the other two. b adds c from the directory later.
+corvid -c "$W/a/corvidd.toml" peer add b.test --feed "xmpp:pubsub.b.test?;node=corvid" --key "$(key b)" --yes 2>/dev/null
+corvid -c "$W/a/corvidd.toml" peer add c.test --feed "xmpp:pubsub.c.test?;node=corvid" --key "$(key c)" --yes 2>/dev/null
+run corvid -c "$W/b/corvidd.toml" peer add a.test --feed "xmpp:pubsub.a.test?;node=corvid" --key "$(key a)" --yes
+corvid -c "$W/c/corvidd.toml" peer add a.test --feed "xmpp:pubsub.a.test?;node=corvid" --key "$(key a)" --yes 2>/dev/null
+corvid -c "$W/c/corvidd.toml" peer add b.test --feed "xmpp:pubsub.b.test?;node=corvid" --key "$(key b)" --yes 2>/dev/null
+
+for s in a b c; do
+  corvidd --config "$W/$s/corvidd.toml" --ready-file "$W/$s/ready.json" >/dev/null 2>"$W/$s/corvidd.log" &
+  PIDS+=($!)
+done
+for s in a b c; do
+  for _ in $(seq 100); do [ -s "$W/$s/ready.json" ] && break; sleep 0.1; done
+  [ -s "$W/$s/ready.json" ] || { echo "corvidd $s did not start:"; cat "$W/$s/corvidd.log"; exit 1; }
+done
+A=(corvid -c "$W/a/corvidd.toml"); B=(corvid -c "$W/b/corvidd.toml"); C=(corvid -c "$W/c/corvidd.toml")
+wait_for() { # wait_for "description" command...: retries up to 20 s
+  local what=$1; shift
+  for _ in $(seq 200); do if "$@" >/dev/null 2>&1; then return 0; fi; sleep 0.1; done
+  echo "timed out waiting for $what"; exit 1
+}
+action_is() { local node=$1 subject=$2 want=$3; corvid -c "$W/$node/corvidd.toml" --json verdict "$subject" | grep -q "\"action\": \"$want\""; }
+wait_for "a.test online" sh -c "corvid -c '$W/a/corvidd.toml' status | grep -q 'xmpp:        online'"
+wait_for "b.test online" sh -c "corvid -c '$W/b/corvidd.toml' status | grep -q 'xmpp:        online'"
+
+say "The federation directory: every node announces a signed card; b.test adds c.test from it"
+for s in a b c; do corvid -c "$W/$s/corvidd.toml" federation announce; done
+run "${B[@]}" federation members
+run "${B[@]}" peer add c.test --from-directory --yes
+sleep 1
+
+say "1. Server A reports a spammer. Its own report blocks at A at once"
+run "${A[@]}" report bot@spam.example --category spam --confidence 90 --note "40 messages to strangers in a minute"
+run "${A[@]}" verdict bot@spam.example
+
+say "2. B trusts A: one peer's report gives 'flag' (a quorum of two is needed to block)"
+wait_for "B to flag" action_is b bot@spam.example flag
+run "${B[@]}" verdict bot@spam.example
+
+say "3. B reports it too; C trusts A and B, so C follows with 'block' once the quorum is reached"
+run "${B[@]}" report bot@spam.example --category spam --confidence 85
+wait_for "C to block" action_is c bot@spam.example block
+run "${C[@]}" verdict bot@spam.example
+
+say "4. Why does C block? Every contributing report, its weight, age and decay"
+run "${C[@]}" why bot@spam.example
+
+say "5. A retraction at A clears B"
+run "${A[@]}" report oops@partner.example --category spam --confidence 90
+wait_for "B to flag" action_is b oops@partner.example flag
+run "${B[@]}" verdict oops@partner.example
+run "${A[@]}" retract oops@partner.example --reason false-positive
+wait_for "B to clear" action_is b oops@partner.example allow
+run "${B[@]}" verdict oops@partner.example
+
+say "6. B imports the JabberSPAM-style blacklist as a local source"
+printf '# demo blacklist\nspam-relay.example\nopen-registration.example\nnot a domain!\n' > "$W/blacklist.txt"
+run "${B[@]}" import "$W/blacklist.txt" --format blacklist
+run "${B[@]}" verdict spam-relay.example
+
+say "7. A and C report an abusive server whose admins ignore abuse mail; B exports the shame list"
+run "${A[@]}" report abusive-server.example --category open-relay --confidence 90 --abuse-contacted now --count 12
+run "${C[@]}" report abusive-server.example --category open-relay --confidence 90 --count 7
+wait_for "B to block the domain" action_is b abusive-server.example block
+run "${B[@]}" export --format blacklist
+run "${B[@]}" export --format html --out "$W/shame-list.html"
+grep -o '<tr><td>abusive-server.example</td>.*</tr>' "$W/shame-list.html"
+
+say "Status of B"
+run "${B[@]}" status
+
+if [ "$KEEP" = 1 ]; then
+  say "The federation stays up. Try:"
+  echo "  export PATH=$BIN:\$PATH"
+  echo "  corvid -c $W/b/corvidd.toml why bot@spam.example"
+  echo "  corvid -c $W/c/corvidd.toml peer list"
+  echo "Stop it with: kill ${PIDS[*]}"
+else
+  say "Done. Everything is stopped and removed."
+fi
