@@ -37,6 +37,7 @@ pub struct Node {
     listen: Listen,
     read: String,
     write: String,
+    config: std::path::PathBuf,
 }
 
 /// A response.
@@ -116,8 +117,9 @@ impl Node {
             anyhow!(Failure {
                 code: EXIT_UNREACHABLE,
                 message: format!(
-                    "cannot reach corvidd at {} ({e}). Is corvidd running? Try `corvid status` or `systemctl status corvidd`.",
-                    self.where_()
+                    "cannot reach corvidd at {} ({e}). Is corvidd running? Check `systemctl status corvidd`, and api.listen in {}.",
+                    self.where_(),
+                    self.config.display()
                 ),
             })
         };

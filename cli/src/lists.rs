@@ -62,9 +62,17 @@ pub fn parse(
                 let mut words = line.split_whitespace();
                 let domain = words.next().unwrap_or_default();
                 match corvid_protocol::subject::normalize_domain(domain) {
-                    _ if words.next().is_some() => skipped.push((n + 1, line.to_owned(), "expected one domain a line".into())),
-                    Ok(d) if d.contains('.') => entries.push((d, default_category.to_owned(), None)),
-                    Ok(_) => skipped.push((n + 1, line.to_owned(), "not a fully qualified domain".into())),
+                    _ if words.next().is_some() => {
+                        skipped.push((n + 1, line.to_owned(), "expected one domain a line".into()))
+                    }
+                    Ok(d) if d.contains('.') => {
+                        entries.push((d, default_category.to_owned(), None))
+                    }
+                    Ok(_) => skipped.push((
+                        n + 1,
+                        line.to_owned(),
+                        "not a fully qualified domain".into(),
+                    )),
                     Err(e) => skipped.push((n + 1, line.to_owned(), e.to_string())),
                 }
             }

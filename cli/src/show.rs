@@ -253,6 +253,7 @@ pub fn members(v: &Value) -> String {
             format!("no ({})", s(&m["domain_error"]))
         };
         let peer = match (m["peer"].as_bool(), m["peer_key_matches"].as_bool()) {
+            _ if m["own"] == true => "(self)",
             (Some(true), Some(true)) => "yes",
             (Some(true), _) => "KEY DIFFERS",
             _ => "no",

@@ -114,6 +114,8 @@ pub struct Member {
     pub peer_key_matches: bool,
     /// Fingerprint of the card's key.
     pub fingerprint: Option<String>,
+    /// This is our own card.
+    pub own: bool,
 }
 
 fn open_card(
@@ -179,6 +181,7 @@ pub async fn members(engine: &Engine, link: &Link) -> Result<Vec<Member>> {
                 peer: false,
                 peer_key_matches: false,
                 fingerprint: card.as_ref().map(|c| c.key.fingerprint().to_string()),
+                own: card.as_ref().is_some_and(|c| c.domain == settings.domain),
                 card: card.clone(),
             };
             if let Some(card) = &card {
