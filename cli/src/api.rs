@@ -69,6 +69,7 @@ impl Node {
             write: read_secret(&config.api.write_token_file).context(
                 "cannot read the API write token (run corvid as the corvid user, or with sudo)",
             )?,
+            config: path.to_owned(),
         })
     }
 
