@@ -389,10 +389,14 @@ fn main() {
 
     // 4. Propagation A -> B through Prosody.
     let mut prop = Vec::new();
+    let mut acks = Vec::new();
+    let mut after_ack = Vec::new();
     for i in 0..200 {
         let jid = format!("prop{i}@spam.example");
         let t = Instant::now();
         a.report(&jid, "spam", 90);
+        let acked = t.elapsed();
+        acks.push(acked.as_secs_f64() * 1000.0);
         let path = format!("/v1/verdict?jid={}", corvid_tests::http::enc(&jid));
         loop {
             if b.get(&path).json["action"] == "flag" {
@@ -404,8 +408,13 @@ fn main() {
             );
         }
         prop.push(t.elapsed().as_secs_f64() * 1000.0);
+        after_ack.push((t.elapsed() - acked).as_secs_f64() * 1000.0);
     }
     prop.sort_by(f64::total_cmp);
+    acks.sort_by(f64::total_cmp);
+    after_ack.sort_by(f64::total_cmp);
+    out.push(("  of which: report acknowledged durable at A (fsync)".into(), format!("p50 {:.1} ms, p99 {:.1} ms", pct(&acks, 0.5), pct(&acks, 0.99)), String::new()));
+    out.push(("  of which: acknowledged at A -> verdict at B".into(), format!("p50 {:.1} ms, p99 {:.1} ms", pct(&after_ack, 0.5), pct(&after_ack, 0.99)), String::new()));
     out.push((
         "publish at A -> verdict at B (real Prosody, memory PubSub)".into(),
         format!(
