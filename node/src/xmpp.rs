@@ -19,9 +19,7 @@ use std::time::Duration;
 use anyhow::{Result, anyhow, bail};
 use futures::StreamExt as _;
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio_xmpp::connect::{
-    DnsConfig, ServerConnector, StartTlsServerConnector, TcpServerConnector,
-};
+use tokio_xmpp::connect::{DnsConfig, ServerConnector};
 use tokio_xmpp::stanzastream::{Connection, Event, StanzaStream, StreamEvent};
 use tokio_xmpp::xmlstream::{StreamHeader, Timeouts};
 use xmpp_parsers::iq::Iq;
@@ -249,7 +247,7 @@ pub fn start(
     let connector: Box<dyn FnMut(Option<String>, oneshot::Sender<Connection>) + Send> =
         match (config.tls, &config.server) {
             (TlsMode::Plaintext, Some(addr)) => reconnector(
-                TcpServerConnector::from(DnsConfig::addr(addr)),
+                PlainNoDelay(DnsConfig::addr(addr)),
                 jid.clone(),
                 password,
                 timeouts,
@@ -259,7 +257,7 @@ pub fn start(
             ),
             (TlsMode::Plaintext, None) => bail!("plaintext needs xmpp.server"),
             (TlsMode::Starttls, Some(addr)) => reconnector(
-                StartTlsServerConnector::from(DnsConfig::addr(addr)),
+                StartTlsNoDelay(DnsConfig::addr(addr)),
                 jid.clone(),
                 password,
                 timeouts,
@@ -268,7 +266,7 @@ pub fn start(
                 Arc::clone(&state_tx),
             ),
             (TlsMode::Starttls, None) => reconnector(
-                StartTlsServerConnector::from(DnsConfig::srv_default_client(jid.domain().as_str())),
+                StartTlsNoDelay(DnsConfig::srv_default_client(jid.domain().as_str())),
                 jid.clone(),
                 password,
                 timeouts,
@@ -294,6 +292,99 @@ pub fn start(
         iq_timeout,
         bare: jid,
     })
+}
+
+/// A plain TCP connector with TCP_NODELAY: without it, a small publish can
+/// wait ~40 ms for the server's delayed ACK (Nagle), the bulk of the
+/// propagation latency.
+#[derive(Debug, Clone)]
+struct PlainNoDelay(DnsConfig);
+
+impl ServerConnector for PlainNoDelay {
+    type Stream = tokio::io::BufStream<tokio::net::TcpStream>;
+
+    async fn connect(
+        &self,
+        jid: &Jid,
+        ns: &'static str,
+        timeouts: Timeouts,
+    ) -> Result<
+        (
+            tokio_xmpp::xmlstream::PendingFeaturesRecv<Self::Stream>,
+            sasl::common::ChannelBinding,
+        ),
+        tokio_xmpp::Error,
+    > {
+        let tcp = self.0.resolve().await?;
+        tcp.set_nodelay(true)?;
+        let header = StreamHeader {
+            to: Some(std::borrow::Cow::Borrowed(jid.domain().as_str())),
+            from: None,
+            id: None,
+        };
+        let pending = tokio_xmpp::xmlstream::initiate_stream(
+            tokio::io::BufStream::new(tcp),
+            ns,
+            header,
+            timeouts,
+        )
+        .await?;
+        Ok((pending, sasl::common::ChannelBinding::None))
+    }
+}
+
+/// STARTTLS with TCP_NODELAY (see [`PlainNoDelay`]); the TLS part is
+/// tokio-xmpp's own.
+#[derive(Debug, Clone)]
+struct StartTlsNoDelay(DnsConfig);
+
+impl ServerConnector for StartTlsNoDelay {
+    type Stream =
+        tokio::io::BufStream<tokio_xmpp::connect::tls_common::TlsStream<tokio::net::TcpStream>>;
+
+    async fn connect(
+        &self,
+        jid: &Jid,
+        ns: &'static str,
+        timeouts: Timeouts,
+    ) -> Result<
+        (
+            tokio_xmpp::xmlstream::PendingFeaturesRecv<Self::Stream>,
+            sasl::common::ChannelBinding,
+        ),
+        tokio_xmpp::Error,
+    > {
+        let tcp = self.0.resolve().await?;
+        tcp.set_nodelay(true)?;
+        let domain = jid.domain().as_str();
+        let header = || StreamHeader {
+            to: Some(std::borrow::Cow::Borrowed(domain)),
+            from: None,
+            id: None,
+        };
+        let plain = tokio_xmpp::xmlstream::initiate_stream(
+            tokio::io::BufStream::new(tcp),
+            ns,
+            header(),
+            timeouts,
+        )
+        .await?;
+        let (features, plain) = plain.recv_features().await?;
+        if !features.can_starttls() {
+            return Err(tokio_xmpp::Error::Protocol(
+                tokio_xmpp::error::ProtocolError::NoTls,
+            ));
+        }
+        let (tls, binding) = tokio_xmpp::connect::starttls::starttls(plain, domain).await?;
+        let pending = tokio_xmpp::xmlstream::initiate_stream(
+            tokio::io::BufStream::new(tls),
+            ns,
+            header(),
+            timeouts,
+        )
+        .await?;
+        Ok((pending, binding))
+    }
 }
 
 fn reconnector<C: ServerConnector>(

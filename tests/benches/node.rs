@@ -413,8 +413,24 @@ fn main() {
     prop.sort_by(f64::total_cmp);
     acks.sort_by(f64::total_cmp);
     after_ack.sort_by(f64::total_cmp);
-    out.push(("  of which: report acknowledged durable at A (fsync)".into(), format!("p50 {:.1} ms, p99 {:.1} ms", pct(&acks, 0.5), pct(&acks, 0.99)), String::new()));
-    out.push(("  of which: acknowledged at A -> verdict at B".into(), format!("p50 {:.1} ms, p99 {:.1} ms", pct(&after_ack, 0.5), pct(&after_ack, 0.99)), String::new()));
+    out.push((
+        "  of which: report acknowledged durable at A (fsync)".into(),
+        format!(
+            "p50 {:.1} ms, p99 {:.1} ms",
+            pct(&acks, 0.5),
+            pct(&acks, 0.99)
+        ),
+        String::new(),
+    ));
+    out.push((
+        "  of which: acknowledged at A -> verdict at B".into(),
+        format!(
+            "p50 {:.1} ms, p99 {:.1} ms",
+            pct(&after_ack, 0.5),
+            pct(&after_ack, 0.99)
+        ),
+        String::new(),
+    ));
     out.push((
         "publish at A -> verdict at B (real Prosody, memory PubSub)".into(),
         format!(
