@@ -322,6 +322,25 @@ pub struct Engine {
     pub own_feed_changed: tokio::sync::Notify,
 }
 
+/// xmppbl.org's `muc_bans_sha256` lists domains as the SHA-256 of the bare
+/// domain, which reads as a `jid:` key: check those too (U- and A-label).
+fn rtbl_domain_keys(domain: &str) -> Vec<SubjectKey> {
+    let mut names = vec![domain.to_owned()];
+    if let Some(a) = corvid_protocol::subject::domain_a_label(domain)
+        && a != domain
+    {
+        names.push(a);
+    }
+    names
+        .iter()
+        .filter_map(|d| {
+            format!("jid:{}", corvid_protocol::subject::jid_hash(d))
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
 /// Source ids of local imports start with this.
 pub const IMPORT_PREFIX: &str = "import:";
 /// Weight of an imported list's entries.
@@ -532,9 +551,14 @@ impl Engine {
         query: &Query,
     ) -> (Vec<SubjectKey>, Vec<SubjectKey>) {
         match query {
-            Query::Jid { key, domain } => (vec![key.clone()], domain_lookup_keys(domain)),
+            Query::Jid { key, domain } => {
+                let mut covering = domain_lookup_keys(domain);
+                covering.extend(rtbl_domain_keys(domain));
+                (vec![key.clone()], covering)
+            }
             Query::Domain { domain } => {
                 let mut keys = domain_lookup_keys(domain);
+                keys.extend(rtbl_domain_keys(domain));
                 let exact = keys.remove(0);
                 (vec![exact], keys)
             }

@@ -308,14 +308,22 @@ async fn backfill_peer(engine: &Engine, link: &Link, peer: &Peer) -> Result<usiz
             let Some((_, payload)) = head.into_iter().next() else {
                 bail!("head vanished while reading")
             };
-            if let Some((_, v)) = verify(
+            let verified = verify(
                 engine,
                 peer,
                 &ring,
                 &feed.node,
                 feed::HEAD_ITEM,
                 payload.as_ref(),
-            ) && let Body::Head {
+            );
+            // A head that does not verify must not read as "no snapshot":
+            // that would mark every entry held only in chunks unconfirmed.
+            let Some((_, v)) = verified else {
+                bail!(
+                    "the peer's head item was rejected (see corvid_rejected_items_total); keeping what we have"
+                )
+            };
+            if let Body::Head {
                 generation, chunks, ..
             } = v.body
             {
@@ -408,7 +416,7 @@ fn rtbl_subject(engine: &Engine, node: &str, id: &str) -> Option<SubjectKey> {
     SubjectKey::for_domain(id, false).ok()
 }
 
-fn rtbl_record(subject: SubjectKey, now: u64, id: &str) -> Record {
+fn rtbl_record(subject: SubjectKey, now: u64, id: &str, category: Category) -> Record {
     use sha2::Digest as _;
     let h = sha2::Sha256::digest(id.as_bytes());
     let mut random = [0u8; 10];
@@ -416,7 +424,7 @@ fn rtbl_record(subject: SubjectKey, now: u64, id: &str) -> Record {
     Record::Report(Report {
         id: corvid_protocol::record::ReportId::new(now * 1000, random),
         subject,
-        category: Category::Spam,
+        category,
         confidence: 100,
         issued_at: now,
         expires_at: now + corvid_protocol::ns::MAX_TTL_SECS,
@@ -447,7 +455,16 @@ fn ingest_rtbl_item(engine: &Engine, rtbl: &Rtbl, id: &str) -> Result<Option<Str
     // it only confirms it again.
     let record = match engine.store().get(subject.as_str(), &rtbl.source)? {
         Some(stored) if stored.record.expires_at() > now => stored.record,
-        _ => rtbl_record(subject.clone(), now, id),
+        _ => rtbl_record(
+            subject.clone(),
+            now,
+            id,
+            if rtbl.feed.node.starts_with("muc_") {
+                Category::MucSpam
+            } else {
+                Category::Spam
+            },
+        ),
     };
     engine.ingest(now, &rtbl.source, &record, "")?;
     engine

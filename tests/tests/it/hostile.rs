@@ -293,3 +293,54 @@ fn bad_requests_get_json_errors() {
         "raw IP must not reach the log"
     );
 }
+
+#[test]
+fn rtbl_nodes_are_ingested_as_low_trust_sources() {
+    crate::init();
+    let prosody = Prosody::start(
+        &["rtbl.test", "b.test"],
+        &["corvidd@rtbl.test", "corvidd@b.test"],
+        ProsodyOptions::default(),
+    );
+    let list = Client::login(&prosody, "corvidd", "rtbl.test");
+    list.ensure_node("pubsub.rtbl.test", "muc_bans_sha256");
+    let report: Element = "<report xmlns='urn:xmpp:reporting:1' reason='urn:xmpp:reporting:spam'/>"
+        .parse()
+        .expect("xml");
+    let jid_hash = corvid_protocol::subject::jid_hash("troll@chat.example");
+    let domain_hash = corvid_protocol::subject::jid_hash("spamhost.example");
+    list.publish(
+        "pubsub.rtbl.test",
+        "muc_bans_sha256",
+        &jid_hash,
+        report.clone(),
+    );
+    list.publish(
+        "pubsub.rtbl.test",
+        "muc_bans_sha256",
+        &domain_hash,
+        report.clone(),
+    );
+    let b = Node::start(
+        &prosody,
+        &Identity::new("b.test"),
+        "\n[[rtbl]]\nservice = \"pubsub.rtbl.test\"\nnode = \"muc_bans_sha256\"\nweight = 0.9\n",
+    );
+    // Unsigned: capped at 0.5 and never a quorum, so flag at most.
+    b.wait_action("jid", "troll@chat.example", "flag", T);
+    b.wait_action("domain", "spamhost.example", "flag", T);
+    let v = b.verdict("jid", "troll@chat.example");
+    assert_eq!(v["score"], 0.5, "{v}");
+    // A live listing arrives by event; a retract delists at once.
+    let late = corvid_protocol::subject::jid_hash("late@chat.example");
+    list.publish("pubsub.rtbl.test", "muc_bans_sha256", &late, report);
+    b.wait_action("jid", "late@chat.example", "flag", T);
+    list.run(corvid_node::pubsub::retract(
+        list.link(),
+        "pubsub.rtbl.test",
+        "muc_bans_sha256",
+        &jid_hash,
+    ))
+    .expect("retract");
+    b.wait_action("jid", "troll@chat.example", "allow", T);
+}
