@@ -41,15 +41,13 @@ pub struct ImportArgs {
     publish: bool,
 }
 
+/// `(subject, category, note)`.
+pub type Entry = (String, String, Option<String>);
+/// `(line, text, reason)`.
+pub type Skipped = (usize, String, String);
+
 /// Parses a list into `(subject, category, note)` entries and skipped lines.
-pub fn parse(
-    format: InFormat,
-    text: &str,
-    default_category: &str,
-) -> (
-    Vec<(String, String, Option<String>)>,
-    Vec<(usize, String, String)>,
-) {
+pub fn parse(format: InFormat, text: &str, default_category: &str) -> (Vec<Entry>, Vec<Skipped>) {
     let mut entries = Vec::new();
     let mut skipped = Vec::new();
     for (n, raw) in text.lines().enumerate() {
@@ -128,7 +126,7 @@ pub fn parse(
 
 /// Imports a list through the node.
 pub fn import(json_out: bool, node: &Node, a: &ImportArgs) -> Result<u8> {
-    let text = if a.file == PathBuf::from("-") {
+    let text = if a.file.as_os_str() == "-" {
         std::io::read_to_string(std::io::stdin())?
     } else {
         std::fs::read_to_string(&a.file)
@@ -156,11 +154,7 @@ pub fn import(json_out: bool, node: &Node, a: &ImportArgs) -> Result<u8> {
         if tty {
             let done = ((i + 1) * 500).min(total);
             let width = 30;
-            let filled = if total == 0 {
-                width
-            } else {
-                done * width / total
-            };
+            let filled = (done * width).checked_div(total).unwrap_or(width);
             eprint!(
                 "\r[{}{}] {done}/{total}",
                 "#".repeat(filled),

@@ -282,70 +282,6 @@ fn run(cli: &Cli) -> Result<u8> {
     }
 }
 
-#[cfg(test)]
-mod readme {
-    use clap::Parser as _;
-
-    /// Splits a shell line into words, honouring single and double quotes.
-    fn words(line: &str) -> Vec<String> {
-        let mut out = Vec::new();
-        let mut cur = String::new();
-        let mut quote = None;
-        let mut any = false;
-        for c in line.chars() {
-            match (quote, c) {
-                (None, '\'' | '"') => {
-                    quote = Some(c);
-                    any = true;
-                }
-                (Some(q), c) if c == q => quote = None,
-                (None, c) if c.is_whitespace() => {
-                    if any || !cur.is_empty() {
-                        out.push(std::mem::take(&mut cur));
-                    }
-                    any = false;
-                }
-                (_, c) => cur.push(c),
-            }
-        }
-        if any || !cur.is_empty() {
-            out.push(cur);
-        }
-        out
-    }
-
-    #[test]
-    fn every_corvid_command_in_the_readme_parses() {
-        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
-            .expect("README.md");
-        let mut in_sh = false;
-        let mut checked = 0;
-        for line in readme.lines() {
-            let t = line.trim();
-            if t.starts_with("```") {
-                in_sh = t == "```sh";
-                continue;
-            }
-            let Some(cmd) = t
-                .strip_prefix("sudo ")
-                .or(Some(t))
-                .filter(|c| in_sh && c.starts_with("corvid "))
-            else {
-                continue;
-            };
-            let args = words(cmd);
-            if let Err(e) = super::Cli::try_parse_from(&args) {
-                panic!("README command does not parse: {cmd}\n{e}");
-            }
-            checked += 1;
-        }
-        assert!(
-            checked >= 15,
-            "only {checked} corvid commands found in the README"
-        );
-    }
-}
-
 /// Parses 30d, 12h, 90m, 45s or plain seconds.
 fn parse_ttl(text: &str) -> Result<u64> {
     let (num, unit) = text.trim().split_at(
@@ -576,4 +512,68 @@ fn confirm(prompt: &str) -> Result<()> {
         bail!("not confirmed; nothing changed");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod readme {
+    use clap::Parser as _;
+
+    /// Splits a shell line into words, honouring single and double quotes.
+    fn words(line: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut cur = String::new();
+        let mut quote = None;
+        let mut any = false;
+        for c in line.chars() {
+            match (quote, c) {
+                (None, '\'' | '"') => {
+                    quote = Some(c);
+                    any = true;
+                }
+                (Some(q), c) if c == q => quote = None,
+                (None, c) if c.is_whitespace() => {
+                    if any || !cur.is_empty() {
+                        out.push(std::mem::take(&mut cur));
+                    }
+                    any = false;
+                }
+                (_, c) => cur.push(c),
+            }
+        }
+        if any || !cur.is_empty() {
+            out.push(cur);
+        }
+        out
+    }
+
+    #[test]
+    fn every_corvid_command_in_the_readme_parses() {
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
+            .expect("README.md");
+        let mut in_sh = false;
+        let mut checked = 0;
+        for line in readme.lines() {
+            let t = line.trim();
+            if t.starts_with("```") {
+                in_sh = t == "```sh";
+                continue;
+            }
+            let Some(cmd) = t
+                .strip_prefix("sudo ")
+                .or(Some(t))
+                .filter(|c| in_sh && c.starts_with("corvid "))
+            else {
+                continue;
+            };
+            let args = words(cmd);
+            if let Err(e) = super::Cli::try_parse_from(&args) {
+                panic!("README command does not parse: {cmd}\n{e}");
+            }
+            checked += 1;
+        }
+        assert!(
+            checked >= 15,
+            "only {checked} corvid commands found in the README"
+        );
+    }
 }

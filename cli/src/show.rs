@@ -74,17 +74,8 @@ pub fn why(subject: &str, v: &Value) -> String {
     }
     let _ = writeln!(
         out,
-        "  {:<22} {:<7} {:<17} {:>6} {:>5} {:>6} {:>9} {:<8} {:<10} {}",
-        "ISSUER",
-        "KIND",
-        "CATEGORY",
-        "WEIGHT",
-        "AGE",
-        "DECAY",
-        "EFFECTIVE",
-        "MODE",
-        "EXPIRES",
-        "STATUS"
+        "  {:<22} {:<7} {:<17} {:>6} {:>5} {:>6} {:>9} {:<8} {:<10} STATUS",
+        "ISSUER", "KIND", "CATEGORY", "WEIGHT", "AGE", "DECAY", "EFFECTIVE", "MODE", "EXPIRES"
     );
     for c in list {
         let _ = writeln!(
@@ -150,8 +141,8 @@ pub fn peers(v: &Value) -> String {
     }
     let _ = writeln!(
         out,
-        "{:<24} {:<8} {:>6} {:>8} {:<12} {:<12} {}",
-        "PEER", "MODE", "WEIGHT", "RECORDS", "LAST SYNC", "LAST ITEM", "REJECTED / PENDING"
+        "{:<24} {:<8} {:>6} {:>8} {:<12} {:<12} REJECTED / PENDING",
+        "PEER", "MODE", "WEIGHT", "RECORDS", "LAST SYNC", "LAST ITEM"
     );
     for p in list {
         let rejected: Vec<String> = p["rejected"]
@@ -238,8 +229,8 @@ pub fn members(v: &Value) -> String {
     let list = v["members"].as_array().cloned().unwrap_or_default();
     let _ = writeln!(
         out,
-        "{:<24} {:<10} {:<16} {:<8} {}",
-        "MEMBER", "SIGNATURE", "DOMAIN-VERIFIED", "PEER", "FINGERPRINT"
+        "{:<24} {:<10} {:<16} {:<8} FINGERPRINT",
+        "MEMBER", "SIGNATURE", "DOMAIN-VERIFIED", "PEER"
     );
     for m in list {
         let sig = if m["signature_ok"] == true {

@@ -71,9 +71,7 @@ fn engine(dir: &Path, peers: &[&Identity]) -> Engine {
     }
     let me = Identity::new("a.test");
     write_private(&dir.join("key"), &me.key.to_key_file());
-    let mut text = format!(
-        "data_dir = \"data\"\n[xmpp]\njid = \"corvidd@a.test\"\npassword_file = \"pw\"\nserver = \"127.0.0.1:1\"\ntls = \"plaintext\"\n[feed]\nservice = \"pubsub.a.test\"\n[server]\ndomain = \"a.test\"\n[keys]\nsigning_key_file = \"key\"\n[api]\nlisten = \"127.0.0.1:0\"\nread_token_file = \"read\"\nwrite_token_file = \"write\"\n"
-    );
+    let mut text = "data_dir = \"data\"\n[xmpp]\njid = \"corvidd@a.test\"\npassword_file = \"pw\"\nserver = \"127.0.0.1:1\"\ntls = \"plaintext\"\n[feed]\nservice = \"pubsub.a.test\"\n[server]\ndomain = \"a.test\"\n[keys]\nsigning_key_file = \"key\"\n[api]\nlisten = \"127.0.0.1:0\"\nread_token_file = \"read\"\nwrite_token_file = \"write\"\n".to_owned();
     for p in peers {
         text.push_str(&p.peer_block(1.0, "enforce"));
     }
@@ -465,9 +463,11 @@ fn main() {
         Some(&data),
     );
     let ready = t.elapsed();
-    wait_for(Duration::from_secs(10), "first verdict", || {
-        (n.action("jid", "bot7@spam.example") == "allow" || true).then_some(())
-    });
+    wait_for(
+        Duration::from_secs(10),
+        "a verdict answered from the store",
+        || (n.action("jid", "bot7@spam.example") == "block").then_some(()),
+    );
     let first = t.elapsed();
     for i in 0..20_000u64 {
         n.get(&format!(

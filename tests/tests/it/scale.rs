@@ -5,7 +5,6 @@ use std::time::{Duration, Instant};
 
 use corvid_protocol::feed::{FeedOp, FeedWriter};
 use corvid_protocol::item::FeedAddress;
-use corvid_protocol::keys::Signer;
 use corvid_protocol::record::{Category, Evidence, Issuer, Record, Report, ReportId};
 use corvid_protocol::subject::SubjectKey;
 use corvid_tests::client::Client;
