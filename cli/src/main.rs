@@ -92,6 +92,28 @@ enum Command {
     /// The federation directory.
     #[command(subcommand)]
     Federation(FederationCommand),
+    /// Rotate or revoke this server's signing key.
+    #[command(subcommand)]
+    Key(KeyCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum KeyCommand {
+    /// Switch to a new key (from `corvid keygen`): publishes a rotation signed by the old key, rewrites the feed, and updates the config.
+    Rotate {
+        /// The new key file.
+        #[arg(long)]
+        to: PathBuf,
+    },
+    /// Publish a revocation of the current key: every report it signed stops counting at peers. Then generate a new key and give peers its fingerprint.
+    Revoke {
+        /// Why (shown to peers).
+        #[arg(long)]
+        reason: Option<String>,
+        /// Do it without asking (scripts).
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 #[derive(Parser, Debug)]
@@ -270,6 +292,49 @@ fn run(cli: &Cli) -> Result<u8> {
                     "announced {} with key {}\n",
                     v["announced"]["domain"].as_str().unwrap_or(""),
                     v["announced"]["key"].as_str().unwrap_or("")
+                )
+            });
+            Ok(0)
+        }
+        Command::Key(KeyCommand::Rotate { to }) => {
+            let abs = std::fs::canonicalize(to)
+                .with_context(|| format!("cannot find {}", to.display()))?;
+            let v = node(cli)?
+                .post(
+                    "/v1/keys/rotate",
+                    &json!({"new_key_file": abs.display().to_string()}),
+                )?
+                .ok()?;
+            let mut doc = edit::load(&cli.config)?;
+            doc["keys"]["signing_key_file"] = toml_edit::value(abs.display().to_string());
+            edit::save(&cli.config, &doc)?;
+            print(cli, &v, |v| {
+                format!(
+                    "rotated to {}
+fingerprint {}
+The rotation is published (signed by the old key); peers that accept rotations follow at once, others run `corvid peer confirm-rotation`. The config now names the new key.
+",
+                    v["new_key"].as_str().unwrap_or(""),
+                    v["fingerprint"].as_str().unwrap_or("")
+                )
+            });
+            Ok(0)
+        }
+        Command::Key(KeyCommand::Revoke { reason, yes }) => {
+            if !*yes {
+                confirm(
+                    "Revoke this server's signing key? Every report it signed stops counting at every peer.\n",
+                )?;
+            }
+            let v = node(cli)?
+                .post("/v1/keys/revoke", &json!({"reason": reason}))?
+                .ok()?;
+            print(cli, &v, |v| {
+                format!(
+                    "revoked {}
+Next: `corvid keygen --out NEW.key`, point keys.signing_key_file at it, restart corvidd, and give peers the new fingerprint (a revoked key cannot vouch for its successor).
+",
+                    v["revoked_key"].as_str().unwrap_or("")
                 )
             });
             Ok(0)

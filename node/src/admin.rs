@@ -33,6 +33,8 @@ pub fn routes() -> Router<Arc<ApiState>> {
         .route("/v1/export", get(export))
         .route("/v1/federation/announce", post(announce))
         .route("/v1/federation/members", get(members))
+        .route("/v1/keys/rotate", post(rotate))
+        .route("/v1/keys/revoke", post(revoke))
 }
 
 fn peer_json(s: &ApiState, domain: &str, p: &crate::engine::Peer) -> Result<Value, ApiError> {
@@ -322,4 +324,80 @@ async fn members(
         .await
         .map_err(|e| ApiError::bad(format!("{e:#}")))?;
     Ok(Json(json!({"members": list})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RotateBody {
+    /// The new key file (from `corvid keygen`), readable by corvidd, mode 0600.
+    new_key_file: String,
+}
+
+async fn rotate(
+    State(s): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Json(body): Json<RotateBody>,
+) -> Result<Json<Value>, ApiError> {
+    authorize_write(&s, &headers)?;
+    let path = std::path::Path::new(&body.new_key_file);
+    crate::config::check_private(path).map_err(|e| ApiError::bad(format!("{e:#}")))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ApiError::bad(format!("cannot read {}: {e}", path.display())))?;
+    let new = corvid_protocol::keys::SecretKey::from_key_file(&text)
+        .map_err(|e| ApiError::bad(format!("{}: {e}", path.display())))?;
+    let new_public = corvid_protocol::keys::Signer::public_key(&new);
+    if new_public == s.engine.public_key() {
+        return Err(ApiError::bad("that is the current key"));
+    }
+    let old = s.engine.public_key();
+    let (item_id, item) = s.engine.rotate_key(new)?;
+    let feed = s.engine.feed().clone();
+    let published = crate::pubsub::publish(
+        &s.link,
+        &feed.service,
+        &feed.node,
+        &item_id,
+        item.to_element(),
+    )
+    .await;
+    Ok(Json(json!({
+        "old_key": old.to_string(),
+        "new_key": new_public.to_string(),
+        "fingerprint": new_public.fingerprint().to_string(),
+        "rotation_item": item_id,
+        "published": published.is_ok(),
+        "publish_error": published.err().map(|e| e.to_string()),
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevokeBody {
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+async fn revoke(
+    State(s): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Json(body): Json<RevokeBody>,
+) -> Result<Json<Value>, ApiError> {
+    authorize_write(&s, &headers)?;
+    let key = s.engine.public_key();
+    let (item_id, item) = s.engine.revoke_key(body.reason)?;
+    let feed = s.engine.feed().clone();
+    let published = crate::pubsub::publish(
+        &s.link,
+        &feed.service,
+        &feed.node,
+        &item_id,
+        item.to_element(),
+    )
+    .await;
+    Ok(Json(json!({
+        "revoked_key": key.to_string(),
+        "revocation_item": item_id,
+        "published": published.is_ok(),
+        "publish_error": published.err().map(|e| e.to_string()),
+    })))
 }

@@ -309,7 +309,7 @@ pub enum Ingested {
 pub struct Engine {
     store: Store,
     settings: RwLock<Arc<Settings>>,
-    signer: SecretKey,
+    signer: RwLock<Arc<SecretKey>>,
     feed: FeedAddress,
     generation: AtomicU64,
     cache: RwLock<HashMap<String, Cached, foldhash::fast::RandomState>>,
@@ -320,6 +320,8 @@ pub struct Engine {
     /// Signalled when our own feed was purged, deleted or had items
     /// retracted behind our back: the publisher reconciles.
     pub own_feed_changed: tokio::sync::Notify,
+    /// Signalled after a key rotation: the publisher rewrites the feed.
+    pub rekeyed: tokio::sync::Notify,
 }
 
 /// xmppbl.org's `muc_bans_sha256` lists domains as the SHA-256 of the bare
@@ -405,7 +407,7 @@ impl Engine {
         let engine = Self {
             store,
             settings: RwLock::new(Arc::new(settings)),
-            signer,
+            signer: RwLock::new(Arc::new(signer)),
             feed,
             generation: AtomicU64::new(0),
             cache: RwLock::new(HashMap::default()),
@@ -413,6 +415,7 @@ impl Engine {
             suspended: RwLock::new(HashSet::new()),
             metrics: Metrics::default(),
             own_feed_changed: tokio::sync::Notify::new(),
+            rekeyed: tokio::sync::Notify::new(),
         };
         engine.load_suspensions()?;
         engine.restore_own_contributions()?;
@@ -453,8 +456,70 @@ impl Engine {
     }
 
     /// The signing key.
-    pub fn signer(&self) -> &SecretKey {
-        &self.signer
+    pub fn signer(&self) -> Arc<SecretKey> {
+        self.signer
+            .read()
+            .map(|s| Arc::clone(&s))
+            .unwrap_or_else(|e| Arc::clone(&e.into_inner()))
+    }
+
+    /// Rotates to a new signing key: returns the rotation record (item id
+    /// and payload, signed by the old key), keeps it for republishing, and
+    /// signs everything from now on with the new key. The publisher
+    /// rewrites the feed under the new key (`rekeyed`).
+    pub fn rotate_key(
+        &self,
+        new: SecretKey,
+    ) -> Result<(String, corvid_protocol::item::SignedItem)> {
+        let old = self.signer();
+        let rotation = corvid_protocol::record::KeyRotation {
+            old: old.public_key(),
+            new: new.public_key(),
+            issued_at: crate::now(),
+        };
+        let item_id = corvid_protocol::feed::rotation_item_id(&new.public_key());
+        let envelope = corvid_protocol::item::Envelope {
+            corvid: corvid_protocol::ns::PROTOCOL_MAJOR,
+            issuer: corvid_protocol::record::Issuer {
+                domain: self.settings().domain.clone(),
+                key: old.public_key().key_id(),
+            },
+            body: corvid_protocol::item::Body::KeyRotation(rotation),
+        };
+        let item =
+            corvid_protocol::item::SignedItem::sign(old.as_ref(), &envelope, &self.feed, &item_id)?;
+        self.store.add_key_record(&item_id, &item.to_xml())?;
+        if let Ok(mut s) = self.signer.write() {
+            *s = Arc::new(new);
+        }
+        self.rekeyed.notify_one();
+        Ok((item_id, item))
+    }
+
+    /// A revocation of the current key, signed by it; kept for republishing.
+    pub fn revoke_key(
+        &self,
+        reason: Option<String>,
+    ) -> Result<(String, corvid_protocol::item::SignedItem)> {
+        let key = self.signer();
+        let revocation = corvid_protocol::record::KeyRevocation {
+            key: key.public_key(),
+            issued_at: crate::now(),
+            reason,
+        };
+        let item_id = corvid_protocol::feed::revocation_item_id(&key.public_key());
+        let envelope = corvid_protocol::item::Envelope {
+            corvid: corvid_protocol::ns::PROTOCOL_MAJOR,
+            issuer: corvid_protocol::record::Issuer {
+                domain: self.settings().domain.clone(),
+                key: key.public_key().key_id(),
+            },
+            body: corvid_protocol::item::Body::KeyRevocation(revocation),
+        };
+        let item =
+            corvid_protocol::item::SignedItem::sign(key.as_ref(), &envelope, &self.feed, &item_id)?;
+        self.store.add_key_record(&item_id, &item.to_xml())?;
+        Ok((item_id, item))
     }
 
     /// The own feed.
@@ -1142,6 +1207,6 @@ impl Engine {
 
     /// Public key of this node.
     pub fn public_key(&self) -> PublicKey {
-        self.signer.public_key()
+        self.signer().public_key()
     }
 }

@@ -48,7 +48,12 @@ fn sign_card(
         },
         body: Body::Card(card.clone()),
     };
-    Ok(SignedItem::sign(engine.signer(), &envelope, feed, item_id)?)
+    Ok(SignedItem::sign(
+        engine.signer().as_ref(),
+        &envelope,
+        feed,
+        item_id,
+    )?)
 }
 
 /// Publishes the card on the own feed and on the directory node.

@@ -22,10 +22,6 @@ const IN_FLIGHT: usize = 32;
 
 /// Runs for ever: waits for sessions, reconciles, drains the outbox.
 pub async fn run(engine: Arc<Engine>, link: Link, config: FeedConfig, wake: Arc<Notify>) {
-    let issuer = Issuer {
-        domain: engine.settings().domain.clone(),
-        key: engine.public_key().key_id(),
-    };
     let mut writer: Option<FeedWriter> = None;
     let mut reconciled_session = 0u64;
     loop {
@@ -37,6 +33,11 @@ pub async fn run(engine: Arc<Engine>, link: Link, config: FeedConfig, wake: Arc<
             }
         };
         if session != reconciled_session {
+            // The issuer's key id follows the current key (it changes on rotation).
+            let issuer = Issuer {
+                domain: engine.settings().domain.clone(),
+                key: engine.public_key().key_id(),
+            };
             match reconcile(&engine, &link, &config, &issuer, &mut writer).await {
                 Ok(()) => {
                     reconciled_session = session;
@@ -69,6 +70,11 @@ pub async fn run(engine: Arc<Engine>, link: Link, config: FeedConfig, wake: Arc<
                 tracing::info!("own feed changed on the service (purge, deletion or retraction): reconciling");
                 reconciled_session = 0;
             }
+            () = engine.rekeyed.notified() => {
+                tracing::info!("signing key rotated: rewriting the feed under the new key");
+                writer = None;
+                reconciled_session = 0;
+            }
             () = tokio::time::sleep(Duration::from_secs(5)) => {}
         }
     }
@@ -95,6 +101,7 @@ async fn reconcile(
     pubsub::subscribe(link, service, node, link.bare()).await?;
     let now = crate::now();
     let signer = engine.signer();
+    let signer = signer.as_ref();
     let present: BTreeSet<String> = pubsub::item_ids(link, service, node)
         .await?
         .into_iter()
@@ -138,6 +145,18 @@ async fn reconcile(
             });
         }
     }
+    // Key records (rotations, revocations) stay published for good.
+    for (item_id, xml) in engine.store().key_records()? {
+        if !present.contains(&item_id)
+            && let Ok(item) = corvid_protocol::item::SignedItem::from_xml(&xml)
+        {
+            to_run.push(FeedOp::Publish {
+                node: node.clone(),
+                item_id,
+                item,
+            });
+        }
+    }
     let count = to_run.len();
     execute(engine, link, service, to_run).await?;
     tracing::info!(feed = %engine.feed(), ops = count, items = wanted.len(), "feed reconciled");
@@ -151,7 +170,7 @@ async fn drain_outbox(engine: &Engine, link: &Link, writer: &mut FeedWriter) -> 
             engine.store().published(&subject)?;
             continue;
         };
-        let ops = writer.upsert(engine.signer(), record.clone(), crate::now())?;
+        let ops = writer.upsert(engine.signer().as_ref(), record.clone(), crate::now())?;
         execute(engine, link, &service, ops).await?;
         // Unqueue only if no newer record replaced it meanwhile.
         if engine.store().own(&subject)?.as_ref() == Some(&record) {

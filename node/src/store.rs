@@ -464,6 +464,32 @@ impl Store {
         Ok(out)
     }
 
+    /// Remembers a published key record (rotation, revocation) so it is
+    /// republished whenever the PubSub service lost it.
+    ///
+    /// # Errors
+    /// IO errors.
+    pub fn add_key_record(&self, item_id: &str, xml: &str) -> Result<()> {
+        let mut list = self.key_records()?;
+        list.retain(|(id, _)| id != item_id);
+        list.push((item_id.to_owned(), xml.to_owned()));
+        self.db
+            .open_tree("meta")?
+            .insert("key_records", serde_json::to_vec(&list)?)?;
+        self.flush()
+    }
+
+    /// Key records to keep published: `(item id, payload XML)`.
+    ///
+    /// # Errors
+    /// IO or decode errors.
+    pub fn key_records(&self) -> Result<Vec<(String, String)>> {
+        Ok(match self.db.open_tree("meta")?.get("key_records")? {
+            Some(v) => serde_json::from_slice(&v)?,
+            None => Vec::new(),
+        })
+    }
+
     /// Bytes on disk.
     pub fn size_on_disk(&self) -> u64 {
         self.db.size_on_disk().unwrap_or(0)

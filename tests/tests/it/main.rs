@@ -4,6 +4,7 @@
 mod durability;
 mod federation;
 mod hostile;
+mod keys;
 mod scale;
 
 /// Points the harness at the freshly built daemon.
