@@ -1080,34 +1080,26 @@ impl Engine {
     pub fn sweep(&self, now: u64, batch: usize) -> Result<usize> {
         self.persist_counts()?;
         let mut removed = 0;
+        let own_domain = self.settings().domain.clone();
         for (source, subject) in self.store.expired(now, batch)? {
             self.remove(now, &source, &subject)?;
+            if source == own_domain {
+                // Our own record expired too: it leaves the feed at the next compaction.
+                self.store.drop_own_if_expired(&subject, now)?;
+            }
             removed += 1;
         }
         let settings = self.settings();
-        for source in settings
-            .peers
-            .keys()
-            .cloned()
-            .chain(settings.rtbls.keys().cloned())
+        // Entries missing from their source's feed, past the grace period.
+        for (source, subject) in self
+            .store
+            .missing_before(now.saturating_sub(settings.grace), batch)?
         {
-            for subject in self.store.subjects_of(&source)? {
-                if let Some(stored) = self.store.get(&subject, &source)?
-                    && stored
-                        .missing_since
-                        .is_some_and(|t| now >= t + settings.grace)
-                {
-                    self.remove(now, &source, &subject)?;
-                    removed += 1;
-                    self.metrics
-                        .inc("corvid_unconfirmed_dropped_total", &[("peer", &source)]);
-                }
-                if removed >= batch {
-                    return Ok(removed);
-                }
-            }
+            self.remove(now, &source, &subject)?;
+            removed += 1;
+            self.metrics
+                .inc("corvid_unconfirmed_dropped_total", &[("peer", &source)]);
         }
-        self.store.drop_expired_own(now)?;
         Ok(removed)
     }
 

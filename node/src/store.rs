@@ -89,6 +89,7 @@ pub struct Store {
     peers: sled::Tree,
     decisions: sled::Tree,
     last_action: sled::Tree,
+    missing: sled::Tree,
 }
 
 fn pair(a: &str, b: &str) -> Vec<u8> {
@@ -157,6 +158,7 @@ impl Store {
             peers: db.open_tree("peers")?,
             decisions: db.open_tree("decisions")?,
             last_action: db.open_tree("last_action")?,
+            missing: db.open_tree("missing")?,
             db,
         })
     }
@@ -237,21 +239,40 @@ impl Store {
         Ok(())
     }
 
-    /// Removes expired own records.
+    /// Unconfirmed entries whose grace ended before `cutoff`: `(source, subject)`.
     ///
     /// # Errors
     /// IO errors.
-    pub fn drop_expired_own(&self, now: u64) -> Result<usize> {
-        let mut n = 0;
-        for item in self.own.iter() {
+    pub fn missing_before(&self, cutoff: u64, limit: usize) -> Result<Vec<(String, String)>> {
+        let mut out = Vec::new();
+        for item in self.missing.iter() {
             let (k, v) = item?;
-            let record: Record = serde_json::from_slice(&v)?;
-            if record.expires_at() <= now {
-                self.own.remove(k)?;
-                n += 1;
+            let since = u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8]));
+            if since < cutoff
+                && let Some(p) = split_pair(&k)
+            {
+                out.push(p);
+                if out.len() >= limit {
+                    break;
+                }
             }
         }
-        Ok(n)
+        Ok(out)
+    }
+
+    /// Removes one own record if it has expired.
+    ///
+    /// # Errors
+    /// IO or decode errors.
+    pub fn drop_own_if_expired(&self, subject: &str, now: u64) -> Result<()> {
+        if let Some(v) = self.own.get(subject)? {
+            let record: Record = serde_json::from_slice(&v)?;
+            if record.expires_at() <= now {
+                self.own.remove(subject)?;
+                self.outbox.remove(subject)?;
+            }
+        }
+        Ok(())
     }
 
     /// A contribution.
@@ -297,6 +318,12 @@ impl Store {
         self.by_source.insert(pair(source, subject), &[])?;
         self.expiry
             .insert(expiry_key(stored.record.expires_at(), source, subject), &[])?;
+        match stored.missing_since {
+            Some(since) => self
+                .missing
+                .insert(pair(source, subject), &since.to_be_bytes())?,
+            None => self.missing.remove(pair(source, subject))?,
+        };
         Ok(old.is_none())
     }
 
@@ -309,6 +336,7 @@ impl Store {
             return Ok(false);
         };
         let old: Stored = serde_json::from_slice(&old)?;
+        self.missing.remove(pair(source, subject))?;
         self.expiry
             .remove(expiry_key(old.record.expires_at(), source, subject))?;
         self.by_source.remove(pair(source, subject))?;

@@ -162,3 +162,39 @@ fn peer_prosody_restart_with_memory_storage_over_s2s() {
     });
     assert!(pb.log().contains("a.test") || !pb.log().is_empty());
 }
+
+#[test]
+fn entries_missing_past_the_grace_period_are_dropped() {
+    crate::init();
+    let prosody = Prosody::start(
+        &["a.test", "b.test"],
+        &["corvidd@a.test", "corvidd@b.test"],
+        ProsodyOptions::default(),
+    );
+    let (ia, ib) = (Identity::new("a.test"), Identity::new("b.test"));
+    let mut a = Node::start(&prosody, &ia, "");
+    let b = Node::start(
+        &prosody,
+        &ib,
+        &format!(
+            "policy.unconfirmed_grace_secs = 3\n{}",
+            ia.peer_block(1.0, "enforce")
+        ),
+    );
+    a.report("gone@spam.example", "spam", 90);
+    b.wait_action("jid", "gone@spam.example", "flag", T);
+    // A goes away for good and its node is purged: nobody republishes.
+    a.kill();
+    let admin = Client::login(&prosody, "corvidd", "a.test");
+    admin.purge("pubsub.a.test", "corvid");
+    wait_for(T, "B to mark it unconfirmed", || {
+        (status_of(&b, "gone@spam.example", "a.test")? == "unconfirmed").then_some(())
+    });
+    assert_eq!(
+        b.action("jid", "gone@spam.example"),
+        "flag",
+        "still counts during the grace period"
+    );
+    b.wait_action("jid", "gone@spam.example", "allow", T);
+    assert!(b.counter("corvid_unconfirmed_dropped_total", &[]) >= 1);
+}
