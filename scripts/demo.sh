@@ -14,11 +14,11 @@ KEEP=0
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 run() { printf '$ %s\n' "$*"; "$@"; }
 
-if ! command -v prosody >/dev/null 2>&1; then
+if ! command -v prosody >/dev/null 2>&1 || ! dpkg -s lua-unbound >/dev/null 2>&1; then
   say "Installing Prosody from Debian's packages"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update
-  apt-get install -y --no-install-recommends prosody
+  apt-get install -y --no-install-recommends prosody lua-unbound
 fi
 say "Building corvidd and corvid (release)"
 cargo build --release --quiet -p corvid-node -p corvid-cli
