@@ -326,6 +326,24 @@ async fn members(
     Ok(Json(json!({"members": list})))
 }
 
+/// Publishes a key record on the own feed now (the publisher also
+/// republishes it whenever the service lost it).
+async fn publish_own(
+    s: &ApiState,
+    item_id: &str,
+    item: &corvid_protocol::item::SignedItem,
+) -> Result<(), crate::xmpp::IqError> {
+    let feed = s.engine.feed();
+    crate::pubsub::publish(
+        &s.link,
+        &feed.service,
+        &feed.node,
+        item_id,
+        item.to_element(),
+    )
+    .await
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RotateBody {
@@ -351,15 +369,7 @@ async fn rotate(
     }
     let old = s.engine.public_key();
     let (item_id, item) = s.engine.rotate_key(new)?;
-    let feed = s.engine.feed().clone();
-    let published = crate::pubsub::publish(
-        &s.link,
-        &feed.service,
-        &feed.node,
-        &item_id,
-        item.to_element(),
-    )
-    .await;
+    let published = publish_own(&s, &item_id, &item).await;
     Ok(Json(json!({
         "old_key": old.to_string(),
         "new_key": new_public.to_string(),
@@ -385,15 +395,7 @@ async fn revoke(
     authorize_write(&s, &headers)?;
     let key = s.engine.public_key();
     let (item_id, item) = s.engine.revoke_key(body.reason)?;
-    let feed = s.engine.feed().clone();
-    let published = crate::pubsub::publish(
-        &s.link,
-        &feed.service,
-        &feed.node,
-        &item_id,
-        item.to_element(),
-    )
-    .await;
+    let published = publish_own(&s, &item_id, &item).await;
     Ok(Json(json!({
         "revoked_key": key.to_string(),
         "revocation_item": item_id,

@@ -463,6 +463,27 @@ impl Engine {
             .unwrap_or_else(|e| Arc::clone(&e.into_inner()))
     }
 
+    /// Signs a key record with `key` for the own feed, and keeps it for
+    /// republishing.
+    fn key_record(
+        &self,
+        key: &SecretKey,
+        body: corvid_protocol::item::Body,
+        item_id: String,
+    ) -> Result<(String, corvid_protocol::item::SignedItem)> {
+        let envelope = corvid_protocol::item::Envelope {
+            corvid: corvid_protocol::ns::PROTOCOL_MAJOR,
+            issuer: corvid_protocol::record::Issuer {
+                domain: self.settings().domain.clone(),
+                key: key.public_key().key_id(),
+            },
+            body,
+        };
+        let item = corvid_protocol::item::SignedItem::sign(key, &envelope, &self.feed, &item_id)?;
+        self.store.add_key_record(&item_id, &item.to_xml())?;
+        Ok((item_id, item))
+    }
+
     /// Rotates to a new signing key: returns the rotation record (item id
     /// and payload, signed by the old key), keeps it for republishing, and
     /// signs everything from now on with the new key. The publisher
@@ -478,22 +499,16 @@ impl Engine {
             issued_at: crate::now(),
         };
         let item_id = corvid_protocol::feed::rotation_item_id(&new.public_key());
-        let envelope = corvid_protocol::item::Envelope {
-            corvid: corvid_protocol::ns::PROTOCOL_MAJOR,
-            issuer: corvid_protocol::record::Issuer {
-                domain: self.settings().domain.clone(),
-                key: old.public_key().key_id(),
-            },
-            body: corvid_protocol::item::Body::KeyRotation(rotation),
-        };
-        let item =
-            corvid_protocol::item::SignedItem::sign(old.as_ref(), &envelope, &self.feed, &item_id)?;
-        self.store.add_key_record(&item_id, &item.to_xml())?;
+        let record = self.key_record(
+            &old,
+            corvid_protocol::item::Body::KeyRotation(rotation),
+            item_id,
+        )?;
         if let Ok(mut s) = self.signer.write() {
             *s = Arc::new(new);
         }
         self.rekeyed.notify_one();
-        Ok((item_id, item))
+        Ok(record)
     }
 
     /// A revocation of the current key, signed by it; kept for republishing.
@@ -508,18 +523,11 @@ impl Engine {
             reason,
         };
         let item_id = corvid_protocol::feed::revocation_item_id(&key.public_key());
-        let envelope = corvid_protocol::item::Envelope {
-            corvid: corvid_protocol::ns::PROTOCOL_MAJOR,
-            issuer: corvid_protocol::record::Issuer {
-                domain: self.settings().domain.clone(),
-                key: key.public_key().key_id(),
-            },
-            body: corvid_protocol::item::Body::KeyRevocation(revocation),
-        };
-        let item =
-            corvid_protocol::item::SignedItem::sign(key.as_ref(), &envelope, &self.feed, &item_id)?;
-        self.store.add_key_record(&item_id, &item.to_xml())?;
-        Ok((item_id, item))
+        self.key_record(
+            &key,
+            corvid_protocol::item::Body::KeyRevocation(revocation),
+            item_id,
+        )
     }
 
     /// The own feed.
