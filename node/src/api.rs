@@ -232,6 +232,10 @@ async fn verdict(
         .metrics
         .inc("corvid_lookups_total", &[("kind", kind)]);
     let v = s.engine.verdict(crate::now(), &q)?;
+    s.engine.metrics.inc(
+        "corvid_verdicts_total",
+        &[("action", &v.action.to_string())],
+    );
     Ok(Json(verdict_json(&v, false)))
 }
 
@@ -259,6 +263,10 @@ async fn verdicts(
                     .metrics
                     .inc("corvid_lookups_total", &[("kind", "batch")]);
                 let v = s.engine.verdict(now, &q)?;
+                s.engine.metrics.inc(
+                    "corvid_verdicts_total",
+                    &[("action", &v.action.to_string())],
+                );
                 out.push(verdict_json(&v, false));
             }
             Err(e) => out.push(json!({"error": e.message})),

@@ -583,7 +583,8 @@ impl Engine {
         if suspended { Mode::Observe } else { trust.mode }
     }
 
-    /// Answers a lookup, from the cache when nothing changed since.
+    /// Answers a lookup (action, score, reasons; no per-report detail),
+    /// from the cache when nothing changed since.
     pub fn verdict(&self, now: u64, query: &Query) -> Result<Arc<VerdictOut>> {
         let key = query.cache_key();
         let generation = self.generation.load(Ordering::Acquire);
@@ -594,7 +595,11 @@ impl Engine {
         {
             return Ok(Arc::clone(&c.verdict));
         }
-        let (verdict, valid_until) = self.compute(now, query)?;
+        let (mut verdict, valid_until) = self.compute(now, query)?;
+        // A lookup answers action, score and reasons; the per-report detail
+        // is `explain`'s (uncached), so the cache keeps entries small.
+        verdict.contributions = Vec::new();
+        verdict.subjects = Vec::new();
         let verdict = Arc::new(verdict);
         if let Ok(mut cache) = self.cache.write() {
             if cache.len() >= CACHE_MAX {
