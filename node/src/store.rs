@@ -523,3 +523,59 @@ impl Store {
         self.db.size_on_disk().unwrap_or(0)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_newer_schema_is_refused_with_a_clear_message() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let store = Store::open(dir.path(), 1 << 20).expect("fresh store");
+            store
+                .db
+                .open_tree("meta")
+                .expect("meta")
+                .insert("schema", &99u32.to_be_bytes())
+                .expect("write");
+            store.flush().expect("flush");
+        }
+        let err = Store::open(dir.path(), 1 << 20).expect_err("schema 99 must be refused");
+        assert!(
+            format!("{err:#}").contains("newer than this corvidd understands"),
+            "{err:#}"
+        );
+    }
+
+    #[test]
+    fn decisions_are_recorded_only_on_change() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), 1 << 20).expect("store");
+        assert_eq!(
+            store
+                .record_decision("jid:x", Action::Allow, 0.0, 1)
+                .expect("d"),
+            None,
+            "allow from nothing is no change"
+        );
+        let first = store
+            .record_decision("jid:x", Action::Flag, 0.5, 2)
+            .expect("d")
+            .expect("changed");
+        assert_eq!(
+            store
+                .record_decision("jid:x", Action::Flag, 0.6, 3)
+                .expect("d"),
+            None
+        );
+        let second = store
+            .record_decision("jid:x", Action::Block, 0.9, 4)
+            .expect("d")
+            .expect("changed");
+        let list = store.decisions_since(first, 10).expect("list");
+        assert_eq!(list.len(), 1);
+        assert_eq!(list[0].seq, second);
+        assert_eq!(list[0].action, Action::Block);
+    }
+}
