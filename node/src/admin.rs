@@ -159,6 +159,9 @@ async fn status(
             "connecting".to_owned()
         }
     };
+    if let Some(e) = s.engine.publish_error() {
+        warnings.push(e);
+    }
     let offset = s.clock_offset.load(std::sync::atomic::Ordering::Relaxed);
     if s.clock_measured.load(std::sync::atomic::Ordering::Relaxed)
         && offset.unsigned_abs() > settings.skew / 2

@@ -448,6 +448,9 @@ async fn healthz(State(s): State<Arc<ApiState>>) -> Json<Value> {
     if let Some(e) = &error {
         warnings.push(format!("XMPP: {e}"));
     }
+    if let Some(e) = s.engine.publish_error() {
+        warnings.push(e);
+    }
     Json(json!({
         "status": if warnings.is_empty() && xmpp == "online" { "ok" } else { "degraded" },
         "xmpp": xmpp,

@@ -322,6 +322,7 @@ pub struct Engine {
     pub own_feed_changed: tokio::sync::Notify,
     /// Signalled after a key rotation: the publisher rewrites the feed.
     pub rekeyed: tokio::sync::Notify,
+    publish_error: std::sync::Mutex<Option<String>>,
 }
 
 /// xmppbl.org's `muc_bans_sha256` lists domains as the SHA-256 of the bare
@@ -416,6 +417,7 @@ impl Engine {
             metrics: Metrics::default(),
             own_feed_changed: tokio::sync::Notify::new(),
             rekeyed: tokio::sync::Notify::new(),
+            publish_error: std::sync::Mutex::new(None),
         };
         engine.load_suspensions()?;
         engine.restore_own_contributions()?;
@@ -1203,6 +1205,22 @@ impl Engine {
     /// Counts of subjects by their last recorded action.
     pub fn action_counts(&self) -> Result<BTreeMap<String, u64>> {
         self.store.action_counts()
+    }
+
+    /// Records (or clears) the publisher's last failure, for health checks.
+    pub fn set_publish_error(&self, error: Option<String>) {
+        *self
+            .publish_error
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = error;
+    }
+
+    /// The publisher's last failure, if it has not recovered since.
+    pub fn publish_error(&self) -> Option<String> {
+        self.publish_error
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// The ingest rate limit.

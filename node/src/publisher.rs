@@ -41,6 +41,7 @@ pub async fn run(engine: Arc<Engine>, link: Link, config: FeedConfig, wake: Arc<
             match reconcile(&engine, &link, &config, &issuer, &mut writer).await {
                 Ok(()) => {
                     reconciled_session = session;
+                    engine.set_publish_error(None);
                     // Keep the membership card current after every connect.
                     if engine.settings().directory.is_some()
                         && let Err(e) = crate::federation::announce(&engine, &link).await
@@ -50,6 +51,10 @@ pub async fn run(engine: Arc<Engine>, link: Link, config: FeedConfig, wake: Arc<
                 }
                 Err(e) => {
                     tracing::warn!("feed reconciliation failed: {e:#}; retrying");
+                    engine.set_publish_error(Some(format!(
+                        "cannot maintain the feed {}: {e:#} (is corvidd's JID an admin of that PubSub component?)",
+                        engine.feed()
+                    )));
                     tokio::time::sleep(Duration::from_secs(2)).await;
                     continue;
                 }
@@ -59,6 +64,10 @@ pub async fn run(engine: Arc<Engine>, link: Link, config: FeedConfig, wake: Arc<
             && let Err(e) = drain_outbox(&engine, &link, w).await
         {
             tracing::warn!("publishing failed: {e:#}; will reconcile on the next session or retry");
+            engine.set_publish_error(Some(format!(
+                "publishing to {} failed: {e:#}",
+                engine.feed()
+            )));
             // A failed op leaves the service out of step: reconcile again.
             reconciled_session = 0;
             tokio::time::sleep(Duration::from_secs(1)).await;

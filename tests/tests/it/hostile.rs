@@ -344,3 +344,47 @@ fn rtbl_nodes_are_ingested_as_low_trust_sources() {
     .expect("retract");
     b.wait_action("jid", "troll@chat.example", "allow", T);
 }
+
+#[test]
+fn a_feed_corvidd_may_not_create_is_reported_by_health_checks() {
+    crate::init();
+    let prosody = Prosody::start(
+        &["a.test", "b.test"],
+        &["corvidd@a.test", "corvidd@b.test"],
+        ProsodyOptions::default(),
+    );
+    let mut a = Node::start(&prosody, &Identity::new("a.test"), "");
+    // Point A's feed at a component where its account is not an admin.
+    let path = a.config_path().to_owned();
+    let text = std::fs::read_to_string(&path).expect("config");
+    std::fs::write(
+        &path,
+        text.replace("service = \"pubsub.a.test\"", "service = \"pubsub.b.test\""),
+    )
+    .expect("write");
+    a.restart();
+    corvid_tests::wait_for(T, "a health warning about the feed", || {
+        let v = a.get("/healthz").json;
+        let warned = v["warnings"].as_array()?.iter().any(|w| {
+            w.as_str()
+                .is_some_and(|w| w.contains("cannot maintain the feed"))
+        });
+        (warned && v["status"] == "degraded").then_some(())
+    });
+    // Reports are still accepted and durable; they wait for the feed.
+    assert_eq!(
+        a.post(
+            "/v1/reports",
+            &serde_json::json!({"subject": "x@y.example", "category": "spam"})
+        )
+        .status,
+        201
+    );
+    let status = a.get("/v1/status").json;
+    assert!(
+        status["own_reports_unpublished"]
+            .as_u64()
+            .is_some_and(|n| n >= 1),
+        "{status}"
+    );
+}
