@@ -349,7 +349,10 @@ async fn backfill_peer(engine: &Engine, link: &Link, peer: &Peer) -> Result<usiz
                         for r in &records {
                             key_of.insert(r.subject().to_string(), v.issuer.key.to_string());
                         }
-                        if reader.accept_chunk(&item_id, &signed, records).is_err() {
+                        if reader
+                            .accept_chunk(&chunk.node, &item_id, &signed, records)
+                            .is_err()
+                        {
                             stale = true;
                             break;
                         }

@@ -556,7 +556,7 @@ impl FeedWriter {
 #[derive(Debug, Default)]
 pub struct FeedReader {
     head: Option<(u64, Vec<ChunkRef>)>,
-    chunks: HashMap<String, Vec<Record>>,
+    chunks: HashMap<(String, String), Vec<Record>>,
     deltas: Vec<Record>,
 }
 
@@ -580,21 +580,24 @@ impl FeedReader {
     /// [`FeedError::StaleChunk`] when it is not the chunk the head lists.
     pub fn accept_chunk(
         &mut self,
+        node: &str,
         item_id: &str,
         signed: &SignedItem,
         records: Vec<Record>,
     ) -> Result<(), FeedError> {
+        // Chunks are identified by node and item: overflow nodes may reuse ids.
         let listed = self
             .head
             .as_ref()
-            .and_then(|(_, refs)| refs.iter().find(|r| r.item == item_id))
+            .and_then(|(_, refs)| refs.iter().find(|r| r.node == node && r.item == item_id))
             .is_some_and(|r| r.sha256 == signed.sha256());
         if !listed {
             return Err(FeedError::StaleChunk {
                 item: item_id.into(),
             });
         }
-        self.chunks.insert(item_id.to_owned(), records);
+        self.chunks
+            .insert((node.to_owned(), item_id.to_owned()), records);
         Ok(())
     }
 
@@ -611,7 +614,7 @@ impl FeedReader {
         if let Some((_, refs)) = &self.head {
             let missing = refs
                 .iter()
-                .filter(|r| !self.chunks.contains_key(&r.item))
+                .filter(|r| !self.chunks.contains_key(&(r.node.clone(), r.item.clone())))
                 .count();
             if missing > 0 {
                 return Err(FeedError::Incomplete { missing });

@@ -75,7 +75,7 @@ impl Node {
                     panic!("chunk")
                 };
                 reader
-                    .accept_chunk(&c.item, item, records)
+                    .accept_chunk(&c.node, &c.item, item, records)
                     .expect("listed chunk");
             }
         }

@@ -355,6 +355,35 @@ fn generate() -> BTreeMap<&'static str, Value> {
             items.push(item_vector(name, &feed, item_id, item));
         }
     }
+    // A chunk big enough to travel deflated (encoding='deflate', base64).
+    let mut big = FeedWriter::new(feed.clone(), issuer(&key));
+    let many = (0..24u8).map(|i| {
+        let mut r = report(
+            100 + i,
+            SubjectKey::for_jid(&format!("bulk{i}@spam.example")).expect("jid"),
+            Category::BulkRegistration,
+            None,
+        );
+        r.evidence.note = None;
+        Record::Report(r)
+    });
+    for op in big.replace_all(&key, many, NOW - 120).expect("fits") {
+        if let FeedOp::Publish { item_id, item, .. } = op
+            && item_id.starts_with(feed::CHUNK_PREFIX)
+        {
+            assert!(
+                item.to_xml().contains("encoding=\"deflate\"")
+                    || item.to_xml().contains("encoding='deflate'"),
+                "expected a deflated chunk"
+            );
+            items.push(item_vector(
+                "snapshot-chunk-deflate",
+                &feed,
+                &item_id,
+                &item,
+            ));
+        }
+    }
     files.insert(
         "items.json",
         json!({
@@ -949,7 +978,7 @@ fn feed_vector_rebuilds_state() {
             panic!("not a chunk")
         };
         reader
-            .accept_chunk(&chunk.item, item, records)
+            .accept_chunk(&chunk.node, &chunk.item, item, records)
             .expect("listed");
     }
     for (item_id, item) in items
