@@ -392,6 +392,34 @@ fn random_bytes<const N: usize>() -> [u8; N] {
     b
 }
 
+/// An unsigned "listed" entry (a local import, an RTBL item) as a report:
+/// full confidence, since the source's weight says how much it counts, and
+/// one incident seen `now`.
+pub fn listed_report(
+    id: ReportId,
+    subject: SubjectKey,
+    category: Category,
+    now: u64,
+    ttl: u64,
+) -> Record {
+    Record::Report(Report {
+        id,
+        subject,
+        category,
+        confidence: 100,
+        issued_at: now,
+        expires_at: now + ttl,
+        evidence: Evidence {
+            count: 1,
+            first_seen: now,
+            last_seen: now,
+            note: None,
+            abuse_contacted_at: None,
+            message_text: None,
+        },
+    })
+}
+
 /// A fresh report id for `now` (seconds) with 80 random bits.
 pub fn new_report_id(now_ms: u64) -> ReportId {
     ReportId::new(now_ms, random_bytes())
@@ -1183,23 +1211,14 @@ impl Engine {
         category: Category,
         ttl: u64,
     ) -> Result<Ingested> {
-        let report = Report {
-            id: new_report_id(now * 1000),
+        let record = listed_report(
+            new_report_id(now * 1000),
             subject,
             category,
-            confidence: 100,
-            issued_at: now,
-            expires_at: now + ttl.min(corvid_protocol::ns::MAX_TTL_SECS),
-            evidence: Evidence {
-                count: 1,
-                first_seen: now,
-                last_seen: now,
-                note: None,
-                abuse_contacted_at: None,
-                message_text: None,
-            },
-        };
-        self.ingest(now, source, &Record::Report(report), "")
+            now,
+            ttl.min(corvid_protocol::ns::MAX_TTL_SECS),
+        );
+        self.ingest(now, source, &record, "")
     }
 
     /// Counts of subjects by their last recorded action.

@@ -1,7 +1,7 @@
 //! The node's durable state in sled.
 //!
 //! Trees:
-//! - `meta`: schema version;
+//! - `meta`: schema version, and the key records to keep published;
 //! - `own`: this server's records (subject key → record), the source of
 //!   truth for its feed; `outbox`: subjects not yet published;
 //! - `contrib`: every contribution, keyed `subject \0 source`;
@@ -90,6 +90,7 @@ pub struct Store {
     decisions: sled::Tree,
     last_action: sled::Tree,
     missing: sled::Tree,
+    meta: sled::Tree,
 }
 
 fn pair(a: &str, b: &str) -> Vec<u8> {
@@ -159,6 +160,7 @@ impl Store {
             decisions: db.open_tree("decisions")?,
             last_action: db.open_tree("last_action")?,
             missing: db.open_tree("missing")?,
+            meta,
             db,
         })
     }
@@ -501,8 +503,7 @@ impl Store {
         let mut list = self.key_records()?;
         list.retain(|(id, _)| id != item_id);
         list.push((item_id.to_owned(), xml.to_owned()));
-        self.db
-            .open_tree("meta")?
+        self.meta
             .insert("key_records", serde_json::to_vec(&list)?)?;
         self.flush()
     }
@@ -512,7 +513,7 @@ impl Store {
     /// # Errors
     /// IO or decode errors.
     pub fn key_records(&self) -> Result<Vec<(String, String)>> {
-        Ok(match self.db.open_tree("meta")?.get("key_records")? {
+        Ok(match self.meta.get("key_records")? {
             Some(v) => serde_json::from_slice(&v)?,
             None => Vec::new(),
         })

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail};
 use corvid_protocol::feed::{self, FeedReader};
 use corvid_protocol::item::{Body, FeedAddress, ItemError, KeyRing, SignedItem, verify_signed};
-use corvid_protocol::record::{Category, Evidence, Record, Report};
+use corvid_protocol::record::{Category, Record};
 use corvid_protocol::subject::{IpPrefix, SubjectKey};
 use tokio::sync::mpsc;
 use xmpp_parsers::minidom::Element;
@@ -424,22 +424,13 @@ fn rtbl_record(subject: SubjectKey, now: u64, id: &str, category: Category) -> R
     let h = sha2::Sha256::digest(id.as_bytes());
     let mut random = [0u8; 10];
     random.copy_from_slice(&h[..10]);
-    Record::Report(Report {
-        id: corvid_protocol::record::ReportId::new(now * 1000, random),
+    crate::engine::listed_report(
+        corvid_protocol::record::ReportId::new(now * 1000, random),
         subject,
         category,
-        confidence: 100,
-        issued_at: now,
-        expires_at: now + corvid_protocol::ns::MAX_TTL_SECS,
-        evidence: Evidence {
-            count: 1,
-            first_seen: now,
-            last_seen: now,
-            note: None,
-            abuse_contacted_at: None,
-            message_text: None,
-        },
-    })
+        now,
+        corvid_protocol::ns::MAX_TTL_SECS,
+    )
 }
 
 fn ingest_rtbl_item(engine: &Engine, rtbl: &Rtbl, id: &str) -> Result<Option<String>> {

@@ -294,9 +294,43 @@ pub fn start(
     })
 }
 
-/// A plain TCP connector with TCP_NODELAY: without it, a small publish can
-/// wait ~40 ms for the server's delayed ACK (Nagle), the bulk of the
-/// propagation latency.
+/// Connects with TCP_NODELAY: without it, a small publish can wait ~40 ms
+/// for the server's delayed ACK (Nagle), the bulk of the propagation latency.
+async fn connect_nodelay(dns: &DnsConfig) -> Result<tokio::net::TcpStream, tokio_xmpp::Error> {
+    let tcp = dns.resolve().await?;
+    tcp.set_nodelay(true)?;
+    Ok(tcp)
+}
+
+/// Opens an XMPP stream to `domain` over `io` (buffered).
+async fn open_stream<Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    io: Io,
+    domain: &str,
+    ns: &'static str,
+    timeouts: Timeouts,
+) -> Result<tokio_xmpp::xmlstream::PendingFeaturesRecv<tokio::io::BufStream<Io>>, tokio_xmpp::Error>
+{
+    let header = StreamHeader {
+        to: Some(std::borrow::Cow::Borrowed(domain)),
+        from: None,
+        id: None,
+    };
+    Ok(
+        tokio_xmpp::xmlstream::initiate_stream(tokio::io::BufStream::new(io), ns, header, timeouts)
+            .await?,
+    )
+}
+
+/// What a connector returns.
+type Connected<S> = Result<
+    (
+        tokio_xmpp::xmlstream::PendingFeaturesRecv<S>,
+        sasl::common::ChannelBinding,
+    ),
+    tokio_xmpp::Error,
+>;
+
+/// A plain TCP connector with TCP_NODELAY (loopback only, see config).
 #[derive(Debug, Clone)]
 struct PlainNoDelay(DnsConfig);
 
@@ -308,33 +342,14 @@ impl ServerConnector for PlainNoDelay {
         jid: &Jid,
         ns: &'static str,
         timeouts: Timeouts,
-    ) -> Result<
-        (
-            tokio_xmpp::xmlstream::PendingFeaturesRecv<Self::Stream>,
-            sasl::common::ChannelBinding,
-        ),
-        tokio_xmpp::Error,
-    > {
-        let tcp = self.0.resolve().await?;
-        tcp.set_nodelay(true)?;
-        let header = StreamHeader {
-            to: Some(std::borrow::Cow::Borrowed(jid.domain().as_str())),
-            from: None,
-            id: None,
-        };
-        let pending = tokio_xmpp::xmlstream::initiate_stream(
-            tokio::io::BufStream::new(tcp),
-            ns,
-            header,
-            timeouts,
-        )
-        .await?;
+    ) -> Connected<Self::Stream> {
+        let tcp = connect_nodelay(&self.0).await?;
+        let pending = open_stream(tcp, jid.domain().as_str(), ns, timeouts).await?;
         Ok((pending, sasl::common::ChannelBinding::None))
     }
 }
 
-/// STARTTLS with TCP_NODELAY (see [`PlainNoDelay`]); the TLS part is
-/// tokio-xmpp's own.
+/// STARTTLS with TCP_NODELAY; the TLS part is tokio-xmpp's own.
 #[derive(Debug, Clone)]
 struct StartTlsNoDelay(DnsConfig);
 
@@ -347,43 +362,20 @@ impl ServerConnector for StartTlsNoDelay {
         jid: &Jid,
         ns: &'static str,
         timeouts: Timeouts,
-    ) -> Result<
-        (
-            tokio_xmpp::xmlstream::PendingFeaturesRecv<Self::Stream>,
-            sasl::common::ChannelBinding,
-        ),
-        tokio_xmpp::Error,
-    > {
-        let tcp = self.0.resolve().await?;
-        tcp.set_nodelay(true)?;
+    ) -> Connected<Self::Stream> {
         let domain = jid.domain().as_str();
-        let header = || StreamHeader {
-            to: Some(std::borrow::Cow::Borrowed(domain)),
-            from: None,
-            id: None,
-        };
-        let plain = tokio_xmpp::xmlstream::initiate_stream(
-            tokio::io::BufStream::new(tcp),
-            ns,
-            header(),
-            timeouts,
-        )
-        .await?;
-        let (features, plain) = plain.recv_features().await?;
+        let tcp = connect_nodelay(&self.0).await?;
+        let (features, plain) = open_stream(tcp, domain, ns, timeouts)
+            .await?
+            .recv_features()
+            .await?;
         if !features.can_starttls() {
             return Err(tokio_xmpp::Error::Protocol(
                 tokio_xmpp::error::ProtocolError::NoTls,
             ));
         }
         let (tls, binding) = tokio_xmpp::connect::starttls::starttls(plain, domain).await?;
-        let pending = tokio_xmpp::xmlstream::initiate_stream(
-            tokio::io::BufStream::new(tls),
-            ns,
-            header(),
-            timeouts,
-        )
-        .await?;
-        Ok((pending, binding))
+        Ok((open_stream(tls, domain, ns, timeouts).await?, binding))
     }
 }
 

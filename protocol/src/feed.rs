@@ -198,6 +198,19 @@ impl FeedWriter {
         SignedItem::sign(signer, &envelope, &self.feed, item_id)
     }
 
+    /// The publish of one record's delta item.
+    fn delta_op(&self, signer: &dyn Signer, record: &Record) -> Result<FeedOp, ItemError> {
+        let item_id = delta_item_id(record.subject());
+        let item = self.sign(
+            signer,
+            Body::Delta {
+                record: record.clone(),
+            },
+            &item_id,
+        )?;
+        Ok(self.publish(item_id, item))
+    }
+
     fn publish(&self, item_id: String, item: SignedItem) -> FeedOp {
         FeedOp::Publish {
             node: self.feed.node.clone(),
@@ -216,16 +229,9 @@ impl FeedWriter {
         record: Record,
         now: UnixTime,
     ) -> Result<Vec<FeedOp>, FeedError> {
-        let item_id = delta_item_id(record.subject());
-        let item = self.sign(
-            signer,
-            Body::Delta {
-                record: record.clone(),
-            },
-            &item_id,
-        )?;
+        let op = self.delta_op(signer, &record)?;
         let previous = self.deltas.insert(record.subject().clone(), record.clone());
-        let mut ops = vec![self.publish(item_id, item)];
+        let mut ops = vec![op];
         if self.deltas.len() >= DELTA_BUDGET {
             match self.compact(signer, now) {
                 Ok(more) => ops.extend(more),
@@ -387,15 +393,7 @@ impl FeedWriter {
             ops.push(self.head_op(signer, now)?);
         }
         for record in self.deltas.values() {
-            let item_id = delta_item_id(record.subject());
-            let item = self.sign(
-                signer,
-                Body::Delta {
-                    record: record.clone(),
-                },
-                &item_id,
-            )?;
-            ops.push(self.publish(item_id, item));
+            ops.push(self.delta_op(signer, record)?);
         }
         Ok(ops)
     }

@@ -579,13 +579,7 @@ impl KeyRing {
     /// # Errors
     /// [`ItemError::RevokedKey`] or [`ItemError::UnknownKey`].
     pub fn lookup(&self, key_id: &KeyId) -> Result<&PublicKey, ItemError> {
-        let key = self
-            .keys
-            .iter()
-            .find(|k| k.key_id_matches(key_id))
-            .ok_or_else(|| ItemError::UnknownKey {
-                key_id: key_id.clone(),
-            })?;
+        let key = self.lookup_including_revoked(key_id)?;
         if self.revoked.contains(&key.fingerprint()) {
             return Err(ItemError::RevokedKey {
                 key_id: key_id.clone(),
