@@ -2,16 +2,23 @@
 //! CLI call.
 //!
 //! Reads need the read token, writes the write token (`Authorization:
-//! Bearer …`, compared in constant time). Bodies are size-limited, requests
-//! rate-limited, and every error is JSON saying what is wrong.
+//! Bearer …`, compared in constant time). The token is checked by a layer
+//! before any handler runs, so a request's body is never read before it is
+//! authenticated; a request that fails authentication is answered and its
+//! connection closed. Each token has its own rate-limit bucket, so no caller
+//! can throttle another token's holders (the hooks use the read token, the
+//! CLI the write token); failed authentications share a third bucket.
+//! Bodies are size-limited, handling is time-limited, and every error,
+//! axum's own rejections included, is JSON saying what is wrong.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use axum::extract::{DefaultBodyLimit, Path, Query as QueryParams, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{DefaultBodyLimit, Path, Query as QueryParams, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
@@ -22,6 +29,8 @@ use subtle::ConstantTimeEq as _;
 use tokio::sync::Notify;
 
 use crate::engine::{Engine, Submission};
+use crate::ratelimit::TokenBucket;
+use crate::serve::ConnSlot;
 use crate::subjects::{Query, parse_report_subject, parse_subject};
 use crate::xmpp::{Link, LinkState};
 
@@ -32,20 +41,46 @@ pub struct ApiState {
     pub engine: Arc<Engine>,
     /// The XMPP link (for health).
     pub link: Link,
-    /// Read token.
-    pub read_token: String,
-    /// Write token.
-    pub write_token: String,
     /// Wakes the publisher after a write.
     pub wake: Arc<Notify>,
     /// Server clock minus ours, seconds (XEP-0202), if measured.
     pub clock_offset: AtomicI64,
     /// Whether a clock offset was measured.
     pub clock_measured: std::sync::atomic::AtomicBool,
-    limiter: Mutex<(f64, Instant)>,
-    rate: f64,
     /// Reloads the config (SIGHUP equivalent); set by main.
     pub reload: Arc<Notify>,
+    auth: Auth,
+    request_timeout: Duration,
+}
+
+/// Tokens and their rate limits.
+#[derive(Debug)]
+struct Auth {
+    read_token: String,
+    write_token: String,
+    /// One bucket per token, and one for failed authentications.
+    buckets: [Mutex<TokenBucket>; 3],
+}
+
+/// Which token a request carried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Token {
+    Read = 0,
+    Write = 1,
+}
+
+/// Bucket index of failed authentications.
+const FAILED: usize = 2;
+
+/// The API's limits, from `[api]`.
+#[derive(Debug, Clone, Copy)]
+pub struct ApiLimits {
+    /// Requests per second per token (0: unlimited).
+    pub rate_per_token: u32,
+    /// Failed authentications answered per second before 429.
+    pub failed_auth_rate: u32,
+    /// Longest a request may take once authenticated.
+    pub request_timeout: Duration,
 }
 
 impl ApiState {
@@ -56,20 +91,28 @@ impl ApiState {
         read_token: String,
         write_token: String,
         wake: Arc<Notify>,
-        rate: u32,
+        limits: ApiLimits,
         reload: Arc<Notify>,
     ) -> Self {
+        let now = Instant::now();
+        let bucket = |rate: u32| Mutex::new(TokenBucket::new(f64::from(rate), now));
         Self {
             engine,
             link,
-            read_token,
-            write_token,
             wake,
             clock_offset: AtomicI64::new(0),
             clock_measured: std::sync::atomic::AtomicBool::new(false),
-            limiter: Mutex::new((f64::from(rate), Instant::now())),
-            rate: f64::from(rate),
             reload,
+            auth: Auth {
+                read_token,
+                write_token,
+                buckets: [
+                    bucket(limits.rate_per_token),
+                    bucket(limits.rate_per_token),
+                    bucket(limits.failed_auth_rate),
+                ],
+            },
+            request_timeout: limits.request_timeout,
         }
     }
 }
@@ -115,56 +158,159 @@ impl IntoResponse for ApiError {
 
 type ApiResult<T> = Result<T, ApiError>;
 
-#[derive(Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Need {
     Read,
     Write,
 }
 
-fn authorize(state: &ApiState, headers: &HeaderMap, need: Need) -> ApiResult<()> {
+/// The token an endpoint needs: reads (GET, and the batch lookup) take the
+/// read token, everything else the write token; `/healthz` none.
+fn need_for(method: &Method, path: &str) -> Option<Need> {
+    if path == "/healthz" {
+        None
+    } else if method == Method::GET
+        || method == Method::HEAD
+        || (method == Method::POST && path == "/v1/verdicts")
     {
-        let mut l = state
-            .limiter
-            .lock()
-            .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "limiter poisoned"))?;
-        let now = Instant::now();
-        l.0 = (l.0 + now.duration_since(l.1).as_secs_f64() * state.rate).min(state.rate);
-        l.1 = now;
-        if l.0 < 1.0 {
-            return Err(ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate limit exceeded; slow down",
-            ));
-        }
-        l.0 -= 1.0;
-    }
-    let given = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "missing Authorization: Bearer <token>",
-            )
-        })?;
-    let ok = |t: &str| bool::from(t.as_bytes().ct_eq(given.as_bytes()));
-    let allowed = match need {
-        // The write token may also read.
-        Need::Read => ok(&state.read_token) | ok(&state.write_token),
-        Need::Write => ok(&state.write_token),
-    };
-    if allowed {
-        Ok(())
+        Some(Need::Read)
     } else {
-        Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            match need {
-                Need::Read => "token not valid for reads",
-                Need::Write => "token not valid for writes (use the write token)",
-            },
-        ))
+        Some(Need::Write)
     }
+}
+
+impl Auth {
+    fn check(&self, headers: &HeaderMap, need: Need) -> ApiResult<Token> {
+        let given = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "missing Authorization: Bearer <token>",
+                )
+            })?;
+        let is = |t: &str| bool::from(t.as_bytes().ct_eq(given.as_bytes()));
+        // The write token may also read.
+        let (read, write) = (is(&self.read_token), is(&self.write_token));
+        match need {
+            _ if write => Ok(Token::Write),
+            Need::Read if read => Ok(Token::Read),
+            Need::Read => Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "token not valid for reads",
+            )),
+            Need::Write => Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "token not valid for writes (use the write token)",
+            )),
+        }
+    }
+
+    fn take(&self, bucket: usize) -> bool {
+        self.buckets[bucket]
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take(Instant::now())
+    }
+}
+
+/// The layer in front of every route: authentication before the body is
+/// read, then the token's rate limit, then the request timeout.
+async fn guard(State(s): State<Arc<ApiState>>, req: Request, next: Next) -> Response {
+    let Some(need) = need_for(req.method(), req.uri().path()) else {
+        return next.run(req).await;
+    };
+    let token = match s.auth.check(req.headers(), need) {
+        Ok(token) => token,
+        Err(e) => {
+            let over = !s.auth.take(FAILED);
+            let reason = if over {
+                "rate-limited"
+            } else if e.status == StatusCode::UNAUTHORIZED {
+                "unauthenticated"
+            } else {
+                "forbidden"
+            };
+            s.engine
+                .metrics
+                .inc("corvid_api_rejected_total", &[("reason", reason)]);
+            let mut response = if over {
+                ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too many failed authentications; check the token",
+                )
+                .into_response()
+            } else {
+                e.into_response()
+            };
+            // Whoever sent it must reconnect, through the connection slots.
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return response;
+        }
+    };
+    if let Some(slot) = req.extensions().get::<ConnSlot>() {
+        slot.prove();
+    }
+    if !s.auth.take(token as usize) {
+        s.engine
+            .metrics
+            .inc("corvid_api_rejected_total", &[("reason", "rate-limited")]);
+        return ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate limit for this token exceeded (api.rate_limit_per_sec); slow down",
+        )
+        .into_response();
+    }
+    match tokio::time::timeout(s.request_timeout, next.run(req)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "the request took longer than {} s (api.request_timeout_secs)",
+                s.request_timeout.as_secs()
+            ),
+        )
+        .into_response(),
+    }
+}
+
+/// Every error answers JSON, axum's own rejections (400, 405, 413, 415,
+/// 422) included: their text becomes the `error` field.
+async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 16 * 1024)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
+        .unwrap_or_default();
+    let message = match (text.is_empty(), status) {
+        (false, _) => text,
+        (true, StatusCode::METHOD_NOT_ALLOWED) => {
+            "method not allowed on this endpoint (see the Allow header)".to_owned()
+        }
+        (true, _) => status
+            .canonical_reason()
+            .unwrap_or("error")
+            .to_ascii_lowercase(),
+    };
+    let mut out = ApiError::new(status, message).into_response();
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            out.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    out
 }
 
 const QUERY_KEYS: [&str; 6] = ["jid", "domain", "ip", "digest", "host", "subject"];
@@ -217,10 +363,8 @@ fn verdict_json(v: &crate::engine::VerdictOut, explain: bool) -> Value {
 
 async fn verdict(
     State(s): State<Arc<ApiState>>,
-    headers: HeaderMap,
     QueryParams(params): QueryParams<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
-    authorize(&s, &headers, Need::Read)?;
     let q = parse_query(&s, &params)?;
     let kind = match &q {
         Query::Jid { .. } => "jid",
@@ -245,12 +389,7 @@ struct Batch {
     queries: Vec<HashMap<String, String>>,
 }
 
-async fn verdicts(
-    State(s): State<Arc<ApiState>>,
-    headers: HeaderMap,
-    body: Json<Batch>,
-) -> ApiResult<Json<Value>> {
-    authorize(&s, &headers, Need::Read)?;
+async fn verdicts(State(s): State<Arc<ApiState>>, body: Json<Batch>) -> ApiResult<Json<Value>> {
     if body.queries.len() > 1000 {
         return Err(ApiError::bad("at most 1000 queries per batch"));
     }
@@ -277,10 +416,8 @@ async fn verdicts(
 
 async fn explain(
     State(s): State<Arc<ApiState>>,
-    headers: HeaderMap,
     QueryParams(mut params): QueryParams<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
-    authorize(&s, &headers, Need::Read)?;
     // `subject=` takes any form the CLI accepts (JID, domain, key, ip:ADDR).
     let q = match params.remove("subject") {
         Some(text) if params.is_empty() => {
@@ -324,10 +461,8 @@ fn default_confidence() -> u8 {
 
 async fn report(
     State(s): State<Arc<ApiState>>,
-    headers: HeaderMap,
     body: Json<ReportBody>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    authorize(&s, &headers, Need::Write)?;
     let subject =
         parse_report_subject(&body.subject).map_err(|e| ApiError::bad(format!("subject: {e}")))?;
     let category: Category = body.category.parse().map_err(ApiError::bad)?;
@@ -360,11 +495,9 @@ async fn report(
 
 async fn retract(
     State(s): State<Arc<ApiState>>,
-    headers: HeaderMap,
     Path(subject): Path<String>,
     QueryParams(params): QueryParams<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
-    authorize(&s, &headers, Need::Write)?;
     let reason: RetractionReason = params
         .get("reason")
         .map_or("false-positive", String::as_str)
@@ -414,10 +547,8 @@ async fn retract(
 
 async fn decisions(
     State(s): State<Arc<ApiState>>,
-    headers: HeaderMap,
     QueryParams(params): QueryParams<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
-    authorize(&s, &headers, Need::Read)?;
     let since: u64 = params
         .get("since")
         .map_or(Ok(0), |v| v.parse())
@@ -459,8 +590,7 @@ async fn healthz(State(s): State<Arc<ApiState>>) -> Json<Value> {
     }))
 }
 
-async fn metrics(State(s): State<Arc<ApiState>>, headers: HeaderMap) -> ApiResult<String> {
-    authorize(&s, &headers, Need::Read)?;
+async fn metrics(State(s): State<Arc<ApiState>>) -> ApiResult<String> {
     s.engine.metrics.set(
         "corvid_stored_contributions",
         &[],
@@ -490,23 +620,12 @@ pub fn router(state: Arc<ApiState>, max_body: usize) -> Router {
         .merge(crate::admin::routes())
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state),
+            guard,
+        ))
+        .layer(axum::middleware::map_response(json_errors))
         .with_state(state)
-}
-
-/// Checks a write token for admin routes.
-///
-/// # Errors
-/// 401/403/429 as for other writes.
-pub fn authorize_write(state: &ApiState, headers: &HeaderMap) -> Result<(), ApiError> {
-    authorize(state, headers, Need::Write)
-}
-
-/// Checks a read token for admin routes.
-///
-/// # Errors
-/// 401/403/429 as for other reads.
-pub fn authorize_read(state: &ApiState, headers: &HeaderMap) -> Result<(), ApiError> {
-    authorize(state, headers, Need::Read)
 }
 
 /// Parses a subject for admin routes.

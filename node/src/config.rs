@@ -317,12 +317,35 @@ pub struct ApiConfig {
     pub read_token_file: PathBuf,
     /// File with the token for writes (reports, retractions, admin).
     pub write_token_file: PathBuf,
-    /// Requests per second allowed per client before 429 (default 20000).
+    /// Requests per second allowed per token before 429 (default 20000; 0
+    /// for no limit). The read and write tokens have a bucket each, so a
+    /// busy CLI never throttles the hooks, and requests without a valid
+    /// token never throttle either.
     #[serde(default = "default_rate")]
     pub rate_limit_per_sec: u32,
+    /// Requests without a valid token answered per second before 429
+    /// (default 100); each one's connection is closed.
+    #[serde(default = "default_failed_auth_rate")]
+    pub failed_auth_per_sec: u32,
     /// Largest request body in bytes (default 1 MiB).
     #[serde(default = "default_body")]
     pub max_body_bytes: usize,
+    /// Most API connections open at once (default 512).
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Of those, slots kept for connections that have sent a valid token
+    /// (default 64): connections that have not are evicted, oldest first,
+    /// when the rest are taken, so idle or half-sent connections from a
+    /// neighbour cannot lock the hooks out.
+    #[serde(default = "default_reserved_connections")]
+    pub reserved_connections: usize,
+    /// Seconds a client has to send a request's headers, and the longest a
+    /// keep-alive connection stays idle between requests (default 10).
+    #[serde(default = "default_header_timeout")]
+    pub header_timeout_secs: u64,
+    /// Seconds an authenticated request may take, body included (default 30).
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout_secs: u64,
 }
 
 fn default_rate() -> u32 {
@@ -330,6 +353,21 @@ fn default_rate() -> u32 {
 }
 fn default_body() -> usize {
     1 << 20
+}
+fn default_failed_auth_rate() -> u32 {
+    100
+}
+fn default_max_connections() -> usize {
+    512
+}
+fn default_reserved_connections() -> usize {
+    64
+}
+fn default_header_timeout() -> u64 {
+    10
+}
+fn default_request_timeout() -> u64 {
+    30
 }
 
 /// Federation directory.
@@ -647,6 +685,24 @@ impl Config {
                 format!("{addr} is not loopback and the API has no TLS"),
                 "listen on 127.0.0.1 or a Unix socket, and put a TLS proxy in front if it must be remote",
             );
+        }
+        if self.api.reserved_connections >= self.api.max_connections {
+            p(
+                "api.reserved_connections",
+                format!(
+                    "{} leaves no slot for a new connection (api.max_connections is {})",
+                    self.api.reserved_connections, self.api.max_connections
+                ),
+                "keep it well below max_connections, e.g. 64 of 512",
+            );
+        }
+        for (key, secs) in [
+            ("api.header_timeout_secs", self.api.header_timeout_secs),
+            ("api.request_timeout_secs", self.api.request_timeout_secs),
+        ] {
+            if secs == 0 {
+                p(key, "0 s would refuse every request".into(), "e.g. 10");
+            }
         }
         for (key, path) in self.secret_files() {
             match check_private(path) {

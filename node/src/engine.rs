@@ -316,7 +316,7 @@ pub struct Engine {
     counts: std::sync::Mutex<HashMap<String, u64>>,
     suspended: RwLock<HashSet<String>>,
     /// Counters.
-    pub metrics: Metrics,
+    pub metrics: Arc<Metrics>,
     /// Signalled when our own feed was purged, deleted or had items
     /// retracted behind our back: the publisher reconciles.
     pub own_feed_changed: tokio::sync::Notify,
@@ -442,7 +442,7 @@ impl Engine {
             cache: RwLock::new(HashMap::default()),
             counts: std::sync::Mutex::new(HashMap::new()),
             suspended: RwLock::new(HashSet::new()),
-            metrics: Metrics::default(),
+            metrics: Arc::new(Metrics::default()),
             own_feed_changed: tokio::sync::Notify::new(),
             rekeyed: tokio::sync::Notify::new(),
             publish_error: std::sync::Mutex::new(None),

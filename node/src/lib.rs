@@ -6,6 +6,8 @@ pub mod engine;
 pub mod metrics;
 pub mod publisher;
 pub mod pubsub;
+pub mod ratelimit;
+pub mod serve;
 pub mod store;
 pub mod subjects;
 pub mod xmpp;

@@ -15,7 +15,7 @@ use corvid_node::config::{Config, Listen, read_secret};
 use corvid_node::engine::{Engine, Settings};
 use corvid_node::store::Store;
 use corvid_node::xmpp::{self, Backoff, LinkEvent};
-use corvid_node::{now, publisher, sync};
+use corvid_node::{now, publisher, serve, sync};
 use corvid_protocol::item::FeedAddress;
 use corvid_protocol::keys::SecretKey;
 use tokio::sync::{Notify, mpsc};
@@ -176,7 +176,11 @@ async fn serve(path: PathBuf, config: Config, ready_file: Option<PathBuf>) -> Re
         read_secret(&config.api.read_token_file)?,
         read_secret(&config.api.write_token_file)?,
         Arc::clone(&wake),
-        config.api.rate_limit_per_sec,
+        corvid_node::api::ApiLimits {
+            rate_per_token: config.api.rate_limit_per_sec,
+            failed_auth_rate: config.api.failed_auth_per_sec,
+            request_timeout: Duration::from_secs(config.api.request_timeout_secs),
+        },
         Arc::clone(&reload),
     ));
     spawn_clock_check(Arc::clone(&state), config.server.domain.clone());
@@ -200,6 +204,14 @@ async fn serve(path: PathBuf, config: Config, ready_file: Option<PathBuf>) -> Re
     );
 
     let listen = config.api.listen()?;
+    let slots = serve::Slots::new(
+        serve::Limits {
+            max_connections: config.api.max_connections,
+            reserved_connections: config.api.reserved_connections,
+            header_timeout: Duration::from_secs(config.api.header_timeout_secs),
+        },
+        Arc::clone(&engine.metrics),
+    );
     let bound = match &listen {
         Listen::Tcp(addr) => {
             let listener = tokio::net::TcpListener::bind(addr)
@@ -207,20 +219,20 @@ async fn serve(path: PathBuf, config: Config, ready_file: Option<PathBuf>) -> Re
                 .with_context(|| format!("cannot listen on {addr}"))?;
             let bound = listener.local_addr()?.to_string();
             announce(&bound, &engine, ready_file.as_deref())?;
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown)
-                .await?;
+            serve::serve(listener, app, slots, shutdown).await;
             bound
         }
         Listen::Unix(p) => {
             let _ = std::fs::remove_file(p);
             let listener = tokio::net::UnixListener::bind(p)
                 .with_context(|| format!("cannot listen on {}", p.display()))?;
+            // Owner and group only: the XMPP server joins the group to call
+            // the hooks; other local users cannot connect at all.
+            std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(0o660))
+                .with_context(|| format!("cannot set the mode of {}", p.display()))?;
             let bound = format!("unix:{}", p.display());
             announce(&bound, &engine, ready_file.as_deref())?;
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown)
-                .await?;
+            serve::serve(listener, app, slots, shutdown).await;
             bound
         }
     };

@@ -21,32 +21,11 @@ use xmpp_parsers::minidom::Element;
 
 use crate::engine::{Engine, Ingested, Peer, Rtbl};
 use crate::pubsub::{self, FeedEvent};
+use crate::ratelimit::TokenBucket;
 use crate::xmpp::{Link, LinkEvent};
 
 /// Delta items fetched per request (each well under the stanza limits).
 const DELTA_BATCH: usize = 16;
-
-/// A per-source token bucket for the ingest rate limit.
-#[derive(Debug)]
-struct Bucket {
-    tokens: f64,
-    last: Instant,
-}
-
-impl Bucket {
-    fn take(&mut self, rate: f64) -> bool {
-        let now = Instant::now();
-        self.tokens =
-            (self.tokens + now.duration_since(self.last).as_secs_f64() * rate).min(rate.max(1.0));
-        self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
 
 /// Runs the sync manager: consumes link events, backfills, re-checks.
 pub async fn run(
@@ -57,7 +36,7 @@ pub async fn run(
 ) {
     let (resync_tx, mut resync_rx) = mpsc::unbounded_channel::<String>();
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<String>();
-    let mut buckets: HashMap<String, Bucket> = HashMap::new();
+    let mut buckets: HashMap<String, TokenBucket> = HashMap::new();
     // One backfill per source at a time; requests meanwhile coalesce into
     // one more run (a burst of head events must not start a burst of reads).
     let mut running: HashSet<String> = HashSet::new();
@@ -490,7 +469,7 @@ fn handle_event(
     engine: &Arc<Engine>,
     from: &str,
     event: &Element,
-    buckets: &mut HashMap<String, Bucket>,
+    buckets: &mut HashMap<String, TokenBucket>,
     resync: &mpsc::UnboundedSender<String>,
 ) {
     let parsed = pubsub::parse_event(event);
@@ -548,11 +527,10 @@ fn handle_event(
                 ..
             } => {
                 for (item_id, payload) in published {
-                    let bucket = buckets.entry(source.clone()).or_insert(Bucket {
-                        tokens: rate,
-                        last: Instant::now(),
-                    });
-                    if !bucket.take(rate) {
+                    let bucket = buckets
+                        .entry(source.clone())
+                        .or_insert_with(|| TokenBucket::new(rate, Instant::now()));
+                    if !bucket.take(Instant::now()) {
                         reject_label(
                             engine,
                             &source,

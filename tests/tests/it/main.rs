@@ -1,6 +1,7 @@
 //! Integration tests against real Prosody servers and real corvidd
 //! processes, all on loopback.
 
+mod api;
 mod durability;
 mod federation;
 mod hostile;
