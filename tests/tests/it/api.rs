@@ -167,9 +167,13 @@ fn half_sent_connections_up_to_the_cap_do_not_lock_the_hooks_out() {
         "20 lookups beside {cap} stalled connections in {:?}",
         started.elapsed()
     );
+    // 32 stalled connections fit 28 unproven slots (4 are reserved): 4
+    // were evicted as they came, and the first lookup evicted one more
+    // (each lookup then proved itself, and closing freed its slot; a slot
+    // freed a moment late can cost one more).
     assert!(
-        b.counter("corvid_api_connections_evicted_total", &[]) >= 20,
-        "each new connection evicted a stalled one: {}",
+        b.counter("corvid_api_connections_evicted_total", &[]) >= 5,
+        "{}",
         b.metrics()
     );
     // A stalled connection that was not evicted is closed by the header
