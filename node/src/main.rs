@@ -18,7 +18,10 @@ use corvid_node::xmpp::{self, Backoff, LinkEvent};
 use corvid_node::{now, publisher, serve, sync};
 use corvid_protocol::item::FeedAddress;
 use corvid_protocol::keys::SecretKey;
-use tokio::sync::{Notify, mpsc};
+use std::collections::HashSet;
+
+use tokio::sync::{Notify, mpsc, watch};
+use xmpp_parsers::jid::BareJid;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -45,6 +48,10 @@ enum Command {
         file: PathBuf,
     },
 }
+
+/// PubSub events queued between the XMPP link and the sync manager; more
+/// are dropped and trigger a full reread.
+const EVENT_QUEUE: usize = 4096;
 
 /// sled's page cache: sized for the memory target, not its 1 GiB default.
 const SLED_CACHE_BYTES: u64 = 64 * 1024 * 1024;
@@ -129,12 +136,15 @@ async fn serve(path: PathBuf, config: Config, ready_file: Option<PathBuf>) -> Re
     let settings = Settings::from_config(&config)?;
     let engine = Arc::new(Engine::new(store, settings, signer, feed.clone())?);
 
-    let (events_tx, events_rx) = mpsc::unbounded_channel();
+    let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
+    let (senders_tx, senders_rx) = watch::channel(sync::event_senders(&engine));
+    let sink = xmpp::EventSink::new(events_tx.clone()).only_from(senders_rx);
+    let overflow = Arc::clone(&sink.overflow);
     let backoff = Backoff {
         initial: Duration::from_secs(1),
         max: Duration::from_secs(300),
     };
-    let link = xmpp::start(&config.xmpp, backoff, events_tx.clone())?;
+    let link = xmpp::start(&config.xmpp, backoff, sink)?;
     let wake = Arc::new(Notify::new());
     let reload = Arc::new(Notify::new());
     let resync = Duration::from_secs(
@@ -154,6 +164,7 @@ async fn serve(path: PathBuf, config: Config, ready_file: Option<PathBuf>) -> Re
         Arc::clone(&engine),
         link.clone(),
         events_rx,
+        overflow,
         resync,
     ));
     {
@@ -200,6 +211,7 @@ async fn serve(path: PathBuf, config: Config, ready_file: Option<PathBuf>) -> Re
         Arc::clone(&engine),
         link.clone(),
         events_tx,
+        senders_tx,
         Arc::clone(&reload),
     );
 
@@ -266,7 +278,8 @@ fn spawn_reloader(
     path: PathBuf,
     engine: Arc<Engine>,
     link: xmpp::Link,
-    events: mpsc::UnboundedSender<LinkEvent>,
+    events: mpsc::Sender<LinkEvent>,
+    senders: watch::Sender<Arc<HashSet<BareJid>>>,
     reload: Arc<Notify>,
 ) {
     tokio::spawn(async move {
@@ -289,8 +302,9 @@ fn spawn_reloader(
                         continue;
                     }
                     tracing::info!(config = %path.display(), "configuration reloaded");
+                    senders.send_replace(sync::event_senders(&engine));
                     if let xmpp::LinkState::Online { session, .. } = link.state() {
-                        let _ = events.send(LinkEvent::Online { session });
+                        let _ = events.send(LinkEvent::Online { session }).await;
                     }
                 }
                 Err(e) => {

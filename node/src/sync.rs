@@ -17,6 +17,7 @@ use corvid_protocol::item::{Body, FeedAddress, ItemError, KeyRing, SignedItem, v
 use corvid_protocol::record::{Category, Record};
 use corvid_protocol::subject::{IpPrefix, SubjectKey};
 use tokio::sync::mpsc;
+use xmpp_parsers::jid::BareJid;
 use xmpp_parsers::minidom::Element;
 
 use crate::engine::{Engine, Ingested, Peer, Rtbl};
@@ -31,7 +32,8 @@ const DELTA_BATCH: usize = 16;
 pub async fn run(
     engine: Arc<Engine>,
     link: Link,
-    mut events: mpsc::UnboundedReceiver<LinkEvent>,
+    mut events: mpsc::Receiver<LinkEvent>,
+    overflow: Arc<tokio::sync::Notify>,
     resync: Duration,
 ) {
     let (resync_tx, mut resync_rx) = mpsc::unbounded_channel::<String>();
@@ -67,6 +69,14 @@ pub async fn run(
                     }
                 }
             }
+            () = overflow.notified() => {
+                // The event queue overflowed: some items were dropped, so
+                // reread every feed.
+                tracing::warn!("PubSub event queue full: events dropped; rereading every feed");
+                for source in all_sources(&engine) {
+                    start(source, &mut running, &mut again);
+                }
+            }
             Some(source) = resync_rx.recv() => {
                 start(source, &mut running, &mut again);
             }
@@ -96,6 +106,19 @@ pub async fn run(
             }
         }
     }
+}
+
+/// The services whose PubSub events the link queues: every configured
+/// peer's and RTBL's, and our own (to notice purges behind our back).
+pub fn event_senders(engine: &Engine) -> Arc<HashSet<BareJid>> {
+    let s = engine.settings();
+    let services = s
+        .peers
+        .values()
+        .map(|p| &p.feed.service)
+        .chain(s.rtbls.values().map(|r| &r.feed.service))
+        .chain(std::iter::once(&engine.feed().service));
+    Arc::new(services.filter_map(|j| BareJid::new(j).ok()).collect())
 }
 
 fn all_sources(engine: &Engine) -> Vec<String> {

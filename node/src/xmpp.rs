@@ -12,8 +12,9 @@
 //! found by XEP-0199 pings: tokio-xmpp's liveness probe plus our own ping
 //! of the server, which restarts the stream after repeated silence.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Result, anyhow, bail};
@@ -64,6 +65,67 @@ pub enum LinkEvent {
         /// The `<event xmlns='http://jabber.org/protocol/pubsub#event'/>` element.
         event: Element,
     },
+}
+
+/// Where PubSub events go: a bounded queue, behind a check of the sender.
+///
+/// Anyone can send us a message that looks like a PubSub event, so only
+/// events from the services in `senders` are queued (the configured peers'
+/// and RTBLs' services and our own); the rest are counted and dropped
+/// before they cost anything. When the queue is full an event is dropped
+/// and `overflow` is signalled: the consumer then rereads every feed, so
+/// nothing is lost for good.
+#[derive(Debug, Clone)]
+pub struct EventSink {
+    tx: mpsc::Sender<LinkEvent>,
+    senders: Option<watch::Receiver<Arc<HashSet<BareJid>>>>,
+    /// Signalled when an event was dropped because the queue was full.
+    pub overflow: Arc<tokio::sync::Notify>,
+    dropped_unknown: Arc<AtomicU64>,
+    dropped_full: Arc<AtomicU64>,
+}
+
+impl EventSink {
+    /// A sink that queues events from any sender (test clients).
+    pub fn new(tx: mpsc::Sender<LinkEvent>) -> Self {
+        Self {
+            tx,
+            senders: None,
+            overflow: Arc::new(tokio::sync::Notify::new()),
+            dropped_unknown: Arc::default(),
+            dropped_full: Arc::default(),
+        }
+    }
+
+    /// Queues PubSub events only from these services' bare JIDs.
+    #[must_use]
+    pub fn only_from(mut self, senders: watch::Receiver<Arc<HashSet<BareJid>>>) -> Self {
+        self.senders = Some(senders);
+        self
+    }
+
+    /// Events dropped so far: `(unknown sender, queue full)`.
+    pub fn dropped(&self) -> (u64, u64) {
+        (
+            self.dropped_unknown.load(Ordering::Relaxed),
+            self.dropped_full.load(Ordering::Relaxed),
+        )
+    }
+
+    fn accepts(&self, from: Option<&Jid>) -> bool {
+        match (&self.senders, from) {
+            (None, _) => true,
+            (Some(senders), Some(from)) => senders.borrow().contains(&from.to_bare()),
+            (Some(_), None) => false,
+        }
+    }
+
+    fn push(&self, event: LinkEvent) {
+        if self.tx.try_send(event).is_err() {
+            self.dropped_full.fetch_add(1, Ordering::Relaxed);
+            self.overflow.notify_one();
+        }
+    }
 }
 
 enum Command {
@@ -226,11 +288,7 @@ impl Backoff {
 ///
 /// # Errors
 /// Bad JID, unreadable password file.
-pub fn start(
-    config: &XmppConfig,
-    backoff: Backoff,
-    events: mpsc::UnboundedSender<LinkEvent>,
-) -> Result<Link> {
+pub fn start(config: &XmppConfig, backoff: Backoff, events: EventSink) -> Result<Link> {
     let jid = BareJid::new(&config.jid).map_err(|e| anyhow!("xmpp.jid: {e}"))?;
     if jid.node().is_none() {
         bail!("xmpp.jid needs a localpart");
@@ -278,14 +336,7 @@ pub fn start(
     let stream = StanzaStream::new(connector, 1024);
     let (commands, rx) = mpsc::channel(1024);
     let iq_timeout = Duration::from_secs(config.iq_timeout_secs.max(1));
-    tokio::spawn(drive(
-        stream,
-        rx,
-        events,
-        state_tx,
-        jid.domain().to_string(),
-        iq_timeout,
-    ));
+    tokio::spawn(drive(stream, rx, events, state_tx, jid.clone(), iq_timeout));
     Ok(Link {
         commands,
         state: state_rx,
@@ -471,16 +522,44 @@ async fn login<C: ServerConnector>(
     })
 }
 
+/// An IQ id nobody can guess: a forged reply must match the id of a
+/// request in flight and come from the entity it was sent to.
+fn iq_id() -> String {
+    let mut b = [0u8; 12];
+    // getrandom only fails without any OS entropy source; the link then
+    // still matches replies by sender.
+    let _ = getrandom::fill(&mut b);
+    format!("corvid-{}", hex::encode(b))
+}
+
+/// Whether `from` may answer an IQ sent to `to`. An IQ without `to` goes
+/// to our own account, answered by the server with no `from` or with our
+/// bare or full JID.
+fn reply_from_ok(to: Option<&Jid>, from: Option<&Jid>, own: &BareJid) -> bool {
+    match (to, from) {
+        (Some(to), Some(from)) => to == from,
+        (None, None) => true,
+        (None, Some(from)) => from.to_bare() == *own,
+        (Some(to), None) => to.to_bare() == *own,
+    }
+}
+
+struct Pending {
+    to: Option<Jid>,
+    reply: oneshot::Sender<Iq>,
+}
+
 async fn drive(
     mut stream: StanzaStream,
     mut commands: mpsc::Receiver<Command>,
-    events: mpsc::UnboundedSender<LinkEvent>,
+    events: EventSink,
     state: Arc<watch::Sender<LinkState>>,
-    server: String,
+    own: BareJid,
     iq_timeout: Duration,
 ) {
-    let mut pending: HashMap<String, oneshot::Sender<Iq>> = HashMap::new();
-    let mut next_id: u64 = 0;
+    let server = own.domain().to_string();
+    let mut pending: HashMap<String, Pending> = HashMap::new();
+    let mut forged_replies: u64 = 0;
     let mut session: u64 = 0;
     let mut tick = tokio::time::interval(Duration::from_secs(30));
     let mut ping_pending: Option<(String, tokio::time::Instant)> = None;
@@ -502,7 +581,7 @@ async fn drive(
                         // (PubSub notifications) for a bare JID with no available resource.
                         stream.send(Box::new(Presence::available().into())).await;
                         state.send_replace(LinkState::Online { bound: bound_jid.to_string(), session });
-                        let _ = events.send(LinkEvent::Online { session });
+                        events.push(LinkEvent::Online { session });
                     }
                     Event::Stream(StreamEvent::Suspended) => {
                         tracing::warn!("XMPP connection lost; reconnecting");
@@ -514,10 +593,25 @@ async fn drive(
                     }
                     Event::Stanza(Stanza::Iq(iq)) => match iq {
                         Iq::Result { .. } | Iq::Error { .. } => {
-                            if ping_pending.as_ref().is_some_and(|(id, _)| id == iq.id()) {
+                            let from = iq.from().cloned();
+                            let server_jid = BareJid::new(&server).ok().map(Jid::from);
+                            if ping_pending.as_ref().is_some_and(|(id, _)| id == iq.id())
+                                && reply_from_ok(server_jid.as_ref(), from.as_ref(), &own)
+                            {
                                 ping_pending = None;
-                            } else if let Some(tx) = pending.remove(iq.id()) {
-                                let _ = tx.send(iq);
+                            } else if let Some(p) = pending.get(iq.id()) {
+                                if reply_from_ok(p.to.as_ref(), from.as_ref(), &own) {
+                                    if let Some(p) = pending.remove(iq.id()) {
+                                        let _ = p.reply.send(iq);
+                                    }
+                                } else {
+                                    forged_replies += 1;
+                                    tracing::debug!(
+                                        from = ?from,
+                                        forged_replies,
+                                        "dropped an IQ reply from an entity the request did not go to"
+                                    );
+                                }
                             }
                         }
                         Iq::Get { from, id, payload, .. } | Iq::Set { from, id, payload, .. } => {
@@ -532,10 +626,9 @@ async fn drive(
                 match command {
                     None => break,
                     Some(Command::Iq { mut iq, reply }) => {
-                        next_id += 1;
-                        let id = format!("corvid-{next_id}");
+                        let id = iq_id();
                         *iq.id_mut() = id.clone();
-                        pending.insert(id, reply);
+                        pending.insert(id, Pending { to: iq.to().cloned(), reply });
                         stream.send(Box::new((*iq).into())).await;
                     }
                     Some(Command::Send(stanza)) => {
@@ -544,7 +637,11 @@ async fn drive(
                 }
             }
             _ = tick.tick() => {
-                pending.retain(|_, tx| !tx.is_closed());
+                pending.retain(|_, p| !p.reply.is_closed());
+                let (unknown, full) = events.dropped();
+                if unknown + full + forged_replies > 0 {
+                    tracing::debug!(unknown_sender = unknown, queue_full = full, forged_replies, "XMPP input dropped so far");
+                }
                 // Our own XEP-0199 ping of the server: two unanswered pings
                 // in a row mean a dead link.
                 let online = matches!(*state.borrow(), LinkState::Online { .. });
@@ -557,8 +654,7 @@ async fn drive(
                         ping_pending = None;
                     }
                     if ping_pending.is_none() {
-                        next_id += 1;
-                        let id = format!("corvid-ping-{next_id}");
+                        let id = iq_id();
                         if let Ok(to) = BareJid::new(&server) {
                             let ping = Iq::from_get(id.clone(), xmpp_parsers::ping::Ping).with_to(to.into());
                             stream.send(Box::new(ping.into())).await;
@@ -572,11 +668,23 @@ async fn drive(
     stream.close().await;
 }
 
-fn forward_events(message: Message, events: &mpsc::UnboundedSender<LinkEvent>) {
+fn forward_events(message: Message, events: &EventSink) {
     let from = message.from.clone();
+    let has_event = message
+        .payloads
+        .iter()
+        .any(|p| p.is("event", xmpp_parsers::ns::PUBSUB_EVENT));
+    if !has_event {
+        return;
+    }
+    // The sender is checked before anything is queued.
+    if !events.accepts(from.as_ref()) {
+        events.dropped_unknown.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
     for payload in message.payloads {
         if payload.is("event", xmpp_parsers::ns::PUBSUB_EVENT) {
-            let _ = events.send(LinkEvent::PubSub {
+            events.push(LinkEvent::PubSub {
                 from: from.clone(),
                 event: payload,
             });
@@ -614,5 +722,44 @@ fn answer(from: Option<Jid>, id: String, payload: &Element) -> Iq {
             texts: Default::default(),
             other: None,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn jid(s: &str) -> Jid {
+        Jid::new(s).expect("jid")
+    }
+
+    #[test]
+    fn an_iq_reply_counts_only_from_the_entity_it_went_to() {
+        let own = BareJid::new("corvidd@b.test").expect("jid");
+        let to = jid("pubsub.a.test");
+        assert!(reply_from_ok(Some(&to), Some(&jid("pubsub.a.test")), &own));
+        assert!(reply_from_ok(Some(&to), Some(&jid("PubSub.A.test")), &own));
+        assert!(!reply_from_ok(
+            Some(&to),
+            Some(&jid("mallory@b.test")),
+            &own
+        ));
+        assert!(!reply_from_ok(Some(&to), Some(&jid("pubsub.b.test")), &own));
+        assert!(
+            !reply_from_ok(Some(&to), None, &own),
+            "no from = our own server"
+        );
+        // An IQ to our own account is answered by our server.
+        assert!(reply_from_ok(None, None, &own));
+        assert!(reply_from_ok(None, Some(&jid("corvidd@b.test/x")), &own));
+        assert!(!reply_from_ok(None, Some(&jid("pubsub.a.test")), &own));
+    }
+
+    #[test]
+    fn iq_ids_are_unpredictable() {
+        let a = iq_id();
+        let b = iq_id();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), "corvid-".len() + 24);
     }
 }

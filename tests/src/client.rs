@@ -18,7 +18,7 @@ pub struct Client {
     link: Link,
     _dir: tempfile::TempDir,
     /// Events received (PubSub), drained by tests that care.
-    pub events: tokio::sync::mpsc::UnboundedReceiver<LinkEvent>,
+    pub events: tokio::sync::mpsc::Receiver<LinkEvent>,
 }
 
 impl Client {
@@ -43,7 +43,7 @@ impl Client {
             .enable_all()
             .build()
             .expect("runtime");
-        let (tx, events) = tokio::sync::mpsc::unbounded_channel();
+        let (tx, events) = tokio::sync::mpsc::channel(65_536);
         let link = rt.block_on(async {
             let link = xmpp::start(
                 &config,
@@ -51,7 +51,7 @@ impl Client {
                     initial: Duration::from_millis(200),
                     max: Duration::from_secs(2),
                 },
-                tx,
+                xmpp::EventSink::new(tx),
             )
             .expect("link");
             link.wait_online(Duration::from_secs(20))
