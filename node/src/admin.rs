@@ -12,8 +12,9 @@ use corvid_protocol::record::Category;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::api::{ApiError, ApiState};
+use crate::api::{ApiError, ApiState, blocking};
 use crate::engine::IMPORT_PREFIX;
+use crate::engine::SubmitError;
 use crate::subjects::{ReportSubject, parse_report_subject};
 use crate::xmpp::LinkState;
 
@@ -201,11 +202,19 @@ async fn import(
     {
         return Err(ApiError::bad("name must be letters, digits, - _ ."));
     }
-    let settings = s.engine.settings();
-    let ttl = body.ttl_secs.unwrap_or(settings.default_ttl);
+    let engine = Arc::clone(&s.engine);
+    let publish = body.publish;
     let source = format!("{IMPORT_PREFIX}{}", body.name);
+    let shown = if publish {
+        s.engine.settings().domain.clone()
+    } else {
+        source.clone()
+    };
+    let (imported, skipped) = blocking(move || {
+    let settings = engine.settings();
+    let ttl = body.ttl_secs.unwrap_or(settings.default_ttl);
     let now = crate::now();
-    let (mut imported, mut skipped) = (0u64, Vec::new());
+    let (mut imported, mut skipped) = (0u64, Vec::<Value>::new());
     for e in body.entries {
         let category: Category = match e.category.as_deref().unwrap_or("spam").parse() {
             Ok(c) => c,
@@ -229,9 +238,8 @@ async fn import(
             skipped.push(json!({"subject": e.subject, "reason": "one of this server's own hosts (a canary)"}));
             continue;
         }
-        let result = if body.publish {
-            s.engine
-                .submit(
+        if body.publish {
+            let submitted = engine.submit(
                     now,
                     crate::engine::Submission {
                         subject: ReportSubject::Key(subject),
@@ -244,23 +252,28 @@ async fn import(
                         abuse_contacted_at: None,
                         message_text: None,
                     },
-                )
-                .map(|_| ())
+                );
+            match submitted {
+                Ok(_) => imported += 1,
+                Err(SubmitError::Invalid(why)) => {
+                    skipped.push(json!({"subject": e.subject, "reason": why}));
+                }
+                // Storage failed: the import stops, and says so.
+                Err(SubmitError::Failed(err)) => return Err(err.into()),
+            }
         } else {
-            s.engine
-                .import(now, &source, subject, category, ttl)
-                .map(|_| ())
-        };
-        match result {
-            Ok(()) => imported += 1,
-            Err(err) => skipped.push(json!({"subject": e.subject, "reason": err.to_string()})),
+            engine.import(now, &source, subject, category, ttl)?;
+            imported += 1;
         }
     }
-    if body.publish {
+    Ok((imported, skipped))
+    })
+    .await?;
+    if publish {
         s.wake.notify_one();
     }
     Ok(Json(
-        json!({"source": if body.publish { settings.domain.clone() } else { source }, "imported": imported, "skipped": skipped, "published": body.publish}),
+        json!({"source": shown, "imported": imported, "skipped": skipped, "published": body.publish}),
     ))
 }
 

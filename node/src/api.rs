@@ -28,9 +28,10 @@ use serde_json::{Value, json};
 use subtle::ConstantTimeEq as _;
 use tokio::sync::Notify;
 
-use crate::engine::{Engine, Submission};
+use crate::engine::{Engine, Submission, SubmitError};
 use crate::ratelimit::TokenBucket;
 use crate::serve::ConnSlot;
+use crate::store::StoreError;
 use crate::subjects::{Query, parse_report_subject, parse_subject};
 use crate::xmpp::{Link, LinkState};
 
@@ -141,11 +142,32 @@ impl ApiError {
 }
 
 impl From<anyhow::Error> for ApiError {
+    /// A failure that is not the caller's: 503 when storage failed (retry
+    /// later; nothing was stored or acknowledged), 500 otherwise.
     fn from(e: anyhow::Error) -> Self {
         tracing::error!("request failed: {e:#}");
+        let status = match e.chain().find_map(|c| c.downcast_ref::<StoreError>()) {
+            Some(StoreError::Io(_)) => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
         Self {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
+            status,
             message: format!("{e:#}"),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        anyhow::Error::from(e).into()
+    }
+}
+
+impl From<SubmitError> for ApiError {
+    fn from(e: SubmitError) -> Self {
+        match e {
+            SubmitError::Invalid(m) => Self::bad(m),
+            SubmitError::Failed(e) => e.into(),
         }
     }
 }
@@ -157,6 +179,22 @@ impl IntoResponse for ApiError {
 }
 
 type ApiResult<T> = Result<T, ApiError>;
+
+/// Runs storage work (fsync included) on tokio's blocking pool, off the
+/// threads that answer lookups.
+///
+/// # Errors
+/// What `f` returns; 500 if the task panicked.
+pub async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> ApiResult<T> + Send + 'static,
+) -> ApiResult<T> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("storage task failed: {e}"),
+        )
+    })?
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Need {
@@ -480,10 +518,8 @@ async fn report(
         abuse_contacted_at: body.abuse_contacted_at,
         message_text: body.message_text.clone(),
     };
-    let report = s
-        .engine
-        .submit(crate::now(), submission)
-        .map_err(|e| ApiError::bad(e.to_string()))?;
+    let engine = Arc::clone(&s.engine);
+    let report = blocking(move || Ok(engine.submit(crate::now(), submission)?)).await?;
     s.wake.notify_one();
     Ok((
         StatusCode::CREATED,
@@ -531,7 +567,12 @@ async fn retract(
             })?
         }
     };
-    match s.engine.retract(crate::now(), &key, reason)? {
+    let engine = Arc::clone(&s.engine);
+    let retracted = {
+        let key = key.clone();
+        blocking(move || Ok(engine.retract(crate::now(), &key, reason)?)).await?
+    };
+    match retracted {
         Some(t) => {
             s.wake.notify_one();
             Ok(Json(
@@ -634,4 +675,42 @@ pub fn router(state: Arc<ApiState>, max_body: usize) -> Router {
 /// 400 when it is not a subject.
 pub fn subject_param(text: &str) -> Result<corvid_protocol::subject::SubjectKey, ApiError> {
     parse_subject(text).map_err(|e| ApiError::bad(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn storage_failures_are_5xx_and_bad_reports_400() {
+        let io = sled::Error::Io(std::io::Error::other("No space left on device"));
+        let e: ApiError = anyhow::Error::from(StoreError::Io(io))
+            .context("storing own record")
+            .into();
+        assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE);
+        let corrupt = serde_json::from_slice::<u8>(b"x").expect_err("not json");
+        let e: ApiError = StoreError::Corrupt(corrupt).into();
+        assert_eq!(e.status, StatusCode::INTERNAL_SERVER_ERROR);
+        let e: ApiError = SubmitError::Failed(anyhow::Error::from(StoreError::Io(
+            sled::Error::Io(std::io::Error::other("EIO")),
+        )))
+        .into();
+        assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE, "never a 400");
+        let e: ApiError =
+            SubmitError::Invalid("ttl must be between 1 second and 90 days".into()).into();
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+    }
+
+    #[test]
+    fn reads_take_the_read_token_and_the_rest_the_write_token() {
+        assert_eq!(need_for(&Method::GET, "/healthz"), None);
+        assert_eq!(need_for(&Method::GET, "/v1/verdict"), Some(Need::Read));
+        assert_eq!(need_for(&Method::POST, "/v1/verdicts"), Some(Need::Read));
+        assert_eq!(need_for(&Method::POST, "/v1/reports"), Some(Need::Write));
+        assert_eq!(
+            need_for(&Method::DELETE, "/v1/reports/x"),
+            Some(Need::Write)
+        );
+        assert_eq!(need_for(&Method::PUT, "/v1/verdict"), Some(Need::Write));
+    }
 }

@@ -412,6 +412,16 @@ impl ApiConfig {
     }
 }
 
+/// A config file that parsed but has problems: corvidd exits with 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{} has {} problem(s):\n{}", path.display(), problems.len(), problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+pub struct ConfigProblems {
+    /// The file.
+    pub path: PathBuf,
+    /// What is wrong, each with a hint.
+    pub problems: Vec<Problem>,
+}
+
 /// One problem found by [`Config::problems`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
@@ -468,13 +478,11 @@ impl Config {
         let config = Self::parse_file(path)?;
         let problems = config.problems();
         if !problems.is_empty() {
-            let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
-            bail!(
-                "{} has {} problem(s):\n{}",
-                path.display(),
-                problems.len(),
-                list.join("\n")
-            );
+            return Err(ConfigProblems {
+                path: path.to_owned(),
+                problems,
+            }
+            .into());
         }
         Ok(config)
     }

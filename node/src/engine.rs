@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use corvid_protocol::aggregate::{
     self, Action, Contribution, Lookup, Mode, Policy, Scored, SourceKind,
 };
@@ -21,7 +21,7 @@ use serde::Serialize;
 
 use crate::config::{Config, read_secret};
 use crate::metrics::Metrics;
-use crate::store::{PeerState, Store, Stored};
+use crate::store::{PeerState, Store, Stored, Upserted};
 use crate::subjects::{IpPrefixMatch, ListEntry, Query, ReportSubject, parse_list_entry};
 
 /// How one trusted source counts.
@@ -293,6 +293,17 @@ pub struct Submission {
     pub message_text: Option<String>,
 }
 
+/// Why a report was not stored.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    /// The report itself is not acceptable (the caller's to fix): 400.
+    #[error("{0}")]
+    Invalid(String),
+    /// Storing it failed (nothing was acknowledged): 5xx.
+    #[error(transparent)]
+    Failed(#[from] anyhow::Error),
+}
+
 /// What became of an ingested record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ingested {
@@ -317,6 +328,8 @@ pub struct Engine {
     suspended: RwLock<HashSet<String>>,
     /// Counters.
     pub metrics: Arc<Metrics>,
+    /// Rejected items since the last log summary.
+    pub rejects: crate::rejects::RejectLog,
     /// Signalled when our own feed was purged, deleted or had items
     /// retracted behind our back: the publisher reconciles.
     pub own_feed_changed: tokio::sync::Notify,
@@ -443,6 +456,7 @@ impl Engine {
             counts: std::sync::Mutex::new(HashMap::new()),
             suspended: RwLock::new(HashSet::new()),
             metrics: Arc::new(Metrics::default()),
+            rejects: crate::rejects::RejectLog::default(),
             own_feed_changed: tokio::sync::Notify::new(),
             rekeyed: tokio::sync::Notify::new(),
             publish_error: std::sync::Mutex::new(None),
@@ -825,28 +839,34 @@ impl Engine {
     }
 
     /// Submits this server's own report; returns once it is on disk.
-    pub fn submit(&self, now: u64, s: Submission) -> Result<Report> {
+    pub fn submit(&self, now: u64, s: Submission) -> Result<Report, SubmitError> {
         let settings = self.settings();
         let subject = match s.subject {
             ReportSubject::Key(k) => k,
             ReportSubject::Ip(prefix) => {
                 let Some((secret, _)) = settings.secrets.iter().find(|(_, issue)| *issue) else {
-                    bail!(
-                        "no federation secret is configured to tokenize IP reports (keys.federation with issue = true)"
-                    );
+                    return Err(SubmitError::Invalid(
+                        "no federation secret is configured to tokenize IP reports (keys.federation with issue = true)".into(),
+                    ));
                 };
                 secret.token(&prefix, secret.epoch_of(now))
             }
         };
         if settings.is_canary(&subject) {
-            bail!("{subject} is one of this server's own hosts or a canary; refusing to report it");
+            return Err(SubmitError::Invalid(format!(
+                "{subject} is one of this server's own hosts or a canary; refusing to report it"
+            )));
         }
         let ttl = s.ttl.unwrap_or(settings.default_ttl);
         if ttl == 0 || ttl > corvid_protocol::ns::MAX_TTL_SECS {
-            bail!("ttl must be between 1 second and 90 days");
+            return Err(SubmitError::Invalid(
+                "ttl must be between 1 second and 90 days".into(),
+            ));
         }
         if s.abuse_contacted_at.is_some() && subject.kind() != SubjectKind::Domain {
-            bail!("abuse_contacted_at only applies to domain reports");
+            return Err(SubmitError::Invalid(
+                "abuse_contacted_at only applies to domain reports".into(),
+            ));
         }
         let report = Report {
             id: new_report_id(now * 1000 + u64::from(u16::from_be_bytes(random_bytes()) % 1000)),
@@ -867,8 +887,10 @@ impl Engine {
         let record = Record::Report(report.clone());
         record
             .validate(now, 0)
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        self.store.put_own_durable(&record)?;
+            .map_err(|e| SubmitError::Invalid(e.to_string()))?;
+        self.store
+            .put_own_durable(&record)
+            .map_err(|e| SubmitError::Failed(e.into()))?;
         self.ingest(now, &settings.domain, &record, "")?;
         Ok(report)
     }
@@ -903,6 +925,10 @@ impl Engine {
     }
 
     /// Stores a verified record from a source (newest per subject wins).
+    ///
+    /// The comparison with what is stored and the write are one store
+    /// transaction, so two copies of one item (or an item and its
+    /// successor) arriving together cannot both win or undo each other.
     pub fn ingest(
         &self,
         now: u64,
@@ -911,30 +937,45 @@ impl Engine {
         key_id: &str,
     ) -> Result<Ingested> {
         let subject = record.subject().as_str();
-        let existing = self.store.get(subject, source)?;
-        if let Some(old) = &existing
-            && !record.supersedes(&old.record)
-        {
-            if old.missing_since.is_some() && old.record == *record {
-                self.store.put(
-                    subject,
-                    source,
-                    &Stored {
-                        missing_since: None,
-                        seen_ms: crate::now_ms(),
-                        ..old.clone()
-                    },
-                )?;
-                self.invalidate();
-            }
-            return Ok(Ingested::Unchanged);
-        }
         let settings = self.settings();
-        if existing.is_none()
-            && let Some(peer) = settings.peers.get(source)
-            && self.record_count(source) >= peer.max_reports
-        {
-            return Ok(Ingested::OverCap);
+        let over_cap = settings
+            .peers
+            .get(source)
+            .is_some_and(|peer| self.record_count(source) >= peer.max_reports);
+        let seen_ms = crate::now_ms();
+        let what = std::cell::Cell::new(Ingested::Unchanged);
+        let upserted = self.store.upsert(subject, source, |old| match old {
+            Some(old) if !record.supersedes(&old.record) => {
+                what.set(Ingested::Unchanged);
+                // The same record again confirms an unconfirmed entry.
+                (old.missing_since.is_some() && old.record == *record).then(|| Stored {
+                    missing_since: None,
+                    seen_ms,
+                    ..old.clone()
+                })
+            }
+            None if over_cap => {
+                what.set(Ingested::OverCap);
+                None
+            }
+            _ => {
+                what.set(Ingested::Stored);
+                Some(Stored {
+                    record: record.clone(),
+                    key_id: key_id.to_owned(),
+                    missing_since: None,
+                    seen_ms,
+                })
+            }
+        })?;
+        match what.get() {
+            Ingested::Stored => {}
+            other => {
+                if upserted != Upserted::Kept {
+                    self.invalidate();
+                }
+                return Ok(other);
+            }
         }
         if matches!(record, Record::Report(_))
             && settings.is_canary(record.subject())
@@ -942,17 +983,7 @@ impl Engine {
         {
             self.suspend_for_canary(source, &format!("reported canary {}", record.subject()))?;
         }
-        let grew = self.store.put(
-            subject,
-            source,
-            &Stored {
-                record: record.clone(),
-                key_id: key_id.to_owned(),
-                missing_since: None,
-                seen_ms: crate::now_ms(),
-            },
-        )?;
-        if grew {
+        if upserted == Upserted::Added {
             self.add_count(source, 1);
         }
         self.invalidate();
@@ -972,12 +1003,14 @@ impl Engine {
     }
 
     fn add_count(&self, source: &str, delta: i64) {
-        let current = self.record_count(source);
         let mut counts = self
             .counts
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        counts.insert(source.to_owned(), current.saturating_add_signed(delta));
+        let count = counts
+            .entry(source.to_owned())
+            .or_insert_with(|| self.store.peer(source).map(|p| p.records).unwrap_or(0));
+        *count = count.saturating_add_signed(delta);
     }
 
     fn persist_counts(&self) -> Result<()> {
@@ -1004,16 +1037,31 @@ impl Engine {
         Ok(())
     }
 
-    /// Removes one contribution (expiry, revocation, grace over).
-    pub fn remove(&self, now: u64, source: &str, subject: &str) -> Result<()> {
-        if self.store.remove(subject, source)? {
+    /// Removes one contribution (a delisting, an operator's action).
+    pub fn remove(&self, now: u64, source: &str, subject: &str) -> Result<bool> {
+        self.remove_if(now, source, subject, |_| true)
+    }
+
+    /// Removes one contribution if `still` holds for it when it is removed
+    /// (expiry, revocation, grace over): checked in the store transaction
+    /// that deletes it, so an entry renewed meanwhile stays. Returns whether
+    /// it was removed.
+    pub fn remove_if(
+        &self,
+        now: u64,
+        source: &str,
+        subject: &str,
+        still: impl Fn(&Stored) -> bool,
+    ) -> Result<bool> {
+        let removed = self.store.remove_if(subject, source, still)?;
+        if removed {
             self.add_count(source, -1);
             self.invalidate();
             if let Ok(key) = subject.parse() {
                 self.note_decision(now, &key)?;
             }
         }
-        Ok(())
+        Ok(removed)
     }
 
     /// After a complete read of a source's feed: everything present is
@@ -1033,18 +1081,17 @@ impl Engine {
             if present.contains(&subject) {
                 continue;
             }
-            if let Some(stored) = self.store.get(&subject, source)?
-                && stored.missing_since.is_none()
-                && stored.seen_ms < started_ms
-            {
-                self.store.put(
-                    &subject,
-                    source,
-                    &Stored {
+            // Checked inside the write: an entry confirmed by a live event
+            // while this read ran stays confirmed.
+            let marked = self.store.upsert(&subject, source, |stored| {
+                stored
+                    .filter(|s| s.missing_since.is_none() && s.seen_ms < started_ms)
+                    .map(|s| Stored {
                         missing_since: Some(now),
-                        ..stored
-                    },
-                )?;
+                        ..s.clone()
+                    })
+            })?;
+            if marked != Upserted::Kept {
                 missing += 1;
             }
         }
@@ -1073,10 +1120,7 @@ impl Engine {
         })?;
         let mut dropped = 0;
         for subject in self.store.subjects_of(source)? {
-            if let Some(stored) = self.store.get(&subject, source)?
-                && stored.key_id == key_id
-            {
-                self.remove(now, source, &subject)?;
+            if self.remove_if(now, source, &subject, |s| s.key_id == key_id)? {
                 dropped += 1;
             }
         }
@@ -1125,23 +1169,26 @@ impl Engine {
         let mut removed = 0;
         let own_domain = self.settings().domain.clone();
         for (source, subject) in self.store.expired(now, batch)? {
-            self.remove(now, &source, &subject)?;
+            // Rechecked as it is removed: a renewal since the listing stays.
+            if self.remove_if(now, &source, &subject, |s| s.record.expires_at() <= now)? {
+                removed += 1;
+            }
             if source == own_domain {
                 // Our own record expired too: it leaves the feed at the next compaction.
                 self.store.drop_own_if_expired(&subject, now)?;
             }
-            removed += 1;
         }
         let settings = self.settings();
         // Entries missing from their source's feed, past the grace period.
-        for (source, subject) in self
-            .store
-            .missing_before(now.saturating_sub(settings.grace), batch)?
-        {
-            self.remove(now, &source, &subject)?;
-            removed += 1;
-            self.metrics
-                .inc("corvid_unconfirmed_dropped_total", &[("peer", &source)]);
+        let cutoff = now.saturating_sub(settings.grace);
+        for (source, subject) in self.store.missing_before(cutoff, batch)? {
+            if self.remove_if(now, &source, &subject, |s| {
+                s.missing_since.is_some_and(|m| m < cutoff)
+            })? {
+                removed += 1;
+                self.metrics
+                    .inc("corvid_unconfirmed_dropped_total", &[("peer", &source)]);
+            }
         }
         Ok(removed)
     }
@@ -1223,7 +1270,7 @@ impl Engine {
 
     /// Counts of subjects by their last recorded action.
     pub fn action_counts(&self) -> Result<BTreeMap<String, u64>> {
-        self.store.action_counts()
+        Ok(self.store.action_counts()?)
     }
 
     /// Records (or clears) the publisher's last failure, for health checks.

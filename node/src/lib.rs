@@ -7,6 +7,7 @@ pub mod metrics;
 pub mod publisher;
 pub mod pubsub;
 pub mod ratelimit;
+pub mod rejects;
 pub mod serve;
 pub mod store;
 pub mod subjects;

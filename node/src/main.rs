@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use corvid_node::api::{ApiState, router};
-use corvid_node::config::{Config, Listen, read_secret};
+use corvid_node::config::{Config, ConfigProblems, Listen, read_secret};
 use corvid_node::engine::{Engine, Settings};
 use corvid_node::store::Store;
 use corvid_node::xmpp::{self, Backoff, LinkEvent};
@@ -77,7 +77,9 @@ fn main() {
                 Ok(()) => 0,
                 Err(e) => {
                     eprintln!("error: {e:#}");
-                    if e.chain().any(|c| c.to_string().contains("problem(s)")) {
+                    // A config with problems is a usage error (2), chosen by
+                    // the error's type, never by its text.
+                    if e.chain().any(|c| c.is::<ConfigProblems>()) {
                         2
                     } else {
                         1
@@ -138,7 +140,9 @@ async fn serve(path: PathBuf, config: Config, ready_file: Option<PathBuf>) -> Re
 
     let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
     let (senders_tx, senders_rx) = watch::channel(sync::event_senders(&engine));
-    let sink = xmpp::EventSink::new(events_tx.clone()).only_from(senders_rx);
+    let sink = xmpp::EventSink::new(events_tx.clone())
+        .only_from(senders_rx)
+        .counted_in(Arc::clone(&engine.metrics));
     let overflow = Arc::clone(&sink.overflow);
     let backoff = Backoff {
         initial: Duration::from_secs(1),
@@ -173,9 +177,13 @@ async fn serve(path: PathBuf, config: Config, ready_file: Option<PathBuf>) -> Re
             let mut tick = tokio::time::interval(Duration::from_secs(5));
             loop {
                 tick.tick().await;
-                // Small batches: a mass expiry is spread over time.
-                if let Err(e) = engine.sweep(now(), 2000) {
-                    tracing::warn!("expiry sweep failed: {e:#}");
+                // Small batches: a mass expiry is spread over time. Storage
+                // work runs off the async threads.
+                let engine = Arc::clone(&engine);
+                match tokio::task::spawn_blocking(move || engine.sweep(now(), 2000)).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => tracing::warn!("expiry sweep failed: {e:#}"),
+                    Err(e) => tracing::error!("expiry sweep panicked: {e}"),
                 }
             }
         });

@@ -14,12 +14,72 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result, bail};
 use corvid_protocol::aggregate::Action;
 use corvid_protocol::record::Record;
 use corvid_protocol::subject::SubjectKey;
 use serde::{Deserialize, Serialize};
 use sled::Transactional;
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+
+/// A storage failure. The API answers [`StoreError::Io`] with 503 (the
+/// disk or the database is failing: retry later, nothing was stored) and
+/// [`StoreError::Corrupt`] with 500.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The data directory cannot be created.
+    #[error("cannot create data_dir {dir}: {source}")]
+    CreateDir {
+        /// The directory.
+        dir: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The database cannot be opened.
+    #[error("cannot open the database in {dir} (is another corvidd using it?): {source}")]
+    Open {
+        /// The data directory.
+        dir: std::path::PathBuf,
+        /// Why.
+        source: sled::Error,
+    },
+    /// The database was written by a newer corvidd.
+    #[error(
+        "data_dir {dir} holds schema version {found}, newer than this corvidd understands ({ours}); run a newer corvidd or point data_dir elsewhere"
+    )]
+    NewerSchema {
+        /// The data directory.
+        dir: std::path::PathBuf,
+        /// Version found.
+        found: u32,
+        /// Version this build writes.
+        ours: u32,
+    },
+    /// A read, write or flush failed.
+    #[error("storage failed: {0}")]
+    Io(#[from] sled::Error),
+    /// A stored value does not decode.
+    #[error("a stored value does not decode (database damaged?): {0}")]
+    Corrupt(#[from] serde_json::Error),
+}
+
+/// Results of the store.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+impl From<TransactionError<StoreError>> for StoreError {
+    fn from(e: TransactionError<StoreError>) -> Self {
+        match e {
+            TransactionError::Abort(e) => e,
+            TransactionError::Storage(e) => Self::Io(e),
+        }
+    }
+}
+
+/// Aborts a sled transaction with a store error.
+fn abort<T>(
+    e: impl Into<StoreError>,
+) -> std::result::Result<T, ConflictableTransactionError<StoreError>> {
+    Err(ConflictableTransactionError::Abort(e.into()))
+}
 
 /// The schema this build writes.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -60,6 +120,17 @@ pub struct PeerState {
     pub pending_rotation: Option<String>,
     /// Revoked key fingerprints.
     pub revoked: Vec<String>,
+}
+
+/// What [`Store::upsert`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Upserted {
+    /// A new entry.
+    Added,
+    /// An existing entry was replaced.
+    Replaced,
+    /// `decide` kept what was stored.
+    Kept,
 }
 
 /// A change in a subject's own verdict, for the decision stream.
@@ -121,18 +192,18 @@ impl Store {
     /// # Errors
     /// IO errors, or a schema newer than this build.
     pub fn open(dir: &Path, cache_bytes: u64) -> Result<Self> {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create data_dir {}", dir.display()))?;
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
+            dir: dir.to_owned(),
+            source,
+        })?;
         let db = sled::Config::new()
             .path(dir.join("db"))
             .cache_capacity(cache_bytes)
             .flush_every_ms(Some(500))
             .open()
-            .with_context(|| {
-                format!(
-                    "cannot open the database in {} (is another corvidd using it?)",
-                    dir.display()
-                )
+            .map_err(|source| StoreError::Open {
+                dir: dir.to_owned(),
+                source,
             })?;
         let meta = db.open_tree("meta")?;
         match meta.get("schema")? {
@@ -142,10 +213,11 @@ impl Store {
             Some(v) => {
                 let found = u32::from_be_bytes(v.as_ref().try_into().unwrap_or([0xff; 4]));
                 if found > SCHEMA_VERSION {
-                    bail!(
-                        "data_dir {} holds schema version {found}, newer than this corvidd understands ({SCHEMA_VERSION}); run a newer corvidd or point data_dir elsewhere",
-                        dir.display()
-                    );
+                    return Err(StoreError::NewerSchema {
+                        dir: dir.to_owned(),
+                        found,
+                        ours: SCHEMA_VERSION,
+                    });
                 }
                 // Version 1 is the first schema: nothing older to migrate from yet.
             }
@@ -170,7 +242,7 @@ impl Store {
     /// # Errors
     /// IO errors.
     pub fn flush(&self) -> Result<()> {
-        self.db.flush().context("flushing the database")?;
+        self.db.flush()?;
         Ok(())
     }
 
@@ -182,13 +254,11 @@ impl Store {
     pub fn put_own_durable(&self, record: &Record) -> Result<()> {
         let key = record.subject().as_str().as_bytes().to_vec();
         let value = serde_json::to_vec(record)?;
-        (&self.own, &self.outbox)
-            .transaction(|(own, outbox)| {
-                own.insert(key.as_slice(), value.as_slice())?;
-                outbox.insert(key.as_slice(), &[])?;
-                Ok::<_, sled::transaction::ConflictableTransactionError<()>>(())
-            })
-            .map_err(|e| anyhow::anyhow!("storing own record: {e:?}"))?;
+        (&self.own, &self.outbox).transaction(|(own, outbox)| {
+            own.insert(key.as_slice(), value.as_slice())?;
+            outbox.insert(key.as_slice(), &[])?;
+            Ok::<_, ConflictableTransactionError<StoreError>>(())
+        })?;
         self.flush()
     }
 
@@ -267,13 +337,19 @@ impl Store {
     /// # Errors
     /// IO or decode errors.
     pub fn drop_own_if_expired(&self, subject: &str, now: u64) -> Result<()> {
-        if let Some(v) = self.own.get(subject)? {
-            let record: Record = serde_json::from_slice(&v)?;
-            if record.expires_at() <= now {
-                self.own.remove(subject)?;
-                self.outbox.remove(subject)?;
+        (&self.own, &self.outbox).transaction(|(own, outbox)| {
+            if let Some(v) = own.get(subject)? {
+                let record: Record = match serde_json::from_slice(&v) {
+                    Ok(r) => r,
+                    Err(e) => return abort(e),
+                };
+                if record.expires_at() <= now {
+                    own.remove(subject)?;
+                    outbox.remove(subject)?;
+                }
             }
-        }
+            Ok(())
+        })?;
         Ok(())
     }
 
@@ -310,23 +386,59 @@ impl Store {
     /// # Errors
     /// IO errors.
     pub fn put(&self, subject: &str, source: &str, stored: &Stored) -> Result<bool> {
+        self.upsert(subject, source, |_| Some(stored.clone()))
+            .map(|o| o == Upserted::Added)
+    }
+
+    /// Reads, decides and writes one contribution in one transaction, with
+    /// its indexes: `decide` sees the stored value (if any) and returns the
+    /// new one, or `None` to leave it. Two writers of the same entry cannot
+    /// interleave: the loser's `decide` runs again on the winner's value.
+    ///
+    /// # Errors
+    /// IO or decode errors.
+    pub fn upsert(
+        &self,
+        subject: &str,
+        source: &str,
+        decide: impl Fn(Option<&Stored>) -> Option<Stored>,
+    ) -> Result<Upserted> {
         let key = pair(subject, source);
-        let old = self.contrib.insert(&key, serde_json::to_vec(stored)?)?;
-        if let Some(old) = &old {
-            let old: Stored = serde_json::from_slice(old)?;
-            self.expiry
-                .remove(expiry_key(old.record.expires_at(), source, subject))?;
-        }
-        self.by_source.insert(pair(source, subject), &[])?;
-        self.expiry
-            .insert(expiry_key(stored.record.expires_at(), source, subject), &[])?;
-        match stored.missing_since {
-            Some(since) => self
-                .missing
-                .insert(pair(source, subject), &since.to_be_bytes())?,
-            None => self.missing.remove(pair(source, subject))?,
-        };
-        Ok(old.is_none())
+        let back = pair(source, subject);
+        let outcome = (&self.contrib, &self.by_source, &self.expiry, &self.missing).transaction(
+            |(contrib, by_source, expiry, missing)| {
+                let old: Option<Stored> = match contrib.get(&key)? {
+                    Some(v) => match serde_json::from_slice(&v) {
+                        Ok(s) => Some(s),
+                        Err(e) => return abort(e),
+                    },
+                    None => None,
+                };
+                let Some(new) = decide(old.as_ref()) else {
+                    return Ok(Upserted::Kept);
+                };
+                let value = match serde_json::to_vec(&new) {
+                    Ok(v) => v,
+                    Err(e) => return abort(e),
+                };
+                contrib.insert(key.as_slice(), value)?;
+                if let Some(old) = &old {
+                    expiry.remove(expiry_key(old.record.expires_at(), source, subject))?;
+                }
+                by_source.insert(back.as_slice(), &[])?;
+                expiry.insert(expiry_key(new.record.expires_at(), source, subject), &[])?;
+                match new.missing_since {
+                    Some(since) => missing.insert(back.as_slice(), &since.to_be_bytes())?,
+                    None => missing.remove(back.as_slice())?,
+                };
+                Ok(if old.is_none() {
+                    Upserted::Added
+                } else {
+                    Upserted::Replaced
+                })
+            },
+        )?;
+        Ok(outcome)
     }
 
     /// Deletes a contribution. Returns whether it existed.
@@ -334,15 +446,44 @@ impl Store {
     /// # Errors
     /// IO errors.
     pub fn remove(&self, subject: &str, source: &str) -> Result<bool> {
-        let Some(old) = self.contrib.remove(pair(subject, source))? else {
-            return Ok(false);
-        };
-        let old: Stored = serde_json::from_slice(&old)?;
-        self.missing.remove(pair(source, subject))?;
-        self.expiry
-            .remove(expiry_key(old.record.expires_at(), source, subject))?;
-        self.by_source.remove(pair(source, subject))?;
-        Ok(true)
+        self.remove_if(subject, source, |_| true)
+    }
+
+    /// Deletes a contribution if `still` holds for its stored value, checked
+    /// in the same transaction as the delete (an expiry sweep must not drop
+    /// an entry that was renewed since it was listed). Returns whether it
+    /// was deleted.
+    ///
+    /// # Errors
+    /// IO or decode errors.
+    pub fn remove_if(
+        &self,
+        subject: &str,
+        source: &str,
+        still: impl Fn(&Stored) -> bool,
+    ) -> Result<bool> {
+        let key = pair(subject, source);
+        let back = pair(source, subject);
+        let removed = (&self.contrib, &self.by_source, &self.expiry, &self.missing).transaction(
+            |(contrib, by_source, expiry, missing)| {
+                let Some(v) = contrib.get(&key)? else {
+                    return Ok(false);
+                };
+                let old: Stored = match serde_json::from_slice(&v) {
+                    Ok(s) => s,
+                    Err(e) => return abort(e),
+                };
+                if !still(&old) {
+                    return Ok(false);
+                }
+                contrib.remove(key.as_slice())?;
+                missing.remove(back.as_slice())?;
+                expiry.remove(expiry_key(old.record.expires_at(), source, subject))?;
+                by_source.remove(back.as_slice())?;
+                Ok(true)
+            },
+        )?;
+        Ok(removed)
     }
 
     /// Subjects one source contributes to.
@@ -368,7 +509,7 @@ impl Store {
         let mut out = Vec::new();
         for k in self
             .expiry
-            .range(..(now + 1).to_be_bytes().to_vec())
+            .range(..now.saturating_add(1).to_be_bytes().to_vec())
             .keys()
             .take(limit)
         {
@@ -417,10 +558,24 @@ impl Store {
     ///
     /// # Errors
     /// IO or decode errors.
-    pub fn update_peer(&self, source: &str, f: impl FnOnce(&mut PeerState)) -> Result<PeerState> {
-        let mut state = self.peer(source)?;
-        f(&mut state);
-        self.peers.insert(source, serde_json::to_vec(&state)?)?;
+    /// The read, `f` and the write are one transaction: concurrent updates
+    /// of one peer (a revocation and a sync time, say) both land.
+    pub fn update_peer(&self, source: &str, f: impl Fn(&mut PeerState)) -> Result<PeerState> {
+        let state = self.peers.transaction(|peers| {
+            let mut state = match peers.get(source)? {
+                Some(v) => match serde_json::from_slice(&v) {
+                    Ok(s) => s,
+                    Err(e) => return abort(e),
+                },
+                None => PeerState::default(),
+            };
+            f(&mut state);
+            match serde_json::to_vec(&state) {
+                Ok(v) => peers.insert(source, v)?,
+                Err(e) => return abort(e),
+            };
+            Ok(state)
+        })?;
         Ok(state)
     }
 

@@ -25,6 +25,9 @@ use crate::pubsub::{self, FeedEvent};
 use crate::ratelimit::TokenBucket;
 use crate::xmpp::{Link, LinkEvent};
 
+/// How often rejected items are summarised in the log (one line per peer).
+const REJECT_SUMMARY: Duration = Duration::from_secs(60);
+
 /// Delta items fetched per request (each well under the stanza limits).
 const DELTA_BATCH: usize = 16;
 
@@ -53,6 +56,8 @@ pub async fn run(
     };
     let mut check = tokio::time::interval(resync);
     check.tick().await;
+    let mut summary = tokio::time::interval(REJECT_SUMMARY);
+    summary.tick().await;
     loop {
         tokio::select! {
             event = events.recv() => {
@@ -68,6 +73,9 @@ pub async fn run(
                         handle_event(&engine, &from, &event, &mut buckets, &resync_tx);
                     }
                 }
+            }
+            _ = summary.tick() => {
+                engine.rejects.flush();
             }
             () = overflow.notified() => {
                 // The event queue overflowed: some items were dropped, so
@@ -186,16 +194,7 @@ fn spawn_backfill(
 }
 
 fn reject(engine: &Engine, source: &str, item_id: &str, e: &ItemError) {
-    engine.metrics.inc(
-        "corvid_rejected_items_total",
-        &[("peer", source), ("reason", e.reason_label())],
-    );
-    tracing::warn!(
-        peer = source,
-        item = item_id,
-        reason = e.reason_label(),
-        "rejected item: {e}"
-    );
+    reject_label(engine, source, item_id, e.reason_label(), &e.to_string());
 }
 
 fn reject_label(engine: &Engine, source: &str, item_id: &str, label: &str, why: &str) {
@@ -203,12 +202,7 @@ fn reject_label(engine: &Engine, source: &str, item_id: &str, label: &str, why: 
         "corvid_rejected_items_total",
         &[("peer", source), ("reason", label)],
     );
-    tracing::warn!(
-        peer = source,
-        item = item_id,
-        reason = label,
-        "rejected item: {why}"
-    );
+    engine.rejects.note(source, item_id, label, why);
 }
 
 fn verify(

@@ -83,6 +83,7 @@ pub struct EventSink {
     pub overflow: Arc<tokio::sync::Notify>,
     dropped_unknown: Arc<AtomicU64>,
     dropped_full: Arc<AtomicU64>,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 impl EventSink {
@@ -94,7 +95,17 @@ impl EventSink {
             overflow: Arc::new(tokio::sync::Notify::new()),
             dropped_unknown: Arc::default(),
             dropped_full: Arc::default(),
+            metrics: None,
         }
+    }
+
+    /// Counts dropped events in `metrics` too
+    /// (`corvid_rejected_items_total{reason="unknown-sender"}`,
+    /// `corvid_event_queue_dropped_total`).
+    #[must_use]
+    pub fn counted_in(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Queues PubSub events only from these services' bare JIDs.
@@ -123,6 +134,9 @@ impl EventSink {
     fn push(&self, event: LinkEvent) {
         if self.tx.try_send(event).is_err() {
             self.dropped_full.fetch_add(1, Ordering::Relaxed);
+            if let Some(m) = &self.metrics {
+                m.inc("corvid_event_queue_dropped_total", &[]);
+            }
             self.overflow.notify_one();
         }
     }
@@ -680,6 +694,12 @@ fn forward_events(message: Message, events: &EventSink) {
     // The sender is checked before anything is queued.
     if !events.accepts(from.as_ref()) {
         events.dropped_unknown.fetch_add(1, Ordering::Relaxed);
+        if let Some(m) = &events.metrics {
+            m.inc(
+                "corvid_rejected_items_total",
+                &[("peer", "unknown"), ("reason", "unknown-sender")],
+            );
+        }
         return;
     }
     for payload in message.payloads {

@@ -149,3 +149,148 @@ fn local_ip_lists_match_raw_addresses_without_echoing_them() {
         Action::Allow
     );
 }
+
+/// A report with its own id and expiry (a newer id supersedes).
+fn report_at(subject: SubjectKey, id_ms: u64, expires_at: u64) -> Record {
+    let Record::Report(mut r) = report(subject, 0) else {
+        unreachable!("report() builds a report")
+    };
+    r.id = ReportId::new(id_ms, [9; 10]);
+    r.expires_at = expires_at;
+    Record::Report(r)
+}
+
+// The races below were first reproduced against 99a502f (see the closing
+// note of issue 8); they pass since the store's read-modify-writes became
+// transactions.
+
+#[test]
+fn concurrent_peer_updates_are_never_lost() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let e = engine(dir.path(), "");
+    let store = e.store().clone();
+    std::thread::scope(|s| {
+        for t in 0..8 {
+            let store = store.clone();
+            s.spawn(move || {
+                for i in 0..200 {
+                    let fp = format!("t{t}-{i}");
+                    store
+                        .update_peer("b.example", |p| p.revoked.push(fp.clone()))
+                        .expect("update");
+                }
+            });
+        }
+    });
+    let state = store.peer("b.example").expect("peer");
+    assert_eq!(
+        state.revoked.len(),
+        1600,
+        "every concurrent update (a revocation among them) must land"
+    );
+}
+
+#[test]
+fn the_newest_of_two_concurrent_copies_wins() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let e = engine(dir.path(), "");
+    let subjects: Vec<SubjectKey> = (0..400)
+        .map(|i| SubjectKey::for_jid(&format!("bot{i}@spam.example")).expect("jid"))
+        .collect();
+    std::thread::scope(|s| {
+        for newer in [false, true] {
+            let (e, subjects) = (&e, &subjects);
+            s.spawn(move || {
+                for subject in subjects {
+                    let id_ms = if newer { NOW * 1000 + 5 } else { NOW * 1000 };
+                    e.ingest(
+                        NOW,
+                        "a.example",
+                        &report_at(subject.clone(), id_ms, NOW + 86_400),
+                        "",
+                    )
+                    .expect("ingest");
+                }
+            });
+        }
+    });
+    for subject in &subjects {
+        let stored = e
+            .store()
+            .get(subject.as_str(), "a.example")
+            .expect("get")
+            .expect("stored");
+        let Record::Report(r) = stored.record else {
+            panic!("a report")
+        };
+        assert_eq!(
+            r.id.timestamp_ms(),
+            NOW * 1000 + 5,
+            "{subject}: an older copy overwrote the newer one"
+        );
+    }
+}
+
+#[test]
+fn indexes_stay_in_step_under_concurrent_writes_and_sweeps() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let e = engine(dir.path(), "");
+    let subjects: Vec<SubjectKey> = (0..50)
+        .map(|i| SubjectKey::for_jid(&format!("bot{i}@spam.example")).expect("jid"))
+        .collect();
+    std::thread::scope(|s| {
+        // Two writers renew entries (each write newer and living longer),
+        // while a sweeper expires at a time before every renewal's expiry
+        // but after the first write's.
+        for w in 0..2u64 {
+            let (e, subjects) = (&e, &subjects);
+            s.spawn(move || {
+                for round in 0..40u64 {
+                    for subject in subjects {
+                        let n = round * 2 + w;
+                        let record =
+                            report_at(subject.clone(), NOW * 1000 + n, NOW + 10 + n * 1000);
+                        e.ingest(NOW, "a.example", &record, "").expect("ingest");
+                    }
+                }
+            });
+        }
+        let e = &e;
+        s.spawn(move || {
+            for _ in 0..200 {
+                e.sweep(NOW + 100, 1000).expect("sweep");
+            }
+        });
+    });
+    let store = e.store();
+    let indexed = store.subjects_of("a.example").expect("index");
+    let in_expiry = store.expired(u64::MAX - 1, 100_000).expect("expiry index");
+    eprintln!("expiry entries: {:?}", in_expiry.len());
+    let mut live = 0;
+    for subject in &subjects {
+        let stored = store.get(subject.as_str(), "a.example").expect("get");
+        let in_index = indexed.iter().any(|s| s == subject.as_str());
+        assert_eq!(
+            stored.is_some(),
+            in_index,
+            "{subject}: contribution and by-source index disagree"
+        );
+        if let Some(stored) = stored {
+            live += 1;
+            assert!(
+                stored.record.expires_at() > NOW + 100,
+                "{subject}: only the first write expires by NOW+100, and later writes supersede it"
+            );
+        }
+    }
+    assert_eq!(
+        in_expiry.len(),
+        live,
+        "one expiry index entry per stored contribution"
+    );
+    assert_eq!(
+        live,
+        subjects.len(),
+        "the last write of each subject is live"
+    );
+}
