@@ -143,10 +143,14 @@ impl Node {
                 raw
             }
         };
-        let text = String::from_utf8_lossy(&raw);
-        let (head, rest) = text
-            .split_once("\r\n\r\n")
+        // Split and decode as bytes: chunk sizes count bytes, and a body in
+        // UTF-8 (IDN domains, notes) may split a character across chunks.
+        let split = raw
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
             .ok_or_else(|| anyhow!("corvidd sent a malformed HTTP reply"))?;
+        let head = String::from_utf8_lossy(&raw[..split]);
+        let rest = &raw[split + 4..];
         let status: u16 = head
             .split_whitespace()
             .nth(1)
@@ -158,8 +162,9 @@ impl Node {
         {
             dechunk(rest)
         } else {
-            rest.to_owned()
+            rest.to_vec()
         };
+        let body = String::from_utf8_lossy(&body).into_owned();
         let json = serde_json::from_str(&body).unwrap_or(Value::String(body));
         Ok(Reply { status, json })
     }
@@ -172,18 +177,24 @@ impl Node {
     }
 }
 
-fn dechunk(body: &str) -> String {
-    let mut out = String::new();
-    let mut rest = body;
-    while let Some((size, after)) = rest.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+/// Decodes a chunked body (RFC 9112 §7.1) as bytes; chunk extensions and
+/// trailers are ignored. Stops at the last chunk or at malformed input.
+fn dechunk(mut rest: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") {
+        let size = rest[..eol].split(|&b| b == b';').next().unwrap_or_default();
+        let Some(n) = std::str::from_utf8(size)
+            .ok()
+            .and_then(|s| usize::from_str_radix(s.trim(), 16).ok())
+        else {
             break;
         };
-        if n == 0 || after.len() < n {
+        rest = &rest[eol + 2..];
+        if n == 0 || rest.len() < n {
             break;
         }
-        out.push_str(&after[..n]);
-        rest = after[n..].trim_start_matches("\r\n");
+        out.extend_from_slice(&rest[..n]);
+        rest = rest[n..].strip_prefix(b"\r\n").unwrap_or(&rest[n..]);
     }
     out
 }
@@ -228,4 +239,24 @@ pub fn enc(v: &str) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::dechunk;
+
+    #[test]
+    fn chunks_are_cut_by_bytes_not_characters() {
+        // "faß" split inside the ß (0xC3 0x9F), and a chunk that starts
+        // with CRLF, which is data, not a separator.
+        let body = b"3\r\nfa\xC3\r\n1;ext=1\r\n\x9F\r\n4\r\n\r\nok\r\n0\r\n\r\n";
+        assert_eq!(dechunk(body), "fa\u{df}\r\nok".as_bytes());
+    }
+
+    #[test]
+    fn truncated_or_garbage_chunks_stop_without_panicking() {
+        assert_eq!(dechunk(b"10\r\nshort"), b"");
+        assert_eq!(dechunk(b"zz\r\nabc"), b"");
+        assert_eq!(dechunk(b"2\r\nab\r\nff"), b"ab");
+    }
 }

@@ -48,8 +48,13 @@ pub fn request(
     stream.write_all(req.as_bytes()).expect("write request");
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).expect("read response");
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    // Split and decode as bytes: chunk sizes count bytes.
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n");
+    let (head, body) = match split {
+        Some(i) => (&raw[..i], &raw[i + 4..]),
+        None => (&raw[..], &[][..]),
+    };
+    let head = String::from_utf8_lossy(head).into_owned();
     let status: u16 = head
         .split_whitespace()
         .nth(1)
@@ -59,9 +64,9 @@ pub fn request(
         .to_ascii_lowercase()
         .contains("transfer-encoding: chunked")
     {
-        dechunk(body)
+        String::from_utf8_lossy(&dechunk(body)).into_owned()
     } else {
-        body.to_owned()
+        String::from_utf8_lossy(body).into_owned()
     };
     let json = serde_json::from_str(&body).unwrap_or_else(|_| Value::String(body.clone()));
     Response {
@@ -71,18 +76,22 @@ pub fn request(
     }
 }
 
-fn dechunk(body: &str) -> String {
-    let mut out = String::new();
-    let mut rest = body;
-    while let Some((size, after)) = rest.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+fn dechunk(mut rest: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") {
+        let size = rest[..eol].split(|&b| b == b';').next().unwrap_or_default();
+        let Some(n) = std::str::from_utf8(size)
+            .ok()
+            .and_then(|s| usize::from_str_radix(s.trim(), 16).ok())
+        else {
             break;
         };
-        if n == 0 || after.len() < n {
+        rest = &rest[eol + 2..];
+        if n == 0 || rest.len() < n {
             break;
         }
-        out.push_str(&after[..n]);
-        rest = after[n..].trim_start_matches("\r\n");
+        out.extend_from_slice(&rest[..n]);
+        rest = rest[n..].strip_prefix(b"\r\n").unwrap_or(&rest[n..]);
     }
     out
 }
