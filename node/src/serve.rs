@@ -147,12 +147,6 @@ impl Slots {
             rx,
         ))
     }
-
-    /// Open connections: `(proven, unproven)`.
-    pub fn open(&self) -> (usize, usize) {
-        let pool = self.lock();
-        (pool.proven, pool.unproven.len())
-    }
 }
 
 /// Something that accepts byte streams (a TCP or Unix listener).

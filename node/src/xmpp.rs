@@ -571,7 +571,8 @@ async fn drive(
     own: BareJid,
     iq_timeout: Duration,
 ) {
-    let server = own.domain().to_string();
+    // Our server's JID: pings go to it, and its replies come from it.
+    let server = Jid::from(BareJid::from_parts(None, own.domain()));
     let mut pending: HashMap<String, Pending> = HashMap::new();
     let mut forged_replies: u64 = 0;
     let mut session: u64 = 0;
@@ -608,9 +609,8 @@ async fn drive(
                     Event::Stanza(Stanza::Iq(iq)) => match iq {
                         Iq::Result { .. } | Iq::Error { .. } => {
                             let from = iq.from().cloned();
-                            let server_jid = BareJid::new(&server).ok().map(Jid::from);
                             if ping_pending.as_ref().is_some_and(|(id, _)| id == iq.id())
-                                && reply_from_ok(server_jid.as_ref(), from.as_ref(), &own)
+                                && reply_from_ok(Some(&server), from.as_ref(), &own)
                             {
                                 ping_pending = None;
                             } else if let Some(p) = pending.get(iq.id()) {
@@ -669,11 +669,9 @@ async fn drive(
                     }
                     if ping_pending.is_none() {
                         let id = iq_id();
-                        if let Ok(to) = BareJid::new(&server) {
-                            let ping = Iq::from_get(id.clone(), xmpp_parsers::ping::Ping).with_to(to.into());
-                            stream.send(Box::new(ping.into())).await;
-                            ping_pending = Some((id, tokio::time::Instant::now()));
-                        }
+                        let ping = Iq::from_get(id.clone(), xmpp_parsers::ping::Ping).with_to(server.clone());
+                        stream.send(Box::new(ping.into())).await;
+                        ping_pending = Some((id, tokio::time::Instant::now()));
                     }
                 }
             }
