@@ -20,8 +20,12 @@ use serde::Deserialize;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    /// Where corvidd keeps its database (sled). Created if missing.
+    /// Where corvidd keeps its database. Created if missing.
     pub data_dir: PathBuf,
+    /// The storage engine: `redb` (the default; `corvid.redb` in
+    /// `data_dir`) or `sled` (corvid 0.1's engine; `sled/` in `data_dir`).
+    #[serde(default)]
+    pub storage_engine: crate::store::Engine,
     /// The XMPP account corvidd logs in with.
     pub xmpp: XmppConfig,
     /// This node's own feed.

@@ -53,8 +53,9 @@ enum Command {
 /// are dropped and trigger a full reread.
 const EVENT_QUEUE: usize = 4096;
 
-/// sled's page cache: sized for the memory target, not its 1 GiB default.
-const SLED_CACHE_BYTES: u64 = 64 * 1024 * 1024;
+/// The storage engine's page cache: sized for the memory target (10M
+/// contributions in 1 GB), not the engines' 1 GiB defaults.
+const STORE_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
 fn main() {
     let cli = Cli::parse();
@@ -121,7 +122,18 @@ fn run(path: &std::path::Path, ready_file: Option<PathBuf>) -> Result<()> {
 }
 
 async fn serve(path: PathBuf, config: Config, ready_file: Option<PathBuf>) -> Result<()> {
-    let store = Store::open(&config.data_dir, SLED_CACHE_BYTES)?;
+    let store = Store::open_with(&config.data_dir, config.storage_engine, STORE_CACHE_BYTES)?;
+    if let Some(m) = corvid_node::store::migrate::from_v1(&config.data_dir, &store)? {
+        tracing::info!(
+            own = m.own,
+            contributions = m.contributions,
+            peers = m.peers,
+            skipped = m.skipped,
+            old = %m.moved_to.display(),
+            "storage: moved the corvid 0.1 store into {}; the old one is kept aside",
+            store.engine()
+        );
+    }
     let key_text = std::fs::read_to_string(&config.keys.signing_key_file).with_context(|| {
         format!(
             "cannot read signing key {}",

@@ -33,6 +33,16 @@ impl ReportId {
     pub fn timestamp_ms(&self) -> u64 {
         self.0.timestamp_ms()
     }
+
+    /// The id's 16 bytes (big-endian: time first), for compact storage.
+    pub fn to_bytes(&self) -> [u8; 16] {
+        self.0.to_bytes()
+    }
+
+    /// The id from the 16 bytes of [`ReportId::to_bytes`].
+    pub fn from_bytes(bytes: [u8; 16]) -> Self {
+        Self(ulid::Ulid::from_bytes(bytes))
+    }
 }
 
 impl fmt::Display for ReportId {

@@ -1,0 +1,950 @@
+//! The node's durable state, on an ordered key-value engine behind the
+//! [`kv::Kv`] trait: redb by default, sled selectable, memory for tests.
+//!
+//! Tables (see [`kv::Table`]): this server's records and the outbox of
+//! those not yet published; every contribution keyed by subject and
+//! source, with a by-source index, an expiry index and the list of entries
+//! missing from their feed; per-source state; the decision stream and each
+//! subject's last action. Keys and values use the compact forms of
+//! [`codec`]; sources are interned as 4-byte ids.
+//!
+//! Every read-modify-write is one transaction of the engine. Raw IP
+//! addresses are never written here: only tokens.
+
+pub mod codec;
+pub mod kv;
+pub mod migrate;
+pub mod redb_kv;
+pub mod sled_kv;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use corvid_protocol::aggregate::Action;
+use corvid_protocol::record::Record;
+use corvid_protocol::subject::SubjectKey;
+use serde::{Deserialize, Serialize};
+
+use kv::{Kv, Table, Txn};
+
+/// A storage failure. The API answers [`StoreError::Io`] with 503 (the
+/// disk or the database is failing: retry later, nothing was stored) and
+/// [`StoreError::Corrupt`] with 500.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The data directory cannot be created.
+    #[error("cannot create data_dir {dir}: {source}")]
+    CreateDir {
+        /// The directory.
+        dir: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Another process holds the database.
+    #[error(
+        "the database in {dir} is in use by another process (is another corvidd running with this data_dir?)"
+    )]
+    Locked {
+        /// The data directory.
+        dir: PathBuf,
+    },
+    /// The database cannot be opened.
+    #[error("cannot open the database in {dir}: {source}")]
+    Open {
+        /// The data directory.
+        dir: PathBuf,
+        /// Why.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The database was written by a newer corvidd.
+    #[error(
+        "data_dir {dir} holds schema version {found}, newer than this corvidd understands ({ours}); run a newer corvidd or point data_dir elsewhere"
+    )]
+    NewerSchema {
+        /// The data directory.
+        dir: PathBuf,
+        /// Version found.
+        found: u32,
+        /// Version this build writes.
+        ours: u32,
+    },
+    /// A configured engine name is unknown.
+    #[error("unknown storage_engine {0:?}; expected \"redb\" or \"sled\"")]
+    UnknownEngine(String),
+    /// A read, write or flush failed.
+    #[error("storage failed: {0}")]
+    Io(Box<dyn std::error::Error + Send + Sync>),
+    /// A stored value does not decode.
+    #[error("a stored value does not decode (database damaged?): {0}")]
+    Corrupt(String),
+    /// sled's transaction conflict, carried through a body to be retried.
+    /// Never leaves the sled engine.
+    #[doc(hidden)]
+    #[error("transaction conflict")]
+    Conflict(sled::transaction::UnabortableTransactionError),
+}
+
+impl From<serde_json::Error> for StoreError {
+    fn from(e: serde_json::Error) -> Self {
+        Self::Corrupt(e.to_string())
+    }
+}
+
+impl From<codec::DecodeError> for StoreError {
+    fn from(e: codec::DecodeError) -> Self {
+        Self::Corrupt(e.0)
+    }
+}
+
+/// Results of the store.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// The schema this build writes. 1 was corvid 0.1's sled layout (JSON
+/// values, text keys); 2 is [`codec`]'s.
+pub const SCHEMA_VERSION: u32 = 2;
+
+/// How many decisions the change stream keeps.
+const DECISIONS_KEPT: u64 = 200_000;
+
+/// The engines `storage_engine` names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Engine {
+    /// redb: one file, `corvid.redb` (the default).
+    #[default]
+    Redb,
+    /// sled 0.34: the directory `sled`.
+    Sled,
+}
+
+impl<'de> Deserialize<'de> for Engine {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+impl std::str::FromStr for Engine {
+    type Err = StoreError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "redb" => Ok(Self::Redb),
+            "sled" => Ok(Self::Sled),
+            other => Err(StoreError::UnknownEngine(other.to_owned())),
+        }
+    }
+}
+
+/// One stored contribution.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Stored {
+    /// The record (newest from this source for this subject).
+    pub record: Record,
+    /// The key id it was signed with (empty for unsigned sources).
+    #[serde(default)]
+    pub key_id: String,
+    /// When it went missing from the source's feed, if it did.
+    #[serde(default)]
+    pub missing_since: Option<u64>,
+    /// When it was last received or confirmed (Unix ms).
+    #[serde(default)]
+    pub seen_ms: u64,
+}
+
+/// Per-source state.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PeerState {
+    /// Last complete backfill.
+    pub last_sync: Option<u64>,
+    /// Last item received by any path.
+    pub last_item: Option<u64>,
+    /// Contributions stored.
+    pub records: u64,
+    /// Moved to observe mode because it reported a canary.
+    pub suspended_for_canary: Option<String>,
+    /// Keys accepted by rotation (text form).
+    pub rotated_keys: Vec<String>,
+    /// A rotation waiting for the operator: new key text.
+    pub pending_rotation: Option<String>,
+    /// Revoked key fingerprints.
+    pub revoked: Vec<String>,
+}
+
+/// What [`Store::upsert`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Upserted {
+    /// A new entry.
+    Added,
+    /// An existing entry was replaced.
+    Replaced,
+    /// `decide` kept what was stored.
+    Kept,
+}
+
+/// A change in a subject's own verdict, for the decision stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Decision {
+    /// Cursor.
+    pub seq: u64,
+    /// Subject.
+    pub subject: String,
+    /// New action.
+    pub action: Action,
+    /// Score then.
+    pub score: f64,
+    /// When.
+    pub at: u64,
+}
+
+/// Interned source names.
+#[derive(Debug, Default)]
+struct Sources {
+    ids: HashMap<String, u32>,
+    names: HashMap<u32, String>,
+}
+
+/// The node's database.
+#[derive(Debug, Clone)]
+pub struct Store {
+    kv: Arc<dyn Kv>,
+    sources: Arc<RwLock<Sources>>,
+}
+
+fn be32(v: &[u8]) -> Option<u32> {
+    Some(u32::from_be_bytes(v.get(..4)?.try_into().ok()?))
+}
+
+fn be64(v: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(v.get(..8)?.try_into().ok()?))
+}
+
+fn contrib_key(subject: &str, source: u32) -> Vec<u8> {
+    let mut k = codec::subject(subject);
+    k.extend_from_slice(&source.to_be_bytes());
+    k
+}
+
+fn back_key(source: u32, subject: &str) -> Vec<u8> {
+    let mut k = source.to_be_bytes().to_vec();
+    codec::put_subject(&mut k, subject);
+    k
+}
+
+fn expiry_key(at: u64, source: u32, subject: &str) -> Vec<u8> {
+    let mut k = at.to_be_bytes().to_vec();
+    k.extend_from_slice(&back_key(source, subject));
+    k
+}
+
+fn corrupt(what: &str) -> StoreError {
+    StoreError::Corrupt(what.to_owned())
+}
+
+const NEXT_SOURCE: &[u8] = b"next_source";
+const DECISION_SEQ: &[u8] = b"decision_seq";
+const KEY_RECORDS: &[u8] = b"key_records";
+const SCHEMA: &[u8] = b"schema";
+
+impl Store {
+    /// Opens (or creates) the default engine's database in `dir`.
+    ///
+    /// # Errors
+    /// See [`Store::open_with`].
+    pub fn open(dir: &Path, cache_bytes: u64) -> Result<Self> {
+        Self::open_with(dir, Engine::Redb, cache_bytes)
+    }
+
+    /// Opens (or creates) a database in `dir` with `engine`, checking its
+    /// schema. `cache_bytes` bounds the engine's page cache.
+    ///
+    /// # Errors
+    /// The directory cannot be created, the database is in use or cannot
+    /// be opened, or its schema is newer than this build.
+    pub fn open_with(dir: &Path, engine: Engine, cache_bytes: u64) -> Result<Self> {
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
+            dir: dir.to_owned(),
+            source,
+        })?;
+        let kv: Arc<dyn Kv> = match engine {
+            Engine::Redb => Arc::new(redb_kv::RedbKv::open(
+                &dir.join("corvid.redb"),
+                usize::try_from(cache_bytes).unwrap_or(usize::MAX),
+            )?),
+            Engine::Sled => Arc::new(sled_kv::SledKv::open(&dir.join("sled"), cache_bytes)?),
+        };
+        Self::on(kv, dir)
+    }
+
+    /// A store in memory, for tests and the simulator.
+    pub fn in_memory() -> Self {
+        match Self::on(Arc::new(kv::MemKv::new()), Path::new("(memory)")) {
+            Ok(s) => s,
+            // Nothing in memory can fail to open.
+            Err(e) => unreachable!("memory store: {e}"),
+        }
+    }
+
+    /// A store on an open engine.
+    ///
+    /// # Errors
+    /// A schema newer than this build, or the engine's errors.
+    pub fn on(kv: Arc<dyn Kv>, dir: &Path) -> Result<Self> {
+        match kv.get(Table::Meta, SCHEMA)? {
+            None => {
+                kv.write(true, &mut |t| {
+                    t.put(Table::Meta, SCHEMA, &SCHEMA_VERSION.to_be_bytes())
+                })?;
+            }
+            Some(v) => {
+                let found = be32(&v).unwrap_or(u32::MAX);
+                if found > SCHEMA_VERSION {
+                    return Err(StoreError::NewerSchema {
+                        dir: dir.to_owned(),
+                        found,
+                        ours: SCHEMA_VERSION,
+                    });
+                }
+            }
+        }
+        let mut sources = Sources::default();
+        let mut bad = None;
+        kv.scan(Table::Sources, &[], &mut |k, v| {
+            match (std::str::from_utf8(k), be32(v)) {
+                (Ok(name), Some(id)) => {
+                    sources.ids.insert(name.to_owned(), id);
+                    sources.names.insert(id, name.to_owned());
+                }
+                _ => bad = Some(corrupt("a source name or id does not decode")),
+            }
+            true
+        })?;
+        if let Some(e) = bad {
+            return Err(e);
+        }
+        Ok(Self {
+            kv,
+            sources: Arc::new(RwLock::new(sources)),
+        })
+    }
+
+    /// The engine's name: `redb`, `sled` or `memory`.
+    pub fn engine(&self) -> &'static str {
+        self.kv.engine()
+    }
+
+    fn source_id(&self, name: &str) -> Option<u32> {
+        self.sources
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .ids
+            .get(name)
+            .copied()
+    }
+
+    fn source_name(&self, id: u32) -> Result<String> {
+        self.sources
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .names
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| corrupt(&format!("source id {id} has no name")))
+    }
+
+    /// The id of `name` inside a write, allocating it if new; new ids are
+    /// pushed on `fresh` and learnt once the write commits.
+    fn intern(&self, t: &mut dyn Txn, name: &str, fresh: &mut Vec<(String, u32)>) -> Result<u32> {
+        if let Some(id) = self.source_id(name) {
+            return Ok(id);
+        }
+        if let Some((_, id)) = fresh.iter().find(|(n, _)| n == name) {
+            return Ok(*id);
+        }
+        let id = match t.get(Table::Sources, name.as_bytes())? {
+            Some(v) => be32(&v).ok_or_else(|| corrupt("source id"))?,
+            None => {
+                let id = match t.get(Table::Meta, NEXT_SOURCE)? {
+                    Some(v) => be32(&v).ok_or_else(|| corrupt("next source id"))?,
+                    None => 1,
+                };
+                t.put(Table::Meta, NEXT_SOURCE, &(id + 1).to_be_bytes())?;
+                t.put(Table::Sources, name.as_bytes(), &id.to_be_bytes())?;
+                t.put(Table::SourceNames, &id.to_be_bytes(), name.as_bytes())?;
+                id
+            }
+        };
+        fresh.push((name.to_owned(), id));
+        Ok(id)
+    }
+
+    fn learn(&self, fresh: Vec<(String, u32)>) {
+        if fresh.is_empty() {
+            return;
+        }
+        let mut s = self
+            .sources
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (name, id) in fresh {
+            s.names.insert(id, name.clone());
+            s.ids.insert(name, id);
+        }
+    }
+
+    /// Scans the entries of `table` whose keys start with `prefix`.
+    fn scan_prefix(
+        &self,
+        table: Table,
+        prefix: &[u8],
+        each: &mut dyn FnMut(&[u8], &[u8]) -> Result<bool>,
+    ) -> Result<()> {
+        let mut failed = None;
+        self.kv.scan(table, prefix, &mut |k, v| {
+            if !k.starts_with(prefix) {
+                return false;
+            }
+            match each(k, v) {
+                Ok(more) => more,
+                Err(e) => {
+                    failed = Some(e);
+                    false
+                }
+            }
+        })?;
+        failed.map_or(Ok(()), Err)
+    }
+
+    /// Makes everything written so far durable.
+    ///
+    /// # Errors
+    /// IO errors.
+    pub fn flush(&self) -> Result<()> {
+        self.kv.sync()
+    }
+
+    /// Records this server's own record and queues it for publication, in
+    /// one durable transaction: on return it is on stable storage.
+    ///
+    /// # Errors
+    /// IO errors.
+    pub fn put_own_durable(&self, record: &Record) -> Result<()> {
+        let key = codec::subject(record.subject().as_str());
+        let value = codec::record(record);
+        self.kv.write(true, &mut |t| {
+            t.put(Table::Own, &key, &value)?;
+            t.put(Table::Outbox, &key, &[])
+        })
+    }
+
+    /// This server's record for a subject.
+    ///
+    /// # Errors
+    /// IO or decode errors.
+    pub fn own(&self, subject: &SubjectKey) -> Result<Option<Record>> {
+        match self.kv.get(Table::Own, &codec::subject(subject.as_str()))? {
+            Some(v) => Ok(Some(codec::decode_record(subject.as_str(), &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// All own records.
+    ///
+    /// # Errors
+    /// IO or decode errors.
+    pub fn own_records(&self) -> Result<Vec<Record>> {
+        let mut out = Vec::new();
+        self.scan_prefix(Table::Own, &[], &mut |k, v| {
+            let subject = codec::only_subject(k)?;
+            out.push(codec::decode_record(&subject, v)?);
+            Ok(true)
+        })?;
+        Ok(out)
+    }
+
+    /// Subjects waiting for publication.
+    ///
+    /// # Errors
+    /// IO errors.
+    pub fn outbox(&self) -> Result<Vec<SubjectKey>> {
+        let mut out = Vec::new();
+        self.scan_prefix(Table::Outbox, &[], &mut |k, _| {
+            let subject = codec::only_subject(k)?;
+            out.push(
+                subject
+                    .parse()
+                    .map_err(|e| corrupt(&format!("outbox subject {subject:?}: {e}")))?,
+            );
+            Ok(true)
+        })?;
+        Ok(out)
+    }
+
+    /// Marks a subject published.
+    ///
+    /// # Errors
+    /// IO errors.
+    pub fn published(&self, subject: &SubjectKey) -> Result<()> {
+        let key = codec::subject(subject.as_str());
+        self.kv
+            .write(false, &mut |t| t.remove(Table::Outbox, &key).map(drop))
+    }
+
+    /// Unconfirmed entries whose grace ended before `cutoff`: `(source, subject)`.
+    ///
+    /// # Errors
+    /// IO errors.
+    pub fn missing_before(&self, cutoff: u64, limit: usize) -> Result<Vec<(String, String)>> {
+        let mut out = Vec::new();
+        self.scan_prefix(Table::Missing, &[], &mut |k, v| {
+            let since = be64(v).ok_or_else(|| corrupt("missing since"))?;
+            if since < cutoff {
+                let id = be32(k).ok_or_else(|| corrupt("missing key"))?;
+                out.push((self.source_name(id)?, codec::only_subject(&k[4..])?));
+            }
+            Ok(out.len() < limit)
+        })?;
+        Ok(out)
+    }
+
+    /// Removes one own record if it has expired.
+    ///
+    /// # Errors
+    /// IO or decode errors.
+    pub fn drop_own_if_expired(&self, subject: &str, now: u64) -> Result<()> {
+        let key = codec::subject(subject);
+        self.kv.write(false, &mut |t| {
+            if let Some(v) = t.get(Table::Own, &key)?
+                && codec::decode_record(subject, &v)?.expires_at() <= now
+            {
+                t.remove(Table::Own, &key)?;
+                t.remove(Table::Outbox, &key)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// A contribution.
+    ///
+    /// # Errors
+    /// IO or decode errors.
+    pub fn get(&self, subject: &str, source: &str) -> Result<Option<Stored>> {
+        let Some(id) = self.source_id(source) else {
+            return Ok(None);
+        };
+        match self.kv.get(Table::Contrib, &contrib_key(subject, id))? {
+            Some(v) => Ok(Some(codec::decode_stored(subject, &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every contribution about a subject: `(source, stored)`.
+    ///
+    /// # Errors
+    /// IO or decode errors.
+    pub fn about(&self, subject: &str) -> Result<Vec<(String, Stored)>> {
+        let prefix = codec::subject(subject);
+        let mut out = Vec::new();
+        self.scan_prefix(Table::Contrib, &prefix, &mut |k, v| {
+            let id = be32(&k[prefix.len()..]).ok_or_else(|| corrupt("contribution key"))?;
+            out.push((self.source_name(id)?, codec::decode_stored(subject, v)?));
+            Ok(true)
+        })?;
+        Ok(out)
+    }
+
+    /// Stores a contribution, keeping the indexes in step. Returns whether
+    /// the source's record count grew.
+    ///
+    /// # Errors
+    /// IO errors.
+    pub fn put(&self, subject: &str, source: &str, stored: &Stored) -> Result<bool> {
+        self.upsert(subject, source, |_| Some(stored.clone()))
+            .map(|o| o == Upserted::Added)
+    }
+
+    /// Reads, decides and writes one contribution in one transaction, with
+    /// its indexes: `decide` sees the stored value (if any) and returns the
+    /// new one, or `None` to leave it. Two writers of the same entry cannot
+    /// interleave: the second sees the first's value.
+    ///
+    /// # Errors
+    /// IO or decode errors.
+    pub fn upsert(
+        &self,
+        subject: &str,
+        source: &str,
+        decide: impl Fn(Option<&Stored>) -> Option<Stored>,
+    ) -> Result<Upserted> {
+        let mut outcome = Upserted::Kept;
+        let mut fresh = Vec::new();
+        self.kv.write(false, &mut |t| {
+            fresh.clear();
+            let id = self.intern(t, source, &mut fresh)?;
+            let key = contrib_key(subject, id);
+            let back = back_key(id, subject);
+            let old = match t.get(Table::Contrib, &key)? {
+                Some(v) => Some(codec::decode_stored(subject, &v)?),
+                None => None,
+            };
+            let Some(new) = decide(old.as_ref()) else {
+                outcome = Upserted::Kept;
+                return Ok(());
+            };
+            t.put(Table::Contrib, &key, &codec::stored(&new))?;
+            if let Some(old) = &old {
+                t.remove(
+                    Table::Expiry,
+                    &expiry_key(old.record.expires_at(), id, subject),
+                )?;
+            }
+            t.put(Table::BySource, &back, &[])?;
+            t.put(
+                Table::Expiry,
+                &expiry_key(new.record.expires_at(), id, subject),
+                &[],
+            )?;
+            match new.missing_since {
+                Some(since) => t.put(Table::Missing, &back, &since.to_be_bytes())?,
+                None => {
+                    t.remove(Table::Missing, &back)?;
+                }
+            }
+            outcome = if old.is_none() {
+                Upserted::Added
+            } else {
+                Upserted::Replaced
+            };
+            Ok(())
+        })?;
+        self.learn(fresh);
+        Ok(outcome)
+    }
+
+    /// Deletes a contribution. Returns whether it existed.
+    ///
+    /// # Errors
+    /// IO errors.
+    pub fn remove(&self, subject: &str, source: &str) -> Result<bool> {
+        self.remove_if(subject, source, |_| true)
+    }
+
+    /// Deletes a contribution if `still` holds for its stored value, checked
+    /// in the same transaction as the delete (an expiry sweep must not drop
+    /// an entry that was renewed since it was listed). Returns whether it
+    /// was deleted.
+    ///
+    /// # Errors
+    /// IO or decode errors.
+    pub fn remove_if(
+        &self,
+        subject: &str,
+        source: &str,
+        still: impl Fn(&Stored) -> bool,
+    ) -> Result<bool> {
+        let Some(id) = self.source_id(source) else {
+            return Ok(false);
+        };
+        let key = contrib_key(subject, id);
+        let back = back_key(id, subject);
+        let mut removed = false;
+        self.kv.write(false, &mut |t| {
+            removed = false;
+            let Some(v) = t.get(Table::Contrib, &key)? else {
+                return Ok(());
+            };
+            let old = codec::decode_stored(subject, &v)?;
+            if !still(&old) {
+                return Ok(());
+            }
+            t.remove(Table::Contrib, &key)?;
+            t.remove(Table::Missing, &back)?;
+            t.remove(
+                Table::Expiry,
+                &expiry_key(old.record.expires_at(), id, subject),
+            )?;
+            t.remove(Table::BySource, &back)?;
+            removed = true;
+            Ok(())
+        })?;
+        Ok(removed)
+    }
+
+    /// Subjects one source contributes to.
+    ///
+    /// # Errors
+    /// IO errors.
+    pub fn subjects_of(&self, source: &str) -> Result<Vec<String>> {
+        let Some(id) = self.source_id(source) else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        self.scan_prefix(Table::BySource, &id.to_be_bytes(), &mut |k, _| {
+            out.push(codec::only_subject(&k[4..])?);
+            Ok(true)
+        })?;
+        Ok(out)
+    }
+
+    /// Up to `limit` contributions expired at `now`: `(source, subject)`.
+    ///
+    /// # Errors
+    /// IO errors.
+    pub fn expired(&self, now: u64, limit: usize) -> Result<Vec<(String, String)>> {
+        let mut out = Vec::new();
+        if limit == 0 {
+            return Ok(out);
+        }
+        self.scan_prefix(Table::Expiry, &[], &mut |k, _| {
+            let at = be64(k).ok_or_else(|| corrupt("expiry key"))?;
+            if at > now {
+                return Ok(false);
+            }
+            let id = be32(&k[8..]).ok_or_else(|| corrupt("expiry key"))?;
+            out.push((self.source_name(id)?, codec::only_subject(&k[12..])?));
+            Ok(out.len() < limit)
+        })?;
+        Ok(out)
+    }
+
+    /// Number of stored contributions.
+    pub fn contribution_count(&self) -> usize {
+        self.kv
+            .len(Table::Contrib)
+            .map_or(0, |n| usize::try_from(n).unwrap_or(usize::MAX))
+    }
+
+    /// Every distinct subject with contributions (for exports), sorted.
+    ///
+    /// # Errors
+    /// IO errors.
+    pub fn subjects(&self) -> Result<Vec<String>> {
+        let mut out: Vec<String> = Vec::new();
+        let mut last: Vec<u8> = Vec::new();
+        self.scan_prefix(Table::Contrib, &[], &mut |k, _| {
+            let body = &k[..k.len().saturating_sub(4)];
+            if body != last.as_slice() {
+                out.push(codec::only_subject(body)?);
+                last = body.to_vec();
+            }
+            Ok(true)
+        })?;
+        out.sort_unstable();
+        Ok(out)
+    }
+
+    /// A source's state.
+    ///
+    /// # Errors
+    /// IO or decode errors.
+    pub fn peer(&self, source: &str) -> Result<PeerState> {
+        Ok(match self.kv.get(Table::Peers, source.as_bytes())? {
+            Some(v) => serde_json::from_slice(&v)?,
+            None => PeerState::default(),
+        })
+    }
+
+    /// Updates a source's state. The read, `f` and the write are one
+    /// transaction: concurrent updates of one peer (a revocation and a
+    /// sync time, say) both land.
+    ///
+    /// # Errors
+    /// IO or decode errors.
+    pub fn update_peer(&self, source: &str, f: impl Fn(&mut PeerState)) -> Result<PeerState> {
+        let mut out = PeerState::default();
+        self.kv.write(false, &mut |t| {
+            let mut state = match t.get(Table::Peers, source.as_bytes())? {
+                Some(v) => serde_json::from_slice(&v)?,
+                None => PeerState::default(),
+            };
+            f(&mut state);
+            t.put(Table::Peers, source.as_bytes(), &serde_json::to_vec(&state)?)?;
+            out = state;
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// Appends a decision if the subject's action changed; its sequence.
+    ///
+    /// # Errors
+    /// IO errors.
+    pub fn record_decision(
+        &self,
+        subject: &str,
+        action: Action,
+        score: f64,
+        now: u64,
+    ) -> Result<Option<u64>> {
+        let key = codec::subject(subject);
+        let mut out = None;
+        self.kv.write(false, &mut |t| {
+            out = None;
+            let previous = match t.get(Table::LastAction, &key)? {
+                Some(v) => Some(codec::decode_action(&v)?),
+                None => None,
+            };
+            if previous.unwrap_or(Action::Allow) == action
+                && (previous.is_some() || action == Action::Allow)
+            {
+                return Ok(());
+            }
+            t.put(Table::LastAction, &key, &[codec::action_byte(action)])?;
+            let seq = match t.get(Table::Meta, DECISION_SEQ)? {
+                Some(v) => be64(&v).ok_or_else(|| corrupt("decision sequence"))?,
+                None => 0,
+            } + 1;
+            t.put(Table::Meta, DECISION_SEQ, &seq.to_be_bytes())?;
+            let d = Decision {
+                seq,
+                subject: subject.to_owned(),
+                action,
+                score,
+                at: now,
+            };
+            t.put(Table::Decisions, &seq.to_be_bytes(), &codec::decision(&d))?;
+            if seq > DECISIONS_KEPT {
+                t.remove(Table::Decisions, &(seq - DECISIONS_KEPT).to_be_bytes())?;
+            }
+            out = Some(seq);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// Decisions after a cursor.
+    ///
+    /// # Errors
+    /// IO or decode errors.
+    pub fn decisions_since(&self, since: u64, limit: usize) -> Result<Vec<Decision>> {
+        let mut out = Vec::new();
+        if limit == 0 {
+            return Ok(out);
+        }
+        let mut failed = None;
+        self.kv
+            .scan(Table::Decisions, &since.saturating_add(1).to_be_bytes(), &mut |k, v| {
+                match be64(k)
+                    .ok_or_else(|| corrupt("decision key"))
+                    .and_then(|seq| Ok(codec::decode_decision(seq, v)?))
+                {
+                    Ok(d) => out.push(d),
+                    Err(e) => failed = Some(e),
+                }
+                failed.is_none() && out.len() < limit
+            })?;
+        failed.map_or(Ok(out), Err)
+    }
+
+    /// Subjects by their last recorded action.
+    ///
+    /// # Errors
+    /// IO errors.
+    pub fn action_counts(&self) -> Result<std::collections::BTreeMap<String, u64>> {
+        let mut out = std::collections::BTreeMap::new();
+        self.scan_prefix(Table::LastAction, &[], &mut |_, v| {
+            let name = match codec::decode_action(v)? {
+                Action::Block => "block",
+                Action::Flag => "flag",
+                Action::Allow => "allow",
+            };
+            *out.entry(name.to_owned()).or_insert(0) += 1;
+            Ok(true)
+        })?;
+        Ok(out)
+    }
+
+    /// Remembers a published key record (rotation, revocation) so it is
+    /// republished whenever the PubSub service lost it. Durable on return.
+    ///
+    /// # Errors
+    /// IO errors.
+    pub fn add_key_record(&self, item_id: &str, xml: &str) -> Result<()> {
+        self.kv.write(true, &mut |t| {
+            let mut list: Vec<(String, String)> = match t.get(Table::Meta, KEY_RECORDS)? {
+                Some(v) => serde_json::from_slice(&v)?,
+                None => Vec::new(),
+            };
+            list.retain(|(id, _)| id != item_id);
+            list.push((item_id.to_owned(), xml.to_owned()));
+            t.put(Table::Meta, KEY_RECORDS, &serde_json::to_vec(&list)?)
+        })
+    }
+
+    /// Key records to keep published: `(item id, payload XML)`.
+    ///
+    /// # Errors
+    /// IO or decode errors.
+    pub fn key_records(&self) -> Result<Vec<(String, String)>> {
+        Ok(match self.kv.get(Table::Meta, KEY_RECORDS)? {
+            Some(v) => serde_json::from_slice(&v)?,
+            None => Vec::new(),
+        })
+    }
+
+    /// Bytes on disk.
+    pub fn size_on_disk(&self) -> u64 {
+        self.kv.size_on_disk()
+    }
+
+    /// The engine underneath, for tests that write raw values.
+    pub fn kv(&self) -> &Arc<dyn Kv> {
+        &self.kv
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_newer_schema_is_refused_with_a_clear_message() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let store = Store::open(dir.path(), 1 << 20).expect("fresh store");
+            store
+                .kv()
+                .write(true, &mut |t| {
+                    t.put(Table::Meta, SCHEMA, &99u32.to_be_bytes())
+                })
+                .expect("write");
+            store.flush().expect("flush");
+        }
+        let err = Store::open(dir.path(), 1 << 20).expect_err("schema 99 must be refused");
+        assert!(
+            format!("{err:#}").contains("newer than this corvidd understands"),
+            "{err:#}"
+        );
+    }
+
+    #[test]
+    fn decisions_are_recorded_only_on_change() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), 1 << 20).expect("store");
+        assert_eq!(
+            store
+                .record_decision("jid:x", Action::Allow, 0.0, 1)
+                .expect("d"),
+            None,
+            "allow from nothing is no change"
+        );
+        let first = store
+            .record_decision("jid:x", Action::Flag, 0.5, 2)
+            .expect("d")
+            .expect("changed");
+        assert_eq!(
+            store
+                .record_decision("jid:x", Action::Flag, 0.6, 3)
+                .expect("d"),
+            None
+        );
+        let second = store
+            .record_decision("jid:x", Action::Block, 0.9, 4)
+            .expect("d")
+            .expect("changed");
+        let list = store.decisions_since(first, 10).expect("list");
+        assert_eq!(list.len(), 1);
+        assert_eq!(list[0].seq, second);
+        assert_eq!(list[0].action, Action::Block);
+    }
+}
