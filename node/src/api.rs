@@ -690,9 +690,9 @@ mod tests {
         assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE);
         let e: ApiError = StoreError::Corrupt("bad record".into()).into();
         assert_eq!(e.status, StatusCode::INTERNAL_SERVER_ERROR);
-        let e: ApiError = SubmitError::Failed(anyhow::Error::from(StoreError::Io(
-            Box::new(std::io::Error::other("EIO")),
-        )))
+        let e: ApiError = SubmitError::Failed(anyhow::Error::from(StoreError::Io(Box::new(
+            std::io::Error::other("EIO"),
+        ))))
         .into();
         assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE, "never a 400");
         let e: ApiError =

@@ -24,7 +24,7 @@ fn stored(subject: &str, n: u64, ttl: u64) -> Stored {
             ttl,
         ),
         key_id: "0123456789abcdef".into(),
-        missing_since: (n % 3 == 0).then_some(NOW + n),
+        missing_since: n.is_multiple_of(3).then_some(NOW + n),
         seen_ms: NOW * 1000 + n,
     }
 }
@@ -35,7 +35,10 @@ fn exercise(store: &Store) -> String {
     let mut out = String::new();
     let subjects: Vec<String> = (0..40)
         .map(jid)
-        .chain(["domain:spam.example".into(), "domain:spam.example.org".into()])
+        .chain([
+            "domain:spam.example".into(),
+            "domain:spam.example.org".into(),
+        ])
         .collect();
     for (i, s) in subjects.iter().enumerate() {
         for source in ["b.example", "c.example"] {
@@ -59,12 +62,25 @@ fn exercise(store: &Store) -> String {
     );
     assert!(store.remove(&subjects[1], "c.example").expect("remove"));
     assert!(!store.remove(&subjects[1], "c.example").expect("gone"));
-    assert!(!store.remove(&subjects[1], "never.example").expect("unknown source"));
+    assert!(
+        !store
+            .remove(&subjects[1], "never.example")
+            .expect("unknown source")
+    );
     out += &format!("\ncount {}\n", store.contribution_count());
-    out += &format!("about {:?}\n", store.about("domain:spam.example").expect("about"));
+    out += &format!(
+        "about {:?}\n",
+        store.about("domain:spam.example").expect("about")
+    );
     out += &format!("of c {:?}\n", store.subjects_of("c.example").expect("of"));
-    out += &format!("expired {:?}\n", store.expired(NOW + 3600 * 5, 100).expect("exp"));
-    out += &format!("missing {:?}\n", store.missing_before(NOW + 10, 100).expect("m"));
+    out += &format!(
+        "expired {:?}\n",
+        store.expired(NOW + 3600 * 5, 100).expect("exp")
+    );
+    out += &format!(
+        "missing {:?}\n",
+        store.missing_before(NOW + 10, 100).expect("m")
+    );
     out += &format!("subjects {:?}\n", store.subjects().expect("subjects"));
     let p = store
         .update_peer("b.example", |p| {
@@ -88,8 +104,14 @@ fn exercise(store: &Store) -> String {
     store.put_own_durable(&own).expect("own");
     out += &format!("outbox {:?}\n", store.outbox().expect("outbox"));
     store.published(own.subject()).expect("published");
-    out += &format!("outbox {:?} own {:?}\n", store.outbox().expect("o"), store.own_records().expect("own"));
-    store.drop_own_if_expired(own.subject().as_str(), NOW + 61).expect("drop");
+    out += &format!(
+        "outbox {:?} own {:?}\n",
+        store.outbox().expect("o"),
+        store.own_records().expect("own")
+    );
+    store
+        .drop_own_if_expired(own.subject().as_str(), NOW + 61)
+        .expect("drop");
     out += &format!("own {:?}\n", store.own(own.subject()).expect("own"));
     store.add_key_record("rot-1", "<x/>").expect("key record");
     out += &format!("keys {:?}\n", store.key_records().expect("keys"));
@@ -111,7 +133,9 @@ fn every_engine_keeps_the_same_model_and_it_survives_a_reopen() {
         assert_eq!(store.contribution_count(), 83, "{engine:?}");
         assert_eq!(store.peer("b.example").expect("peer").records, 7);
         // The interned sources came back: a new source gets a new id.
-        store.put(&jid(99), "d.example", &stored(&jid(99), 1, 60)).expect("put");
+        store
+            .put(&jid(99), "d.example", &stored(&jid(99), 1, 60))
+            .expect("put");
         assert_eq!(store.subjects_of("d.example").expect("d"), vec![jid(99)]);
         assert_eq!(store.subjects_of("b.example").expect("b").len(), 42);
     }
@@ -174,7 +198,10 @@ fn a_corvid_0_1_store_is_moved_once_and_kept_aside() {
             .insert(format!("{}\0b.example", jid(3)), b"{not json".to_vec())
             .expect("w");
         t("peers")
-            .insert("b.example", br#"{"records":1,"rotated_keys":[],"revoked":["r"]}"#.to_vec())
+            .insert(
+                "b.example",
+                br#"{"records":1,"rotated_keys":[],"revoked":["r"]}"#.to_vec(),
+            )
             .expect("w");
         t("last_action").insert(jid(2), &[2u8]).expect("w");
         db.flush().expect("flush");
@@ -185,10 +212,20 @@ fn a_corvid_0_1_store_is_moved_once_and_kept_aside() {
         .expect("there was a v1 store");
     assert_eq!((m.own, m.contributions, m.peers, m.skipped), (1, 1, 1, 1));
     assert_eq!(store.own_records().expect("own"), vec![own.clone()]);
-    assert_eq!(store.outbox().expect("outbox"), vec![own.subject().clone()], "still waiting for publication");
+    assert_eq!(
+        store.outbox().expect("outbox"),
+        vec![own.subject().clone()],
+        "still waiting for publication"
+    );
     assert_eq!(store.get(&jid(2), "b.example").expect("get"), Some(theirs));
-    assert_eq!(store.peer("b.example").expect("peer").revoked, vec!["r".to_owned()]);
-    assert_eq!(store.action_counts().expect("counts").get("block"), Some(&1));
+    assert_eq!(
+        store.peer("b.example").expect("peer").revoked,
+        vec!["r".to_owned()]
+    );
+    assert_eq!(
+        store.action_counts().expect("counts").get("block"),
+        Some(&1)
+    );
     assert!(dir.path().join("db.v1-migrated").exists());
     assert!(
         corvid_node::store::migrate::from_v1(dir.path(), &store)

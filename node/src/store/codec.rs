@@ -70,7 +70,12 @@ pub fn subject(subject: &str) -> Vec<u8> {
 /// # Errors
 /// Bytes that are not an encoded subject.
 pub fn take_subject(bytes: &[u8]) -> R<(String, &[u8])> {
-    let bad = || DecodeError(format!("bad subject bytes {:02x?}", &bytes[..bytes.len().min(40)]));
+    let bad = || {
+        DecodeError(format!(
+            "bad subject bytes {:02x?}",
+            &bytes[..bytes.len().min(40)]
+        ))
+    };
     let (&kind, rest) = bytes.split_first().ok_or_else(bad)?;
     match kind {
         JID | DIGEST => {
@@ -241,13 +246,21 @@ fn read_record(r: &mut Reader<'_>, subject: &str) -> R<Record> {
             let first_seen = r.varint()?;
             let last_seen = r.varint()?;
             let flags = r.byte()?;
-            let note = if flags & 1 != 0 { Some(r.text()?) } else { None };
+            let note = if flags & 1 != 0 {
+                Some(r.text()?)
+            } else {
+                None
+            };
             let abuse_contacted_at = if flags & 2 != 0 {
                 Some(r.varint()?)
             } else {
                 None
             };
-            let message_text = if flags & 4 != 0 { Some(r.text()?) } else { None };
+            let message_text = if flags & 4 != 0 {
+                Some(r.text()?)
+            } else {
+                None
+            };
             Ok(Record::Report(Report {
                 id,
                 subject,
@@ -319,7 +332,9 @@ pub fn stored(s: &Stored) -> Vec<u8> {
     if s.key_id.is_empty() {
         out.push(KEY_NONE);
     } else if s.key_id.len() == 16
-        && s.key_id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        && s.key_id
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
         && hex::decode_to_slice(&s.key_id, &mut raw).is_ok()
     {
         out.push(KEY_HEX8);

@@ -152,11 +152,14 @@ pub trait Kv: Send + Sync + fmt::Debug {
     fn size_on_disk(&self) -> u64;
 }
 
+/// Every table's entries, in key order.
+type MemTables = BTreeMap<Table, BTreeMap<Vec<u8>, Vec<u8>>>;
+
 /// Tables in memory: for tests and the simulator. Writers are serialized;
 /// a failed body leaves nothing behind.
 #[derive(Debug, Default)]
 pub struct MemKv {
-    tables: Mutex<BTreeMap<Table, BTreeMap<Vec<u8>, Vec<u8>>>>,
+    tables: Mutex<MemTables>,
 }
 
 impl MemKv {
@@ -165,7 +168,7 @@ impl MemKv {
         Self::default()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<Table, BTreeMap<Vec<u8>, Vec<u8>>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, MemTables> {
         // A panic while holding the lock cannot leave a half-applied
         // transaction (writes are applied after the body returns), so a
         // poisoned lock still holds consistent tables.
@@ -176,7 +179,7 @@ impl MemKv {
 }
 
 struct MemTxn<'a> {
-    base: &'a BTreeMap<Table, BTreeMap<Vec<u8>, Vec<u8>>>,
+    base: &'a MemTables,
     pending: HashMap<(Table, Vec<u8>), Option<Vec<u8>>>,
 }
 

@@ -26,8 +26,11 @@ pub struct Migrated {
 fn old(e: sled::Error, dir: &Path) -> StoreError {
     StoreError::Open {
         dir: dir.to_owned(),
-        source: format!("reading the corvid 0.1 store in {}: {e}", dir.join("db").display())
-            .into(),
+        source: format!(
+            "reading the corvid 0.1 store in {}: {e}",
+            dir.join("db").display()
+        )
+        .into(),
     }
 }
 

@@ -197,6 +197,9 @@ pub struct Decision {
     pub at: u64,
 }
 
+/// A scan's visitor: `Ok(false)` stops it, an error ends it.
+type Visit<'a> = dyn FnMut(&[u8], &[u8]) -> Result<bool> + 'a;
+
 /// Interned source names.
 #[derive(Debug, Default)]
 struct Sources {
@@ -393,12 +396,7 @@ impl Store {
     }
 
     /// Scans the entries of `table` whose keys start with `prefix`.
-    fn scan_prefix(
-        &self,
-        table: Table,
-        prefix: &[u8],
-        each: &mut dyn FnMut(&[u8], &[u8]) -> Result<bool>,
-    ) -> Result<()> {
+    fn scan_prefix(&self, table: Table, prefix: &[u8], each: &mut Visit<'_>) -> Result<()> {
         let mut failed = None;
         self.kv.scan(table, prefix, &mut |k, v| {
             if !k.starts_with(prefix) {
@@ -758,7 +756,11 @@ impl Store {
                 None => PeerState::default(),
             };
             f(&mut state);
-            t.put(Table::Peers, source.as_bytes(), &serde_json::to_vec(&state)?)?;
+            t.put(
+                Table::Peers,
+                source.as_bytes(),
+                &serde_json::to_vec(&state)?,
+            )?;
             out = state;
             Ok(())
         })?;
@@ -822,8 +824,10 @@ impl Store {
             return Ok(out);
         }
         let mut failed = None;
-        self.kv
-            .scan(Table::Decisions, &since.saturating_add(1).to_be_bytes(), &mut |k, v| {
+        self.kv.scan(
+            Table::Decisions,
+            &since.saturating_add(1).to_be_bytes(),
+            &mut |k, v| {
                 match be64(k)
                     .ok_or_else(|| corrupt("decision key"))
                     .and_then(|seq| Ok(codec::decode_decision(seq, v)?))
@@ -832,7 +836,8 @@ impl Store {
                     Err(e) => failed = Some(e),
                 }
                 failed.is_none() && out.len() < limit
-            })?;
+            },
+        )?;
         failed.map_or(Ok(out), Err)
     }
 

@@ -97,13 +97,15 @@ fn sync(db: &Database) -> Result<()> {
     tx.commit().map_err(io)
 }
 
+type RawTable<'t> = redb::Table<'t, &'static [u8], &'static [u8]>;
+
 struct RedbTxn<'t> {
     tx: &'t redb::WriteTransaction,
-    open: Vec<(Table, redb::Table<'t, &'static [u8], &'static [u8]>)>,
+    open: Vec<(Table, RawTable<'t>)>,
 }
 
 impl<'t> RedbTxn<'t> {
-    fn table(&mut self, table: Table) -> Result<&mut redb::Table<'t, &'static [u8], &'static [u8]>> {
+    fn table(&mut self, table: Table) -> Result<&mut RawTable<'t>> {
         let i = match self.open.iter().position(|(t, _)| *t == table) {
             Some(i) => i,
             None => {
