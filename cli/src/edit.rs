@@ -101,7 +101,7 @@ pub fn remove_peer(doc: &mut DocumentMut, domain: &str) -> Result<()> {
 }
 
 fn today() -> String {
-    date(corvid_node::now())
+    date(corvid_api::now())
 }
 
 /// The civil date (UTC) of a Unix time.

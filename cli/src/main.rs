@@ -4,7 +4,7 @@
 //! corvidd's API (address and tokens read from that same config), and
 //! works offline for `keygen`, `init` and `check-config`.
 
-mod api;
+use corvid_api::client as api;
 mod edit;
 mod lists;
 mod setup;
@@ -389,7 +389,7 @@ fn report(cli: &Cli, a: &ReportArgs) -> Result<u8> {
     };
     let abuse = match a.abuse_contacted.as_deref() {
         None => None,
-        Some("now") => Some(corvid_node::now()),
+        Some("now") => Some(corvid_api::now()),
         Some(t) => Some(
             t.parse::<u64>()
                 .context("--abuse-contacted takes a Unix time or \"now\"")?,

@@ -210,7 +210,7 @@ write_token_file = "{write}"
 
 /// Lists every problem in a config.
 pub fn check_config(file: &Path) -> Result<u8> {
-    let config = corvid_node::config::Config::parse_file(file)?;
+    let config = corvid_api::config::Config::parse_file(file)?;
     let problems = config.problems();
     if problems.is_empty() {
         println!("{}: ok", file.display());

@@ -16,7 +16,7 @@ fn ago(t: &Value) -> String {
     match t.as_u64() {
         None => "never".into(),
         Some(t) => {
-            let d = corvid_node::now().saturating_sub(t);
+            let d = corvid_api::now().saturating_sub(t);
             if d < 120 {
                 format!("{d}s ago")
             } else if d < 7200 {

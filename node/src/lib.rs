@@ -1,7 +1,7 @@
 //! corvidd, the Corvid node: library half, so tests and benches can drive
 //! the engine in-process. The binary is `src/main.rs`.
 
-pub mod config;
+pub use corvid_api::{config, subjects};
 pub mod engine;
 pub mod metrics;
 pub mod publisher;
@@ -10,7 +10,6 @@ pub mod ratelimit;
 pub mod rejects;
 pub mod serve;
 pub mod store;
-pub mod subjects;
 pub mod xmpp;
 
 /// The current Unix time in milliseconds.

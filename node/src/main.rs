@@ -47,6 +47,13 @@ enum Command {
         /// The config file.
         file: PathBuf,
     },
+    /// Rewrite the database without its free space (corvidd must be
+    /// stopped; a clean stop does this by itself for databases up to
+    /// 768 MiB).
+    Compact {
+        /// The config file.
+        file: PathBuf,
+    },
 }
 
 /// PubSub events queued between the XMPP link and the sync manager; more
@@ -67,6 +74,13 @@ fn main() {
         .init();
     let code = match cli.command {
         Some(Command::CheckConfig { file }) => check_config(&file),
+        Some(Command::Compact { file }) => match compact(&file) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                1
+            }
+        },
         None => match cli.config {
             None => {
                 eprintln!(
@@ -90,6 +104,22 @@ fn main() {
         },
     };
     std::process::exit(code);
+}
+
+fn compact(path: &std::path::Path) -> Result<()> {
+    let config = Config::parse_file(path)?;
+    let store = Store::open_with(&config.data_dir, config.storage_engine, STORE_CACHE_BYTES)?;
+    let t = std::time::Instant::now();
+    let (before, after) = store.compact()?;
+    println!(
+        "{}: {} database {:.1} MB -> {:.1} MB in {:.1} s",
+        config.data_dir.display(),
+        store.engine(),
+        before as f64 / 1e6,
+        after as f64 / 1e6,
+        t.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 fn check_config(path: &std::path::Path) -> i32 {
@@ -268,8 +298,15 @@ async fn serve(path: PathBuf, config: Config, ready_file: Option<PathBuf>) -> Re
             bound
         }
     };
-    engine.store().flush()?;
-    tracing::info!(api = bound, "stopped cleanly");
+    let t = std::time::Instant::now();
+    let (before, after) = engine.store().shut_down()?;
+    tracing::info!(
+        api = bound,
+        store_bytes = after,
+        freed_bytes = before.saturating_sub(after),
+        ms = t.elapsed().as_millis() as u64,
+        "stopped cleanly"
+    );
     Ok(())
 }
 

@@ -66,6 +66,11 @@ fn report(i: u64, now: u64) -> Record {
 
 /// An engine over a fresh store in `dir`, trusting b.test and c.test.
 fn engine(dir: &Path, peers: &[&Identity]) -> Engine {
+    engine_capped(dir, peers, 200_000)
+}
+
+/// The same, with each peer's `max_reports` at `cap`.
+fn engine_capped(dir: &Path, peers: &[&Identity], cap: u64) -> Engine {
     for f in ["pw", "read", "write"] {
         write_private(&dir.join(f), "x");
     }
@@ -74,6 +79,7 @@ fn engine(dir: &Path, peers: &[&Identity]) -> Engine {
     let mut text = "data_dir = \"data\"\n[xmpp]\njid = \"corvidd@a.test\"\npassword_file = \"pw\"\nserver = \"127.0.0.1:1\"\ntls = \"plaintext\"\n[feed]\nservice = \"pubsub.a.test\"\n[server]\ndomain = \"a.test\"\n[keys]\nsigning_key_file = \"key\"\n[api]\nlisten = \"127.0.0.1:0\"\nread_token_file = \"read\"\nwrite_token_file = \"write\"\n".to_owned();
     for p in peers {
         text.push_str(&p.peer_block(1.0, "enforce"));
+        text.push_str(&format!("max_reports = {cap}\n"));
     }
     std::fs::write(dir.join("c.toml"), text).expect("config");
     let config = Config::load(&dir.join("c.toml")).expect("config");
@@ -451,11 +457,16 @@ fn main() {
     let big = tempfile::tempdir().expect("tempdir");
     let t = Instant::now();
     {
-        let e = engine(big.path(), &[&ib]);
+        // The peer's cap must hold them all: at the default 200,000 the
+        // rest would be refused and the figure would describe 200k.
+        let e = engine_capped(big.path(), &[&ib], million);
         for i in 0..million {
-            e.ingest(now, "b.test", &report(i, now), "")
-                .expect("ingest");
+            match e.ingest(now, "b.test", &report(i, now), "") {
+                Ok(corvid_node::engine::Ingested::Stored) => {}
+                other => panic!("report {i} not stored: {other:?}"),
+            }
         }
+        assert_eq!(e.store().contribution_count() as u64, million);
         e.store().flush().expect("flush");
     }
     let fill = t.elapsed();

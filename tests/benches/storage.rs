@@ -86,13 +86,14 @@ fn main() {
     let now = corvid_node::now();
     let peer = Identity::new("b.test");
     println!(
-        "| Engine | Contributions | Fill | Disk (du) | Per contribution | Reopen + first read |"
+        "| Engine | Contributions | Fill | Clean shutdown (file before -> after) | Disk (du) | Per contribution | Reopen + first read |"
     );
-    println!("|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|");
     for name in engines.split(',') {
         let kind: store::Engine = name.parse().expect("engine name");
         for &n in &sizes {
             let dir = tempfile::tempdir().expect("tempdir");
+            let shutdown;
             let t = Instant::now();
             {
                 let e = engine(dir.path(), name, &peer, n);
@@ -104,9 +105,12 @@ fn main() {
                 }
                 let stored = e.store().contribution_count() as u64;
                 assert_eq!(stored, n, "every report must be stored, or the figure lies");
-                e.store().flush().expect("flush");
+                // What corvidd does on SIGTERM.
+                let t = Instant::now();
+                let (before, after) = e.store().shut_down().expect("shut down");
+                shutdown = (t.elapsed(), before, after);
             }
-            let fill = t.elapsed();
+            let fill = t.elapsed() - shutdown.0;
             let data = dir.path().join("data");
             let bytes = du(&data);
             let t = Instant::now();
@@ -115,9 +119,12 @@ fn main() {
             assert!(s.get(subject.as_str(), "b.test").expect("read").is_some());
             let reopen = t.elapsed();
             println!(
-                "| {name} | {n} | {:.0} s ({:.0}/s) | {:.1} MB | **{} B** | {:.0} ms |",
+                "| {name} | {n} | {:.0} s ({:.0}/s) | {:.1} s ({:.0} -> {:.0} MB) | {:.1} MB | **{} B** | {:.0} ms |",
                 fill.as_secs_f64(),
                 n as f64 / fill.as_secs_f64(),
+                shutdown.0.as_secs_f64(),
+                shutdown.1 as f64 / 1e6,
+                shutdown.2 as f64 / 1e6,
                 bytes as f64 / 1e6,
                 bytes / n,
                 reopen.as_secs_f64() * 1000.0

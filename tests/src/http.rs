@@ -76,35 +76,6 @@ pub fn request(
     }
 }
 
-fn dechunk(mut rest: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    while let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") {
-        let size = rest[..eol].split(|&b| b == b';').next().unwrap_or_default();
-        let Some(n) = std::str::from_utf8(size)
-            .ok()
-            .and_then(|s| usize::from_str_radix(s.trim(), 16).ok())
-        else {
-            break;
-        };
-        rest = &rest[eol + 2..];
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.extend_from_slice(&rest[..n]);
-        rest = rest[n..].strip_prefix(b"\r\n").unwrap_or(&rest[n..]);
-    }
-    out
-}
-
-/// Percent-encodes a query value.
-pub fn enc(v: &str) -> String {
-    let mut out = String::new();
-    for b in v.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
+use corvid_api::client::dechunk;
+/// Percent-encodes a query value (the CLI's own function).
+pub use corvid_api::client::enc;

@@ -150,6 +150,15 @@ pub trait Kv: Send + Sync + fmt::Debug {
 
     /// Bytes the engine's files take (0 in memory).
     fn size_on_disk(&self) -> u64;
+
+    /// Rewrites the files without their free space, blocking every other
+    /// operation meanwhile. Engines that cannot do it do nothing.
+    ///
+    /// # Errors
+    /// Engine errors.
+    fn compact(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Every table's entries, in key order.

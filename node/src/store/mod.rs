@@ -69,9 +69,6 @@ pub enum StoreError {
         /// Version this build writes.
         ours: u32,
     },
-    /// A configured engine name is unknown.
-    #[error("unknown storage_engine {0:?}; expected \"redb\" or \"sled\"")]
-    UnknownEngine(String),
     /// A read, write or flush failed.
     #[error("storage failed: {0}")]
     Io(Box<dyn std::error::Error + Send + Sync>),
@@ -104,37 +101,16 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 /// values, text keys); 2 is [`codec`]'s.
 pub const SCHEMA_VERSION: u32 = 2;
 
+/// The largest database [`Store::shut_down`] compacts: redb rewrites
+/// about 150 MB/s here (BENCHMARKS.md), so this stays within a few
+/// seconds of a SIGTERM. Larger ones: `corvidd compact`, stopped.
+pub const COMPACT_AT_SHUTDOWN_MAX: u64 = 768 << 20;
+
 /// How many decisions the change stream keeps.
 const DECISIONS_KEPT: u64 = 200_000;
 
 /// The engines `storage_engine` names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Engine {
-    /// redb: one file, `corvid.redb` (the default).
-    #[default]
-    Redb,
-    /// sled 0.34: the directory `sled`.
-    Sled,
-}
-
-impl<'de> Deserialize<'de> for Engine {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        String::deserialize(d)?
-            .parse()
-            .map_err(serde::de::Error::custom)
-    }
-}
-
-impl std::str::FromStr for Engine {
-    type Err = StoreError;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "redb" => Ok(Self::Redb),
-            "sled" => Ok(Self::Sled),
-            other => Err(StoreError::UnknownEngine(other.to_owned())),
-        }
-    }
-}
+pub use crate::config::StorageEngine as Engine;
 
 /// One stored contribution.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -885,6 +861,35 @@ impl Store {
             Some(v) => serde_json::from_slice(&v)?,
             None => Vec::new(),
         })
+    }
+
+    /// A clean shutdown: everything made durable, then, if the files are
+    /// small enough to rewrite quickly ([`COMPACT_AT_SHUTDOWN_MAX`]), their
+    /// free space given back (redb's copy-on-write pages leave much of it
+    /// behind under many small commits). Returns the bytes on disk before
+    /// and after.
+    ///
+    /// # Errors
+    /// IO errors.
+    pub fn shut_down(&self) -> Result<(u64, u64)> {
+        self.flush()?;
+        let before = self.size_on_disk();
+        if before <= COMPACT_AT_SHUTDOWN_MAX {
+            self.kv.compact()?;
+        }
+        Ok((before, self.size_on_disk()))
+    }
+
+    /// Rewrites the database without its free space, whatever its size
+    /// (`corvidd compact`, with corvidd stopped).
+    ///
+    /// # Errors
+    /// IO errors.
+    pub fn compact(&self) -> Result<(u64, u64)> {
+        self.flush()?;
+        let before = self.size_on_disk();
+        self.kv.compact()?;
+        Ok((before, self.size_on_disk()))
     }
 
     /// Bytes on disk.

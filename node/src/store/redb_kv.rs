@@ -8,7 +8,7 @@
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, RwLock, RwLockReadGuard, Weak};
 use std::time::Duration;
 
 use redb::{
@@ -29,7 +29,8 @@ fn def(table: Table) -> Def {
 
 #[derive(Debug)]
 struct Inner {
-    db: Database,
+    /// Held shared by every operation and exclusively by compaction.
+    db: RwLock<Database>,
     path: std::path::PathBuf,
     dirty: AtomicBool,
 }
@@ -65,7 +66,7 @@ impl RedbKv {
         }
         tx.commit().map_err(io)?;
         let inner = Arc::new(Inner {
-            db,
+            db: RwLock::new(db),
             path: path.to_owned(),
             dirty: AtomicBool::new(false),
         });
@@ -78,12 +79,22 @@ impl RedbKv {
     }
 }
 
+impl Inner {
+    fn read(&self) -> RwLockReadGuard<'_, Database> {
+        // Nothing runs under the lock that could leave the database
+        // half-changed on a panic: redb's own transactions guard that.
+        self.db
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
 fn background_sync(weak: &Weak<Inner>) {
     loop {
         std::thread::sleep(SYNC_EVERY);
         let Some(inner) = weak.upgrade() else { return };
         if inner.dirty.swap(false, Ordering::AcqRel)
-            && let Err(e) = sync(&inner.db)
+            && let Err(e) = sync(&inner.read())
         {
             inner.dirty.store(true, Ordering::Release);
             tracing::error!(error = %e, "storage: background sync failed; retrying");
@@ -143,7 +154,7 @@ impl Kv for RedbKv {
     }
 
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        let rx = self.inner.db.begin_read().map_err(io)?;
+        let rx = self.inner.read().begin_read().map_err(io)?;
         let t = rx.open_table(def(table)).map_err(io)?;
         Ok(t.get(key).map_err(io)?.map(|v| v.value().to_vec()))
     }
@@ -154,7 +165,7 @@ impl Kv for RedbKv {
         from: &[u8],
         each: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<()> {
-        let rx = self.inner.db.begin_read().map_err(io)?;
+        let rx = self.inner.read().begin_read().map_err(io)?;
         let t = rx.open_table(def(table)).map_err(io)?;
         for entry in t.range(from..).map_err(io)? {
             let (k, v) = entry.map_err(io)?;
@@ -166,13 +177,14 @@ impl Kv for RedbKv {
     }
 
     fn len(&self, table: Table) -> Result<u64> {
-        let rx = self.inner.db.begin_read().map_err(io)?;
+        let rx = self.inner.read().begin_read().map_err(io)?;
         let t = rx.open_table(def(table)).map_err(io)?;
         t.len().map_err(io)
     }
 
     fn write(&self, durable: bool, body: &mut Body<'_>) -> Result<()> {
-        let mut tx = self.inner.db.begin_write().map_err(io)?;
+        let db = self.inner.read();
+        let mut tx = db.begin_write().map_err(io)?;
         tx.set_durability(if durable {
             Durability::Immediate
         } else {
@@ -196,7 +208,18 @@ impl Kv for RedbKv {
 
     fn sync(&self) -> Result<()> {
         self.inner.dirty.store(false, Ordering::Release);
-        sync(&self.inner.db)
+        sync(&self.inner.read())
+    }
+
+    fn compact(&self) -> Result<()> {
+        self.sync()?;
+        let mut db = self
+            .inner
+            .db
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        db.compact(redb::CompactionMode::Maximum).map_err(io)?;
+        Ok(())
     }
 
     fn size_on_disk(&self) -> u64 {

@@ -16,6 +16,51 @@ use corvid_protocol::keys::PublicKey;
 use corvid_protocol::subject::SubjectKind;
 use serde::Deserialize;
 
+/// The storage engines `storage_engine` names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StorageEngine {
+    /// redb: one file, `corvid.redb` in `data_dir` (the default).
+    #[default]
+    Redb,
+    /// sled 0.34, corvid 0.1's engine: the directory `sled` in `data_dir`.
+    Sled,
+}
+
+/// An unknown `storage_engine`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownEngine(pub String);
+
+impl std::fmt::Display for UnknownEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "unknown storage_engine {:?}; expected \"redb\" or \"sled\"",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for UnknownEngine {}
+
+impl std::str::FromStr for StorageEngine {
+    type Err = UnknownEngine;
+    fn from_str(s: &str) -> Result<Self, UnknownEngine> {
+        match s {
+            "redb" => Ok(Self::Redb),
+            "sled" => Ok(Self::Sled),
+            other => Err(UnknownEngine(other.to_owned())),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for StorageEngine {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
 /// The whole file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -25,7 +70,7 @@ pub struct Config {
     /// The storage engine: `redb` (the default; `corvid.redb` in
     /// `data_dir`) or `sled` (corvid 0.1's engine; `sled/` in `data_dir`).
     #[serde(default)]
-    pub storage_engine: crate::store::Engine,
+    pub storage_engine: StorageEngine,
     /// The XMPP account corvidd logs in with.
     pub xmpp: XmppConfig,
     /// This node's own feed.
@@ -501,7 +546,7 @@ impl Config {
                 hint: hint.into(),
             });
         };
-        match xmpp_parsers::jid::BareJid::new(&self.xmpp.jid) {
+        match jid::BareJid::new(&self.xmpp.jid) {
             Ok(j) if j.node().is_some() => {}
             _ => p(
                 "xmpp.jid",

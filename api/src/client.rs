@@ -5,8 +5,8 @@ use std::io::{Read as _, Write as _};
 use std::path::Path;
 use std::time::Duration;
 
+use crate::config::{Config, Listen, read_secret};
 use anyhow::{Context, Result, anyhow};
-use corvid_node::config::{Config, Listen, read_secret};
 use serde_json::Value;
 
 /// Exit code: corvidd could not be reached.
@@ -179,7 +179,7 @@ impl Node {
 
 /// Decodes a chunked body (RFC 9112 §7.1) as bytes; chunk extensions and
 /// trailers are ignored. Stops at the last chunk or at malformed input.
-fn dechunk(mut rest: &[u8]) -> Vec<u8> {
+pub fn dechunk(mut rest: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     while let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") {
         let size = rest[..eol].split(|&b| b == b';').next().unwrap_or_default();
