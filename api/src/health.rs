@@ -104,10 +104,10 @@ impl Health {
             .unwrap_or(Severity::Ok)
     }
 
-    /// The CLI's exit code for it: 0 ok, 1 warnings, 2 failures... no:
-    /// the README's codes: 0 when nothing fails, [`EXIT_UNHEALTHY`] when
-    /// a check fails. Warnings are printed but do not fail a script.
-    pub fn exit_code(&self) -> i32 {
+    /// The CLI's exit code for it (the README's codes): 0 when nothing
+    /// fails, [`EXIT_UNHEALTHY`] when a check fails. Warnings are printed
+    /// but do not fail a script.
+    pub fn exit_code(&self) -> u8 {
         if self.worst() == Severity::Fail {
             EXIT_UNHEALTHY
         } else {
@@ -134,7 +134,7 @@ impl Health {
 }
 
 /// Exit code of `status` and `doctor` when a check fails.
-pub const EXIT_UNHEALTHY: i32 = 5;
+pub const EXIT_UNHEALTHY: u8 = 5;
 
 #[cfg(test)]
 mod tests {

@@ -281,7 +281,13 @@ fn run(cli: &Cli) -> Result<u8> {
             let mut v = n.get("/v1/status")?.ok()?;
             v["health"] = health;
             print(cli, &v, show::status);
-            Ok(0)
+            // A failing check fails the command, so that scripts and
+            // monitoring see what the operator would read.
+            Ok(if v["worst"].as_str() == Some("fail") {
+                corvid_api::health::EXIT_UNHEALTHY
+            } else {
+                0
+            })
         }
         Command::Federation(FederationCommand::Announce) => {
             let v = node(cli)?

@@ -213,12 +213,25 @@ pub fn status(v: &Value) -> String {
             .map(|l| format!("  {l}\n"))
             .collect::<String>(),
     );
-    let warnings = v["warnings"].as_array().cloned().unwrap_or_default();
-    if warnings.is_empty() {
-        let _ = writeln!(out, "no warnings");
-    }
-    for w in warnings {
-        let _ = writeln!(out, "warning: {}", s(&w));
+    match serde_json::from_value::<corvid_api::health::Health>(
+        serde_json::json!({"checks": v["checks"]}),
+    ) {
+        Ok(health) if !health.checks.is_empty() => {
+            out.push_str("checks:\n");
+            for line in health.render().lines() {
+                let _ = writeln!(out, "  {line}");
+            }
+        }
+        _ => {
+            // An older corvidd: plain warnings.
+            let warnings = v["warnings"].as_array().cloned().unwrap_or_default();
+            if warnings.is_empty() {
+                let _ = writeln!(out, "no warnings");
+            }
+            for w in warnings {
+                let _ = writeln!(out, "warning: {}", s(&w));
+            }
+        }
     }
     out
 }

@@ -17,6 +17,7 @@ use crate::engine::IMPORT_PREFIX;
 use crate::engine::SubmitError;
 use crate::subjects::{ReportSubject, parse_report_subject};
 use crate::xmpp::LinkState;
+use corvid_api::health::{Check, Health, Severity};
 
 /// Admin routes.
 pub fn routes() -> Router<Arc<ApiState>> {
@@ -113,47 +114,96 @@ async fn reload(State(s): State<Arc<ApiState>>) -> Result<Json<Value>, ApiError>
 async fn status(State(s): State<Arc<ApiState>>) -> Result<Json<Value>, ApiError> {
     let settings = s.engine.settings();
     let now = crate::now();
-    let mut warnings = Vec::new();
-    let mut peers = Vec::new();
-    for (domain, p) in &settings.peers {
-        let v = peer_json(&s, domain, p)?;
-        let last = v["last_sync"].as_u64();
-        if last.is_none_or(|t| now.saturating_sub(t) > 3600) {
-            warnings.push(format!(
-                "peer {domain}: no complete sync in the last hour (is its feed reachable?)"
-            ));
-        }
-        if v["pending_rotation"].is_string() {
-            warnings.push(format!(
-                "peer {domain}: a key rotation waits for you: corvid peer confirm-rotation {domain}"
-            ));
-        }
-        if v["suspended"].is_string() {
-            warnings.push(format!("peer {domain}: suspended (observe mode) for reporting a canary: corvid peer enforce {domain} once resolved"));
-        }
-        peers.push(v);
-    }
+    let mut health = Health::default();
     let xmpp = match s.link.state() {
-        LinkState::Online { .. } => "online".to_owned(),
+        LinkState::Online { .. } => {
+            health.push(Check::ok("xmpp.link", "online"));
+            "online".to_owned()
+        }
         LinkState::Connecting { last_error } => {
-            warnings.push(format!(
-                "XMPP link down: {}",
-                last_error.as_deref().unwrap_or("connecting")
+            health.push(Check::fail(
+                "xmpp.link",
+                format!(
+                    "XMPP link down: {}",
+                    last_error.as_deref().unwrap_or("connecting")
+                ),
+                "check [xmpp] in the config, the account's password and that the XMPP server runs (journalctl -u corvidd)",
             ));
             "connecting".to_owned()
         }
     };
-    if let Some(e) = s.engine.publish_error() {
-        warnings.push(e);
+    let mut peers = Vec::new();
+    for (domain, p) in &settings.peers {
+        let v = peer_json(&s, domain, p)?;
+        let name = format!("peer.{domain}");
+        match v["last_sync"].as_u64() {
+            Some(t) if now.saturating_sub(t) <= 3600 => {
+                health.push(Check::ok(format!("{name}.sync"), "synced within the hour"));
+            }
+            last => health.push(Check::warn(
+                format!("{name}.sync"),
+                match last {
+                    Some(t) => format!("no complete sync for {} s", now.saturating_sub(t)),
+                    None => "never synced completely".to_owned(),
+                },
+                format!("is its feed reachable? corvid peer show {domain}"),
+            )),
+        }
+        if v["pending_rotation"].is_string() {
+            health.push(Check::warn(
+                format!("{name}.key"),
+                "a key rotation waits for you",
+                format!("corvid peer confirm-rotation {domain}"),
+            ));
+        }
+        if v["suspended"].is_string() {
+            health.push(Check::warn(
+                format!("{name}.mode"),
+                "suspended (observe mode) for reporting a canary",
+                format!("corvid peer enforce {domain}, once resolved"),
+            ));
+        }
+        peers.push(v);
+    }
+    match s.engine.publish_error() {
+        None => health.push(Check::ok("feed.publish", "own reports published")),
+        Some(e) => health.push(Check::fail(
+            "feed.publish",
+            e,
+            "check the PubSub service named in [feed] and corvidd's log",
+        )),
     }
     let offset = s.clock_offset.load(std::sync::atomic::Ordering::Relaxed);
-    if s.clock_measured.load(std::sync::atomic::Ordering::Relaxed)
-        && offset.unsigned_abs() > settings.skew / 2
-    {
-        warnings.push(format!(
-            "clock differs from the XMPP server's by {offset} s: fix NTP"
+    if !s.clock_measured.load(std::sync::atomic::Ordering::Relaxed) {
+        health.push(Check::ok("clock", "not measured yet"));
+    } else if offset.unsigned_abs() > settings.skew / 2 {
+        health.push(Check::warn(
+            "clock",
+            format!("differs from the XMPP server's by {offset} s"),
+            "fix NTP on this host (timedatectl; systemd-timesyncd or chrony)",
+        ));
+    } else {
+        health.push(Check::ok(
+            "clock",
+            format!("{offset:+} s against the XMPP server"),
         ));
     }
+    let unpublished = s.engine.store().outbox()?.len();
+    health.push(Check::ok(
+        "store",
+        format!(
+            "{}: {} contributions, {:.1} MB",
+            s.engine.store().engine(),
+            s.engine.store().contribution_count(),
+            s.engine.store().size_on_disk() as f64 / 1e6
+        ),
+    ));
+    let warnings: Vec<String> = health
+        .checks
+        .iter()
+        .filter(|c| c.severity != Severity::Ok)
+        .map(|c| format!("{}: {}", c.name, c.message))
+        .collect();
     Ok(Json(json!({
         "domain": settings.domain,
         "feed": s.engine.feed().to_string(),
@@ -162,8 +212,10 @@ async fn status(State(s): State<Arc<ApiState>>) -> Result<Json<Value>, ApiError>
         "xmpp": xmpp,
         "subjects_by_action": s.engine.action_counts()?,
         "stored_contributions": s.engine.store().contribution_count(),
-        "own_reports_unpublished": s.engine.store().outbox()?.len(),
+        "own_reports_unpublished": unpublished,
         "peers": peers,
+        "checks": health.checks,
+        "worst": health.worst(),
         "warnings": warnings,
     })))
 }

@@ -387,4 +387,20 @@ fn a_feed_corvidd_may_not_create_is_reported_by_health_checks() {
             .is_some_and(|n| n >= 1),
         "{status}"
     );
+    // The status names the failing check, with its fix, and the link that
+    // still works.
+    let checks = status["checks"].as_array().expect("checks");
+    let publish = checks
+        .iter()
+        .find(|c| c["name"] == "feed.publish")
+        .expect("a feed.publish check");
+    assert_eq!(publish["severity"], "fail", "{status}");
+    assert!(publish["fix"].is_string(), "{status}");
+    assert_eq!(status["worst"], "fail", "{status}");
+    assert!(
+        checks
+            .iter()
+            .any(|c| c["name"] == "xmpp.link" && c["severity"] == "ok"),
+        "{status}"
+    );
 }
