@@ -40,17 +40,7 @@ pub fn routes() -> Router<Arc<ApiState>> {
 
 fn peer_json(s: &ApiState, domain: &str, p: &crate::engine::Peer) -> Result<Value, ApiError> {
     let state = s.engine.peer_state(domain)?;
-    let mut rejected = serde_json::Map::new();
-    for (labels, count) in s.engine.metrics.series("corvid_rejected_items_total") {
-        if labels.contains(&format!("peer=\"{domain}\""))
-            && let Some(reason) = labels
-                .split("reason=\"")
-                .nth(1)
-                .and_then(|r| r.split('"').next())
-        {
-            rejected.insert(reason.to_owned(), json!(count));
-        }
-    }
+    let rejected = s.engine.rejects.totals(domain);
     let mode = if s.engine.is_suspended(domain) {
         "observe (suspended: reported a canary)"
     } else if p.trust.mode == corvid_protocol::aggregate::Mode::Observe {

@@ -74,32 +74,6 @@ impl Metrics {
             .unwrap_or(0)
     }
 
-    /// Sum of a counter over all label sets whose labels contain `filter`.
-    pub fn sum_matching(&self, name: &'static str, filter: &str) -> u64 {
-        self.counters
-            .lock()
-            .map(|c| {
-                c.iter()
-                    .filter(|((n, l), _)| *n == name && l.contains(filter))
-                    .map(|(_, v)| *v)
-                    .sum()
-            })
-            .unwrap_or(0)
-    }
-
-    /// Every counter `name` with labels, as `(labels, value)`.
-    pub fn series(&self, name: &'static str) -> Vec<(String, u64)> {
-        self.counters
-            .lock()
-            .map(|c| {
-                c.iter()
-                    .filter(|((n, _), _)| *n == name)
-                    .map(|((_, l), v)| (l.clone(), *v))
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-
     /// The text exposition.
     pub fn render(&self) -> String {
         let mut out = String::new();

@@ -10,6 +10,9 @@ use std::sync::Mutex;
 #[derive(Debug, Default)]
 pub struct RejectLog {
     peers: Mutex<BTreeMap<String, PeerRejects>>,
+    /// Every rejection since start, per peer and reason: what `peer show`
+    /// and `status` report (never parsed back from the metrics text).
+    totals: Mutex<BTreeMap<String, BTreeMap<String, u64>>>,
 }
 
 #[derive(Debug, Default)]
@@ -36,6 +39,26 @@ impl RejectLog {
             let clip = |s: &str| s.chars().take(EXAMPLE_MAX).collect::<String>();
             entry.example = Some((clip(item_id), clip(why)));
         }
+        drop(peers);
+        let mut totals = self
+            .totals
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *totals
+            .entry(peer.to_owned())
+            .or_default()
+            .entry(reason.to_owned())
+            .or_default() += 1;
+    }
+
+    /// A peer's rejections since start, by reason.
+    pub fn totals(&self, peer: &str) -> BTreeMap<String, u64> {
+        self.totals
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(peer)
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Logs one WARN line per peer with rejections since the last call, and
@@ -73,6 +96,22 @@ impl RejectLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn totals_outlive_the_summaries() {
+        let log = RejectLog::default();
+        log.note("b.example", "i1", "bad-signature", "x");
+        log.note("b.example", "i2", "bad-signature", "x");
+        log.note("b.example", "i3", "expired", "x");
+        log.note("c.example", "i4", "expired", "x");
+        assert_eq!(log.flush().len(), 2);
+        log.note("b.example", "i5", "expired", "x");
+        let b = log.totals("b.example");
+        assert_eq!(b.get("bad-signature"), Some(&2));
+        assert_eq!(b.get("expired"), Some(&2));
+        assert_eq!(log.totals("c.example").get("expired"), Some(&1));
+        assert!(log.totals("d.example").is_empty());
+    }
 
     #[test]
     fn a_flood_of_rejections_is_one_line_per_peer() {

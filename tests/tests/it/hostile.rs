@@ -182,6 +182,21 @@ fn forged_tampered_and_replayed_items_are_rejected_and_counted() {
         "{}",
         b.metrics()
     );
+    // The peer's own view counts the same, from the core, not from the
+    // metrics text.
+    let peers = b.get("/v1/peers").json;
+    let m_peer = peers["peers"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["domain"] == "m.test"))
+        .unwrap_or_else(|| panic!("m.test in {peers}"));
+    assert!(
+        m_peer["rejected"]["bad-signature"].as_u64() >= Some(4),
+        "{m_peer}"
+    );
+    assert!(
+        m_peer["rejected"]["expired"].as_u64() >= Some(1),
+        "{m_peer}"
+    );
     for jid in [
         "forged@x.example",
         "tampered@x.example",
