@@ -23,46 +23,13 @@ use corvid_node::subjects::Query;
 use corvid_protocol::aggregate::Action;
 use corvid_protocol::feed::{self, FeedOp, FeedWriter};
 use corvid_protocol::item::{Body, Envelope, FeedAddress, KeyRing, SignedItem, verify_item};
-use corvid_protocol::record::{Category, Evidence, Issuer, Record, Report, ReportId};
+use corvid_protocol::record::{Issuer, Record};
 use corvid_protocol::subject::SubjectKey;
 use corvid_tests::client::Client;
 use corvid_tests::node::{Identity, Node};
 use corvid_tests::prosody::{Prosody, ProsodyOptions};
-use corvid_tests::{wait_for, write_private};
+use corvid_tests::{bot_report as report, wait_for, write_private};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-
-fn report(i: u64, now: u64) -> Record {
-    Record::Report(Report {
-        id: ReportId::new(
-            now * 1000 + i % 1000,
-            [
-                (i % 251) as u8,
-                (i >> 8) as u8,
-                (i >> 16) as u8,
-                (i >> 24) as u8,
-                0,
-                0,
-                0,
-                0,
-                0,
-                1,
-            ],
-        ),
-        subject: SubjectKey::for_jid(&format!("bot{i}@spam.example")).expect("jid"),
-        category: Category::Spam,
-        confidence: 80,
-        issued_at: now - 60,
-        expires_at: now + 30 * 86_400,
-        evidence: Evidence {
-            count: 1,
-            first_seen: now - 60,
-            last_seen: now - 60,
-            note: None,
-            abuse_contacted_at: None,
-            message_text: None,
-        },
-    })
-}
 
 /// An engine over a fresh store in `dir`, trusting b.test and c.test.
 fn engine(dir: &Path, peers: &[&Identity]) -> Engine {

@@ -14,31 +14,9 @@ use std::time::Instant;
 use corvid_node::config::Config;
 use corvid_node::engine::{Engine, Ingested, Settings};
 use corvid_node::store::{self, Store};
-use corvid_protocol::record::{Category, Evidence, Record, Report, ReportId};
 use corvid_protocol::subject::SubjectKey;
 use corvid_tests::node::Identity;
-use corvid_tests::write_private;
-
-fn report(i: u64, now: u64) -> Record {
-    let mut random = [0u8; 10];
-    random[..8].copy_from_slice(&i.to_be_bytes());
-    Record::Report(Report {
-        id: ReportId::new(now * 1000, random),
-        subject: SubjectKey::for_jid(&format!("bot{i}@spam.example")).expect("jid"),
-        category: Category::Spam,
-        confidence: 80,
-        issued_at: now - 60,
-        expires_at: now + 30 * 86_400,
-        evidence: Evidence {
-            count: 1,
-            first_seen: now - 60,
-            last_seen: now - 60,
-            note: None,
-            abuse_contacted_at: None,
-            message_text: None,
-        },
-    })
-}
+use corvid_tests::{bot_report as report, write_private};
 
 fn engine(dir: &Path, engine: &str, peer: &Identity, cap: u64) -> Engine {
     for f in ["pw", "read", "write"] {

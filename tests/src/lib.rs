@@ -7,6 +7,8 @@ pub mod http;
 pub mod node;
 pub mod prosody;
 
+use corvid_protocol::record::{Category, Evidence, Record, Report, ReportId};
+use corvid_protocol::subject::SubjectKey;
 use std::time::{Duration, Instant};
 
 /// Polls `f` every 50 ms until it returns `Some`, or panics after `timeout`
@@ -36,4 +38,40 @@ pub fn write_private(path: &std::path::Path, text: &str) {
     use std::os::unix::fs::PermissionsExt as _;
     std::fs::write(path, text).expect("write private file");
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod 600");
+}
+
+/// The benches' report number `i` about `bot{i}@spam.example`: a spam
+/// report issued a minute before `now`, living 30 days, with an id unique
+/// for `i` below 2^32.
+pub fn bot_report(i: u64, now: u64) -> Record {
+    Record::Report(Report {
+        id: ReportId::new(
+            now * 1000 + i % 1000,
+            [
+                (i % 251) as u8,
+                (i >> 8) as u8,
+                (i >> 16) as u8,
+                (i >> 24) as u8,
+                0,
+                0,
+                0,
+                0,
+                0,
+                1,
+            ],
+        ),
+        subject: SubjectKey::for_jid(&format!("bot{i}@spam.example")).expect("jid"),
+        category: Category::Spam,
+        confidence: 80,
+        issued_at: now - 60,
+        expires_at: now + 30 * 86_400,
+        evidence: Evidence {
+            count: 1,
+            first_seen: now - 60,
+            last_seen: now - 60,
+            note: None,
+            abuse_contacted_at: None,
+            message_text: None,
+        },
+    })
 }
