@@ -40,7 +40,7 @@ pub fn routes() -> Router<Arc<ApiState>> {
 
 fn peer_json(s: &ApiState, domain: &str, p: &crate::engine::Peer) -> Result<Value, ApiError> {
     let state = s.engine.peer_state(domain)?;
-    let rejected = s.engine.rejects.totals(domain);
+    let rejected = s.engine.rejects().totals(domain);
     let mode = if s.engine.is_suspended(domain) {
         "observe (suspended: reported a canary)"
     } else if p.trust.mode == corvid_protocol::aggregate::Mode::Observe {

@@ -2,27 +2,26 @@
 //! an explicit `now`. It owns the store and the trust settings; the tokio
 //! tasks around it only move bytes between XMPP, sled and HTTP.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
-use corvid_protocol::aggregate::{
-    self, Action, Contribution, Lookup, Mode, Policy, Scored, SourceKind,
-};
+use corvid_protocol::aggregate::{self, Action, Lookup, Mode, Policy, Reason, Scored, SourceKind};
 use corvid_protocol::iptoken::{FederationSecret, SecretId};
-use corvid_protocol::item::{FeedAddress, KeyRing};
+use corvid_protocol::item::{FeedAddress, KeyRing, SignedItem};
 use corvid_protocol::keys::{PublicKey, SecretKey, Signer};
 use corvid_protocol::record::{
     Category, Evidence, Record, Report, ReportId, Retraction, RetractionReason,
 };
-use corvid_protocol::subject::{SubjectKey, SubjectKind, domain_lookup_keys};
+use corvid_protocol::subject::{SubjectKey, domain_lookup_keys};
 use serde::Serialize;
 
 use crate::config::{Config, read_secret};
+use crate::core::{Core, CoreError, Effect, Event, Outcome, Shared};
 use crate::metrics::Metrics;
-use crate::store::{PeerState, Store, Stored, Upserted};
+use crate::store::{PeerState, Store};
 use crate::subjects::{IpPrefixMatch, ListEntry, Query, ReportSubject, parse_list_entry};
+use crate::verdicts::SCORE_REFRESH_SECS;
 
 /// How one trusted source counts.
 #[derive(Debug, Clone)]
@@ -199,7 +198,7 @@ impl Settings {
         })
     }
 
-    fn trust(&self, source: &str) -> Option<Trust> {
+    pub(crate) fn trust(&self, source: &str) -> Option<Trust> {
         if source == self.domain {
             return Some(Trust {
                 kind: SourceKind::Local,
@@ -220,6 +219,21 @@ impl Settings {
             });
         }
         self.rtbls.get(source).map(|r| r.trust.clone())
+    }
+
+    /// Whether the local allow list names this key.
+    pub fn allows(&self, subject: &SubjectKey) -> bool {
+        self.allow.contains(subject)
+    }
+
+    /// Whether the local deny list names this key.
+    pub fn denies(&self, subject: &SubjectKey) -> bool {
+        self.deny.contains(subject)
+    }
+
+    /// The listed canaries and own hosts' keys.
+    pub fn canary_keys(&self) -> impl Iterator<Item = &SubjectKey> {
+        self.canaries.iter()
     }
 
     /// Whether a subject is a canary: listed, an own host, or a subdomain
@@ -261,13 +275,6 @@ pub struct ContributionOut {
     pub scored: Scored,
     /// `confirmed` or `unconfirmed`.
     pub status: &'static str,
-}
-
-#[derive(Debug, Clone)]
-struct Cached {
-    generation: u64,
-    valid_until: u64,
-    verdict: Arc<VerdictOut>,
 }
 
 /// A report the operator submits.
@@ -313,29 +320,6 @@ pub enum Ingested {
     Unchanged,
     /// Over the peer's cap.
     OverCap,
-}
-
-/// The engine.
-#[derive(Debug)]
-pub struct Engine {
-    store: Store,
-    settings: RwLock<Arc<Settings>>,
-    signer: RwLock<Arc<SecretKey>>,
-    feed: FeedAddress,
-    generation: AtomicU64,
-    cache: RwLock<HashMap<String, Cached, foldhash::fast::RandomState>>,
-    counts: std::sync::Mutex<HashMap<String, u64>>,
-    suspended: RwLock<HashSet<String>>,
-    /// Counters.
-    pub metrics: Arc<Metrics>,
-    /// Rejected items since the last log summary.
-    pub rejects: crate::rejects::RejectLog,
-    /// Signalled when our own feed was purged, deleted or had items
-    /// retracted behind our back: the publisher reconciles.
-    pub own_feed_changed: tokio::sync::Notify,
-    /// Signalled after a key rotation: the publisher rewrites the feed.
-    pub rekeyed: tokio::sync::Notify,
-    publish_error: std::sync::Mutex<Option<String>>,
 }
 
 /// xmppbl.org's `muc_bans_sha256` lists domains as the SHA-256 of the bare
@@ -385,26 +369,6 @@ pub struct Exported {
     pub sources: Vec<String>,
 }
 
-/// Cached verdicts kept before the cache is cleared.
-const CACHE_MAX: usize = 200_000;
-/// Longest a cached verdict is reused (decay moves scores slowly).
-const CACHE_SECS: u64 = 60;
-
-fn random_bytes<const N: usize>() -> [u8; N] {
-    let mut b = [0u8; N];
-    // getrandom only fails when the OS has no entropy source at all.
-    if getrandom::fill(&mut b).is_err() {
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos();
-        for (i, x) in b.iter_mut().enumerate() {
-            *x = (t >> ((i % 16) * 8)) as u8;
-        }
-    }
-    b
-}
-
 /// An unsigned "listed" entry (a local import, an RTBL item) as a report:
 /// full confidence, since the source's weight says how much it counts, and
 /// one incident seen `now`.
@@ -433,145 +397,270 @@ pub fn listed_report(
     })
 }
 
-/// A fresh report id for `now` (seconds) with 80 random bits.
+/// Random bytes from the operating system (the driver's seeds).
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut b = [0u8; N];
+    // getrandom only fails when the OS has no entropy source at all.
+    if getrandom::fill(&mut b).is_err() {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        for (i, x) in b.iter_mut().enumerate() {
+            *x = (t >> ((i % 16) * 8)) as u8;
+        }
+    }
+    b
+}
+
+/// A fresh report id for `now_ms` with 80 random bits.
 pub fn new_report_id(now_ms: u64) -> ReportId {
     ReportId::new(now_ms, random_bytes())
 }
 
+/// How a request waits for its answer.
+#[derive(Debug)]
+enum Replier {
+    Blocking(std::sync::mpsc::SyncSender<Outcome>),
+    Async(tokio::sync::oneshot::Sender<Outcome>),
+}
+
+impl Replier {
+    fn send(self, outcome: Outcome) {
+        // A requester that gave up does not want the answer.
+        let _ = match self {
+            Self::Blocking(tx) => tx.send(outcome).map_err(drop),
+            Self::Async(tx) => tx.send(outcome).map_err(drop),
+        };
+    }
+}
+
+/// A queued event and who waits for it.
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // Stop is rare; boxing every event is not worth it.
+enum Job {
+    Event {
+        now_ms: u64,
+        event: Event,
+        reply: Option<Replier>,
+    },
+    Stop,
+}
+
+/// Local requests waiting for the core at most (they are the operator's
+/// and the hooks': few, and answered first).
+const CONTROL_QUEUE: usize = 1024;
+/// Peer batches waiting for the core at most: senders wait when it is full.
+const FEED_QUEUE: usize = 256;
+/// Peer batches taken per step, after every pending local request.
+const FEED_PER_STEP: usize = 64;
+
+/// Signals the driver raises for the tasks around the core.
+#[derive(Debug, Default)]
+struct Signals {
+    own_changed: tokio::sync::Notify,
+    rekeyed: tokio::sync::Notify,
+    resync: Mutex<Option<tokio::sync::mpsc::UnboundedSender<String>>>,
+}
+
+/// The engine: the handle the tasks around the core hold. Writes go to
+/// the core's thread as events and wait for its answer; lookups read what
+/// the core published and never wait for it.
+#[derive(Debug)]
+pub struct Engine {
+    store: Store,
+    shared: Arc<Shared>,
+    feed: FeedAddress,
+    control: tokio::sync::mpsc::Sender<Job>,
+    peers: tokio::sync::mpsc::Sender<Job>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    signals: Arc<Signals>,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+    /// Signalled when our own feed was purged, deleted or had items
+    /// retracted behind our back: the publisher reconciles.
+    pub own_feed_changed: tokio::sync::Notify,
+}
+
+fn stopped() -> anyhow::Error {
+    anyhow::Error::new(CoreError::Stopped)
+}
+
 impl Engine {
-    /// An engine over a store.
+    /// Starts the core on its own thread over a store.
+    ///
+    /// # Errors
+    /// Storage errors while loading.
     pub fn new(
         store: Store,
         settings: Settings,
         signer: SecretKey,
         feed: FeedAddress,
     ) -> Result<Self> {
-        let engine = Self {
-            store,
-            settings: RwLock::new(Arc::new(settings)),
-            signer: RwLock::new(Arc::new(signer)),
-            feed,
-            generation: AtomicU64::new(0),
-            cache: RwLock::new(HashMap::default()),
-            counts: std::sync::Mutex::new(HashMap::new()),
-            suspended: RwLock::new(HashSet::new()),
-            metrics: Arc::new(Metrics::default()),
-            rejects: crate::rejects::RejectLog::default(),
-            own_feed_changed: tokio::sync::Notify::new(),
-            rekeyed: tokio::sync::Notify::new(),
-            publish_error: std::sync::Mutex::new(None),
+        let core = Core::new(
+            store.clone(),
+            settings,
+            signer,
+            feed.clone(),
+            crate::now_ms(),
+        )?;
+        let shared = Arc::clone(core.shared());
+        let (control, control_rx) = tokio::sync::mpsc::channel(CONTROL_QUEUE);
+        let (peers, peers_rx) = tokio::sync::mpsc::channel(FEED_QUEUE);
+        let signals = Arc::new(Signals::default());
+        let thread = {
+            let signals = Arc::clone(&signals);
+            std::thread::Builder::new()
+                .name("corvid-core".into())
+                .spawn(move || drive(core, control_rx, peers_rx, &signals))
+                .context("cannot start the core thread")?
         };
-        engine.load_suspensions()?;
-        engine.restore_own_contributions()?;
-        Ok(engine)
+        Ok(Self {
+            store,
+            metrics: Arc::clone(&shared.metrics),
+            shared,
+            feed,
+            control,
+            peers,
+            thread: Mutex::new(Some(thread)),
+            signals,
+            own_feed_changed: tokio::sync::Notify::new(),
+        })
     }
 
-    /// The own records are flushed before a report is acknowledged; their
-    /// contributions are rebuilt from them here, so a crash between the two
-    /// writes loses nothing.
-    fn restore_own_contributions(&self) -> Result<()> {
-        let domain = self.settings().domain.clone();
-        let now = crate::now();
-        for record in self.store.own_records()? {
-            if record.expires_at() > now {
-                self.ingest(now, &domain, &record, "")?;
+    /// Sends an event and waits for its outcome (from any thread; in async
+    /// code prefer [`Engine::call_async`]).
+    ///
+    /// # Errors
+    /// The core has stopped.
+    pub fn call(&self, event: Event) -> Result<Outcome> {
+        self.call_at(crate::now(), event)
+    }
+
+    /// As [`Engine::call`], with the event stamped `now` (seconds; the
+    /// current millisecond when `now` is the current second).
+    ///
+    /// # Errors
+    /// The core has stopped.
+    pub fn call_at(&self, now: u64, event: Event) -> Result<Outcome> {
+        let real = crate::now_ms();
+        let now_ms = if real / 1000 == now { real } else { now * 1000 };
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let mut job = Job::Event {
+            now_ms,
+            event,
+            reply: Some(Replier::Blocking(tx)),
+        };
+        let queue = self.queue_of(&job);
+        loop {
+            match queue.try_send(job) {
+                Ok(()) => break,
+                Err(tokio::sync::mpsc::error::TrySendError::Full(j)) => {
+                    job = j;
+                    std::thread::sleep(std::time::Duration::from_micros(200));
+                }
+                Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => return Err(stopped()),
             }
         }
-        Ok(())
+        rx.recv().map_err(|_| stopped())
     }
 
-    fn load_suspensions(&self) -> Result<()> {
-        let settings = self.settings();
-        let mut set = HashSet::new();
-        for domain in settings.peers.keys() {
-            if self.store.peer(domain)?.suspended_for_canary.is_some() {
-                set.insert(domain.clone());
-            }
-        }
-        if let Ok(mut s) = self.suspended.write() {
-            *s = set;
-        }
-        Ok(())
+    /// Sends an event and waits for its outcome.
+    ///
+    /// # Errors
+    /// The core has stopped.
+    pub async fn call_async(&self, event: Event) -> Result<Outcome> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job = Job::Event {
+            now_ms: crate::now_ms(),
+            event,
+            reply: Some(Replier::Async(tx)),
+        };
+        self.queue_of(&job).send(job).await.map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())
     }
 
-    /// The store.
+    /// Queues an event without waiting for it (dropped when the queue is
+    /// full: only for hints such as a refresh).
+    pub fn hint(&self, event: Event) {
+        let _ = self.control.try_send(Job::Event {
+            now_ms: crate::now_ms(),
+            event,
+            reply: None,
+        });
+    }
+
+    fn queue_of(&self, job: &Job) -> &tokio::sync::mpsc::Sender<Job> {
+        match job {
+            Job::Event {
+                event: Event::Items { .. } | Event::Records { .. } | Event::Reconcile { .. },
+                ..
+            } => &self.peers,
+            _ => &self.control,
+        }
+    }
+
+    /// Stops the core (after the events queued before) and waits for it.
+    pub fn stop(&self) {
+        let _ = self.control.try_send(Job::Stop);
+        let handle = self
+            .thread
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(h) = handle
+            && h.join().is_err()
+        {
+            tracing::error!("the core thread panicked");
+        }
+    }
+
+    /// Stops the core, then makes the store durable and compacts it.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub fn shut_down(&self) -> Result<(u64, u64)> {
+        self.stop();
+        Ok(self.store.shut_down()?)
+    }
+
+    /// Notified when own records changed (publish the outbox).
+    pub fn own_changed(&self) -> &tokio::sync::Notify {
+        &self.signals.own_changed
+    }
+
+    /// Notified after a key rotation: rewrite the own feed.
+    pub fn rekeyed(&self) -> &tokio::sync::Notify {
+        &self.signals.rekeyed
+    }
+
+    /// Where the core's requests to reread a source go.
+    pub fn set_resync(&self, tx: tokio::sync::mpsc::UnboundedSender<String>) {
+        *self
+            .signals
+            .resync
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(tx);
+    }
+
+    /// Rejected items since the last summary.
+    pub fn rejects(&self) -> &crate::rejects::RejectLog {
+        &self.shared.rejects
+    }
+
+    /// The store (committed state; writes go through the core).
     pub fn store(&self) -> &Store {
         &self.store
     }
 
+    /// What the core publishes.
+    pub fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
     /// The signing key.
     pub fn signer(&self) -> Arc<SecretKey> {
-        self.signer
-            .read()
-            .map(|s| Arc::clone(&s))
-            .unwrap_or_else(|e| Arc::clone(&e.into_inner()))
-    }
-
-    /// Signs a key record with `key` for the own feed, and keeps it for
-    /// republishing.
-    fn key_record(
-        &self,
-        key: &SecretKey,
-        body: corvid_protocol::item::Body,
-        item_id: String,
-    ) -> Result<(String, corvid_protocol::item::SignedItem)> {
-        let envelope = corvid_protocol::item::Envelope {
-            corvid: corvid_protocol::ns::PROTOCOL_MAJOR,
-            issuer: corvid_protocol::record::Issuer {
-                domain: self.settings().domain.clone(),
-                key: key.public_key().key_id(),
-            },
-            body,
-        };
-        let item = corvid_protocol::item::SignedItem::sign(key, &envelope, &self.feed, &item_id)?;
-        self.store.add_key_record(&item_id, &item.to_xml())?;
-        Ok((item_id, item))
-    }
-
-    /// Rotates to a new signing key: returns the rotation record (item id
-    /// and payload, signed by the old key), keeps it for republishing, and
-    /// signs everything from now on with the new key. The publisher
-    /// rewrites the feed under the new key (`rekeyed`).
-    pub fn rotate_key(
-        &self,
-        new: SecretKey,
-    ) -> Result<(String, corvid_protocol::item::SignedItem)> {
-        let old = self.signer();
-        let rotation = corvid_protocol::record::KeyRotation {
-            old: old.public_key(),
-            new: new.public_key(),
-            issued_at: crate::now(),
-        };
-        let item_id = corvid_protocol::feed::rotation_item_id(&new.public_key());
-        let record = self.key_record(
-            &old,
-            corvid_protocol::item::Body::KeyRotation(rotation),
-            item_id,
-        )?;
-        if let Ok(mut s) = self.signer.write() {
-            *s = Arc::new(new);
-        }
-        self.rekeyed.notify_one();
-        Ok(record)
-    }
-
-    /// A revocation of the current key, signed by it; kept for republishing.
-    pub fn revoke_key(
-        &self,
-        reason: Option<String>,
-    ) -> Result<(String, corvid_protocol::item::SignedItem)> {
-        let key = self.signer();
-        let revocation = corvid_protocol::record::KeyRevocation {
-            key: key.public_key(),
-            issued_at: crate::now(),
-            reason,
-        };
-        let item_id = corvid_protocol::feed::revocation_item_id(&key.public_key());
-        self.key_record(
-            &key,
-            corvid_protocol::item::Body::KeyRevocation(revocation),
-            item_id,
-        )
+        self.shared.signer()
     }
 
     /// The own feed.
@@ -581,144 +670,512 @@ impl Engine {
 
     /// Current settings.
     pub fn settings(&self) -> Arc<Settings> {
-        self.settings
-            .read()
-            .map(|s| Arc::clone(&s))
-            .unwrap_or_else(|e| Arc::clone(&e.into_inner()))
+        self.shared.settings()
     }
 
-    /// Swaps settings (SIGHUP). Lookups in flight finish on the old ones.
-    pub fn replace_settings(&self, settings: Settings) -> Result<()> {
-        if let Ok(mut s) = self.settings.write() {
-            *s = Arc::new(settings);
-        }
-        self.load_suspensions()?;
-        self.invalidate();
-        Ok(())
+    /// Public key of this node.
+    pub fn public_key(&self) -> PublicKey {
+        self.signer().public_key()
     }
 
-    fn invalidate(&self) {
-        self.generation.fetch_add(1, Ordering::Release);
+    /// The ingest rate limit.
+    pub fn ingest_rate(&self) -> u32 {
+        self.settings().ingest_rate
+    }
+
+    /// Records (or clears) the publisher's last failure, for health checks.
+    pub fn set_publish_error(&self, error: Option<String>) {
+        self.shared.set_publish_error(error);
+    }
+
+    /// The publisher's last failure, if it has not recovered since.
+    pub fn publish_error(&self) -> Option<String> {
+        self.shared.publish_error()
+    }
+
+    /// Whether a source is suspended.
+    pub fn is_suspended(&self, source: &str) -> bool {
+        self.shared.is_suspended(source)
     }
 
     /// The key ring for a peer: pinned key, accepted rotations, revocations.
+    ///
+    /// # Errors
+    /// Storage errors.
     pub fn key_ring(&self, peer: &Peer) -> Result<KeyRing> {
-        let state = self.store.peer(&peer.domain)?;
-        let mut ring = KeyRing::pinned(&peer.domain, peer.key);
-        for k in &state.rotated_keys {
-            if let Ok(k) = k.parse() {
-                ring.keys.push(k);
+        Ok(crate::core::ring_of(peer, &self.store.peer(&peer.domain)?))
+    }
+
+    /// Records stored from a source.
+    pub fn record_count(&self, source: &str) -> u64 {
+        self.shared
+            .count(source)
+            .unwrap_or_else(|| self.store.peer(source).map(|p| p.records).unwrap_or(0))
+    }
+
+    /// A source's state.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub fn peer_state(&self, source: &str) -> Result<PeerState> {
+        let mut state = self.store.peer(source)?;
+        state.records = self.record_count(source);
+        Ok(state)
+    }
+
+    /// Counts of subjects by their last recorded action.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub fn action_counts(&self) -> Result<BTreeMap<String, u64>> {
+        Ok(self.store.action_counts()?)
+    }
+
+    fn expect<T>(&self, out: Outcome, pick: impl FnOnce(Outcome) -> Option<T>) -> Result<T> {
+        match out {
+            Outcome::Failed(e) => Err(anyhow::Error::new(e)),
+            other => {
+                let shown = format!("{other:?}");
+                pick(other)
+                    .ok_or_else(|| anyhow::anyhow!("unexpected answer from the core: {shown}"))
             }
         }
-        ring.revoked = state
-            .revoked
-            .iter()
-            .filter_map(|f| f.parse().ok())
-            .collect();
-        Ok(ring)
     }
 
-    fn mode_of(&self, source: &str, trust: &Trust) -> Mode {
-        let suspended = self
-            .suspended
-            .read()
-            .map(|s| s.contains(source))
-            .unwrap_or(false);
-        if suspended { Mode::Observe } else { trust.mode }
-    }
-
-    /// Answers a lookup (action, score, reasons; no per-report detail),
-    /// from the cache when nothing changed since.
-    pub fn verdict(&self, now: u64, query: &Query) -> Result<Arc<VerdictOut>> {
-        let key = query.cache_key();
-        let generation = self.generation.load(Ordering::Acquire);
-        if let Ok(cache) = self.cache.read()
-            && let Some(c) = cache.get(key.as_ref())
-            && c.generation == generation
-            && now < c.valid_until
-        {
-            return Ok(Arc::clone(&c.verdict));
+    /// Submits this server's own report; returns once it is on disk.
+    ///
+    /// # Errors
+    /// [`SubmitError::Invalid`] for a report the caller must fix.
+    pub fn submit(&self, now: u64, s: Submission) -> Result<Report, SubmitError> {
+        match self.call_at(now, Event::Submit(s))? {
+            Outcome::Report(r) => Ok(r),
+            Outcome::Failed(CoreError::Invalid(m)) => Err(SubmitError::Invalid(m)),
+            Outcome::Failed(e) => Err(SubmitError::Failed(anyhow::Error::new(e))),
+            other => Err(SubmitError::Failed(anyhow::anyhow!(
+                "unexpected answer from the core: {other:?}"
+            ))),
         }
-        let (mut verdict, valid_until) = self.compute(now, query)?;
-        // A lookup answers action, score and reasons; the per-report detail
-        // is `explain`'s (uncached), so the cache keeps entries small.
+    }
+
+    /// Retracts this server's report about a subject; returns the tombstone.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub fn retract(
+        &self,
+        now: u64,
+        subject: &SubjectKey,
+        reason: RetractionReason,
+    ) -> Result<Option<Retraction>> {
+        let out = self.call_at(
+            now,
+            Event::Retract {
+                subject: subject.clone(),
+                reason,
+            },
+        )?;
+        self.expect(out, |o| match o {
+            Outcome::Retracted(t) => Some(t),
+            _ => None,
+        })
+    }
+
+    /// Stores a verified record from a source (newest per subject wins).
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub fn ingest(
+        &self,
+        now: u64,
+        source: &str,
+        record: &Record,
+        key_id: &str,
+    ) -> Result<Ingested> {
+        let out = self.call_at(
+            now,
+            Event::Records {
+                source: source.to_owned(),
+                records: vec![(record.clone(), key_id.to_owned())],
+            },
+        )?;
+        self.expect(out, |o| match o {
+            Outcome::Ingested(v) => v.into_iter().next(),
+            _ => None,
+        })
+    }
+
+    /// Stores verified records from a source in one step.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub async fn ingest_all(
+        &self,
+        source: &str,
+        records: Vec<(Record, String)>,
+    ) -> Result<Vec<Ingested>> {
+        let out = self
+            .call_async(Event::Records {
+                source: source.to_owned(),
+                records,
+            })
+            .await?;
+        self.expect(out, |o| match o {
+            Outcome::Ingested(v) => Some(v),
+            _ => None,
+        })
+    }
+
+    /// Live items from a peer: verified and stored by the core.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub async fn items(
+        &self,
+        source: &str,
+        node: &str,
+        items: Vec<(String, Option<xmpp_parsers::minidom::Element>)>,
+    ) -> Result<Vec<Ingested>> {
+        let out = self
+            .call_async(Event::Items {
+                source: source.to_owned(),
+                node: node.to_owned(),
+                items,
+            })
+            .await?;
+        self.expect(out, |o| match o {
+            Outcome::Ingested(v) => Some(v),
+            _ => None,
+        })
+    }
+
+    fn count_of(&self, now: u64, event: Event) -> Result<usize> {
+        let out = self.call_at(now, event)?;
+        self.expect(out, |o| match o {
+            Outcome::Count(n) => Some(n),
+            _ => None,
+        })
+    }
+
+    async fn count_of_async(&self, event: Event) -> Result<usize> {
+        let out = self.call_async(event).await?;
+        self.expect(out, |o| match o {
+            Outcome::Count(n) => Some(n),
+            _ => None,
+        })
+    }
+
+    /// Removes one contribution (a delisting, an operator's action).
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub fn remove(&self, now: u64, source: &str, subject: &str) -> Result<bool> {
+        Ok(self.count_of(
+            now,
+            Event::Remove {
+                source: source.to_owned(),
+                subject: subject.to_owned(),
+            },
+        )? > 0)
+    }
+
+    /// After a complete read of a source's feed: everything present is
+    /// confirmed, everything else becomes unconfirmed (not removed).
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub fn reconcile(
+        &self,
+        now: u64,
+        source: &str,
+        present: &BTreeSet<String>,
+        started_ms: u64,
+    ) -> Result<usize> {
+        self.count_of(
+            now,
+            Event::Reconcile {
+                source: source.to_owned(),
+                present: present.clone(),
+                started_ms,
+            },
+        )
+    }
+
+    /// As [`Engine::reconcile`], from async code.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub async fn reconcile_async(
+        &self,
+        source: &str,
+        present: BTreeSet<String>,
+        started_ms: u64,
+    ) -> Result<usize> {
+        self.count_of_async(Event::Reconcile {
+            source: source.to_owned(),
+            present,
+            started_ms,
+        })
+        .await
+    }
+
+    /// A purge or node deletion: every entry of the source is unconfirmed.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub fn mark_all_unconfirmed(&self, now: u64, source: &str) -> Result<usize> {
+        self.reconcile(now, source, &BTreeSet::new(), u64::MAX)
+    }
+
+    /// Drops every contribution signed by a revoked key.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub fn apply_revocation(&self, now: u64, source: &str, key: &PublicKey) -> Result<usize> {
+        self.count_of(
+            now,
+            Event::Revocation {
+                source: source.to_owned(),
+                key: *key,
+            },
+        )
+    }
+
+    /// A peer's rotation record.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub fn handle_rotation(&self, peer: &Peer, new: &PublicKey) -> Result<()> {
+        let out = self.call(Event::Rotation {
+            source: peer.domain.clone(),
+            key: *new,
+        })?;
+        self.expect(out, |_| Some(()))
+    }
+
+    /// Accepts a pending rotation (operator action).
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub fn confirm_rotation(&self, domain: &str) -> Result<Option<String>> {
+        let out = self.call(Event::ConfirmRotation {
+            source: domain.to_owned(),
+        })?;
+        self.expect(out, |o| match o {
+            Outcome::Confirmed(k) => Some(k),
+            _ => None,
+        })
+    }
+
+    /// Lifts a canary suspension (operator action).
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub fn lift_suspension(&self, source: &str) -> Result<()> {
+        let out = self.call(Event::LiftSuspension {
+            source: source.to_owned(),
+        })?;
+        self.expect(out, |_| Some(()))
+    }
+
+    fn key_record(&self, event: Event) -> Result<(String, SignedItem)> {
+        let out = self.call(event)?;
+        self.expect(out, |o| match o {
+            Outcome::KeyRecord(id, item) => Some((id, *item)),
+            _ => None,
+        })
+    }
+
+    /// Rotates to a new signing key: returns the rotation record (signed by
+    /// the old key), kept for republishing.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub fn rotate_key(&self, new: SecretKey) -> Result<(String, SignedItem)> {
+        self.key_record(Event::RotateKey(Arc::new(new)))
+    }
+
+    /// A revocation of the current key, signed by it; kept for republishing.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub fn revoke_key(&self, reason: Option<String>) -> Result<(String, SignedItem)> {
+        self.key_record(Event::RevokeKey { reason })
+    }
+
+    /// Swaps settings (SIGHUP).
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub fn replace_settings(&self, settings: Settings) -> Result<()> {
+        let out = self.call(Event::Reload(Box::new(settings)))?;
+        self.expect(out, |_| Some(()))
+    }
+
+    /// Expiry and end of grace periods, in bounded batches.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub fn sweep(&self, now: u64, batch: usize) -> Result<usize> {
+        self.count_of(now, Event::Sweep { batch })
+    }
+
+    /// Marks an item received from a source (not waited for).
+    pub fn touch(&self, _now: u64, source: &str) {
+        self.hint(Event::Touch {
+            source: source.to_owned(),
+        });
+    }
+
+    /// Stores an imported list entry as a local, unpublished source.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub fn import(
+        &self,
+        now: u64,
+        source: &str,
+        subject: SubjectKey,
+        category: Category,
+        ttl: u64,
+    ) -> Result<Ingested> {
+        let out = self.call_at(
+            now,
+            Event::Import {
+                source: source.to_owned(),
+                subject,
+                category,
+                ttl,
+            },
+        )?;
+        self.expect(out, |o| match o {
+            Outcome::Ingested(v) => v.into_iter().next(),
+            _ => None,
+        })
+    }
+
+    /// Answers a lookup (action, score, reasons; no per-report detail) from
+    /// what the core published; never waits for the core.
+    ///
+    /// # Errors
+    /// Storage errors (only while the core is still publishing after a
+    /// start or reload, when lookups read the store).
+    pub fn verdict(&self, now: u64, query: &Query) -> Result<Arc<VerdictOut>> {
+        let published = &self.shared.published;
+        let key = query.cache_key();
+        if let Some(v) = published.cached(&key, now) {
+            return Ok(v);
+        }
+        let exact = match query {
+            Query::Jid { key, .. } | Query::Digest(key) | Query::Key(key) => Some(key),
+            Query::Domain { .. } | Query::Ip(_) => None,
+        };
+        let stamp = published.stamp(exact);
+        let (mut verdict, valid_until) = match self.published_verdict(now, query) {
+            Some(v) => v,
+            None => self.compute(now, query)?,
+        };
         verdict.contributions = Vec::new();
         verdict.subjects = Vec::new();
         let verdict = Arc::new(verdict);
-        if let Ok(mut cache) = self.cache.write() {
-            if cache.len() >= CACHE_MAX {
-                cache.clear();
-            }
-            cache.insert(
-                key.into_owned(),
-                Cached {
-                    generation,
-                    valid_until,
-                    verdict: Arc::clone(&verdict),
-                },
-            );
-        }
+        published.cache(&key, stamp, valid_until, Arc::clone(&verdict));
         Ok(verdict)
     }
 
-    /// Computes a verdict without the cache (for `explain`).
+    /// A verdict from the published per-subject entries, or `None` when one
+    /// of them is missing or past its validity (then the store answers, and
+    /// the core is asked to refresh it).
+    fn published_verdict(&self, now: u64, query: &Query) -> Option<(VerdictOut, u64)> {
+        let settings = self.settings();
+        let published = &self.shared.published;
+        let complete = published.is_complete();
+        let (exact, covering) = lookup_keys(&settings, now, query);
+        let mut score = 0.0f64;
+        let mut action = Action::Allow;
+        let mut reasons: Vec<Reason> = Vec::new();
+        let mut valid_until = now + SCORE_REFRESH_SECS;
+        for k in exact.iter().chain(&covering) {
+            match published.get(k) {
+                Some(v) if v.computed_at <= now && now < v.valid_until => {
+                    score = score.max(v.score);
+                    action = action.max(v.action);
+                    reasons.extend(v.reasons.iter().cloned());
+                    valid_until = valid_until.min(v.valid_until);
+                }
+                Some(_) => {
+                    self.hint(Event::Refresh(k.clone()));
+                    return None;
+                }
+                None if complete => {}
+                None => return None,
+            }
+        }
+        let first_in = |f: &dyn Fn(&SubjectKey) -> bool, level: &[SubjectKey]| {
+            level.iter().find(|s| f(s)).cloned()
+        };
+        let local = if let Some(subject) = first_in(&|k| settings.allows(k), &exact) {
+            Some((Action::Allow, Reason::LocalAllow { subject }))
+        } else if let Some(subject) = first_in(&|k| settings.denies(k), &exact) {
+            Some((Action::Block, Reason::LocalDeny { subject }))
+        } else if let Some(subject) = first_in(&|k| settings.allows(k), &covering) {
+            Some((Action::Allow, Reason::LocalAllow { subject }))
+        } else {
+            first_in(&|k| settings.denies(k), &covering)
+                .map(|subject| (Action::Block, Reason::LocalDeny { subject }))
+        };
+        if let Some((a, r)) = local {
+            action = a;
+            reasons = vec![r];
+        }
+        let mut shown: Vec<serde_json::Value> = Vec::new();
+        if let Query::Ip(ip) = query {
+            if let Some(m) = settings.allow_ip.iter().find(|m| m.contains(*ip)) {
+                action = Action::Allow;
+                shown.push(serde_json::json!({"rule": "local-allow", "entry": m.to_string()}));
+                reasons.clear();
+            } else if let Some(m) = settings.deny_ip.iter().find(|m| m.contains(*ip)) {
+                action = Action::Block;
+                shown.push(serde_json::json!({"rule": "local-deny", "entry": m.to_string()}));
+                reasons.clear();
+            }
+        }
+        shown.extend(
+            reasons
+                .iter()
+                .map(|r| serde_json::to_value(r).unwrap_or_default()),
+        );
+        Some((
+            VerdictOut {
+                action,
+                score: (score * 1000.0).round() / 1000.0,
+                subjects: Vec::new(),
+                reasons: shown,
+                contributions: Vec::new(),
+            },
+            valid_until,
+        ))
+    }
+
+    /// Computes a verdict from the store, with every contribution (`explain`).
+    ///
+    /// # Errors
+    /// Storage errors.
     pub fn explain(&self, now: u64, query: &Query) -> Result<VerdictOut> {
         Ok(self.compute(now, query)?.0)
     }
 
-    fn lookup_keys(
-        &self,
-        settings: &Settings,
-        now: u64,
-        query: &Query,
-    ) -> (Vec<SubjectKey>, Vec<SubjectKey>) {
-        match query {
-            Query::Jid { key, domain } => {
-                let mut covering = domain_lookup_keys(domain);
-                covering.extend(rtbl_domain_keys(domain));
-                (vec![key.clone()], covering)
-            }
-            Query::Domain { domain } => {
-                let mut keys = domain_lookup_keys(domain);
-                keys.extend(rtbl_domain_keys(domain));
-                let exact = keys.remove(0);
-                (vec![exact], keys)
-            }
-            Query::Ip(ip) => {
-                let exact = settings
-                    .secrets
-                    .iter()
-                    .flat_map(|(s, _)| s.lookup_tokens(*ip, now, corvid_protocol::ns::MAX_TTL_SECS))
-                    .collect();
-                (exact, Vec::new())
-            }
-            Query::Digest(k) | Query::Key(k) => (vec![k.clone()], Vec::new()),
-        }
-    }
-
     /// Gathers what a lookup needs from the store and the settings.
     fn gather(&self, settings: &Settings, now: u64, query: &Query) -> Result<(Lookup, u64)> {
-        let (exact, covering) = self.lookup_keys(settings, now, query);
+        let (exact, covering) = lookup_keys(settings, now, query);
         let mut lookup = Lookup {
             exact,
             covering,
             ..Lookup::default()
         };
-        let mut valid_until = now + CACHE_SECS;
+        let mut valid_until = now + SCORE_REFRESH_SECS;
         for subject in lookup.exact.iter().chain(&lookup.covering) {
-            for (source, stored) in self.store.about(subject.as_str())? {
-                let Some(trust) = settings.trust(&source) else {
-                    continue;
-                };
-                valid_until = valid_until.min(stored.record.expires_at());
-                lookup.contributions.push(Contribution {
-                    mode: self.mode_of(&source, &trust),
-                    source,
-                    kind: trust.kind,
-                    weight: trust.weight,
-                    confirmed: stored.missing_since.is_none(),
-                    record: stored.record,
-                });
+            for c in crate::core::contributions(&self.store, settings, &self.shared, subject)? {
+                valid_until = valid_until.min(c.record.expires_at());
+                lookup.contributions.push(c);
             }
         }
         for (list, set) in [
@@ -763,11 +1220,6 @@ impl Engine {
                 .iter()
                 .map(|r| serde_json::to_value(r).unwrap_or_default()),
         );
-        if !verdict.canary_reporters.is_empty() {
-            for source in &verdict.canary_reporters {
-                self.suspend_for_canary(source, "reported a canary subject")?;
-            }
-        }
         let contributions = verdict
             .contributions
             .into_iter()
@@ -795,420 +1247,11 @@ impl Engine {
         Ok((out, valid_until))
     }
 
-    fn suspend_for_canary(&self, source: &str, why: &str) -> Result<()> {
-        let already = self
-            .suspended
-            .read()
-            .map(|s| s.contains(source))
-            .unwrap_or(false);
-        if already || !self.settings().peers.contains_key(source) {
-            return Ok(());
-        }
-        tracing::warn!(
-            peer = source,
-            "{why}: moved to observe mode until the operator acts (corvid peer enforce {source})"
-        );
-        self.store
-            .update_peer(source, |p| p.suspended_for_canary = Some(why.to_owned()))?;
-        if let Ok(mut s) = self.suspended.write() {
-            s.insert(source.to_owned());
-        }
-        self.metrics
-            .inc("corvid_canary_suspensions_total", &[("peer", source)]);
-        self.invalidate();
-        Ok(())
-    }
-
-    /// Lifts a canary suspension (operator action).
-    pub fn lift_suspension(&self, source: &str) -> Result<()> {
-        self.store
-            .update_peer(source, |p| p.suspended_for_canary = None)?;
-        if let Ok(mut s) = self.suspended.write() {
-            s.remove(source);
-        }
-        self.invalidate();
-        Ok(())
-    }
-
-    /// Whether a source is suspended.
-    pub fn is_suspended(&self, source: &str) -> bool {
-        self.suspended
-            .read()
-            .map(|s| s.contains(source))
-            .unwrap_or(false)
-    }
-
-    /// Submits this server's own report; returns once it is on disk.
-    pub fn submit(&self, now: u64, s: Submission) -> Result<Report, SubmitError> {
-        let settings = self.settings();
-        let subject = match s.subject {
-            ReportSubject::Key(k) => k,
-            ReportSubject::Ip(prefix) => {
-                let Some((secret, _)) = settings.secrets.iter().find(|(_, issue)| *issue) else {
-                    return Err(SubmitError::Invalid(
-                        "no federation secret is configured to tokenize IP reports (keys.federation with issue = true)".into(),
-                    ));
-                };
-                secret.token(&prefix, secret.epoch_of(now))
-            }
-        };
-        if settings.is_canary(&subject) {
-            return Err(SubmitError::Invalid(format!(
-                "{subject} is one of this server's own hosts or a canary; refusing to report it"
-            )));
-        }
-        let ttl = s.ttl.unwrap_or(settings.default_ttl);
-        if ttl == 0 || ttl > corvid_protocol::ns::MAX_TTL_SECS {
-            return Err(SubmitError::Invalid(
-                "ttl must be between 1 second and 90 days".into(),
-            ));
-        }
-        if s.abuse_contacted_at.is_some() && subject.kind() != SubjectKind::Domain {
-            return Err(SubmitError::Invalid(
-                "abuse_contacted_at only applies to domain reports".into(),
-            ));
-        }
-        let report = Report {
-            id: new_report_id(now * 1000 + u64::from(u16::from_be_bytes(random_bytes()) % 1000)),
-            subject,
-            category: s.category,
-            confidence: s.confidence,
-            issued_at: now,
-            expires_at: now + ttl,
-            evidence: Evidence {
-                count: s.count.max(1),
-                first_seen: s.first_seen.unwrap_or(now).min(now),
-                last_seen: now,
-                note: s.note,
-                abuse_contacted_at: s.abuse_contacted_at,
-                message_text: s.message_text,
-            },
-        };
-        let record = Record::Report(report.clone());
-        record
-            .validate(now, 0)
-            .map_err(|e| SubmitError::Invalid(e.to_string()))?;
-        self.store
-            .put_own_durable(&record)
-            .map_err(|e| SubmitError::Failed(e.into()))?;
-        self.ingest(now, &settings.domain, &record, "")?;
-        Ok(report)
-    }
-
-    /// Retracts this server's report about a subject; returns the tombstone.
-    pub fn retract(
-        &self,
-        now: u64,
-        subject: &SubjectKey,
-        reason: RetractionReason,
-    ) -> Result<Option<Retraction>> {
-        let settings = self.settings();
-        let Some(Record::Report(old)) = self.store.own(subject)? else {
-            return Ok(None);
-        };
-        let mut id = new_report_id(now * 1000);
-        if id <= old.id {
-            id = new_report_id(old.id.timestamp_ms() + 1);
-        }
-        let tomb = Retraction {
-            id,
-            subject: subject.clone(),
-            retracts: old.id,
-            reason,
-            issued_at: now.max(old.issued_at),
-            expires_at: old.expires_at,
-        };
-        let record = Record::Retraction(tomb.clone());
-        self.store.put_own_durable(&record)?;
-        self.ingest(now, &settings.domain, &record, "")?;
-        Ok(Some(tomb))
-    }
-
-    /// Stores a verified record from a source (newest per subject wins).
-    ///
-    /// The comparison with what is stored and the write are one store
-    /// transaction, so two copies of one item (or an item and its
-    /// successor) arriving together cannot both win or undo each other.
-    pub fn ingest(
-        &self,
-        now: u64,
-        source: &str,
-        record: &Record,
-        key_id: &str,
-    ) -> Result<Ingested> {
-        let subject = record.subject().as_str();
-        let settings = self.settings();
-        let over_cap = settings
-            .peers
-            .get(source)
-            .is_some_and(|peer| self.record_count(source) >= peer.max_reports);
-        let seen_ms = crate::now_ms();
-        let what = std::cell::Cell::new(Ingested::Unchanged);
-        let upserted = self.store.upsert(subject, source, |old| match old {
-            Some(old) if !record.supersedes(&old.record) => {
-                what.set(Ingested::Unchanged);
-                // The same record again confirms an unconfirmed entry.
-                (old.missing_since.is_some() && old.record == *record).then(|| Stored {
-                    missing_since: None,
-                    seen_ms,
-                    ..old.clone()
-                })
-            }
-            None if over_cap => {
-                what.set(Ingested::OverCap);
-                None
-            }
-            _ => {
-                what.set(Ingested::Stored);
-                Some(Stored {
-                    record: record.clone(),
-                    key_id: key_id.to_owned(),
-                    missing_since: None,
-                    seen_ms,
-                })
-            }
-        })?;
-        match what.get() {
-            Ingested::Stored => {}
-            other => {
-                if upserted != Upserted::Kept {
-                    self.invalidate();
-                }
-                return Ok(other);
-            }
-        }
-        if matches!(record, Record::Report(_))
-            && settings.is_canary(record.subject())
-            && settings.peers.contains_key(source)
-        {
-            self.suspend_for_canary(source, &format!("reported canary {}", record.subject()))?;
-        }
-        if upserted == Upserted::Added {
-            self.add_count(source, 1);
-        }
-        self.invalidate();
-        self.note_decision(now, record.subject())?;
-        Ok(Ingested::Stored)
-    }
-
-    /// Records stored from a source (kept in memory, persisted by `sweep`).
-    pub fn record_count(&self, source: &str) -> u64 {
-        let mut counts = self
-            .counts
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        *counts
-            .entry(source.to_owned())
-            .or_insert_with(|| self.store.peer(source).map(|p| p.records).unwrap_or(0))
-    }
-
-    fn add_count(&self, source: &str, delta: i64) {
-        let mut counts = self
-            .counts
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let count = counts
-            .entry(source.to_owned())
-            .or_insert_with(|| self.store.peer(source).map(|p| p.records).unwrap_or(0));
-        *count = count.saturating_add_signed(delta);
-    }
-
-    fn persist_counts(&self) -> Result<()> {
-        let counts: Vec<(String, u64)> = self
-            .counts
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .iter()
-            .map(|(k, v)| (k.clone(), *v))
-            .collect();
-        for (source, n) in counts {
-            self.store.update_peer(&source, |p| p.records = n)?;
-        }
-        Ok(())
-    }
-
-    fn note_decision(&self, now: u64, subject: &SubjectKey) -> Result<()> {
-        // Action and score only: no explanation is built on the ingest path.
-        let settings = self.settings();
-        let (lookup, _) = self.gather(&settings, now, &Query::Key(subject.clone()))?;
-        let v = aggregate::decide(&lookup, &settings.policy, now);
-        self.store
-            .record_decision(subject.as_str(), v.action, v.score, now)?;
-        Ok(())
-    }
-
-    /// Removes one contribution (a delisting, an operator's action).
-    pub fn remove(&self, now: u64, source: &str, subject: &str) -> Result<bool> {
-        self.remove_if(now, source, subject, |_| true)
-    }
-
-    /// Removes one contribution if `still` holds for it when it is removed
-    /// (expiry, revocation, grace over): checked in the store transaction
-    /// that deletes it, so an entry renewed meanwhile stays. Returns whether
-    /// it was removed.
-    pub fn remove_if(
-        &self,
-        now: u64,
-        source: &str,
-        subject: &str,
-        still: impl Fn(&Stored) -> bool,
-    ) -> Result<bool> {
-        let removed = self.store.remove_if(subject, source, still)?;
-        if removed {
-            self.add_count(source, -1);
-            self.invalidate();
-            if let Ok(key) = subject.parse() {
-                self.note_decision(now, &key)?;
-            }
-        }
-        Ok(removed)
-    }
-
-    /// After a complete read of a source's feed: everything present is
-    /// confirmed, everything else becomes unconfirmed (not removed).
-    ///
-    /// `started_ms` is when the read began: entries that arrived by a live
-    /// event after that are newer than the read and stay confirmed.
-    pub fn reconcile(
-        &self,
-        now: u64,
-        source: &str,
-        present: &BTreeSet<String>,
-        started_ms: u64,
-    ) -> Result<usize> {
-        let mut missing = 0;
-        for subject in self.store.subjects_of(source)? {
-            if present.contains(&subject) {
-                continue;
-            }
-            // Checked inside the write: an entry confirmed by a live event
-            // while this read ran stays confirmed.
-            let marked = self.store.upsert(&subject, source, |stored| {
-                stored
-                    .filter(|s| s.missing_since.is_none() && s.seen_ms < started_ms)
-                    .map(|s| Stored {
-                        missing_since: Some(now),
-                        ..s.clone()
-                    })
-            })?;
-            if marked != Upserted::Kept {
-                missing += 1;
-            }
-        }
-        if missing > 0 {
-            self.invalidate();
-        }
-        self.store.update_peer(source, |p| {
-            p.last_sync = Some(now);
-        })?;
-        Ok(missing)
-    }
-
-    /// A purge or node deletion: every entry of the source is unconfirmed.
-    pub fn mark_all_unconfirmed(&self, now: u64, source: &str) -> Result<usize> {
-        self.reconcile(now, source, &BTreeSet::new(), u64::MAX)
-    }
-
-    /// Drops every contribution signed by a revoked key.
-    pub fn apply_revocation(&self, now: u64, source: &str, key: &PublicKey) -> Result<usize> {
-        let fp = key.fingerprint().to_string();
-        let key_id = key.key_id().to_string();
-        self.store.update_peer(source, |p| {
-            if !p.revoked.contains(&fp) {
-                p.revoked.push(fp.clone());
-            }
-        })?;
-        let mut dropped = 0;
-        for subject in self.store.subjects_of(source)? {
-            if self.remove_if(now, source, &subject, |s| s.key_id == key_id)? {
-                dropped += 1;
-            }
-        }
-        tracing::warn!(peer = source, key = %key, dropped, "key revoked: its reports no longer count");
-        Ok(dropped)
-    }
-
-    /// A peer's rotation record.
-    pub fn handle_rotation(&self, peer: &Peer, new: &PublicKey) -> Result<()> {
-        let text = new.to_string();
-        let state = self.store.peer(&peer.domain)?;
-        if state.rotated_keys.contains(&text) || *new == peer.key {
-            return Ok(());
-        }
-        if peer.accept_rotations {
-            tracing::info!(peer = %peer.domain, key = %text, "accepted key rotation (peer allows automatic rotations)");
-            self.store.update_peer(&peer.domain, |p| {
-                p.rotated_keys.push(text.clone());
-                p.pending_rotation = None;
-            })?;
-        } else if state.pending_rotation.as_deref() != Some(&text) {
-            tracing::warn!(peer = %peer.domain, key = %text, fingerprint = %new.fingerprint(), "key rotation waits for the operator: corvid peer confirm-rotation {}", peer.domain);
-            self.store
-                .update_peer(&peer.domain, |p| p.pending_rotation = Some(text.clone()))?;
-        }
-        Ok(())
-    }
-
-    /// Accepts a pending rotation (operator action).
-    pub fn confirm_rotation(&self, domain: &str) -> Result<Option<String>> {
-        let state = self.store.peer(domain)?;
-        let Some(key) = state.pending_rotation else {
-            return Ok(None);
-        };
-        self.store.update_peer(domain, |p| {
-            p.rotated_keys.push(key.clone());
-            p.pending_rotation = None;
-        })?;
-        Ok(Some(key))
-    }
-
-    /// Expiry and end of grace periods, in bounded batches so a mass expiry
-    /// is spread out instead of stalling lookups. Returns entries removed.
-    pub fn sweep(&self, now: u64, batch: usize) -> Result<usize> {
-        self.persist_counts()?;
-        let mut removed = 0;
-        let own_domain = self.settings().domain.clone();
-        for (source, subject) in self.store.expired(now, batch)? {
-            // Rechecked as it is removed: a renewal since the listing stays.
-            if self.remove_if(now, &source, &subject, |s| s.record.expires_at() <= now)? {
-                removed += 1;
-            }
-            if source == own_domain {
-                // Our own record expired too: it leaves the feed at the next compaction.
-                self.store.drop_own_if_expired(&subject, now)?;
-            }
-        }
-        let settings = self.settings();
-        // Entries missing from their source's feed, past the grace period.
-        let cutoff = now.saturating_sub(settings.grace);
-        for (source, subject) in self.store.missing_before(cutoff, batch)? {
-            if self.remove_if(now, &source, &subject, |s| {
-                s.missing_since.is_some_and(|m| m < cutoff)
-            })? {
-                removed += 1;
-                self.metrics
-                    .inc("corvid_unconfirmed_dropped_total", &[("peer", &source)]);
-            }
-        }
-        Ok(removed)
-    }
-
-    /// A source's state.
-    pub fn peer_state(&self, source: &str) -> Result<PeerState> {
-        let mut state = self.store.peer(source)?;
-        state.records = self.record_count(source);
-        Ok(state)
-    }
-
-    /// Marks an item received from a source.
-    pub fn touch(&self, now: u64, source: &str) -> Result<()> {
-        self.store
-            .update_peer(source, |p| p.last_item = Some(now))?;
-        Ok(())
-    }
-
     /// Every subject whose own verdict is `flag` or `block`, with details
     /// for the public list.
+    ///
+    /// # Errors
+    /// Storage errors.
     pub fn export(&self, now: u64) -> Result<Vec<Exported>> {
         let settings = self.settings();
         let mut out = Vec::new();
@@ -1248,54 +1291,144 @@ impl Engine {
         }
         Ok(out)
     }
+}
 
-    /// Stores an imported list entry as a local, unpublished source.
-    pub fn import(
-        &self,
-        now: u64,
-        source: &str,
-        subject: SubjectKey,
-        category: Category,
-        ttl: u64,
-    ) -> Result<Ingested> {
-        let record = listed_report(
-            new_report_id(now * 1000),
-            subject,
-            category,
-            now,
-            ttl.min(corvid_protocol::ns::MAX_TTL_SECS),
-        );
-        self.ingest(now, source, &record, "")
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.stop();
     }
+}
 
-    /// Counts of subjects by their last recorded action.
-    pub fn action_counts(&self) -> Result<BTreeMap<String, u64>> {
-        Ok(self.store.action_counts()?)
+/// The subjects a query checks: the exact ones, and the covering domains.
+fn lookup_keys(settings: &Settings, now: u64, query: &Query) -> (Vec<SubjectKey>, Vec<SubjectKey>) {
+    match query {
+        Query::Jid { key, domain } => {
+            let mut covering = domain_lookup_keys(domain);
+            covering.extend(rtbl_domain_keys(domain));
+            (vec![key.clone()], covering)
+        }
+        Query::Domain { domain } => {
+            let mut keys = domain_lookup_keys(domain);
+            keys.extend(rtbl_domain_keys(domain));
+            let exact = keys.remove(0);
+            (vec![exact], keys)
+        }
+        Query::Ip(ip) => {
+            let exact = settings
+                .secrets
+                .iter()
+                .flat_map(|(s, _)| s.lookup_tokens(*ip, now, corvid_protocol::ns::MAX_TTL_SECS))
+                .collect();
+            (exact, Vec::new())
+        }
+        Query::Digest(k) | Query::Key(k) => (vec![k.clone()], Vec::new()),
     }
+}
 
-    /// Records (or clears) the publisher's last failure, for health checks.
-    pub fn set_publish_error(&self, error: Option<String>) {
-        *self
-            .publish_error
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = error;
+/// The core's thread: takes every pending local request and a bounded
+/// share of peer batches per step, stamps the step with fresh randomness,
+/// and carries out the effects. Local requests go first, so a flood of peer
+/// items never delays the operator's reports or the hooks' answers by more
+/// than one step.
+fn drive(
+    mut core: Core,
+    mut control: tokio::sync::mpsc::Receiver<Job>,
+    mut peers: tokio::sync::mpsc::Receiver<Job>,
+    signals: &Signals,
+) {
+    let rt = match tokio::runtime::Builder::new_current_thread().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!("cannot start the core's runtime: {e}");
+            return;
+        }
+    };
+    let mut stopping = false;
+    while !stopping {
+        let mut jobs: Vec<Job> = Vec::new();
+        if core.warming() {
+            match control.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => {
+                    if let Ok(j) = peers.try_recv() {
+                        jobs.push(j);
+                    }
+                }
+            }
+            if jobs.is_empty() {
+                jobs.push(Job::Event {
+                    now_ms: crate::now_ms(),
+                    event: Event::Warm,
+                    reply: None,
+                });
+            }
+        } else {
+            let first = rt.block_on(async {
+                tokio::select! {
+                    biased;
+                    j = control.recv() => j,
+                    j = peers.recv() => j,
+                }
+            });
+            match first {
+                Some(j) => jobs.push(j),
+                None => break,
+            }
+        }
+        while jobs.len() < CONTROL_QUEUE {
+            match control.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
+            }
+        }
+        for _ in 0..FEED_PER_STEP {
+            match peers.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
+            }
+        }
+        let mut events = Vec::with_capacity(jobs.len());
+        let mut replies: Vec<Option<Replier>> = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            match job {
+                Job::Event {
+                    now_ms,
+                    event,
+                    reply,
+                } => {
+                    events.push((replies.len() as u64, now_ms, event));
+                    replies.push(reply);
+                }
+                Job::Stop => stopping = true,
+            }
+        }
+        for effect in core.step(random_bytes(), events) {
+            match effect {
+                Effect::Reply(ticket, outcome) => {
+                    if let Some(Some(r)) = usize::try_from(ticket)
+                        .ok()
+                        .and_then(|i| replies.get_mut(i))
+                        .map(Option::take)
+                    {
+                        r.send(outcome);
+                    }
+                }
+                Effect::PublishOwn => signals.own_changed.notify_one(),
+                Effect::Rekeyed => signals.rekeyed.notify_one(),
+                Effect::Resync(source) => {
+                    if let Some(tx) = signals
+                        .resync
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .as_ref()
+                    {
+                        let _ = tx.send(source);
+                    }
+                }
+            }
+        }
     }
-
-    /// The publisher's last failure, if it has not recovered since.
-    pub fn publish_error(&self) -> Option<String> {
-        self.publish_error
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
-    }
-
-    /// The ingest rate limit.
-    pub fn ingest_rate(&self) -> u32 {
-        self.settings().ingest_rate
-    }
-
-    /// Public key of this node.
-    pub fn public_key(&self) -> PublicKey {
-        self.signer().public_key()
-    }
+    // Whatever is still queued is refused: its senders see the core stopped.
+    control.close();
+    peers.close();
 }

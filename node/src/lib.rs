@@ -2,6 +2,7 @@
 //! the engine in-process. The binary is `src/main.rs`.
 
 pub use corvid_api::{config, subjects};
+pub mod core;
 pub mod engine;
 pub mod metrics;
 pub mod publisher;
@@ -10,6 +11,7 @@ pub mod ratelimit;
 pub mod rejects;
 pub mod serve;
 pub mod store;
+pub mod verdicts;
 pub mod xmpp;
 
 /// The current Unix time in milliseconds.

@@ -299,7 +299,7 @@ async fn serve(path: PathBuf, config: Config, ready_file: Option<PathBuf>) -> Re
         }
     };
     let t = std::time::Instant::now();
-    let (before, after) = engine.store().shut_down()?;
+    let (before, after) = engine.shut_down()?;
     tracing::info!(
         api = bound,
         store_bytes = after,

@@ -75,11 +75,12 @@ pub async fn run(engine: Arc<Engine>, link: Link, config: FeedConfig, wake: Arc<
         }
         tokio::select! {
             () = wake.notified() => {}
+            () = engine.own_changed().notified() => {}
             () = engine.own_feed_changed.notified() => {
                 tracing::info!("own feed changed on the service (purge, deletion or retraction): reconciling");
                 reconciled_session = 0;
             }
-            () = engine.rekeyed.notified() => {
+            () = engine.rekeyed().notified() => {
                 tracing::info!("signing key rotated: rewriting the feed under the new key");
                 writer = None;
                 reconciled_session = 0;

@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::core::{Event, Outcome};
 use anyhow::{Result, bail};
 use corvid_protocol::feed::{self, FeedReader};
 use corvid_protocol::item::{Body, FeedAddress, ItemError, KeyRing, SignedItem, verify_signed};
@@ -40,6 +41,8 @@ pub async fn run(
     resync: Duration,
 ) {
     let (resync_tx, mut resync_rx) = mpsc::unbounded_channel::<String>();
+    // A new snapshot head found by the core asks for a reread here.
+    engine.set_resync(resync_tx.clone());
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<String>();
     let mut buckets: HashMap<String, TokenBucket> = HashMap::new();
     // One backfill per source at a time; requests meanwhile coalesce into
@@ -70,12 +73,12 @@ pub async fn run(
                     }
                     LinkEvent::PubSub { from, event } => {
                         let from = from.map(|j| j.to_bare().to_string()).unwrap_or_default();
-                        handle_event(&engine, &from, &event, &mut buckets, &resync_tx);
+                        handle_event(&engine, &from, &event, &mut buckets, &resync_tx).await;
                     }
                 }
             }
             _ = summary.tick() => {
-                engine.rejects.flush();
+                engine.rejects().flush();
             }
             () = overflow.notified() => {
                 // The event queue overflowed: some items were dropped, so
@@ -202,7 +205,7 @@ fn reject_label(engine: &Engine, source: &str, item_id: &str, label: &str, why: 
         "corvid_rejected_items_total",
         &[("peer", source), ("reason", label)],
     );
-    engine.rejects.note(source, item_id, label, why);
+    engine.rejects().note(source, item_id, label, why);
 }
 
 fn verify(
@@ -244,29 +247,55 @@ fn verify(
     }
 }
 
-/// Applies one verified item body. Returns the records it carries.
-fn apply_key_record(engine: &Engine, peer: &Peer, body: &Body) -> Result<()> {
-    match body {
-        Body::KeyRotation(r) => engine.handle_rotation(peer, &r.new),
-        Body::KeyRevocation(r) => engine
-            .apply_revocation(crate::now(), &peer.domain, &r.key)
-            .map(|_| ()),
+/// Applies one verified key record (a rotation or a revocation).
+async fn apply_key_record(engine: &Engine, peer: &Peer, body: &Body) -> Result<()> {
+    let event = match body {
+        Body::KeyRotation(r) => Event::Rotation {
+            source: peer.domain.clone(),
+            key: r.new,
+        },
+        Body::KeyRevocation(r) => Event::Revocation {
+            source: peer.domain.clone(),
+            key: r.key,
+        },
+        _ => return Ok(()),
+    };
+    match engine.call_async(event).await? {
+        Outcome::Failed(e) => Err(e.into()),
         _ => Ok(()),
     }
 }
 
-fn ingest_record(engine: &Engine, peer: &Peer, record: &Record, key_id: &str) -> Result<()> {
-    match engine.ingest(crate::now(), &peer.domain, record, key_id)? {
-        Ingested::Stored | Ingested::Unchanged => engine
+/// Records a backfill read, stored by the core in batches (one transaction
+/// each); over-cap refusals are counted as rejections.
+const INGEST_BATCH: usize = 2_000;
+
+async fn ingest_records(
+    engine: &Engine,
+    source: &str,
+    records: Vec<(Record, String)>,
+) -> Result<()> {
+    let mut records = records.into_iter().peekable();
+    while records.peek().is_some() {
+        let batch: Vec<(Record, String)> = records.by_ref().take(INGEST_BATCH).collect();
+        let subjects: Vec<String> = batch.iter().map(|(r, _)| r.subject().to_string()).collect();
+        let outcomes = engine.ingest_all(source, batch).await?;
+        let mut ingested = 0;
+        for (what, subject) in outcomes.iter().zip(&subjects) {
+            match what {
+                Ingested::Stored | Ingested::Unchanged => ingested += 1,
+                Ingested::OverCap => reject_label(
+                    engine,
+                    source,
+                    subject,
+                    "peer-cap",
+                    "peer is at its max_reports cap",
+                ),
+            }
+        }
+        engine
             .metrics
-            .inc("corvid_ingested_items_total", &[("peer", &peer.domain)]),
-        Ingested::OverCap => reject_label(
-            engine,
-            &peer.domain,
-            record.subject().as_str(),
-            "peer-cap",
-            "peer is at its max_reports cap",
-        ),
+            .add("corvid_ingested_items_total", &[("peer", source)], ingested);
     }
     Ok(())
 }
@@ -290,7 +319,7 @@ async fn backfill_peer(engine: &Engine, link: &Link, peer: &Peer) -> Result<usiz
                 if let Some((_, v)) =
                     verify(engine, peer, &ring, &feed.node, &item_id, payload.as_ref())
                 {
-                    apply_key_record(engine, peer, &v.body)?;
+                    apply_key_record(engine, peer, &v.body).await?;
                 }
             }
         }
@@ -386,12 +415,16 @@ async fn backfill_peer(engine: &Engine, link: &Link, peer: &Peer) -> Result<usiz
             }
         };
         let mut present = BTreeSet::new();
+        let mut records = Vec::with_capacity(state.len());
         for (subject, record) in &state {
             let key_id = key_of.get(subject.as_str()).cloned().unwrap_or_default();
-            ingest_record(engine, peer, record, &key_id)?;
+            records.push((record.clone(), key_id));
             present.insert(subject.to_string());
         }
-        let missing = engine.reconcile(crate::now(), &peer.domain, &present, started_ms)?;
+        ingest_records(engine, &peer.domain, records).await?;
+        let missing = engine
+            .reconcile_async(&peer.domain, present, started_ms)
+            .await?;
         if missing > 0 {
             tracing::warn!(peer = %peer.domain, missing, "entries missing from the peer's feed are unconfirmed until it republishes them (or the grace period ends)");
         }
@@ -429,7 +462,9 @@ fn rtbl_record(subject: SubjectKey, now: u64, id: &str, category: Category) -> R
     )
 }
 
-fn ingest_rtbl_item(engine: &Engine, rtbl: &Rtbl, id: &str) -> Result<Option<String>> {
+/// The record an RTBL item stands for, or `None` (counted) for an id that
+/// names nothing Corvid can store.
+fn rtbl_item(engine: &Engine, rtbl: &Rtbl, id: &str) -> Result<Option<Record>> {
     let Some(subject) = rtbl_subject(engine, &rtbl.feed.node, id) else {
         reject_label(
             engine,
@@ -456,11 +491,7 @@ fn ingest_rtbl_item(engine: &Engine, rtbl: &Rtbl, id: &str) -> Result<Option<Str
             },
         ),
     };
-    engine.ingest(now, &rtbl.source, &record, "")?;
-    engine
-        .metrics
-        .inc("corvid_ingested_items_total", &[("peer", &rtbl.source)]);
-    Ok(Some(subject.to_string()))
+    Ok(Some(record))
 }
 
 async fn backfill_rtbl(engine: &Engine, link: &Link, rtbl: &Rtbl) -> Result<usize> {
@@ -473,16 +504,22 @@ async fn backfill_rtbl(engine: &Engine, link: &Link, rtbl: &Rtbl) -> Result<usiz
     pubsub::subscribe(link, &feed.service, &feed.node, link.bare()).await?;
     let ids = pubsub::item_ids(link, &feed.service, &feed.node).await?;
     let mut present = BTreeSet::new();
+    let mut records = Vec::new();
     for id in &ids {
-        if let Some(s) = ingest_rtbl_item(engine, rtbl, id)? {
-            present.insert(s);
+        if let Some(record) = rtbl_item(engine, rtbl, id)? {
+            present.insert(record.subject().to_string());
+            records.push((record, String::new()));
         }
     }
-    engine.reconcile(crate::now(), &rtbl.source, &present, started_ms)?;
-    Ok(present.len())
+    ingest_records(engine, &rtbl.source, records).await?;
+    let listed = present.len();
+    engine
+        .reconcile_async(&rtbl.source, present, started_ms)
+        .await?;
+    Ok(listed)
 }
 
-fn handle_event(
+async fn handle_event(
     engine: &Arc<Engine>,
     from: &str,
     event: &Element,
@@ -533,16 +570,16 @@ fn handle_event(
             return;
         }
     };
-    let now = crate::now();
-    let _ = engine.touch(now, &source);
+    engine.touch(crate::now(), &source);
     let rate = f64::from(engine.ingest_rate());
-    let result: Result<()> = (|| {
+    let result: Result<()> = async {
         match parsed {
             FeedEvent::Items {
                 published,
                 retracted,
                 ..
             } => {
+                let mut admitted = Vec::with_capacity(published.len());
                 for (item_id, payload) in published {
                     let bucket = buckets
                         .entry(source.clone())
@@ -558,35 +595,34 @@ fn handle_event(
                         let _ = resync.send(source.clone());
                         continue;
                     }
-                    if let Some(peer) = peer {
-                        let ring = engine.key_ring(peer)?;
-                        let Some((_, v)) =
-                            verify(engine, peer, &ring, &node, &item_id, payload.as_ref())
-                        else {
-                            continue;
-                        };
-                        match v.body {
-                            Body::Delta { record } => {
-                                ingest_record(engine, peer, &record, v.issuer.key.as_str())?
-                            }
-                            Body::Head { .. } => {
-                                // A new snapshot generation: read it (cheap when
-                                // little changed, and the only way to see chunks).
-                                let _ = resync.send(source.clone());
-                            }
-                            Body::Snapshot { .. } | Body::Card(_) => {}
-                            other => apply_key_record(engine, peer, &other)?,
-                        }
-                    } else if let Some(rtbl) = rtbl {
-                        ingest_rtbl_item(engine, rtbl, &item_id)?;
+                    admitted.push((item_id, payload));
+                }
+                if peer.is_some() {
+                    // The core verifies and stores them; a new head comes
+                    // back as a reread request.
+                    if !admitted.is_empty() {
+                        engine.items(&source, &node, admitted).await?;
                     }
+                } else if let Some(rtbl) = rtbl {
+                    let mut records = Vec::new();
+                    for (item_id, _) in &admitted {
+                        if let Some(record) = rtbl_item(engine, rtbl, item_id)? {
+                            records.push((record, String::new()));
+                        }
+                    }
+                    ingest_records(engine, &rtbl.source, records).await?;
                 }
                 if !retracted.is_empty() {
                     if let Some(rtbl) = rtbl {
                         // An RTBL has no signed retraction: its retract is the delisting.
                         for id in retracted {
                             if let Some(subject) = rtbl_subject(engine, &rtbl.feed.node, &id) {
-                                engine.remove(now, &rtbl.source, subject.as_str())?;
+                                engine
+                                    .call_async(Event::Remove {
+                                        source: rtbl.source.clone(),
+                                        subject: subject.to_string(),
+                                    })
+                                    .await?;
                             }
                         }
                     } else {
@@ -597,7 +633,9 @@ fn handle_event(
                 }
             }
             FeedEvent::Purge { .. } | FeedEvent::Delete { .. } => {
-                let n = engine.mark_all_unconfirmed(now, &source)?;
+                let n = engine
+                    .reconcile_async(&source, BTreeSet::new(), u64::MAX)
+                    .await?;
                 tracing::warn!(
                     source,
                     entries = n,
@@ -608,7 +646,8 @@ fn handle_event(
             FeedEvent::Other => {}
         }
         Ok(())
-    })();
+    }
+    .await;
     if let Err(e) = result {
         tracing::warn!(source, "event handling failed: {e:#}");
     }

@@ -413,7 +413,9 @@ pub fn decide(lookup: &Lookup, policy: &Policy, now: UnixTime) -> Verdict {
     verdict(action, reasons)
 }
 
-fn subject_action(s: &SubjectScore, lookup: &Lookup, policy: &Policy) -> (Action, Vec<Reason>) {
+/// The action one scored subject calls for on its own, and why; `lookup`
+/// supplies only its canaries.
+pub fn subject_action(s: &SubjectScore, lookup: &Lookup, policy: &Policy) -> (Action, Vec<Reason>) {
     let t = policy.thresholds(s.subject.kind());
     if s.score < t.flag || s.score <= 0.0 {
         return (Action::Allow, Vec::new());

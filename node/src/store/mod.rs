@@ -397,18 +397,41 @@ impl Store {
         self.kv.sync()
     }
 
+    /// Runs `body` as one atomic write transaction of the data model and
+    /// commits it: all of its writes land or none. With `durable`, they are
+    /// on stable storage (one fsync for the whole batch) when this returns.
+    /// `body` may run more than once (an engine with optimistic
+    /// transactions reruns it after a conflict): it must reset whatever it
+    /// collects when it starts.
+    ///
+    /// # Errors
+    /// Engine errors, or the first error `body` returned (nothing written).
+    pub fn batch(
+        &self,
+        durable: bool,
+        body: &mut dyn FnMut(&mut Tx<'_>) -> Result<()>,
+    ) -> Result<()> {
+        let mut fresh = Vec::new();
+        self.kv.write(durable, &mut |t| {
+            fresh.clear();
+            let mut tx = Tx {
+                store: self,
+                t,
+                fresh: &mut fresh,
+            };
+            body(&mut tx)
+        })?;
+        self.learn(fresh);
+        Ok(())
+    }
+
     /// Records this server's own record and queues it for publication, in
     /// one durable transaction: on return it is on stable storage.
     ///
     /// # Errors
     /// IO errors.
     pub fn put_own_durable(&self, record: &Record) -> Result<()> {
-        let key = codec::subject(record.subject().as_str());
-        let value = codec::record(record);
-        self.kv.write(true, &mut |t| {
-            t.put(Table::Own, &key, &value)?;
-            t.put(Table::Outbox, &key, &[])
-        })
+        self.batch(true, &mut |tx| tx.put_own(record))
     }
 
     /// This server's record for a subject.
@@ -459,9 +482,7 @@ impl Store {
     /// # Errors
     /// IO errors.
     pub fn published(&self, subject: &SubjectKey) -> Result<()> {
-        let key = codec::subject(subject.as_str());
-        self.kv
-            .write(false, &mut |t| t.remove(Table::Outbox, &key).map(drop))
+        self.batch(false, &mut |tx| tx.published(subject))
     }
 
     /// Unconfirmed entries whose grace ended before `cutoff`: `(source, subject)`.
@@ -486,16 +507,7 @@ impl Store {
     /// # Errors
     /// IO or decode errors.
     pub fn drop_own_if_expired(&self, subject: &str, now: u64) -> Result<()> {
-        let key = codec::subject(subject);
-        self.kv.write(false, &mut |t| {
-            if let Some(v) = t.get(Table::Own, &key)?
-                && codec::decode_record(subject, &v)?.expires_at() <= now
-            {
-                t.remove(Table::Own, &key)?;
-                t.remove(Table::Outbox, &key)?;
-            }
-            Ok(())
-        })
+        self.batch(false, &mut |tx| tx.drop_own_if_expired(subject, now))
     }
 
     /// A contribution.
@@ -551,47 +563,10 @@ impl Store {
         decide: impl Fn(Option<&Stored>) -> Option<Stored>,
     ) -> Result<Upserted> {
         let mut outcome = Upserted::Kept;
-        let mut fresh = Vec::new();
-        self.kv.write(false, &mut |t| {
-            fresh.clear();
-            let id = self.intern(t, source, &mut fresh)?;
-            let key = contrib_key(subject, id);
-            let back = back_key(id, subject);
-            let old = match t.get(Table::Contrib, &key)? {
-                Some(v) => Some(codec::decode_stored(subject, &v)?),
-                None => None,
-            };
-            let Some(new) = decide(old.as_ref()) else {
-                outcome = Upserted::Kept;
-                return Ok(());
-            };
-            t.put(Table::Contrib, &key, &codec::stored(&new))?;
-            if let Some(old) = &old {
-                t.remove(
-                    Table::Expiry,
-                    &expiry_key(old.record.expires_at(), id, subject),
-                )?;
-            }
-            t.put(Table::BySource, &back, &[])?;
-            t.put(
-                Table::Expiry,
-                &expiry_key(new.record.expires_at(), id, subject),
-                &[],
-            )?;
-            match new.missing_since {
-                Some(since) => t.put(Table::Missing, &back, &since.to_be_bytes())?,
-                None => {
-                    t.remove(Table::Missing, &back)?;
-                }
-            }
-            outcome = if old.is_none() {
-                Upserted::Added
-            } else {
-                Upserted::Replaced
-            };
+        self.batch(false, &mut |tx| {
+            outcome = tx.upsert(subject, source, &decide)?;
             Ok(())
         })?;
-        self.learn(fresh);
         Ok(outcome)
     }
 
@@ -616,29 +591,9 @@ impl Store {
         source: &str,
         still: impl Fn(&Stored) -> bool,
     ) -> Result<bool> {
-        let Some(id) = self.source_id(source) else {
-            return Ok(false);
-        };
-        let key = contrib_key(subject, id);
-        let back = back_key(id, subject);
         let mut removed = false;
-        self.kv.write(false, &mut |t| {
-            removed = false;
-            let Some(v) = t.get(Table::Contrib, &key)? else {
-                return Ok(());
-            };
-            let old = codec::decode_stored(subject, &v)?;
-            if !still(&old) {
-                return Ok(());
-            }
-            t.remove(Table::Contrib, &key)?;
-            t.remove(Table::Missing, &back)?;
-            t.remove(
-                Table::Expiry,
-                &expiry_key(old.record.expires_at(), id, subject),
-            )?;
-            t.remove(Table::BySource, &back)?;
-            removed = true;
+        self.batch(false, &mut |tx| {
+            removed = tx.remove_if(subject, source, &still)?;
             Ok(())
         })?;
         Ok(removed)
@@ -707,6 +662,36 @@ impl Store {
         Ok(out)
     }
 
+    /// Up to `limit` distinct subjects with contributions, in key order,
+    /// after `cursor` (from the start without one): a scan in steps.
+    ///
+    /// # Errors
+    /// IO or decode errors.
+    pub fn subjects_after(&self, cursor: Option<&str>, limit: usize) -> Result<Vec<String>> {
+        let mut out: Vec<String> = Vec::new();
+        let from = cursor.map(codec::subject).unwrap_or_default();
+        let mut last: Vec<u8> = from.clone();
+        let mut failed = None;
+        self.kv.scan(Table::Contrib, &from, &mut |k, _| {
+            let body = &k[..k.len().saturating_sub(4)];
+            if body != last.as_slice() {
+                if out.len() >= limit {
+                    return false;
+                }
+                match codec::only_subject(body) {
+                    Ok(s) => out.push(s),
+                    Err(e) => {
+                        failed = Some(StoreError::from(e));
+                        return false;
+                    }
+                }
+                last = body.to_vec();
+            }
+            true
+        })?;
+        failed.map_or(Ok(out), Err)
+    }
+
     /// A source's state.
     ///
     /// # Errors
@@ -726,18 +711,8 @@ impl Store {
     /// IO or decode errors.
     pub fn update_peer(&self, source: &str, f: impl Fn(&mut PeerState)) -> Result<PeerState> {
         let mut out = PeerState::default();
-        self.kv.write(false, &mut |t| {
-            let mut state = match t.get(Table::Peers, source.as_bytes())? {
-                Some(v) => serde_json::from_slice(&v)?,
-                None => PeerState::default(),
-            };
-            f(&mut state);
-            t.put(
-                Table::Peers,
-                source.as_bytes(),
-                &serde_json::to_vec(&state)?,
-            )?;
-            out = state;
+        self.batch(false, &mut |tx| {
+            out = tx.update_peer(source, &f)?;
             Ok(())
         })?;
         Ok(out)
@@ -754,37 +729,9 @@ impl Store {
         score: f64,
         now: u64,
     ) -> Result<Option<u64>> {
-        let key = codec::subject(subject);
         let mut out = None;
-        self.kv.write(false, &mut |t| {
-            out = None;
-            let previous = match t.get(Table::LastAction, &key)? {
-                Some(v) => Some(codec::decode_action(&v)?),
-                None => None,
-            };
-            if previous.unwrap_or(Action::Allow) == action
-                && (previous.is_some() || action == Action::Allow)
-            {
-                return Ok(());
-            }
-            t.put(Table::LastAction, &key, &[codec::action_byte(action)])?;
-            let seq = match t.get(Table::Meta, DECISION_SEQ)? {
-                Some(v) => be64(&v).ok_or_else(|| corrupt("decision sequence"))?,
-                None => 0,
-            } + 1;
-            t.put(Table::Meta, DECISION_SEQ, &seq.to_be_bytes())?;
-            let d = Decision {
-                seq,
-                subject: subject.to_owned(),
-                action,
-                score,
-                at: now,
-            };
-            t.put(Table::Decisions, &seq.to_be_bytes(), &codec::decision(&d))?;
-            if seq > DECISIONS_KEPT {
-                t.remove(Table::Decisions, &(seq - DECISIONS_KEPT).to_be_bytes())?;
-            }
-            out = Some(seq);
+        self.batch(false, &mut |tx| {
+            out = tx.record_decision(subject, action, score, now)?;
             Ok(())
         })?;
         Ok(out)
@@ -841,15 +788,7 @@ impl Store {
     /// # Errors
     /// IO errors.
     pub fn add_key_record(&self, item_id: &str, xml: &str) -> Result<()> {
-        self.kv.write(true, &mut |t| {
-            let mut list: Vec<(String, String)> = match t.get(Table::Meta, KEY_RECORDS)? {
-                Some(v) => serde_json::from_slice(&v)?,
-                None => Vec::new(),
-            };
-            list.retain(|(id, _)| id != item_id);
-            list.push((item_id.to_owned(), xml.to_owned()));
-            t.put(Table::Meta, KEY_RECORDS, &serde_json::to_vec(&list)?)
-        })
+        self.batch(true, &mut |tx| tx.add_key_record(item_id, xml))
     }
 
     /// Key records to keep published: `(item id, payload XML)`.
@@ -900,6 +839,267 @@ impl Store {
     /// The engine underneath, for tests that write raw values.
     pub fn kv(&self) -> &Arc<dyn Kv> {
         &self.kv
+    }
+}
+
+/// One write transaction of the data model: every method reads the
+/// transaction's own earlier writes. Built by [`Store::batch`], which
+/// commits all of it at once (one fsync for a whole batch when durable).
+pub struct Tx<'a> {
+    store: &'a Store,
+    t: &'a mut dyn Txn,
+    fresh: &'a mut Vec<(String, u32)>,
+}
+
+impl std::fmt::Debug for Tx<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tx").finish_non_exhaustive()
+    }
+}
+
+impl Tx<'_> {
+    fn intern(&mut self, name: &str) -> Result<u32> {
+        self.store.intern(self.t, name, self.fresh)
+    }
+
+    fn source_id(&mut self, name: &str) -> Result<Option<u32>> {
+        if let Some(id) = self.store.source_id(name) {
+            return Ok(Some(id));
+        }
+        if let Some((_, id)) = self.fresh.iter().find(|(n, _)| n == name) {
+            return Ok(Some(*id));
+        }
+        Ok(None)
+    }
+
+    /// Records this server's own record and queues it for publication.
+    ///
+    /// # Errors
+    /// IO errors.
+    pub fn put_own(&mut self, record: &Record) -> Result<()> {
+        let key = codec::subject(record.subject().as_str());
+        self.t.put(Table::Own, &key, &codec::record(record))?;
+        self.t.put(Table::Outbox, &key, &[])
+    }
+
+    /// This server's record for a subject, as of this transaction.
+    ///
+    /// # Errors
+    /// IO or decode errors.
+    pub fn own(&mut self, subject: &SubjectKey) -> Result<Option<Record>> {
+        match self.t.get(Table::Own, &codec::subject(subject.as_str()))? {
+            Some(v) => Ok(Some(codec::decode_record(subject.as_str(), &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Marks a subject published.
+    ///
+    /// # Errors
+    /// IO errors.
+    pub fn published(&mut self, subject: &SubjectKey) -> Result<()> {
+        self.t
+            .remove(Table::Outbox, &codec::subject(subject.as_str()))
+            .map(drop)
+    }
+
+    /// Removes one own record if it has expired.
+    ///
+    /// # Errors
+    /// IO or decode errors.
+    pub fn drop_own_if_expired(&mut self, subject: &str, now: u64) -> Result<()> {
+        let key = codec::subject(subject);
+        if let Some(v) = self.t.get(Table::Own, &key)?
+            && codec::decode_record(subject, &v)?.expires_at() <= now
+        {
+            self.t.remove(Table::Own, &key)?;
+            self.t.remove(Table::Outbox, &key)?;
+        }
+        Ok(())
+    }
+
+    /// A contribution, as of this transaction.
+    ///
+    /// # Errors
+    /// IO or decode errors.
+    pub fn get(&mut self, subject: &str, source: &str) -> Result<Option<Stored>> {
+        let Some(id) = self.source_id(source)? else {
+            return Ok(None);
+        };
+        match self.t.get(Table::Contrib, &contrib_key(subject, id))? {
+            Some(v) => Ok(Some(codec::decode_stored(subject, &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Reads, decides and writes one contribution with its indexes:
+    /// `decide` sees the stored value (if any) and returns the new one, or
+    /// `None` to leave it.
+    ///
+    /// # Errors
+    /// IO or decode errors.
+    pub fn upsert(
+        &mut self,
+        subject: &str,
+        source: &str,
+        decide: impl FnOnce(Option<&Stored>) -> Option<Stored>,
+    ) -> Result<Upserted> {
+        let id = self.intern(source)?;
+        let t = &mut *self.t;
+        let key = contrib_key(subject, id);
+        let back = back_key(id, subject);
+        let old = match t.get(Table::Contrib, &key)? {
+            Some(v) => Some(codec::decode_stored(subject, &v)?),
+            None => None,
+        };
+        let Some(new) = decide(old.as_ref()) else {
+            return Ok(Upserted::Kept);
+        };
+        t.put(Table::Contrib, &key, &codec::stored(&new))?;
+        if let Some(old) = &old {
+            t.remove(
+                Table::Expiry,
+                &expiry_key(old.record.expires_at(), id, subject),
+            )?;
+        }
+        t.put(Table::BySource, &back, &[])?;
+        t.put(
+            Table::Expiry,
+            &expiry_key(new.record.expires_at(), id, subject),
+            &[],
+        )?;
+        match new.missing_since {
+            Some(since) => t.put(Table::Missing, &back, &since.to_be_bytes())?,
+            None => {
+                t.remove(Table::Missing, &back)?;
+            }
+        }
+        Ok(if old.is_none() {
+            Upserted::Added
+        } else {
+            Upserted::Replaced
+        })
+    }
+
+    /// Deletes a contribution if `still` holds for its stored value.
+    /// Returns whether it was deleted.
+    ///
+    /// # Errors
+    /// IO or decode errors.
+    pub fn remove_if(
+        &mut self,
+        subject: &str,
+        source: &str,
+        still: impl FnOnce(&Stored) -> bool,
+    ) -> Result<bool> {
+        let Some(id) = self.source_id(source)? else {
+            return Ok(false);
+        };
+        let t = &mut *self.t;
+        let key = contrib_key(subject, id);
+        let back = back_key(id, subject);
+        let Some(v) = t.get(Table::Contrib, &key)? else {
+            return Ok(false);
+        };
+        let old = codec::decode_stored(subject, &v)?;
+        if !still(&old) {
+            return Ok(false);
+        }
+        t.remove(Table::Contrib, &key)?;
+        t.remove(Table::Missing, &back)?;
+        t.remove(
+            Table::Expiry,
+            &expiry_key(old.record.expires_at(), id, subject),
+        )?;
+        t.remove(Table::BySource, &back)?;
+        Ok(true)
+    }
+
+    /// A source's state, as of this transaction.
+    ///
+    /// # Errors
+    /// IO or decode errors.
+    pub fn peer(&mut self, source: &str) -> Result<PeerState> {
+        Ok(match self.t.get(Table::Peers, source.as_bytes())? {
+            Some(v) => serde_json::from_slice(&v)?,
+            None => PeerState::default(),
+        })
+    }
+
+    /// Updates a source's state.
+    ///
+    /// # Errors
+    /// IO or decode errors.
+    pub fn update_peer(
+        &mut self,
+        source: &str,
+        f: impl FnOnce(&mut PeerState),
+    ) -> Result<PeerState> {
+        let mut state = self.peer(source)?;
+        f(&mut state);
+        self.t.put(
+            Table::Peers,
+            source.as_bytes(),
+            &serde_json::to_vec(&state)?,
+        )?;
+        Ok(state)
+    }
+
+    /// Appends a decision if the subject's action changed; its sequence.
+    ///
+    /// # Errors
+    /// IO errors.
+    pub fn record_decision(
+        &mut self,
+        subject: &str,
+        action: Action,
+        score: f64,
+        now: u64,
+    ) -> Result<Option<u64>> {
+        let t = &mut *self.t;
+        let key = codec::subject(subject);
+        let previous = match t.get(Table::LastAction, &key)? {
+            Some(v) => Some(codec::decode_action(&v)?),
+            None => None,
+        };
+        if previous.unwrap_or(Action::Allow) == action
+            && (previous.is_some() || action == Action::Allow)
+        {
+            return Ok(None);
+        }
+        t.put(Table::LastAction, &key, &[codec::action_byte(action)])?;
+        let seq = match t.get(Table::Meta, DECISION_SEQ)? {
+            Some(v) => be64(&v).ok_or_else(|| corrupt("decision sequence"))?,
+            None => 0,
+        } + 1;
+        t.put(Table::Meta, DECISION_SEQ, &seq.to_be_bytes())?;
+        let d = Decision {
+            seq,
+            subject: subject.to_owned(),
+            action,
+            score,
+            at: now,
+        };
+        t.put(Table::Decisions, &seq.to_be_bytes(), &codec::decision(&d))?;
+        if seq > DECISIONS_KEPT {
+            t.remove(Table::Decisions, &(seq - DECISIONS_KEPT).to_be_bytes())?;
+        }
+        Ok(Some(seq))
+    }
+
+    /// Remembers a published key record (rotation, revocation).
+    ///
+    /// # Errors
+    /// IO errors.
+    pub fn add_key_record(&mut self, item_id: &str, xml: &str) -> Result<()> {
+        let mut list: Vec<(String, String)> = match self.t.get(Table::Meta, KEY_RECORDS)? {
+            Some(v) => serde_json::from_slice(&v)?,
+            None => Vec::new(),
+        };
+        list.retain(|(id, _)| id != item_id);
+        list.push((item_id.to_owned(), xml.to_owned()));
+        self.t
+            .put(Table::Meta, KEY_RECORDS, &serde_json::to_vec(&list)?)
     }
 }
 

@@ -1,0 +1,1340 @@
+//! The core: the one owner of the node's state.
+//!
+//! [`Core`] owns the store, the settings, the signing key, the per-source
+//! counts and suspensions, and publishes verdicts for lookups
+//! ([`crate::verdicts::Published`]). It is driven by [`Core::step`]: a batch
+//! of [`Event`]s, each stamped with the time, and a seed for everything
+//! random; it answers with [`Effect`]s (replies to requests, the feed to
+//! republish, a source to reread). It never reads the clock, touches the
+//! network or draws randomness of its own, so the same events and seed give
+//! the same effects, byte for byte (see [`crate::sim`]).
+//!
+//! A step commits its writes as few transactions as the events allow: a
+//! run of events that only read and write single entries is one
+//! transaction (one fsync when any of them must be durable); an event that
+//! scans a source's entries (a reconciliation, a revocation, the sweep, a
+//! reload) ends the run and commits on its own, so it sees everything
+//! before it. Nothing is acknowledged before its transaction commits.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, RwLock};
+
+use corvid_protocol::aggregate::{Action, Contribution};
+use corvid_protocol::item::{Body, FeedAddress, KeyRing, SignedItem, verify_signed};
+use corvid_protocol::keys::{PublicKey, SecretKey, Signer};
+use corvid_protocol::record::{
+    Category, Evidence, Record, Report, ReportId, Retraction, RetractionReason,
+};
+use corvid_protocol::subject::{SubjectKey, SubjectKind};
+use sha2::Digest as _;
+
+use crate::engine::{Ingested, Settings, Submission, listed_report};
+use crate::metrics::Metrics;
+use crate::rejects::RejectLog;
+use crate::store::{PeerState, Store, StoreError, Stored, Tx, Upserted};
+use crate::subjects::ReportSubject;
+use crate::verdicts::{Published, SubjectVerdict};
+
+/// Identifies a request in a step's replies.
+pub type Ticket = u64;
+
+/// Subjects published per warm-up step after a start or a reload.
+const WARM_CHUNK: usize = 5_000;
+
+/// Something that happened, for the core to act on.
+#[derive(Debug)]
+pub enum Event {
+    /// The operator's report.
+    Submit(Submission),
+    /// The operator retracts the own report about a subject.
+    Retract {
+        /// Subject.
+        subject: SubjectKey,
+        /// Why.
+        reason: RetractionReason,
+    },
+    /// An imported list entry (local, unsigned, never published).
+    Import {
+        /// `import:` source id.
+        source: String,
+        /// Subject.
+        subject: SubjectKey,
+        /// Category.
+        category: Category,
+        /// Lifetime.
+        ttl: u64,
+    },
+    /// Records from a source that are already verified (a backfill's
+    /// snapshot, an RTBL's entries): `(record, signing key id)`.
+    Records {
+        /// Source id.
+        source: String,
+        /// Records.
+        records: Vec<(Record, String)>,
+    },
+    /// Items a peer published, as they arrived: the core verifies them.
+    Items {
+        /// Peer domain.
+        source: String,
+        /// The node they came from (the feed or one of its chunk nodes).
+        node: String,
+        /// `(item id, payload)`.
+        items: Vec<(String, Option<xmpp_parsers::minidom::Element>)>,
+    },
+    /// Removes one contribution (an RTBL delisting).
+    Remove {
+        /// Source id.
+        source: String,
+        /// Subject key text.
+        subject: String,
+    },
+    /// After a complete read of a source's feed: the rest is unconfirmed.
+    Reconcile {
+        /// Source id.
+        source: String,
+        /// Subjects present in the feed.
+        present: BTreeSet<String>,
+        /// When the read began (entries seen later stay confirmed).
+        started_ms: u64,
+    },
+    /// A verified key revocation from a peer.
+    Revocation {
+        /// Peer.
+        source: String,
+        /// The revoked key.
+        key: PublicKey,
+    },
+    /// A verified key rotation from a peer.
+    Rotation {
+        /// Peer.
+        source: String,
+        /// The new key.
+        key: PublicKey,
+    },
+    /// The operator accepts a peer's pending rotation.
+    ConfirmRotation {
+        /// Peer.
+        source: String,
+    },
+    /// The operator lifts a canary suspension.
+    LiftSuspension {
+        /// Peer.
+        source: String,
+    },
+    /// The operator rotates the own signing key.
+    RotateKey(Arc<SecretKey>),
+    /// The operator revokes the own signing key.
+    RevokeKey {
+        /// Why.
+        reason: Option<String>,
+    },
+    /// The configuration was reloaded.
+    Reload(Box<Settings>),
+    /// Expiry and the end of grace periods, at most `batch` of each.
+    Sweep {
+        /// Bound.
+        batch: usize,
+    },
+    /// An item arrived from a source (liveness).
+    Touch {
+        /// Source id.
+        source: String,
+    },
+    /// A lookup found a published verdict past its validity.
+    Refresh(SubjectKey),
+    /// Idle: continue publishing after a start or a reload.
+    Warm,
+}
+
+impl Event {
+    /// Whether the event scans a source's entries and so commits alone.
+    fn is_barrier(&self) -> bool {
+        matches!(
+            self,
+            Self::Reconcile { .. }
+                | Self::Revocation { .. }
+                | Self::Sweep { .. }
+                | Self::Reload(_)
+                | Self::Warm
+        )
+    }
+
+    /// Whether its writes must be on stable storage before it is answered.
+    fn is_durable(&self) -> bool {
+        matches!(
+            self,
+            Self::Submit(_) | Self::Retract { .. } | Self::RotateKey(_) | Self::RevokeKey { .. }
+        )
+    }
+}
+
+/// Why the core refused or failed a request.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum CoreError {
+    /// The request itself is not acceptable (the caller's to fix).
+    #[error("{0}")]
+    Invalid(String),
+    /// Storage failed; nothing of the request was written.
+    #[error("storage failed: {0}")]
+    Storage(String),
+    /// A stored value does not decode.
+    #[error("a stored value does not decode (database damaged?): {0}")]
+    Corrupt(String),
+    /// The core has stopped.
+    #[error("corvidd is shutting down")]
+    Stopped,
+}
+
+impl From<StoreError> for CoreError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Corrupt(m) => Self::Corrupt(m),
+            other => Self::Storage(other.to_string()),
+        }
+    }
+}
+
+/// The answer to one event.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Done, nothing to report.
+    Done,
+    /// The stored own report.
+    Report(Report),
+    /// The tombstone, if there was a report to retract.
+    Retracted(Option<Retraction>),
+    /// What became of each record or item.
+    Ingested(Vec<Ingested>),
+    /// Entries affected.
+    Count(usize),
+    /// A signed key record for the own feed: `(item id, item)`.
+    KeyRecord(String, Box<SignedItem>),
+    /// An accepted rotation's key, if one was pending.
+    Confirmed(Option<String>),
+    /// Refused or failed.
+    Failed(CoreError),
+}
+
+/// What the core asks its drivers to do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    /// Answer a request.
+    Reply(Ticket, Outcome),
+    /// Own records changed: publish the outbox.
+    PublishOwn,
+    /// The signing key changed: rewrite the own feed under it.
+    Rekeyed,
+    /// Reread a source's feed (a new snapshot head arrived).
+    Resync(String),
+}
+
+/// What readers see of the core's state: published after every step.
+#[derive(Debug)]
+pub struct Shared {
+    /// Per-subject verdicts and the query cache.
+    pub published: Published,
+    settings: RwLock<Arc<Settings>>,
+    signer: RwLock<Arc<SecretKey>>,
+    suspended: RwLock<BTreeSet<String>>,
+    counts: RwLock<BTreeMap<String, u64>>,
+    publish_error: Mutex<Option<String>>,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+    /// Rejected items since the last summary.
+    pub rejects: RejectLog,
+}
+
+fn read<T: Clone>(l: &RwLock<T>) -> T {
+    l.read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone()
+}
+
+fn write<T>(l: &RwLock<T>, v: T) {
+    *l.write().unwrap_or_else(std::sync::PoisonError::into_inner) = v;
+}
+
+impl Shared {
+    /// Current settings.
+    pub fn settings(&self) -> Arc<Settings> {
+        read(&self.settings)
+    }
+
+    /// The signing key.
+    pub fn signer(&self) -> Arc<SecretKey> {
+        read(&self.signer)
+    }
+
+    /// Whether a source is suspended (canary).
+    pub fn is_suspended(&self, source: &str) -> bool {
+        self.suspended
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains(source)
+    }
+
+    /// Records stored from a source.
+    pub fn count(&self, source: &str) -> Option<u64> {
+        self.counts
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(source)
+            .copied()
+    }
+
+    /// Records (or clears) the publisher's last failure.
+    pub fn set_publish_error(&self, error: Option<String>) {
+        *self
+            .publish_error
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = error;
+    }
+
+    /// The publisher's last failure.
+    pub fn publish_error(&self) -> Option<String> {
+        self.publish_error
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// A source's mode, with a canary suspension applied.
+    pub fn mode_of(
+        &self,
+        source: &str,
+        trust: &crate::engine::Trust,
+    ) -> corvid_protocol::aggregate::Mode {
+        if self.is_suspended(source) {
+            corvid_protocol::aggregate::Mode::Observe
+        } else {
+            trust.mode
+        }
+    }
+}
+
+/// Random bytes from a step's seed: SHA-256 in counter mode.
+#[derive(Debug, Clone)]
+struct Rng {
+    seed: [u8; 32],
+    counter: u64,
+}
+
+impl Rng {
+    fn new(seed: [u8; 32]) -> Self {
+        Self { seed, counter: 0 }
+    }
+
+    fn bytes<const N: usize>(&mut self) -> [u8; N] {
+        let mut out = [0u8; N];
+        for chunk in out.chunks_mut(32) {
+            let mut h = sha2::Sha256::new();
+            h.update(self.seed);
+            h.update(self.counter.to_be_bytes());
+            self.counter += 1;
+            let block = h.finalize();
+            chunk.copy_from_slice(&block[..chunk.len()]);
+        }
+        out
+    }
+
+    fn report_id(&mut self, ms: u64) -> ReportId {
+        ReportId::new(ms, self.bytes())
+    }
+}
+
+/// What one transaction's events changed outside the store; applied only
+/// once it has committed.
+#[derive(Debug, Default)]
+struct Scratch {
+    counts: BTreeMap<String, i64>,
+    touched: BTreeSet<SubjectKey>,
+    suspend: Vec<(String, String)>,
+    lift: Vec<String>,
+    signer: Option<Arc<SecretKey>>,
+    replies: Vec<(Ticket, Outcome)>,
+    effects: Vec<Effect>,
+    /// Revocations found among live items: applied after the commit.
+    revocations: Vec<(String, PublicKey)>,
+    rejects: Vec<(String, String, &'static str, String)>,
+    ingested: BTreeMap<String, u64>,
+}
+
+/// The read-only view a transaction's events are applied against.
+struct Ctx<'a> {
+    settings: &'a Settings,
+    signer: &'a Arc<SecretKey>,
+    feed: &'a FeedAddress,
+    counts: &'a BTreeMap<String, u64>,
+    suspended: &'a BTreeSet<String>,
+}
+
+/// The core.
+#[derive(Debug)]
+pub struct Core {
+    store: Store,
+    settings: Arc<Settings>,
+    signer: Arc<SecretKey>,
+    feed: FeedAddress,
+    counts: BTreeMap<String, u64>,
+    suspended: BTreeSet<String>,
+    shared: Arc<Shared>,
+    /// Where the warm-up continues: `None` once everything is published.
+    warm: Option<Option<String>>,
+}
+
+impl Core {
+    /// A core over a store: loads suspensions and counts, rebuilds the own
+    /// contributions from the own records (a crash between the two writes
+    /// loses nothing), and starts publishing verdicts.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub fn new(
+        store: Store,
+        settings: Settings,
+        signer: SecretKey,
+        feed: FeedAddress,
+        now_ms: u64,
+    ) -> Result<Self, CoreError> {
+        let settings = Arc::new(settings);
+        let signer = Arc::new(signer);
+        let shared = Arc::new(Shared {
+            published: Published::new(),
+            settings: RwLock::new(Arc::clone(&settings)),
+            signer: RwLock::new(Arc::clone(&signer)),
+            suspended: RwLock::default(),
+            counts: RwLock::default(),
+            publish_error: Mutex::new(None),
+            metrics: Arc::new(Metrics::default()),
+            rejects: RejectLog::default(),
+        });
+        let mut core = Self {
+            store,
+            settings,
+            signer,
+            feed,
+            counts: BTreeMap::new(),
+            suspended: BTreeSet::new(),
+            shared,
+            warm: Some(None),
+        };
+        core.load_sources()?;
+        let now = now_ms / 1000;
+        let domain = core.settings.domain.clone();
+        let own: Vec<(Record, String)> = core
+            .store
+            .own_records()?
+            .into_iter()
+            .filter(|r| r.expires_at() > now)
+            .map(|r| (r, String::new()))
+            .collect();
+        if !own.is_empty() {
+            let mut effects = Vec::new();
+            core.segment(
+                &[(
+                    0,
+                    now_ms,
+                    Event::Records {
+                        source: domain,
+                        records: own,
+                    },
+                )],
+                &mut effects,
+            );
+            if let Some(Effect::Reply(_, Outcome::Failed(e))) = effects.first() {
+                return Err(e.clone());
+            }
+        }
+        Ok(core)
+    }
+
+    fn load_sources(&mut self) -> Result<(), CoreError> {
+        let mut suspended = BTreeSet::new();
+        let mut counts = BTreeMap::new();
+        for domain in self.settings.peers.keys() {
+            let state = self.store.peer(domain)?;
+            if state.suspended_for_canary.is_some() {
+                suspended.insert(domain.clone());
+            }
+            counts.insert(domain.clone(), state.records);
+        }
+        self.suspended = suspended;
+        self.counts = counts;
+        self.publish_sources();
+        Ok(())
+    }
+
+    fn publish_sources(&self) {
+        write(&self.shared.suspended, self.suspended.clone());
+        write(&self.shared.counts, self.counts.clone());
+    }
+
+    /// What readers see.
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// The store (readers use its committed state).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Whether verdicts are still being published after a start or reload.
+    pub fn warming(&self) -> bool {
+        self.warm.is_some()
+    }
+
+    /// Applies a batch of events: `(ticket, now in ms, event)`. `seed`
+    /// supplies every random byte the step uses.
+    pub fn step(&mut self, seed: [u8; 32], events: Vec<(Ticket, u64, Event)>) -> Vec<Effect> {
+        let mut rng = Rng::new(seed);
+        let mut effects = Vec::new();
+        let mut run: Vec<(Ticket, u64, Event)> = Vec::new();
+        for (ticket, now_ms, event) in events {
+            if event.is_barrier() {
+                self.segment_with(&mut rng, &run, &mut effects);
+                run.clear();
+                self.barrier(ticket, now_ms, event, &mut effects);
+            } else {
+                run.push((ticket, now_ms, event));
+            }
+        }
+        self.segment_with(&mut rng, &run, &mut effects);
+        effects
+    }
+
+    fn segment(&mut self, events: &[(Ticket, u64, Event)], effects: &mut Vec<Effect>) {
+        let mut rng = Rng::new([0; 32]);
+        self.segment_with(&mut rng, events, effects);
+    }
+
+    /// One transaction for a run of events.
+    fn segment_with(
+        &mut self,
+        rng: &mut Rng,
+        events: &[(Ticket, u64, Event)],
+        effects: &mut Vec<Effect>,
+    ) {
+        if events.is_empty() {
+            return;
+        }
+        let durable = events.iter().any(|(_, _, e)| e.is_durable());
+        let mut scratch = Scratch::default();
+        let mut rng_out = rng.clone();
+        let ctx = Ctx {
+            settings: &self.settings,
+            signer: &self.signer,
+            feed: &self.feed,
+            counts: &self.counts,
+            suspended: &self.suspended,
+        };
+        let result = self.store.batch(durable, &mut |tx| {
+            scratch = Scratch::default();
+            rng_out = rng.clone();
+            for (ticket, now_ms, event) in events {
+                let out = apply(&ctx, tx, &mut scratch, &mut rng_out, *now_ms, event)?;
+                scratch.replies.push((*ticket, out));
+            }
+            Ok(())
+        });
+        *rng = rng_out;
+        match result {
+            Ok(()) => {
+                let now = events.iter().map(|(_, ms, _)| ms / 1000).max().unwrap_or(0);
+                self.after_commit(now, &mut scratch);
+                for (peer, n) in &scratch.ingested {
+                    self.shared
+                        .metrics
+                        .add("corvid_ingested_items_total", &[("peer", peer)], *n);
+                }
+                for (peer, item, label, why) in &scratch.rejects {
+                    self.reject(peer, item, label, why);
+                }
+                effects.extend(scratch.replies.drain(..).map(|(t, o)| Effect::Reply(t, o)));
+                effects.append(&mut scratch.effects);
+                for (source, key) in std::mem::take(&mut scratch.revocations) {
+                    let out = self.revocation(now, &source, &key);
+                    if let Err(e) = out {
+                        tracing::warn!(peer = source, "applying a key revocation failed: {e}");
+                    }
+                }
+            }
+            Err(e) => {
+                let e = CoreError::from(e);
+                tracing::warn!("a write failed; {} request(s) refused: {e}", events.len());
+                effects.extend(
+                    events
+                        .iter()
+                        .map(|(t, _, _)| Effect::Reply(*t, Outcome::Failed(e.clone()))),
+                );
+            }
+        }
+    }
+
+    fn reject(&self, peer: &str, item: &str, label: &str, why: &str) {
+        self.shared.metrics.inc(
+            "corvid_rejected_items_total",
+            &[("peer", peer), ("reason", label)],
+        );
+        self.shared.rejects.note(peer, item, label, why);
+    }
+
+    /// Applies what a committed transaction changed outside the store and
+    /// publishes the verdicts it touched.
+    fn after_commit(&mut self, now: u64, scratch: &mut Scratch) {
+        let mut sources_changed = false;
+        for (source, delta) in &scratch.counts {
+            let c = self.counts.entry(source.clone()).or_insert(0);
+            *c = c.saturating_add_signed(*delta);
+            sources_changed = true;
+        }
+        let mut everything = false;
+        for (source, why) in &scratch.suspend {
+            if self.suspended.insert(source.clone()) {
+                tracing::warn!(
+                    peer = source,
+                    "{why}: moved to observe mode until the operator acts (corvid peer enforce {source})"
+                );
+                self.shared
+                    .metrics
+                    .inc("corvid_canary_suspensions_total", &[("peer", source)]);
+                everything = true;
+            }
+        }
+        for source in &scratch.lift {
+            everything |= self.suspended.remove(source);
+        }
+        if let Some(signer) = scratch.signer.take() {
+            self.signer = Arc::clone(&signer);
+            write(&self.shared.signer, signer);
+        }
+        if sources_changed || everything {
+            self.publish_sources();
+        }
+        if everything {
+            // A source's mode changed: every subject it touches may change.
+            self.restart_warm();
+        }
+        let touched = std::mem::take(&mut scratch.touched);
+        self.publish(now, &touched);
+    }
+
+    fn restart_warm(&mut self) {
+        self.shared.published.clear();
+        self.warm = Some(None);
+    }
+
+    /// Recomputes and publishes the verdicts of `subjects`, and records the
+    /// changes of action in the decision stream.
+    fn publish(&mut self, now: u64, subjects: &BTreeSet<SubjectKey>) {
+        if subjects.is_empty() {
+            return;
+        }
+        let mut decisions = Vec::new();
+        for subject in subjects {
+            match self.subject_verdict(now, subject) {
+                Ok((verdict, decision)) => {
+                    decisions.push((subject, decision));
+                    self.shared.published.put(subject, verdict);
+                }
+                Err(e) => {
+                    tracing::warn!(%subject, "cannot publish a verdict: {e}");
+                    // Lookups of it read the store until it is published.
+                    self.shared.published.put(subject, None);
+                    self.shared.published.set_complete(false);
+                    if self.warm.is_none() {
+                        self.warm = Some(None);
+                    }
+                }
+            }
+        }
+        let result = self.store.batch(false, &mut |tx| {
+            for (subject, (action, score)) in &decisions {
+                tx.record_decision(subject.as_str(), *action, *score, now)?;
+            }
+            Ok(())
+        });
+        if let Err(e) = result {
+            tracing::warn!("cannot record decisions: {e}");
+        }
+    }
+
+    /// A subject's own verdict from the committed store, and its decision
+    /// (local lists applied) for the decision stream.
+    fn subject_verdict(
+        &self,
+        now: u64,
+        subject: &SubjectKey,
+    ) -> Result<(Option<SubjectVerdict>, (Action, f64)), CoreError> {
+        let contributions = contributions(&self.store, &self.settings, &self.shared, subject)?;
+        let verdict = (!contributions.is_empty()).then(|| {
+            SubjectVerdict::compute(
+                subject,
+                &contributions,
+                &self.settings.policy,
+                self.settings.is_canary(subject),
+                now,
+            )
+        });
+        let score = verdict.as_ref().map_or(0.0, |v| v.score);
+        let action = if self.settings.allows(subject) {
+            Action::Allow
+        } else if self.settings.denies(subject) {
+            Action::Block
+        } else {
+            verdict.as_ref().map_or(Action::Allow, |v| v.action)
+        };
+        Ok((verdict, (action, score)))
+    }
+
+    /// Events that scan and commit alone.
+    fn barrier(&mut self, ticket: Ticket, now_ms: u64, event: Event, effects: &mut Vec<Effect>) {
+        let now = now_ms / 1000;
+        let out = match event {
+            Event::Reconcile {
+                source,
+                present,
+                started_ms,
+            } => self
+                .reconcile(now, &source, &present, started_ms)
+                .map(Outcome::Count),
+            Event::Revocation { source, key } => {
+                self.revocation(now, &source, &key).map(Outcome::Count)
+            }
+            Event::Sweep { batch } => self.sweep(now, batch).map(Outcome::Count),
+            Event::Reload(settings) => self.reload(*settings).map(|()| Outcome::Done),
+            Event::Warm => self.warm_step(now).map(|()| Outcome::Done),
+            _ => Ok(Outcome::Done),
+        };
+        effects.push(Effect::Reply(ticket, out.unwrap_or_else(Outcome::Failed)));
+    }
+
+    fn reload(&mut self, settings: Settings) -> Result<(), CoreError> {
+        self.settings = Arc::new(settings);
+        write(&self.shared.settings, Arc::clone(&self.settings));
+        self.load_sources()?;
+        // Reports that became canaries with this configuration.
+        let mut scratch = Scratch::default();
+        for canary in self.settings.canary_keys() {
+            for (source, stored) in self.store.about(canary.as_str())? {
+                if matches!(stored.record, Record::Report(_))
+                    && self.settings.peers.contains_key(&source)
+                {
+                    scratch
+                        .suspend
+                        .push((source, format!("reported canary {canary}")));
+                }
+            }
+        }
+        if !scratch.suspend.is_empty() {
+            let suspend = scratch.suspend.clone();
+            self.store.batch(false, &mut |tx| {
+                for (source, why) in &suspend {
+                    tx.update_peer(source, |p| p.suspended_for_canary = Some(why.clone()))?;
+                }
+                Ok(())
+            })?;
+        }
+        self.after_commit(0, &mut scratch);
+        self.restart_warm();
+        Ok(())
+    }
+
+    /// Publishes the next chunk of subjects after a start or a reload.
+    fn warm_step(&mut self, now: u64) -> Result<(), CoreError> {
+        let Some(cursor) = self.warm.take() else {
+            return Ok(());
+        };
+        let subjects = self.store.subjects_after(cursor.as_deref(), WARM_CHUNK)?;
+        let last = subjects.last().cloned();
+        for subject in &subjects {
+            let Ok(key) = subject.parse::<SubjectKey>() else {
+                continue;
+            };
+            let (verdict, _) = self.subject_verdict(now, &key)?;
+            self.shared.published.put(&key, verdict);
+        }
+        if subjects.len() < WARM_CHUNK {
+            self.shared.published.set_complete(true);
+            self.shared.published.invalidate_all();
+            self.warm = None;
+        } else {
+            self.warm = Some(last);
+        }
+        Ok(())
+    }
+
+    fn reconcile(
+        &mut self,
+        now: u64,
+        source: &str,
+        present: &BTreeSet<String>,
+        started_ms: u64,
+    ) -> Result<usize, CoreError> {
+        let absent: Vec<String> = self
+            .store
+            .subjects_of(source)?
+            .into_iter()
+            .filter(|s| !present.contains(s))
+            .collect();
+        let mut scratch = Scratch::default();
+        let mut missing = 0;
+        self.store.batch(false, &mut |tx| {
+            scratch = Scratch::default();
+            missing = 0;
+            for subject in &absent {
+                // Checked inside the write: an entry confirmed by a live
+                // event while the read ran stays confirmed.
+                let marked = tx.upsert(subject, source, |stored| {
+                    stored
+                        .filter(|s| s.missing_since.is_none() && s.seen_ms < started_ms)
+                        .map(|s| Stored {
+                            missing_since: Some(now),
+                            ..s.clone()
+                        })
+                })?;
+                if marked != Upserted::Kept {
+                    missing += 1;
+                    if let Ok(k) = subject.parse() {
+                        scratch.touched.insert(k);
+                    }
+                }
+            }
+            tx.update_peer(source, |p| p.last_sync = Some(now))?;
+            Ok(())
+        })?;
+        self.after_commit(now, &mut scratch);
+        Ok(missing)
+    }
+
+    fn revocation(&mut self, now: u64, source: &str, key: &PublicKey) -> Result<usize, CoreError> {
+        let fp = key.fingerprint().to_string();
+        let key_id = key.key_id().to_string();
+        let subjects = self.store.subjects_of(source)?;
+        let mut scratch = Scratch::default();
+        let mut dropped = 0;
+        self.store.batch(false, &mut |tx| {
+            scratch = Scratch::default();
+            dropped = 0;
+            tx.update_peer(source, |p| {
+                if !p.revoked.contains(&fp) {
+                    p.revoked.push(fp.clone());
+                }
+            })?;
+            for subject in &subjects {
+                if tx.remove_if(subject, source, |s| s.key_id == key_id)? {
+                    dropped += 1;
+                    *scratch.counts.entry(source.to_owned()).or_default() -= 1;
+                    if let Ok(k) = subject.parse() {
+                        scratch.touched.insert(k);
+                    }
+                }
+            }
+            Ok(())
+        })?;
+        tracing::warn!(peer = source, key = %key, dropped, "key revoked: its reports no longer count");
+        self.after_commit(now, &mut scratch);
+        Ok(dropped)
+    }
+
+    fn sweep(&mut self, now: u64, batch: usize) -> Result<usize, CoreError> {
+        let counts = self.counts.clone();
+        let expired = self.store.expired(now, batch)?;
+        let cutoff = now.saturating_sub(self.settings.grace);
+        let missing = self.store.missing_before(cutoff, batch)?;
+        let own_domain = self.settings.domain.clone();
+        let mut scratch = Scratch::default();
+        let mut removed = 0;
+        let mut dropped: BTreeMap<String, u64> = BTreeMap::new();
+        self.store.batch(false, &mut |tx| {
+            scratch = Scratch::default();
+            removed = 0;
+            dropped.clear();
+            for (source, n) in &counts {
+                tx.update_peer(source, |p| p.records = *n)?;
+            }
+            for (source, subject) in &expired {
+                // Rechecked as it is removed: a renewal since the listing stays.
+                if tx.remove_if(subject, source, |s| s.record.expires_at() <= now)? {
+                    removed += 1;
+                    *scratch.counts.entry(source.clone()).or_default() -= 1;
+                    if let Ok(k) = subject.parse() {
+                        scratch.touched.insert(k);
+                    }
+                }
+                if *source == own_domain {
+                    // The own record leaves the feed at the next compaction.
+                    tx.drop_own_if_expired(subject, now)?;
+                }
+            }
+            for (source, subject) in &missing {
+                if tx.remove_if(subject, source, |s| {
+                    s.missing_since.is_some_and(|m| m < cutoff)
+                })? {
+                    removed += 1;
+                    *dropped.entry(source.clone()).or_default() += 1;
+                    *scratch.counts.entry(source.clone()).or_default() -= 1;
+                    if let Ok(k) = subject.parse() {
+                        scratch.touched.insert(k);
+                    }
+                }
+            }
+            Ok(())
+        })?;
+        for (source, n) in &dropped {
+            self.shared
+                .metrics
+                .add("corvid_unconfirmed_dropped_total", &[("peer", source)], *n);
+        }
+        self.after_commit(now, &mut scratch);
+        Ok(removed)
+    }
+}
+
+/// The live contributions to one subject from sources the settings trust.
+pub(crate) fn contributions(
+    store: &Store,
+    settings: &Settings,
+    shared: &Shared,
+    subject: &SubjectKey,
+) -> Result<Vec<Contribution>, StoreError> {
+    let mut out = Vec::new();
+    for (source, stored) in store.about(subject.as_str())? {
+        let Some(trust) = settings.trust(&source) else {
+            continue;
+        };
+        out.push(Contribution {
+            mode: shared.mode_of(&source, &trust),
+            source,
+            kind: trust.kind,
+            weight: trust.weight,
+            confirmed: stored.missing_since.is_none(),
+            record: stored.record,
+        });
+    }
+    Ok(out)
+}
+
+/// Applies one event inside a transaction. Store errors abort the whole
+/// transaction; everything else is the event's own outcome.
+fn apply(
+    ctx: &Ctx<'_>,
+    tx: &mut Tx<'_>,
+    scratch: &mut Scratch,
+    rng: &mut Rng,
+    now_ms: u64,
+    event: &Event,
+) -> Result<Outcome, StoreError> {
+    let now = now_ms / 1000;
+    Ok(match event {
+        Event::Submit(s) => match submission(ctx, rng, now, s) {
+            Ok(report) => {
+                let record = Record::Report(report.clone());
+                tx.put_own(&record)?;
+                ingest(ctx, tx, scratch, now_ms, &ctx.settings.domain, &record, "")?;
+                scratch.effects.push(Effect::PublishOwn);
+                Outcome::Report(report)
+            }
+            Err(e) => Outcome::Failed(e),
+        },
+        Event::Retract { subject, reason } => {
+            let Some(Record::Report(old)) = tx.own(subject)? else {
+                return Ok(Outcome::Retracted(None));
+            };
+            let mut id = rng.report_id(now * 1000);
+            if id <= old.id {
+                id = rng.report_id(old.id.timestamp_ms() + 1);
+            }
+            let tomb = Retraction {
+                id,
+                subject: subject.clone(),
+                retracts: old.id,
+                reason: *reason,
+                issued_at: now.max(old.issued_at),
+                expires_at: old.expires_at,
+            };
+            let record = Record::Retraction(tomb.clone());
+            tx.put_own(&record)?;
+            ingest(ctx, tx, scratch, now_ms, &ctx.settings.domain, &record, "")?;
+            scratch.effects.push(Effect::PublishOwn);
+            Outcome::Retracted(Some(tomb))
+        }
+        Event::Import {
+            source,
+            subject,
+            category,
+            ttl,
+        } => {
+            let record = listed_report(
+                rng.report_id(now * 1000),
+                subject.clone(),
+                *category,
+                now,
+                (*ttl).min(corvid_protocol::ns::MAX_TTL_SECS),
+            );
+            Outcome::Ingested(vec![ingest(ctx, tx, scratch, now_ms, source, &record, "")?])
+        }
+        Event::Records { source, records } => {
+            let mut out = Vec::with_capacity(records.len());
+            for (record, key_id) in records {
+                out.push(ingest(ctx, tx, scratch, now_ms, source, record, key_id)?);
+            }
+            Outcome::Ingested(out)
+        }
+        Event::Items {
+            source,
+            node,
+            items,
+        } => Outcome::Ingested(live_items(ctx, tx, scratch, now_ms, source, node, items)?),
+        Event::Remove { source, subject } => {
+            if tx.remove_if(subject, source, |_| true)? {
+                *scratch.counts.entry(source.clone()).or_default() -= 1;
+                if let Ok(k) = subject.parse() {
+                    scratch.touched.insert(k);
+                }
+                Outcome::Count(1)
+            } else {
+                Outcome::Count(0)
+            }
+        }
+        Event::Rotation { source, key } => {
+            rotation(ctx, tx, source, key)?;
+            Outcome::Done
+        }
+        Event::ConfirmRotation { source } => {
+            let state = tx.peer(source)?;
+            match state.pending_rotation {
+                Some(key) => {
+                    tx.update_peer(source, |p| {
+                        p.rotated_keys.push(key.clone());
+                        p.pending_rotation = None;
+                    })?;
+                    Outcome::Confirmed(Some(key))
+                }
+                None => Outcome::Confirmed(None),
+            }
+        }
+        Event::LiftSuspension { source } => {
+            tx.update_peer(source, |p| p.suspended_for_canary = None)?;
+            scratch.lift.push(source.clone());
+            Outcome::Done
+        }
+        Event::RotateKey(new) => {
+            let old = scratch
+                .signer
+                .clone()
+                .unwrap_or_else(|| Arc::clone(ctx.signer));
+            let rotation = corvid_protocol::record::KeyRotation {
+                old: old.public_key(),
+                new: new.public_key(),
+                issued_at: now,
+            };
+            let item_id = corvid_protocol::feed::rotation_item_id(&new.public_key());
+            let out = key_record(ctx, tx, &old, Body::KeyRotation(rotation), item_id)?;
+            scratch.signer = Some(Arc::clone(new));
+            scratch.effects.push(Effect::Rekeyed);
+            out
+        }
+        Event::RevokeKey { reason } => {
+            let key = scratch
+                .signer
+                .clone()
+                .unwrap_or_else(|| Arc::clone(ctx.signer));
+            let revocation = corvid_protocol::record::KeyRevocation {
+                key: key.public_key(),
+                issued_at: now,
+                reason: reason.clone(),
+            };
+            let item_id = corvid_protocol::feed::revocation_item_id(&key.public_key());
+            key_record(ctx, tx, &key, Body::KeyRevocation(revocation), item_id)?
+        }
+        Event::Touch { source } => {
+            tx.update_peer(source, |p| p.last_item = Some(now))?;
+            Outcome::Done
+        }
+        Event::Refresh(subject) => {
+            scratch.touched.insert(subject.clone());
+            Outcome::Done
+        }
+        Event::Reconcile { .. }
+        | Event::Revocation { .. }
+        | Event::Sweep { .. }
+        | Event::Reload(_)
+        | Event::Warm => Outcome::Done,
+    })
+}
+
+/// Signs a key record for the own feed and keeps it for republishing.
+fn key_record(
+    ctx: &Ctx<'_>,
+    tx: &mut Tx<'_>,
+    key: &SecretKey,
+    body: Body,
+    item_id: String,
+) -> Result<Outcome, StoreError> {
+    let envelope = corvid_protocol::item::Envelope {
+        corvid: corvid_protocol::ns::PROTOCOL_MAJOR,
+        issuer: corvid_protocol::record::Issuer {
+            domain: ctx.settings.domain.clone(),
+            key: key.public_key().key_id(),
+        },
+        body,
+    };
+    match SignedItem::sign(key, &envelope, ctx.feed, &item_id) {
+        Ok(item) => {
+            tx.add_key_record(&item_id, &item.to_xml())?;
+            Ok(Outcome::KeyRecord(item_id, Box::new(item)))
+        }
+        Err(e) => Ok(Outcome::Failed(CoreError::Invalid(format!(
+            "cannot sign the key record: {e}"
+        )))),
+    }
+}
+
+/// Builds the own report for a submission.
+fn submission(ctx: &Ctx<'_>, rng: &mut Rng, now: u64, s: &Submission) -> Result<Report, CoreError> {
+    let settings = ctx.settings;
+    let subject = match &s.subject {
+        ReportSubject::Key(k) => k.clone(),
+        ReportSubject::Ip(prefix) => {
+            let Some((secret, _)) = settings.secrets.iter().find(|(_, issue)| *issue) else {
+                return Err(CoreError::Invalid(
+                    "no federation secret is configured to tokenize IP reports (keys.federation with issue = true)".into(),
+                ));
+            };
+            secret.token(prefix, secret.epoch_of(now))
+        }
+    };
+    if settings.is_canary(&subject) {
+        return Err(CoreError::Invalid(format!(
+            "{subject} is one of this server's own hosts or a canary; refusing to report it"
+        )));
+    }
+    let ttl = s.ttl.unwrap_or(settings.default_ttl);
+    if ttl == 0 || ttl > corvid_protocol::ns::MAX_TTL_SECS {
+        return Err(CoreError::Invalid(
+            "ttl must be between 1 second and 90 days".into(),
+        ));
+    }
+    if s.abuse_contacted_at.is_some() && subject.kind() != SubjectKind::Domain {
+        return Err(CoreError::Invalid(
+            "abuse_contacted_at only applies to domain reports".into(),
+        ));
+    }
+    let spread = u64::from(u16::from_be_bytes(rng.bytes()) % 1000);
+    let report = Report {
+        id: rng.report_id(now * 1000 + spread),
+        subject,
+        category: s.category,
+        confidence: s.confidence,
+        issued_at: now,
+        expires_at: now + ttl,
+        evidence: Evidence {
+            count: s.count.max(1),
+            first_seen: s.first_seen.unwrap_or(now).min(now),
+            last_seen: now,
+            note: s.note.clone(),
+            abuse_contacted_at: s.abuse_contacted_at,
+            message_text: s.message_text.clone(),
+        },
+    };
+    Record::Report(report.clone())
+        .validate(now, 0)
+        .map_err(|e| CoreError::Invalid(e.to_string()))?;
+    Ok(report)
+}
+
+/// Stores a verified record from a source (newest per subject wins); the
+/// comparison and the write are in the transaction, so two copies of one
+/// item cannot both win or undo each other.
+fn ingest(
+    ctx: &Ctx<'_>,
+    tx: &mut Tx<'_>,
+    scratch: &mut Scratch,
+    now_ms: u64,
+    source: &str,
+    record: &Record,
+    key_id: &str,
+) -> Result<Ingested, StoreError> {
+    let subject = record.subject();
+    let over_cap = ctx.settings.peers.get(source).is_some_and(|peer| {
+        let stored = ctx.counts.get(source).copied().unwrap_or(0);
+        let delta = scratch.counts.get(source).copied().unwrap_or(0);
+        stored.saturating_add_signed(delta) >= peer.max_reports
+    });
+    let mut what = Ingested::Unchanged;
+    let upserted = tx.upsert(subject.as_str(), source, |old| match old {
+        Some(old) if !record.supersedes(&old.record) => {
+            what = Ingested::Unchanged;
+            // The same record again confirms an unconfirmed entry.
+            (old.missing_since.is_some() && old.record == *record).then(|| Stored {
+                missing_since: None,
+                seen_ms: now_ms,
+                ..old.clone()
+            })
+        }
+        None if over_cap => {
+            what = Ingested::OverCap;
+            None
+        }
+        _ => {
+            what = Ingested::Stored;
+            Some(Stored {
+                record: record.clone(),
+                key_id: key_id.to_owned(),
+                missing_since: None,
+                seen_ms: now_ms,
+            })
+        }
+    })?;
+    if upserted != Upserted::Kept {
+        scratch.touched.insert(subject.clone());
+    }
+    if upserted == Upserted::Added {
+        *scratch.counts.entry(source.to_owned()).or_default() += 1;
+    }
+    if what == Ingested::Stored
+        && matches!(record, Record::Report(_))
+        && ctx.settings.is_canary(subject)
+        && ctx.settings.peers.contains_key(source)
+        && !ctx.suspended.contains(source)
+    {
+        let why = format!("reported canary {subject}");
+        tx.update_peer(source, |p| p.suspended_for_canary = Some(why.clone()))?;
+        scratch.suspend.push((source.to_owned(), why));
+    }
+    Ok(what)
+}
+
+/// The key ring for a peer as of this transaction.
+fn key_ring(tx: &mut Tx<'_>, peer: &crate::engine::Peer) -> Result<KeyRing, StoreError> {
+    Ok(ring_of(peer, &tx.peer(&peer.domain)?))
+}
+
+/// A peer's key ring: the pinned key, accepted rotations, revocations.
+pub fn ring_of(peer: &crate::engine::Peer, state: &PeerState) -> KeyRing {
+    let mut ring = KeyRing::pinned(&peer.domain, peer.key);
+    for k in &state.rotated_keys {
+        if let Ok(k) = k.parse() {
+            ring.keys.push(k);
+        }
+    }
+    ring.revoked = state
+        .revoked
+        .iter()
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    ring
+}
+
+fn rotation(
+    ctx: &Ctx<'_>,
+    tx: &mut Tx<'_>,
+    source: &str,
+    new: &PublicKey,
+) -> Result<(), StoreError> {
+    let Some(peer) = ctx.settings.peers.get(source) else {
+        return Ok(());
+    };
+    let text = new.to_string();
+    let state = tx.peer(source)?;
+    if state.rotated_keys.contains(&text) || *new == peer.key {
+        return Ok(());
+    }
+    if peer.accept_rotations {
+        tracing::info!(peer = %peer.domain, key = %text, "accepted key rotation (peer allows automatic rotations)");
+        tx.update_peer(source, |p| {
+            p.rotated_keys.push(text.clone());
+            p.pending_rotation = None;
+        })?;
+    } else if state.pending_rotation.as_deref() != Some(&text) {
+        tracing::warn!(peer = %peer.domain, key = %text, fingerprint = %new.fingerprint(), "key rotation waits for the operator: corvid peer confirm-rotation {}", peer.domain);
+        tx.update_peer(source, |p| p.pending_rotation = Some(text.clone()))?;
+    }
+    Ok(())
+}
+
+/// Verifies and applies items a peer published live. A rejected item is
+/// counted and dropped; a head asks for a reread.
+fn live_items(
+    ctx: &Ctx<'_>,
+    tx: &mut Tx<'_>,
+    scratch: &mut Scratch,
+    now_ms: u64,
+    source: &str,
+    node: &str,
+    items: &[(String, Option<xmpp_parsers::minidom::Element>)],
+) -> Result<Vec<Ingested>, StoreError> {
+    let now = now_ms / 1000;
+    let mut out = Vec::with_capacity(items.len());
+    let Some(peer) = ctx.settings.peers.get(source) else {
+        return Ok(out);
+    };
+    let feed = FeedAddress {
+        service: peer.feed.service.clone(),
+        node: node.to_owned(),
+    };
+    let mut ring = key_ring(tx, peer)?;
+    for (item_id, payload) in items {
+        let Some(payload) = payload else {
+            scratch.rejects.push((
+                source.to_owned(),
+                item_id.clone(),
+                "malformed",
+                "item without payload".into(),
+            ));
+            continue;
+        };
+        let verified = SignedItem::from_element(payload).and_then(|signed| {
+            verify_signed(&signed, &feed, item_id, &ring, now, ctx.settings.skew)
+        });
+        let v = match verified {
+            Ok(v) => v,
+            Err(e) => {
+                scratch.rejects.push((
+                    source.to_owned(),
+                    item_id.clone(),
+                    e.reason_label(),
+                    e.to_string(),
+                ));
+                continue;
+            }
+        };
+        match v.body {
+            Body::Delta { record } => {
+                let what = ingest(
+                    ctx,
+                    tx,
+                    scratch,
+                    now_ms,
+                    source,
+                    &record,
+                    v.issuer.key.as_str(),
+                )?;
+                match what {
+                    Ingested::OverCap => scratch.rejects.push((
+                        source.to_owned(),
+                        record.subject().to_string(),
+                        "peer-cap",
+                        "peer is at its max_reports cap".into(),
+                    )),
+                    _ => *scratch.ingested.entry(source.to_owned()).or_default() += 1,
+                }
+                out.push(what);
+            }
+            Body::Head { .. } => scratch.effects.push(Effect::Resync(source.to_owned())),
+            Body::KeyRotation(r) => {
+                rotation(ctx, tx, source, &r.new)?;
+                ring = key_ring(tx, peer)?;
+            }
+            Body::KeyRevocation(r) => {
+                // Its entries are dropped once this transaction commits; the
+                // ring refuses the key from here on.
+                ring.revoked.push(r.key.fingerprint());
+                scratch.revocations.push((source.to_owned(), r.key));
+            }
+            Body::Snapshot { .. } | Body::Card(_) => {}
+        }
+    }
+    Ok(out)
+}
