@@ -10,6 +10,7 @@ pub mod pubsub;
 pub mod ratelimit;
 pub mod rejects;
 pub mod serve;
+pub mod sim;
 pub mod store;
 pub mod verdicts;
 pub mod xmpp;

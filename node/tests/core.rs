@@ -1,0 +1,353 @@
+//! Model tests of the core in the deterministic harness: no clock, no
+//! network, an in-memory store; delivery reordered, duplicated and
+//! batched by a seed.
+
+use std::collections::BTreeMap;
+
+use corvid_node::config::Config;
+use corvid_node::core::{Core, Effect, Event, Outcome};
+use corvid_node::engine::{Settings, Submission};
+use corvid_node::sim::{Faults, Harness};
+use corvid_node::store::Store;
+use corvid_node::subjects::ReportSubject;
+use corvid_protocol::keys::{SecretKey, Signer};
+use corvid_protocol::record::{Category, Evidence, Record, Report, ReportId};
+use corvid_protocol::subject::SubjectKey;
+
+const NOW: u64 = 1_767_225_600;
+const PEER: &str = "b.example";
+
+fn private(path: &std::path::Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::write(path, text).expect("write");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+}
+
+fn settings() -> Settings {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for f in ["pw", "read", "write"] {
+        private(&dir.path().join(f), "x");
+    }
+    private(
+        &dir.path().join("key"),
+        &SecretKey::from_seed([1; 32]).to_key_file(),
+    );
+    private(
+        &dir.path().join("fed"),
+        "0000000000000000000000000000000000000000000000000000000000000000",
+    );
+    let peer = SecretKey::from_seed([2; 32]).public_key();
+    let text = format!(
+        "data_dir = \"data\"\n[xmpp]\njid = \"corvidd@a.example\"\npassword_file = \"pw\"\nserver = \"127.0.0.1:1\"\ntls = \"plaintext\"\n[feed]\nservice = \"pubsub.a.example\"\n[server]\ndomain = \"a.example\"\n[keys]\nsigning_key_file = \"key\"\n[[keys.federation]]\nid = \"f\"\nsecret_file = \"fed\"\nissue = true\n[[peer]]\ndomain = \"{PEER}\"\nfeed = \"xmpp:pubsub.b.example?;node=corvid\"\nkey = \"{peer}\"\nmax_reports = 100000\n[api]\nlisten = \"127.0.0.1:0\"\nread_token_file = \"read\"\nwrite_token_file = \"write\"\n"
+    );
+    std::fs::write(dir.path().join("c.toml"), text).expect("config");
+    let config = Config::load(&dir.path().join("c.toml")).expect("valid config");
+    Settings::from_config(&config).expect("settings")
+}
+
+fn harness(seed: u64) -> Harness {
+    let core = Core::new(
+        Store::in_memory(),
+        settings(),
+        SecretKey::from_seed([1; 32]),
+        "xmpp:pubsub.a.example?;node=corvid".parse().expect("feed"),
+        NOW * 1000,
+    )
+    .expect("core");
+    Harness::new(core, seed)
+}
+
+fn jid(i: usize) -> SubjectKey {
+    SubjectKey::for_jid(&format!("bot{i}@spam.example")).expect("jid")
+}
+
+/// Version `v` of a peer's report about `subject`: later versions supersede.
+fn report(subject: &SubjectKey, v: u64, expires_at: u64) -> Record {
+    Record::Report(Report {
+        id: ReportId::new((NOW - 3600 + v) * 1000, [v as u8; 10]),
+        subject: subject.clone(),
+        category: Category::Spam,
+        confidence: 50 + v as u8,
+        issued_at: NOW - 3600 + v,
+        expires_at,
+        evidence: Evidence {
+            count: v,
+            first_seen: NOW - 3600,
+            last_seen: NOW - 3600 + v,
+            note: None,
+            abuse_contacted_at: None,
+            message_text: None,
+        },
+    })
+}
+
+fn records(source: &str, list: Vec<(Record, String)>) -> Event {
+    Event::Records {
+        source: source.into(),
+        records: list,
+    }
+}
+
+fn stored(h: &Harness, subject: &SubjectKey) -> Option<Record> {
+    h.core()
+        .store()
+        .get(subject.as_str(), PEER)
+        .expect("read")
+        .map(|s| s.record)
+}
+
+const NASTY: Faults = Faults {
+    reorder: true,
+    duplicate_per_mille: 300,
+    drop_per_mille: 0,
+    max_batch: 7,
+};
+
+/// A mixed script: the operator's reports and a retraction, a peer's
+/// records (some superseding others), a removal, a reconciliation, a sweep.
+fn script(h: &mut Harness) {
+    let mut t = NOW * 1000;
+    for i in 0..30 {
+        t += 137;
+        h.push(
+            t,
+            Event::Submit(Submission {
+                subject: ReportSubject::Key(jid(1000 + i)),
+                category: Category::Spam,
+                confidence: 80,
+                ttl: Some(3600 + i as u64),
+                note: Some(format!("wave {i}")),
+                count: 1,
+                first_seen: None,
+                abuse_contacted_at: None,
+                message_text: None,
+            }),
+        );
+        h.push(
+            t + 1,
+            records(
+                PEER,
+                (0..3)
+                    .map(|v| (report(&jid(i % 10), v + 1, NOW + 7200), "k".to_owned()))
+                    .collect(),
+            ),
+        );
+    }
+    h.push(
+        t + 5,
+        Event::Retract {
+            subject: jid(1003),
+            reason: corvid_protocol::record::RetractionReason::FalsePositive,
+        },
+    );
+    h.push(
+        t + 6,
+        Event::Remove {
+            source: PEER.into(),
+            subject: jid(3).to_string(),
+        },
+    );
+    h.push(
+        t + 7,
+        Event::Reconcile {
+            source: PEER.into(),
+            present: (0..5).map(|i| jid(i).to_string()).collect(),
+            started_ms: t + 7,
+        },
+    );
+    h.push(t + 8, Event::Sweep { batch: 100 });
+}
+
+#[test]
+fn the_same_seed_gives_the_same_bytes_out() {
+    let run = |seed: u64| {
+        let mut h = harness(seed);
+        script(&mut h);
+        h.run(NASTY);
+        (h.transcript().to_vec(), h.dump())
+    };
+    let (t1, d1) = run(7);
+    let (t2, d2) = run(7);
+    assert!(!t1.is_empty());
+    assert_eq!(t1, t2, "same seed, same effects");
+    assert_eq!(d1, d2, "same seed, same store");
+    let (t3, _) = run(8);
+    assert_ne!(
+        t1, t3,
+        "another seed delivers differently (and draws other report ids)"
+    );
+}
+
+#[test]
+fn duplicated_and_reordered_items_converge_on_the_newest() {
+    for seed in 0..40 {
+        let mut h = harness(seed);
+        let mut newest: BTreeMap<usize, u64> = BTreeMap::new();
+        let mut t = NOW * 1000;
+        for i in 0..12 {
+            for v in 1..=4u64 {
+                t += 1;
+                h.push(
+                    t,
+                    records(PEER, vec![(report(&jid(i), v, NOW + 7200), "k".into())]),
+                );
+                newest.insert(i, v);
+            }
+        }
+        h.run(NASTY);
+        for (i, v) in newest {
+            assert_eq!(
+                stored(&h, &jid(i)),
+                Some(report(&jid(i), v, NOW + 7200)),
+                "seed {seed}: subject {i} must hold version {v}"
+            );
+        }
+        let count = h.core().shared().count(PEER);
+        assert_eq!(count, Some(12), "seed {seed}: each subject counted once");
+    }
+}
+
+#[test]
+fn a_revocation_is_never_undone_by_concurrent_peer_updates() {
+    let revoked = SecretKey::from_seed([9; 32]).public_key();
+    let revoked_id = revoked.key_id().to_string();
+    let rotated = SecretKey::from_seed([8; 32]).public_key();
+    for seed in 0..40 {
+        let mut h = harness(seed);
+        let t = NOW * 1000;
+        h.push(
+            t,
+            records(
+                PEER,
+                (0..6)
+                    .map(|i| (report(&jid(i), 1, NOW + 7200), revoked_id.clone()))
+                    .collect(),
+            ),
+        );
+        h.run(Faults::default());
+        // Everything that updates the peer's state, in any order and batching.
+        h.push(
+            t + 1,
+            Event::Revocation {
+                source: PEER.into(),
+                key: revoked,
+            },
+        );
+        h.push(
+            t + 1,
+            Event::Rotation {
+                source: PEER.into(),
+                key: rotated,
+            },
+        );
+        h.push(
+            t + 1,
+            Event::Touch {
+                source: PEER.into(),
+            },
+        );
+        h.push(
+            t + 1,
+            Event::Reconcile {
+                source: PEER.into(),
+                present: Default::default(),
+                started_ms: t,
+            },
+        );
+        h.push(
+            t + 1,
+            records(
+                PEER,
+                vec![(report(&jid(50), 1, NOW + 7200), "other".into())],
+            ),
+        );
+        h.run(NASTY);
+        let state = h.core().store().peer(PEER).expect("peer");
+        assert!(
+            state.revoked.contains(&revoked.fingerprint().to_string()),
+            "seed {seed}: the revocation was lost: {state:?}"
+        );
+        assert_eq!(
+            state.pending_rotation.as_deref(),
+            Some(rotated.to_string().as_str()),
+            "seed {seed}: the rotation was lost"
+        );
+        assert!(state.last_item.is_some(), "seed {seed}: the touch was lost");
+        assert!(
+            state.last_sync.is_some(),
+            "seed {seed}: the sync time was lost"
+        );
+        for i in 0..6 {
+            assert_eq!(
+                stored(&h, &jid(i)),
+                None,
+                "seed {seed}: revoked entry {i} kept"
+            );
+        }
+        assert!(
+            stored(&h, &jid(50)).is_some(),
+            "seed {seed}: an unrelated entry was dropped"
+        );
+    }
+}
+
+#[test]
+fn a_sweep_never_drops_an_entry_renewed_beside_it() {
+    for seed in 0..40 {
+        let mut h = harness(seed);
+        let t = NOW * 1000;
+        let expiring = NOW + 10;
+        h.push(
+            t,
+            records(
+                PEER,
+                (0..8)
+                    .map(|i| (report(&jid(i), 1, expiring), "k".into()))
+                    .collect(),
+            ),
+        );
+        h.run(Faults::default());
+        // At the expiry, renewals race the sweep.
+        let at = (expiring + 1) * 1000;
+        for i in 0..8 {
+            h.push(
+                at,
+                records(PEER, vec![(report(&jid(i), 2, NOW + 86_400), "k".into())]),
+            );
+        }
+        h.push(at, Event::Sweep { batch: 100 });
+        h.run(Faults {
+            duplicate_per_mille: 0,
+            ..NASTY
+        });
+        for i in 0..8 {
+            assert_eq!(
+                stored(&h, &jid(i)),
+                Some(report(&jid(i), 2, NOW + 86_400)),
+                "seed {seed}: renewed entry {i} lost"
+            );
+        }
+        assert_eq!(h.core().shared().count(PEER), Some(8), "seed {seed}");
+    }
+}
+
+#[test]
+fn nothing_is_acknowledged_before_its_commit_and_every_request_is_answered() {
+    let mut h = harness(3);
+    script(&mut h);
+    let effects = h.run(Faults {
+        duplicate_per_mille: 0,
+        ..NASTY
+    });
+    let replies = effects
+        .iter()
+        .filter(|e| matches!(e, Effect::Reply(..)))
+        .count();
+    assert_eq!(replies, 30 + 30 + 4, "one answer per request");
+    for e in &effects {
+        if let Effect::Reply(_, Outcome::Report(r)) = e {
+            let own = h.core().store().own(&r.subject).expect("read");
+            assert!(own.is_some(), "an acknowledged report is stored");
+        }
+    }
+}
