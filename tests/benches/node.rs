@@ -248,7 +248,7 @@ fn main() {
         "in-process verdict lookup (cached, 10k subjects)".into(),
         format!("{lookups:.0}/s"),
         format!(
-            "HashMap get {gets:.0}/s, ratio {:.2} (target >= 0.5)",
+            "HashMap get {gets:.0}/s, ratio {:.2} (target >= 0.9)",
             lookups / gets
         ),
     ));
@@ -295,14 +295,30 @@ fn main() {
             (id, item.to_element(), msg, *item.signature())
         })
         .collect();
+    // Live delta items, one per PubSub event as peers publish them, from
+    // four senders: the core verifies each and commits what is queued as
+    // one transaction per step.
     let t = Instant::now();
-    for (id, el, _, _) in &items {
-        let v = verify_item(el, &feed, id, &ring, now, 300).expect("verifies");
-        if let Body::Delta { record } = v.body {
-            e.ingest(now, "b.test", &record, v.issuer.key.as_str())
-                .expect("ingest");
+    std::thread::scope(|scope| {
+        for part in items.chunks(items.len().div_ceil(4)) {
+            let (e, feed) = (&e, &feed);
+            scope.spawn(move || {
+                for (id, el, _, _) in part {
+                    let out = e
+                        .call(corvid_node::core::Event::Items {
+                            source: "b.test".into(),
+                            node: feed.node.clone(),
+                            items: vec![(id.clone(), Some(el.clone()))],
+                        })
+                        .expect("core");
+                    assert!(
+                        matches!(&out, corvid_node::core::Outcome::Ingested(v) if v.len() == 1),
+                        "item not ingested: {out:?}"
+                    );
+                }
+            });
         }
-    }
+    });
     let ingest = items.len() as f64 / t.elapsed().as_secs_f64();
     let t = Instant::now();
     for (_, _, msg, sig) in &items {
