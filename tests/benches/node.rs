@@ -22,7 +22,7 @@ use corvid_node::store::Store;
 use corvid_node::subjects::Query;
 use corvid_protocol::aggregate::Action;
 use corvid_protocol::feed::{self, FeedOp, FeedWriter};
-use corvid_protocol::item::{Body, Envelope, FeedAddress, KeyRing, SignedItem, verify_item};
+use corvid_protocol::item::{Body, Envelope, FeedAddress, SignedItem};
 use corvid_protocol::record::{Issuer, Record};
 use corvid_protocol::subject::SubjectKey;
 use corvid_tests::client::Client;
@@ -272,7 +272,6 @@ fn main() {
 
     // 2. Ingest vs raw verify_strict.
     let feed: FeedAddress = ib.feed().parse().expect("feed");
-    let ring = KeyRing::pinned("b.test", ib.public());
     let items: Vec<(
         String,
         xmpp_parsers::minidom::Element,
