@@ -413,11 +413,6 @@ pub fn random_bytes<const N: usize>() -> [u8; N] {
     b
 }
 
-/// A fresh report id for `now_ms` with 80 random bits.
-pub fn new_report_id(now_ms: u64) -> ReportId {
-    ReportId::new(now_ms, random_bytes())
-}
-
 /// How a request waits for its answer.
 #[derive(Debug)]
 enum Replier {
@@ -864,42 +859,6 @@ impl Engine {
         })
     }
 
-    /// Removes one contribution (a delisting, an operator's action).
-    ///
-    /// # Errors
-    /// Storage errors.
-    pub fn remove(&self, now: u64, source: &str, subject: &str) -> Result<bool> {
-        Ok(self.count_of(
-            now,
-            Event::Remove {
-                source: source.to_owned(),
-                subject: subject.to_owned(),
-            },
-        )? > 0)
-    }
-
-    /// After a complete read of a source's feed: everything present is
-    /// confirmed, everything else becomes unconfirmed (not removed).
-    ///
-    /// # Errors
-    /// Storage errors.
-    pub fn reconcile(
-        &self,
-        now: u64,
-        source: &str,
-        present: &BTreeSet<String>,
-        started_ms: u64,
-    ) -> Result<usize> {
-        self.count_of(
-            now,
-            Event::Reconcile {
-                source: source.to_owned(),
-                present: present.clone(),
-                started_ms,
-            },
-        )
-    }
-
     /// As [`Engine::reconcile`], from async code.
     ///
     /// # Errors
@@ -916,40 +875,6 @@ impl Engine {
             started_ms,
         })
         .await
-    }
-
-    /// A purge or node deletion: every entry of the source is unconfirmed.
-    ///
-    /// # Errors
-    /// Storage errors.
-    pub fn mark_all_unconfirmed(&self, now: u64, source: &str) -> Result<usize> {
-        self.reconcile(now, source, &BTreeSet::new(), u64::MAX)
-    }
-
-    /// Drops every contribution signed by a revoked key.
-    ///
-    /// # Errors
-    /// Storage errors.
-    pub fn apply_revocation(&self, now: u64, source: &str, key: &PublicKey) -> Result<usize> {
-        self.count_of(
-            now,
-            Event::Revocation {
-                source: source.to_owned(),
-                key: *key,
-            },
-        )
-    }
-
-    /// A peer's rotation record.
-    ///
-    /// # Errors
-    /// Storage errors.
-    pub fn handle_rotation(&self, peer: &Peer, new: &PublicKey) -> Result<()> {
-        let out = self.call(Event::Rotation {
-            source: peer.domain.clone(),
-            key: *new,
-        })?;
-        self.expect(out, |_| Some(()))
     }
 
     /// Accepts a pending rotation (operator action).

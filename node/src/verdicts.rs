@@ -234,29 +234,10 @@ impl Published {
         self.epoch.fetch_add(1, Ordering::AcqRel);
     }
 
-    /// Published subjects.
-    pub fn len(&self) -> usize {
-        self.subjects
-            .iter()
-            .map(|s| s.read().map_or(0, |m| m.len()))
-            .sum()
-    }
-
-    /// Whether nothing is published.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// The versions an answer for a query keyed by `exact` depends on, read
     /// before computing it.
     pub fn stamp(&self, exact: Option<&SubjectKey>) -> Stamp {
-        let slot = exact.map_or(0, |k| self.slot_of(k));
-        Stamp {
-            slot,
-            slot_version: self.versions[slot].load(Ordering::Acquire),
-            broad: self.broad.load(Ordering::Acquire),
-            epoch: self.epoch.load(Ordering::Acquire),
-        }
+        self.current(exact.map_or(0, |k| self.slot_of(k)))
     }
 
     fn current(&self, slot: usize) -> Stamp {

@@ -648,16 +648,7 @@ impl Store {
     /// # Errors
     /// IO errors.
     pub fn subjects(&self) -> Result<Vec<String>> {
-        let mut out: Vec<String> = Vec::new();
-        let mut last: Vec<u8> = Vec::new();
-        self.scan_prefix(Table::Contrib, &[], &mut |k, _| {
-            let body = &k[..k.len().saturating_sub(4)];
-            if body != last.as_slice() {
-                out.push(codec::only_subject(body)?);
-                last = body.to_vec();
-            }
-            Ok(true)
-        })?;
+        let mut out = self.subjects_after(None, usize::MAX)?;
         out.sort_unstable();
         Ok(out)
     }
