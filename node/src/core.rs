@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, RwLock};
 
 use corvid_protocol::aggregate::{Action, Contribution};
-use corvid_protocol::item::{Body, FeedAddress, KeyRing, SignedItem, verify_signed};
+use corvid_protocol::item::{Body, FeedAddress, KeyRing, SignedItem, VerifiedItem, verify_signed};
 use corvid_protocol::keys::{PublicKey, SecretKey, Signer};
 use corvid_protocol::record::{
     Category, Evidence, Record, Report, ReportId, Retraction, RetractionReason,
@@ -298,6 +298,16 @@ impl Shared {
             .clone()
     }
 
+    /// Counts a rejected item from `peer` and notes it for the next log
+    /// summary.
+    pub fn reject(&self, peer: &str, item: &str, label: &str, why: &str) {
+        self.metrics.inc(
+            "corvid_rejected_items_total",
+            &[("peer", peer), ("reason", label)],
+        );
+        self.rejects.note(peer, item, label, why);
+    }
+
     /// A source's mode, with a canary suspension applied.
     pub fn mode_of(
         &self,
@@ -357,6 +367,27 @@ struct Scratch {
     revocations: Vec<(String, PublicKey)>,
     rejects: Vec<(String, String, &'static str, String)>,
     ingested: BTreeMap<String, u64>,
+}
+
+impl Scratch {
+    /// A contribution of `source` to `subject` (a key's text) changed.
+    fn touch(&mut self, subject: &str) {
+        if let Ok(k) = subject.parse() {
+            self.touched.insert(k);
+        }
+    }
+
+    /// A contribution of `source` to `subject` was deleted.
+    fn removed(&mut self, source: &str, subject: &str) {
+        *self.counts.entry(source.to_owned()).or_default() -= 1;
+        self.touch(subject);
+    }
+
+    /// An item from `peer` was rejected; counted and logged after the commit.
+    fn reject(&mut self, peer: &str, item: &str, label: &'static str, why: String) {
+        self.rejects
+            .push((peer.to_owned(), item.to_owned(), label, why));
+    }
 }
 
 /// The read-only view a transaction's events are applied against.
@@ -548,7 +579,7 @@ impl Core {
                         .add("corvid_ingested_items_total", &[("peer", peer)], *n);
                 }
                 for (peer, item, label, why) in &scratch.rejects {
-                    self.reject(peer, item, label, why);
+                    self.shared.reject(peer, item, label, why);
                 }
                 effects.extend(scratch.replies.drain(..).map(|(t, o)| Effect::Reply(t, o)));
                 effects.append(&mut scratch.effects);
@@ -569,14 +600,6 @@ impl Core {
                 );
             }
         }
-    }
-
-    fn reject(&self, peer: &str, item: &str, label: &str, why: &str) {
-        self.shared.metrics.inc(
-            "corvid_rejected_items_total",
-            &[("peer", peer), ("reason", label)],
-        );
-        self.shared.rejects.note(peer, item, label, why);
     }
 
     /// Applies what a committed transaction changed outside the store and
@@ -795,9 +818,7 @@ impl Core {
                 })?;
                 if marked != Upserted::Kept {
                     missing += 1;
-                    if let Ok(k) = subject.parse() {
-                        scratch.touched.insert(k);
-                    }
+                    scratch.touch(subject);
                 }
             }
             tx.update_peer(source, |p| p.last_sync = Some(now))?;
@@ -824,10 +845,7 @@ impl Core {
             for subject in &subjects {
                 if tx.remove_if(subject, source, |s| s.key_id == key_id)? {
                     dropped += 1;
-                    *scratch.counts.entry(source.to_owned()).or_default() -= 1;
-                    if let Ok(k) = subject.parse() {
-                        scratch.touched.insert(k);
-                    }
+                    scratch.removed(source, subject);
                 }
             }
             Ok(())
@@ -857,10 +875,7 @@ impl Core {
                 // Rechecked as it is removed: a renewal since the listing stays.
                 if tx.remove_if(subject, source, |s| s.record.expires_at() <= now)? {
                     removed += 1;
-                    *scratch.counts.entry(source.clone()).or_default() -= 1;
-                    if let Ok(k) = subject.parse() {
-                        scratch.touched.insert(k);
-                    }
+                    scratch.removed(source, subject);
                 }
                 if *source == own_domain {
                     // The own record leaves the feed at the next compaction.
@@ -873,10 +888,7 @@ impl Core {
                 })? {
                     removed += 1;
                     *dropped.entry(source.clone()).or_default() += 1;
-                    *scratch.counts.entry(source.clone()).or_default() -= 1;
-                    if let Ok(k) = subject.parse() {
-                        scratch.touched.insert(k);
-                    }
+                    scratch.removed(source, subject);
                 }
             }
             Ok(())
@@ -988,10 +1000,7 @@ fn apply(
         } => Outcome::Ingested(live_items(ctx, tx, scratch, now_ms, source, node, items)?),
         Event::Remove { source, subject } => {
             if tx.remove_if(subject, source, |_| true)? {
-                *scratch.counts.entry(source.clone()).or_default() -= 1;
-                if let Ok(k) = subject.parse() {
-                    scratch.touched.insert(k);
-                }
+                scratch.removed(source, subject);
                 Outcome::Count(1)
             } else {
                 Outcome::Count(0)
@@ -1254,6 +1263,35 @@ fn rotation(
     Ok(())
 }
 
+/// Verifies one item a peer published at `node` of its feed's service:
+/// the item and what it says, or the rejection's label and reason. The live
+/// path (in the core) and a backfill's reads both check items this way.
+///
+/// # Errors
+/// The rejection: `(label, reason)`.
+pub fn verify_peer_item(
+    peer: &crate::engine::Peer,
+    ring: &KeyRing,
+    node: &str,
+    item_id: &str,
+    payload: Option<&xmpp_parsers::minidom::Element>,
+    now: u64,
+    skew: u64,
+) -> Result<(SignedItem, VerifiedItem), (&'static str, String)> {
+    let Some(payload) = payload else {
+        return Err(("malformed", "item without payload".into()));
+    };
+    let feed = FeedAddress {
+        service: peer.feed.service.clone(),
+        node: node.to_owned(),
+    };
+    let signed =
+        SignedItem::from_element(payload).map_err(|e| (e.reason_label(), e.to_string()))?;
+    let v = verify_signed(&signed, &feed, item_id, ring, now, skew)
+        .map_err(|e| (e.reason_label(), e.to_string()))?;
+    Ok((signed, v))
+}
+
 /// Verifies and applies items a peer published live. A rejected item is
 /// counted and dropped; a head asks for a reread.
 fn live_items(
@@ -1270,33 +1308,20 @@ fn live_items(
     let Some(peer) = ctx.settings.peers.get(source) else {
         return Ok(out);
     };
-    let feed = FeedAddress {
-        service: peer.feed.service.clone(),
-        node: node.to_owned(),
-    };
     let mut ring = key_ring(tx, peer)?;
     for (item_id, payload) in items {
-        let Some(payload) = payload else {
-            scratch.rejects.push((
-                source.to_owned(),
-                item_id.clone(),
-                "malformed",
-                "item without payload".into(),
-            ));
-            continue;
-        };
-        let verified = SignedItem::from_element(payload).and_then(|signed| {
-            verify_signed(&signed, &feed, item_id, &ring, now, ctx.settings.skew)
-        });
-        let v = match verified {
-            Ok(v) => v,
-            Err(e) => {
-                scratch.rejects.push((
-                    source.to_owned(),
-                    item_id.clone(),
-                    e.reason_label(),
-                    e.to_string(),
-                ));
+        let v = match verify_peer_item(
+            peer,
+            &ring,
+            node,
+            item_id,
+            payload.as_ref(),
+            now,
+            ctx.settings.skew,
+        ) {
+            Ok((_, v)) => v,
+            Err((label, why)) => {
+                scratch.reject(source, item_id, label, why);
                 continue;
             }
         };
@@ -1312,12 +1337,12 @@ fn live_items(
                     v.issuer.key.as_str(),
                 )?;
                 match what {
-                    Ingested::OverCap => scratch.rejects.push((
-                        source.to_owned(),
-                        record.subject().to_string(),
+                    Ingested::OverCap => scratch.reject(
+                        source,
+                        record.subject().as_str(),
                         "peer-cap",
                         "peer is at its max_reports cap".into(),
-                    )),
+                    ),
                     _ => *scratch.ingested.entry(source.to_owned()).or_default() += 1,
                 }
                 out.push(what);

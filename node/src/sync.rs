@@ -11,10 +11,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::core::{Event, Outcome};
+use crate::core::{Event, Outcome, verify_peer_item};
 use anyhow::{Result, bail};
 use corvid_protocol::feed::{self, FeedReader};
-use corvid_protocol::item::{Body, FeedAddress, ItemError, KeyRing, SignedItem, verify_signed};
+use corvid_protocol::item::{Body, FeedAddress, KeyRing, SignedItem};
 use corvid_protocol::record::{Category, Record};
 use corvid_protocol::subject::{IpPrefix, SubjectKey};
 use tokio::sync::mpsc;
@@ -196,18 +196,6 @@ fn spawn_backfill(
     });
 }
 
-fn reject(engine: &Engine, source: &str, item_id: &str, e: &ItemError) {
-    reject_label(engine, source, item_id, e.reason_label(), &e.to_string());
-}
-
-fn reject_label(engine: &Engine, source: &str, item_id: &str, label: &str, why: &str) {
-    engine.metrics.inc(
-        "corvid_rejected_items_total",
-        &[("peer", source), ("reason", label)],
-    );
-    engine.rejects().note(source, item_id, label, why);
-}
-
 fn verify(
     engine: &Engine,
     peer: &Peer,
@@ -216,35 +204,10 @@ fn verify(
     item_id: &str,
     payload: Option<&Element>,
 ) -> Option<(SignedItem, corvid_protocol::item::VerifiedItem)> {
-    let Some(payload) = payload else {
-        reject_label(
-            engine,
-            &peer.domain,
-            item_id,
-            "malformed",
-            "item without payload",
-        );
-        return None;
-    };
-    let feed = FeedAddress {
-        service: peer.feed.service.clone(),
-        node: node.to_owned(),
-    };
-    let settings = engine.settings();
-    let signed = match SignedItem::from_element(payload) {
-        Ok(s) => s,
-        Err(e) => {
-            reject(engine, &peer.domain, item_id, &e);
-            return None;
-        }
-    };
-    match verify_signed(&signed, &feed, item_id, ring, crate::now(), settings.skew) {
-        Ok(v) => Some((signed, v)),
-        Err(e) => {
-            reject(engine, &peer.domain, item_id, &e);
-            None
-        }
-    }
+    let skew = engine.settings().skew;
+    verify_peer_item(peer, ring, node, item_id, payload, crate::now(), skew)
+        .map_err(|(label, why)| engine.shared().reject(&peer.domain, item_id, label, &why))
+        .ok()
 }
 
 /// Applies one verified key record (a rotation or a revocation).
@@ -284,8 +247,7 @@ async fn ingest_records(
         for (what, subject) in outcomes.iter().zip(&subjects) {
             match what {
                 Ingested::Stored | Ingested::Unchanged => ingested += 1,
-                Ingested::OverCap => reject_label(
-                    engine,
+                Ingested::OverCap => engine.shared().reject(
                     source,
                     subject,
                     "peer-cap",
@@ -466,8 +428,7 @@ fn rtbl_record(subject: SubjectKey, now: u64, id: &str, category: Category) -> R
 /// names nothing Corvid can store.
 fn rtbl_item(engine: &Engine, rtbl: &Rtbl, id: &str) -> Result<Option<Record>> {
     let Some(subject) = rtbl_subject(engine, &rtbl.feed.node, id) else {
-        reject_label(
-            engine,
+        engine.shared().reject(
             &rtbl.source,
             id,
             "unsupported-datum",
@@ -585,8 +546,7 @@ async fn handle_event(
                         .entry(source.clone())
                         .or_insert_with(|| TokenBucket::new(rate, Instant::now()));
                     if !bucket.take(Instant::now()) {
-                        reject_label(
-                            engine,
+                        engine.shared().reject(
                             &source,
                             &item_id,
                             "rate-limited",
