@@ -1013,12 +1013,12 @@ impl Engine {
         let settings = self.settings();
         let published = &self.shared.published;
         let complete = published.is_complete();
-        let (exact, covering) = lookup_keys(&settings, now, query);
+        let lookup = local_lists(&settings, now, query);
         let mut score = 0.0f64;
         let mut action = Action::Allow;
         let mut reasons: Vec<Reason> = Vec::new();
         let mut valid_until = now + SCORE_REFRESH_SECS;
-        for k in exact.iter().chain(&covering) {
+        for k in lookup.exact.iter().chain(&lookup.covering) {
             match published.get(k) {
                 Some(v) if v.computed_at <= now && now < v.valid_until => {
                     score = score.max(v.score);
@@ -1034,46 +1034,17 @@ impl Engine {
                 None => return None,
             }
         }
-        let first_in = |f: &dyn Fn(&SubjectKey) -> bool, level: &[SubjectKey]| {
-            level.iter().find(|s| f(s)).cloned()
-        };
-        let local = if let Some(subject) = first_in(&|k| settings.allows(k), &exact) {
-            Some((Action::Allow, Reason::LocalAllow { subject }))
-        } else if let Some(subject) = first_in(&|k| settings.denies(k), &exact) {
-            Some((Action::Block, Reason::LocalDeny { subject }))
-        } else if let Some(subject) = first_in(&|k| settings.allows(k), &covering) {
-            Some((Action::Allow, Reason::LocalAllow { subject }))
-        } else {
-            first_in(&|k| settings.denies(k), &covering)
-                .map(|subject| (Action::Block, Reason::LocalDeny { subject }))
-        };
-        if let Some((a, r)) = local {
+        if let Some((a, r)) = aggregate::local_rule(&lookup) {
             action = a;
             reasons = vec![r];
         }
-        let mut shown: Vec<serde_json::Value> = Vec::new();
-        if let Query::Ip(ip) = query {
-            if let Some(m) = settings.allow_ip.iter().find(|m| m.contains(*ip)) {
-                action = Action::Allow;
-                shown.push(serde_json::json!({"rule": "local-allow", "entry": m.to_string()}));
-                reasons.clear();
-            } else if let Some(m) = settings.deny_ip.iter().find(|m| m.contains(*ip)) {
-                action = Action::Block;
-                shown.push(serde_json::json!({"rule": "local-deny", "entry": m.to_string()}));
-                reasons.clear();
-            }
-        }
-        shown.extend(
-            reasons
-                .iter()
-                .map(|r| serde_json::to_value(r).unwrap_or_default()),
-        );
+        let (action, reasons) = shown(&settings, query, action, &reasons);
         Some((
             VerdictOut {
                 action,
                 score: (score * 1000.0).round() / 1000.0,
                 subjects: Vec::new(),
-                reasons: shown,
+                reasons,
                 contributions: Vec::new(),
             },
             valid_until,
@@ -1090,28 +1061,12 @@ impl Engine {
 
     /// Gathers what a lookup needs from the store and the settings.
     fn gather(&self, settings: &Settings, now: u64, query: &Query) -> Result<(Lookup, u64)> {
-        let (exact, covering) = lookup_keys(settings, now, query);
-        let mut lookup = Lookup {
-            exact,
-            covering,
-            ..Lookup::default()
-        };
+        let mut lookup = local_lists(settings, now, query);
         let mut valid_until = now + SCORE_REFRESH_SECS;
         for subject in lookup.exact.iter().chain(&lookup.covering) {
             for c in crate::core::contributions(&self.store, settings, &self.shared, subject)? {
                 valid_until = valid_until.min(c.record.expires_at());
                 lookup.contributions.push(c);
-            }
-        }
-        for (list, set) in [
-            (&settings.allow, &mut lookup.allowed),
-            (&settings.deny, &mut lookup.denied),
-            (&settings.canaries, &mut lookup.canaries),
-        ] {
-            for k in lookup.exact.iter().chain(&lookup.covering) {
-                if list.contains(k) {
-                    set.insert(k.clone());
-                }
             }
         }
         for k in lookup.exact.iter().chain(&lookup.covering) {
@@ -1125,26 +1080,8 @@ impl Engine {
     fn compute(&self, now: u64, query: &Query) -> Result<(VerdictOut, u64)> {
         let settings = self.settings();
         let (lookup, valid_until) = self.gather(&settings, now, query)?;
-        let mut verdict = aggregate::decide(&lookup, &settings.policy, now);
-        let mut reasons: Vec<serde_json::Value> = Vec::new();
-        // Local IP lists match the raw address, which only this server sees.
-        if let Query::Ip(ip) = query {
-            if let Some(m) = settings.allow_ip.iter().find(|m| m.contains(*ip)) {
-                verdict.action = Action::Allow;
-                reasons.push(serde_json::json!({"rule": "local-allow", "entry": m.to_string()}));
-                verdict.reasons.clear();
-            } else if let Some(m) = settings.deny_ip.iter().find(|m| m.contains(*ip)) {
-                verdict.action = Action::Block;
-                reasons.push(serde_json::json!({"rule": "local-deny", "entry": m.to_string()}));
-                verdict.reasons.clear();
-            }
-        }
-        reasons.extend(
-            verdict
-                .reasons
-                .iter()
-                .map(|r| serde_json::to_value(r).unwrap_or_default()),
-        );
+        let verdict = aggregate::decide(&lookup, &settings.policy, now);
+        let (action, reasons) = shown(&settings, query, verdict.action, &verdict.reasons);
         let contributions = verdict
             .contributions
             .into_iter()
@@ -1158,7 +1095,7 @@ impl Engine {
             })
             .collect();
         let out = VerdictOut {
-            action: verdict.action,
+            action,
             score: (verdict.score * 1000.0).round() / 1000.0,
             subjects: lookup
                 .exact
@@ -1221,6 +1158,67 @@ impl Engine {
 impl Drop for Engine {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// A lookup's subjects with the local allow and deny entries among them
+/// (no contributions, no canaries yet).
+fn local_lists(settings: &Settings, now: u64, query: &Query) -> Lookup {
+    let (exact, covering) = lookup_keys(settings, now, query);
+    let pick = |list: &BTreeSet<SubjectKey>| -> BTreeSet<SubjectKey> {
+        exact
+            .iter()
+            .chain(&covering)
+            .filter(|k| list.contains(*k))
+            .cloned()
+            .collect()
+    };
+    Lookup {
+        allowed: pick(&settings.allow),
+        denied: pick(&settings.deny),
+        canaries: pick(&settings.canaries),
+        exact,
+        covering,
+        ..Lookup::default()
+    }
+}
+
+/// The answer as the API shows it: the local IP lists (they match the raw
+/// address, which only this server sees) over the federation's action, and
+/// the reasons as JSON.
+fn shown(
+    settings: &Settings,
+    query: &Query,
+    action: Action,
+    reasons: &[Reason],
+) -> (Action, Vec<serde_json::Value>) {
+    let ip_rule = match query {
+        Query::Ip(ip) => settings
+            .allow_ip
+            .iter()
+            .find(|m| m.contains(*ip))
+            .map(|m| (Action::Allow, "local-allow", m))
+            .or_else(|| {
+                settings
+                    .deny_ip
+                    .iter()
+                    .find(|m| m.contains(*ip))
+                    .map(|m| (Action::Block, "local-deny", m))
+            }),
+        _ => None,
+    };
+    match ip_rule {
+        Some((action, rule, m)) => (
+            action,
+            vec![serde_json::json!({"rule": rule, "entry": m.to_string()})],
+        ),
+        None => (
+            action,
+            reasons
+                .iter()
+                .map(|r| serde_json::to_value(r).unwrap_or_default())
+                .collect(),
+        ),
     }
 }
 

@@ -360,6 +360,26 @@ pub struct Lookup {
     pub canaries: BTreeSet<SubjectKey>,
 }
 
+/// The local list entry that decides a lookup, if any, by precedence: an
+/// allow on the exact subject, a deny on it, an allow on a covering domain,
+/// a deny on one.
+pub fn local_rule(lookup: &Lookup) -> Option<(Action, Reason)> {
+    let first_in = |set: &BTreeSet<SubjectKey>, level: &[SubjectKey]| {
+        level.iter().find(|s| set.contains(*s)).cloned()
+    };
+    if let Some(subject) = first_in(&lookup.allowed, &lookup.exact) {
+        return Some((Action::Allow, Reason::LocalAllow { subject }));
+    }
+    if let Some(subject) = first_in(&lookup.denied, &lookup.exact) {
+        return Some((Action::Block, Reason::LocalDeny { subject }));
+    }
+    if let Some(subject) = first_in(&lookup.allowed, &lookup.covering) {
+        return Some((Action::Allow, Reason::LocalAllow { subject }));
+    }
+    first_in(&lookup.denied, &lookup.covering)
+        .map(|subject| (Action::Block, Reason::LocalDeny { subject }))
+}
+
 /// Decides a lookup: local lists by precedence, then the federation.
 pub fn decide(lookup: &Lookup, policy: &Policy, now: UnixTime) -> Verdict {
     let scores: Vec<SubjectScore> = lookup
@@ -388,20 +408,8 @@ pub fn decide(lookup: &Lookup, policy: &Policy, now: UnixTime) -> Verdict {
         contributions: contributions.clone(),
         canary_reporters: canary_reporters.clone(),
     };
-    let first_in = |set: &BTreeSet<SubjectKey>, level: &[SubjectKey]| {
-        level.iter().find(|s| set.contains(*s)).cloned()
-    };
-    if let Some(subject) = first_in(&lookup.allowed, &lookup.exact) {
-        return verdict(Action::Allow, vec![Reason::LocalAllow { subject }]);
-    }
-    if let Some(subject) = first_in(&lookup.denied, &lookup.exact) {
-        return verdict(Action::Block, vec![Reason::LocalDeny { subject }]);
-    }
-    if let Some(subject) = first_in(&lookup.allowed, &lookup.covering) {
-        return verdict(Action::Allow, vec![Reason::LocalAllow { subject }]);
-    }
-    if let Some(subject) = first_in(&lookup.denied, &lookup.covering) {
-        return verdict(Action::Block, vec![Reason::LocalDeny { subject }]);
+    if let Some((action, reason)) = local_rule(lookup) {
+        return verdict(action, vec![reason]);
     }
     let mut action = Action::Allow;
     let mut reasons = Vec::new();
