@@ -143,27 +143,8 @@ impl Node {
                 raw
             }
         };
-        // Split and decode as bytes: chunk sizes count bytes, and a body in
-        // UTF-8 (IDN domains, notes) may split a character across chunks.
-        let split = raw
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .ok_or_else(|| anyhow!("corvidd sent a malformed HTTP reply"))?;
-        let head = String::from_utf8_lossy(&raw[..split]);
-        let rest = &raw[split + 4..];
-        let status: u16 = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        let body = if head
-            .to_ascii_lowercase()
-            .contains("transfer-encoding: chunked")
-        {
-            dechunk(rest)
-        } else {
-            rest.to_vec()
-        };
+        let (status, body) =
+            parse_response(&raw).ok_or_else(|| anyhow!("corvidd sent a malformed HTTP reply"))?;
         let body = String::from_utf8_lossy(&body).into_owned();
         let json = serde_json::from_str(&body).unwrap_or(Value::String(body));
         Ok(Reply { status, json })
@@ -175,6 +156,34 @@ impl Node {
             Listen::Unix(p) => format!("unix:{}", p.display()),
         }
     }
+}
+
+/// The status and the decoded body of a whole HTTP/1.1 response, or `None`
+/// when its head never ends. Split and decoded as bytes: chunk sizes count
+/// bytes, and a body in UTF-8 (IDN domains, notes) may split a character
+/// across chunks.
+pub fn parse_response(raw: &[u8]) -> Option<(u16, Vec<u8>)> {
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = String::from_utf8_lossy(&raw[..split]);
+    let rest = &raw[split + 4..];
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(rest)
+    } else {
+        rest.to_vec()
+    };
+    Some((status_of(&raw[..split]), body))
+}
+
+/// The status code of a response head (0 when it has none).
+pub fn status_of(head: &[u8]) -> u16 {
+    String::from_utf8_lossy(head)
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Decodes a chunked body (RFC 9112 §7.1) as bytes; chunk extensions and

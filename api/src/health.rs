@@ -59,12 +59,7 @@ impl Check {
         message: impl Into<String>,
         fix: impl Into<String>,
     ) -> Self {
-        Self {
-            name: name.into(),
-            severity: Severity::Warn,
-            message: message.into(),
-            fix: Some(fix.into()),
-        }
+        Self::not_ok(Severity::Warn, name.into(), message.into(), fix.into())
     }
 
     /// A failure with its fix.
@@ -73,11 +68,15 @@ impl Check {
         message: impl Into<String>,
         fix: impl Into<String>,
     ) -> Self {
+        Self::not_ok(Severity::Fail, name.into(), message.into(), fix.into())
+    }
+
+    fn not_ok(severity: Severity, name: String, message: String, fix: String) -> Self {
         Self {
-            name: name.into(),
-            severity: Severity::Fail,
-            message: message.into(),
-            fix: Some(fix.into()),
+            name,
+            severity,
+            message,
+            fix: Some(fix),
         }
     }
 }

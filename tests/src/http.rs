@@ -48,26 +48,9 @@ pub fn request(
     stream.write_all(req.as_bytes()).expect("write request");
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).expect("read response");
-    // Split and decode as bytes: chunk sizes count bytes.
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n");
-    let (head, body) = match split {
-        Some(i) => (&raw[..i], &raw[i + 4..]),
-        None => (&raw[..], &[][..]),
-    };
-    let head = String::from_utf8_lossy(head).into_owned();
-    let status: u16 = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        String::from_utf8_lossy(&dechunk(body)).into_owned()
-    } else {
-        String::from_utf8_lossy(body).into_owned()
-    };
+    // A head that never ends is all head: its status, no body.
+    let (status, body) = parse_response(&raw).unwrap_or_else(|| (status_of(&raw), Vec::new()));
+    let body = String::from_utf8_lossy(&body).into_owned();
     let json = serde_json::from_str(&body).unwrap_or_else(|_| Value::String(body.clone()));
     Response {
         status,
@@ -76,6 +59,6 @@ pub fn request(
     }
 }
 
-use corvid_api::client::dechunk;
 /// Percent-encodes a query value (the CLI's own function).
 pub use corvid_api::client::enc;
+use corvid_api::client::{parse_response, status_of};

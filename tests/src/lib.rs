@@ -40,10 +40,16 @@ pub fn write_private(path: &std::path::Path, text: &str) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod 600");
 }
 
-/// The benches' report number `i` about `bot{i}@spam.example`: a spam
-/// report issued a minute before `now`, living 30 days, with an id unique
-/// for `i` below 2^32.
+/// The benches' report number `i` about `bot{i}@spam.example`: see
+/// [`numbered_report`].
 pub fn bot_report(i: u64, now: u64) -> Record {
+    numbered_report("bot", Category::Spam, i, now)
+}
+
+/// Report number `i` about `{local}{i}@spam.example` in `category`: issued
+/// a minute before `now`, living 30 days, with an id unique for `i` below
+/// 2^32.
+pub fn numbered_report(local: &str, category: Category, i: u64, now: u64) -> Record {
     Record::Report(Report {
         id: ReportId::new(
             now * 1000 + i % 1000,
@@ -60,8 +66,8 @@ pub fn bot_report(i: u64, now: u64) -> Record {
                 1,
             ],
         ),
-        subject: SubjectKey::for_jid(&format!("bot{i}@spam.example")).expect("jid"),
-        category: Category::Spam,
+        subject: SubjectKey::for_jid(&format!("{local}{i}@spam.example")).expect("jid"),
+        category,
         confidence: 80,
         issued_at: now - 60,
         expires_at: now + 30 * 86_400,

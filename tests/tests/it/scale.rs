@@ -5,46 +5,14 @@ use std::time::{Duration, Instant};
 
 use corvid_protocol::feed::{FeedOp, FeedWriter};
 use corvid_protocol::item::FeedAddress;
-use corvid_protocol::record::{Category, Evidence, Issuer, Record, Report, ReportId};
-use corvid_protocol::subject::SubjectKey;
+use corvid_protocol::record::{Category, Issuer, Record};
 use corvid_tests::client::Client;
 use corvid_tests::node::{Identity, Node};
 use corvid_tests::prosody::{Prosody, ProsodyOptions};
-use corvid_tests::wait_for;
+use corvid_tests::{numbered_report, wait_for};
 
 fn records(n: u32, now: u64) -> impl Iterator<Item = Record> {
-    (0..n).map(move |i| {
-        Record::Report(Report {
-            id: ReportId::new(
-                now * 1000 + u64::from(i % 1000),
-                [
-                    (i % 251) as u8,
-                    (i >> 8) as u8,
-                    (i >> 16) as u8,
-                    0,
-                    0,
-                    0,
-                    0,
-                    0,
-                    0,
-                    1,
-                ],
-            ),
-            subject: SubjectKey::for_jid(&format!("bulk{i}@spam.example")).expect("jid"),
-            category: Category::BulkRegistration,
-            confidence: 80,
-            issued_at: now - 60,
-            expires_at: now + 30 * 86_400,
-            evidence: Evidence {
-                count: 1,
-                first_seen: now - 60,
-                last_seen: now - 60,
-                note: None,
-                abuse_contacted_at: None,
-                message_text: None,
-            },
-        })
-    })
+    (0..n).map(move |i| numbered_report("bulk", Category::BulkRegistration, u64::from(i), now))
 }
 
 fn peer_records(n: &Node, domain: &str) -> u64 {
