@@ -367,6 +367,9 @@ struct Scratch {
     revocations: Vec<(String, PublicKey)>,
     rejects: Vec<(String, String, &'static str, String)>,
     ingested: BTreeMap<String, u64>,
+    /// Peers whose items arrived, with the latest time: written once per
+    /// transaction.
+    seen: BTreeMap<String, u64>,
 }
 
 impl Scratch {
@@ -565,6 +568,9 @@ impl Core {
             for (ticket, now_ms, event) in events {
                 let out = apply(&ctx, tx, &mut scratch, &mut rng_out, *now_ms, event)?;
                 scratch.replies.push((*ticket, out));
+            }
+            for (source, now) in &scratch.seen {
+                tx.update_peer(source, |p| p.last_item = Some(*now))?;
             }
             Ok(())
         });
@@ -1308,6 +1314,8 @@ fn live_items(
     let Some(peer) = ctx.settings.peers.get(source) else {
         return Ok(out);
     };
+    let seen = scratch.seen.entry(source.to_owned()).or_default();
+    *seen = (*seen).max(now);
     let mut ring = key_ring(tx, peer)?;
     for (item_id, payload) in items {
         let v = match verify_peer_item(

@@ -843,6 +843,32 @@ impl Engine {
         })
     }
 
+    /// Queues items a peer published for the core, without waiting for
+    /// their outcome: the XMPP driver reads on while the core verifies and
+    /// stores what is queued, many events to a transaction. Waits only
+    /// while the peers' queue is full. Rejections are counted and logged by
+    /// the core; a failed write is logged and a later resync repairs it.
+    ///
+    /// # Errors
+    /// The core has stopped.
+    pub async fn feed_items(
+        &self,
+        source: &str,
+        node: &str,
+        items: Vec<(String, Option<xmpp_parsers::minidom::Element>)>,
+    ) -> Result<()> {
+        let job = Job::Event {
+            now_ms: crate::now_ms(),
+            event: Event::Items {
+                source: source.to_owned(),
+                node: node.to_owned(),
+                items,
+            },
+            reply: None,
+        };
+        self.peers.send(job).await.map_err(|_| stopped())
+    }
+
     fn count_of(&self, now: u64, event: Event) -> Result<usize> {
         let out = self.call_at(now, event)?;
         self.expect(out, |o| match o {
@@ -985,11 +1011,26 @@ impl Engine {
     /// Storage errors (only while the core is still publishing after a
     /// start or reload, when lookups read the store).
     pub fn verdict(&self, now: u64, query: &Query) -> Result<Arc<VerdictOut>> {
+        self.verdict_with(now, query, Arc::clone)
+    }
+
+    /// `f` applied to the verdict for `query` at `now`, as [`Engine::verdict`]
+    /// finds it; a cached answer is read in place.
+    ///
+    /// # Errors
+    /// As [`Engine::verdict`].
+    pub fn verdict_with<R>(
+        &self,
+        now: u64,
+        query: &Query,
+        f: impl FnOnce(&Arc<VerdictOut>) -> R,
+    ) -> Result<R> {
         let published = &self.shared.published;
         let key = query.cache_key();
-        if let Some(v) = published.cached(&key, now) {
-            return Ok(v);
-        }
+        let f = match published.cached_with(&key, now, f) {
+            Ok(r) => return Ok(r),
+            Err(f) => f,
+        };
         let exact = match query {
             Query::Jid { key, .. } | Query::Digest(key) | Query::Key(key) => Some(key),
             Query::Domain { .. } | Query::Ip(_) => None,
@@ -1002,8 +1043,9 @@ impl Engine {
         verdict.contributions = Vec::new();
         verdict.subjects = Vec::new();
         let verdict = Arc::new(verdict);
-        published.cache(&key, stamp, valid_until, Arc::clone(&verdict));
-        Ok(verdict)
+        let out = f(&verdict);
+        published.cache(&key, stamp, valid_until, verdict);
+        Ok(out)
     }
 
     /// A verdict from the published per-subject entries, or `None` when one

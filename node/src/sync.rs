@@ -531,7 +531,10 @@ async fn handle_event(
             return;
         }
     };
-    engine.touch(crate::now(), &source);
+    if peer.is_none() {
+        // A Corvid peer's items mark it live in the core's transaction.
+        engine.touch(crate::now(), &source);
+    }
     let rate = f64::from(engine.ingest_rate());
     let result: Result<()> = async {
         match parsed {
@@ -558,10 +561,11 @@ async fn handle_event(
                     admitted.push((item_id, payload));
                 }
                 if peer.is_some() {
-                    // The core verifies and stores them; a new head comes
-                    // back as a reread request.
+                    // The core verifies and stores them while the next
+                    // events are read; a new head comes back as a reread
+                    // request.
                     if !admitted.is_empty() {
-                        engine.items(&source, &node, admitted).await?;
+                        engine.feed_items(&source, &node, admitted).await?;
                     }
                 } else if let Some(rtbl) = rtbl {
                     let mut records = Vec::new();

@@ -10,6 +10,7 @@
 //! hash-map read and a few atomic loads, and a change is visible to the
 //! next lookup as soon as the core's step commits.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -30,8 +31,24 @@ const VERSION_SLOTS: usize = 4096;
 /// Cached query answers kept per shard before that shard is cleared.
 const CACHE_MAX_PER_SHARD: usize = 200_000 / CACHE_SHARDS;
 
+/// Cached query answers kept per thread (the lock-free first level).
+const LOCAL_MAX: usize = 50_000;
+
 type Fast = foldhash::fast::RandomState;
 type Shard<K, V> = RwLock<HashMap<K, V, Fast>>;
+/// Query-cache entries, found by a hash computed once per lookup.
+type Table = hashbrown::HashTable<Cached>;
+
+/// Identities of [`Published`] instances, so that one thread's cache can
+/// serve several (tests and the simulator run many nodes in one process).
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+thread_local! {
+    /// The calling thread's own copy of the answers it looked up: a hit
+    /// takes no lock and touches no shared cache line except the version
+    /// counters it checks.
+    static LOCAL: RefCell<Table> = const { RefCell::new(Table::new()) };
+}
 
 /// One subject's verdict on its own (no local lists, no covering subjects).
 #[derive(Debug, Clone, PartialEq)]
@@ -115,17 +132,21 @@ pub struct Published {
     /// warms up after a start or a reload; lookups then read the store).
     complete: AtomicBool,
     versions: Box<[AtomicU64]>,
-    /// Bumped by every change of a domain or IP-token subject.
+    /// Bumped by every change of a domain or IP-token subject, and when
+    /// everything changes (settings reloaded, a peer suspended).
     broad: AtomicU64,
-    /// Bumped when everything changes (settings reloaded, a peer suspended).
-    epoch: AtomicU64,
-    cache: Box<[Shard<Box<str>, Cached>]>,
+    cache: Box<[RwLock<Table>]>,
     hasher: foldhash::fast::FixedState,
+    id: u64,
 }
 
 /// A cached answer and the versions it was computed under.
 #[derive(Debug, Clone)]
 struct Cached {
+    /// The [`Published`] it belongs to.
+    owner: u64,
+    key: Box<str>,
+    hash: u64,
     stamp: Stamp,
     valid_until: u64,
     verdict: Arc<VerdictOut>,
@@ -138,7 +159,6 @@ pub struct Stamp {
     slot: usize,
     slot_version: u64,
     broad: u64,
-    epoch: u64,
 }
 
 impl Default for Published {
@@ -155,9 +175,9 @@ impl Published {
             complete: AtomicBool::new(false),
             versions: (0..VERSION_SLOTS).map(|_| AtomicU64::new(0)).collect(),
             broad: AtomicU64::new(0),
-            epoch: AtomicU64::new(0),
             cache: (0..CACHE_SHARDS).map(|_| RwLock::default()).collect(),
             hasher: foldhash::fast::FixedState::with_seed(0x636f_7276_6964),
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
         }
     }
 
@@ -231,7 +251,7 @@ impl Published {
 
     /// Invalidates every cached answer.
     pub fn invalidate_all(&self) {
-        self.epoch.fetch_add(1, Ordering::AcqRel);
+        self.broad.fetch_add(1, Ordering::AcqRel);
     }
 
     /// The versions an answer for a query keyed by `exact` depends on, read
@@ -245,37 +265,115 @@ impl Published {
             slot,
             slot_version: self.versions[slot].load(Ordering::Acquire),
             broad: self.broad.load(Ordering::Acquire),
-            epoch: self.epoch.load(Ordering::Acquire),
         }
+    }
+
+    /// Whether a cached answer still holds at `now`.
+    fn holds(&self, c: &Cached, now: u64) -> bool {
+        now < c.valid_until && c.stamp == self.current(c.stamp.slot)
     }
 
     /// A cached answer that is still exact at `now`.
     pub fn cached(&self, cache_key: &str, now: u64) -> Option<Arc<VerdictOut>> {
-        let shard = &self.cache[self.hash(cache_key) % CACHE_SHARDS];
-        let map = shard
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let c = map.get(cache_key)?;
-        (now < c.valid_until && c.stamp == self.current(c.stamp.slot))
-            .then(|| Arc::clone(&c.verdict))
+        self.cached_with(cache_key, now, Arc::clone).ok()
+    }
+
+    /// `f` applied to a cached answer that is still exact at `now`; `f`
+    /// itself back when there is none. The thread's own copy is read first
+    /// (no lock), then the shared cache (one shard's read lock), whose hit
+    /// the thread keeps.
+    ///
+    /// # Errors
+    /// `f`, unused, when no cached answer holds.
+    pub fn cached_with<R, F: FnOnce(&Arc<VerdictOut>) -> R>(
+        &self,
+        cache_key: &str,
+        now: u64,
+        f: F,
+    ) -> Result<R, F> {
+        let hash = self.hasher.hash_one(cache_key);
+        let f = LOCAL.with(|local| {
+            let local = local.borrow();
+            match local.find(hash, |c| c.owner == self.id && *c.key == *cache_key) {
+                Some(c) if self.holds(c, now) => Ok(f(&c.verdict)),
+                _ => Err(f),
+            }
+        });
+        let f = match f {
+            Ok(out) => return Ok(out),
+            Err(f) => f,
+        };
+        let found = {
+            let table = self.cache[shard_of(hash)]
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            table
+                .find(hash, |c| *c.key == *cache_key)
+                .filter(|c| self.holds(c, now))
+                .cloned()
+        };
+        match found {
+            Some(c) => {
+                let out = f(&c.verdict);
+                keep_local(c);
+                Ok(out)
+            }
+            None => Err(f),
+        }
     }
 
     /// Caches an answer computed under `stamp`.
     pub fn cache(&self, cache_key: &str, stamp: Stamp, valid_until: u64, verdict: Arc<VerdictOut>) {
-        let shard = &self.cache[self.hash(cache_key) % CACHE_SHARDS];
-        let mut map = shard
+        let hash = self.hasher.hash_one(cache_key);
+        let entry = Cached {
+            owner: self.id,
+            key: cache_key.into(),
+            hash,
+            stamp,
+            valid_until,
+            verdict,
+        };
+        let mut table = self.cache[shard_of(hash)]
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if map.len() >= CACHE_MAX_PER_SHARD {
-            map.clear();
+        if table.len() >= CACHE_MAX_PER_SHARD {
+            table.clear();
         }
-        map.insert(
-            cache_key.into(),
-            Cached {
-                stamp,
-                valid_until,
-                verdict,
-            },
-        );
+        insert(&mut table, entry.clone());
+        drop(table);
+        keep_local(entry);
     }
+}
+
+/// Puts an entry into the thread's own cache (emptied when full).
+fn keep_local(entry: Cached) {
+    LOCAL.with(|local| {
+        // A lookup inside a lookup's closure cannot keep its answer; it is
+        // only a cache.
+        if let Ok(mut local) = local.try_borrow_mut() {
+            if local.len() >= LOCAL_MAX {
+                *local = Table::new();
+            }
+            insert(&mut local, entry);
+        }
+    });
+}
+
+/// Inserts or replaces the entry for the same owner and key.
+fn insert(table: &mut Table, entry: Cached) {
+    match table.entry(
+        entry.hash,
+        |c| c.owner == entry.owner && c.key == entry.key,
+        |c| c.hash,
+    ) {
+        hashbrown::hash_table::Entry::Occupied(mut o) => *o.get_mut() = entry,
+        hashbrown::hash_table::Entry::Vacant(v) => {
+            v.insert(entry);
+        }
+    }
+}
+
+/// The cache shard of a hash: its top bits (the table uses the low ones).
+fn shard_of(hash: u64) -> usize {
+    (hash >> (64 - CACHE_SHARDS.trailing_zeros())) as usize
 }

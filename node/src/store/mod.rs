@@ -947,23 +947,31 @@ impl Tx<'_> {
             return Ok(Upserted::Kept);
         };
         t.put(Table::Contrib, &key, &codec::stored(&new))?;
-        if let Some(old) = &old {
-            t.remove(
+        // The indexes change only where the entry's indexed values did.
+        let old_expiry = old.as_ref().map(|o| o.record.expires_at());
+        if old_expiry != Some(new.record.expires_at()) {
+            if let Some(at) = old_expiry {
+                t.remove(Table::Expiry, &expiry_key(at, id, subject))?;
+            }
+            t.put(
                 Table::Expiry,
-                &expiry_key(old.record.expires_at(), id, subject),
+                &expiry_key(new.record.expires_at(), id, subject),
+                &[],
             )?;
         }
-        t.put(Table::BySource, &back, &[])?;
-        t.put(
-            Table::Expiry,
-            &expiry_key(new.record.expires_at(), id, subject),
-            &[],
-        )?;
+        if old.is_none() {
+            t.put(Table::BySource, &back, &[])?;
+        }
+        let old_missing = old.as_ref().and_then(|o| o.missing_since);
         match new.missing_since {
-            Some(since) => t.put(Table::Missing, &back, &since.to_be_bytes())?,
-            None => {
+            Some(since) if old_missing != Some(since) => {
+                t.put(Table::Missing, &back, &since.to_be_bytes())?;
+            }
+            Some(_) => {}
+            None if old_missing.is_some() => {
                 t.remove(Table::Missing, &back)?;
             }
+            None => {}
         }
         Ok(if old.is_none() {
             Upserted::Added
@@ -997,7 +1005,9 @@ impl Tx<'_> {
             return Ok(false);
         }
         t.remove(Table::Contrib, &key)?;
-        t.remove(Table::Missing, &back)?;
+        if old.missing_since.is_some() {
+            t.remove(Table::Missing, &back)?;
+        }
         t.remove(
             Table::Expiry,
             &expiry_key(old.record.expires_at(), id, subject),
