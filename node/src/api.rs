@@ -271,9 +271,7 @@ async fn guard(State(s): State<Arc<ApiState>>, req: Request, next: Next) -> Resp
             } else {
                 "forbidden"
             };
-            s.engine
-                .metrics
-                .inc("corvid_api_rejected_total", &[("reason", reason)]);
+            s.engine.metrics.api_rejected(reason);
             let mut response = if over {
                 ApiError::new(
                     StatusCode::TOO_MANY_REQUESTS,
@@ -294,9 +292,7 @@ async fn guard(State(s): State<Arc<ApiState>>, req: Request, next: Next) -> Resp
         slot.prove();
     }
     if !s.auth.take(token as usize) {
-        s.engine
-            .metrics
-            .inc("corvid_api_rejected_total", &[("reason", "rate-limited")]);
+        s.engine.metrics.api_rejected("rate-limited");
         return ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "rate limit for this token exceeded (api.rate_limit_per_sec); slow down",
@@ -399,10 +395,18 @@ fn verdict_json(v: &crate::engine::VerdictOut, explain: bool) -> Value {
     out
 }
 
+/// A verdict's JSON, as the hooks read it.
+#[derive(serde::Serialize)]
+struct VerdictBody<'a> {
+    action: corvid_protocol::aggregate::Action,
+    score: f64,
+    reasons: &'a [Value],
+}
+
 async fn verdict(
     State(s): State<Arc<ApiState>>,
     QueryParams(params): QueryParams<HashMap<String, String>>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Response> {
     let q = parse_query(&s, &params)?;
     let kind = match &q {
         Query::Jid { .. } => "jid",
@@ -410,15 +414,23 @@ async fn verdict(
         Query::Ip(_) => "ip",
         Query::Digest(_) | Query::Key(_) => "digest",
     };
-    s.engine
-        .metrics
-        .inc("corvid_lookups_total", &[("kind", kind)]);
-    let v = s.engine.verdict(crate::now(), &q)?;
-    s.engine.metrics.inc(
-        "corvid_verdicts_total",
-        &[("action", &v.action.to_string())],
-    );
-    Ok(Json(verdict_json(&v, false)))
+    s.engine.metrics.lookup(kind);
+    // Rendered where the cache holds it: no copy of the verdict.
+    let (action, body) = s.engine.verdict_with(crate::now(), &q, |v| {
+        let body = serde_json::to_vec(&VerdictBody {
+            action: v.action,
+            score: v.score,
+            reasons: &v.reasons,
+        });
+        (v.action, body)
+    })?;
+    let body = body.map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot render the verdict: {e}")))?;
+    s.engine.metrics.verdict(action);
+    Ok((
+        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        body,
+    )
+        .into_response())
 }
 
 #[derive(Deserialize)]
@@ -436,14 +448,9 @@ async fn verdicts(State(s): State<Arc<ApiState>>, body: Json<Batch>) -> ApiResul
     for params in &body.queries {
         match parse_query(&s, params) {
             Ok(q) => {
-                s.engine
-                    .metrics
-                    .inc("corvid_lookups_total", &[("kind", "batch")]);
+                s.engine.metrics.lookup("batch");
                 let v = s.engine.verdict(now, &q)?;
-                s.engine.metrics.inc(
-                    "corvid_verdicts_total",
-                    &[("action", &v.action.to_string())],
-                );
+                s.engine.metrics.verdict(v.action);
                 out.push(verdict_json(&v, false));
             }
             Err(e) => out.push(json!({"error": e.message})),
@@ -631,13 +638,18 @@ async fn healthz(State(s): State<Arc<ApiState>>) -> Json<Value> {
     }))
 }
 
-async fn metrics(State(s): State<Arc<ApiState>>) -> ApiResult<String> {
-    s.engine.metrics.set(
-        "corvid_stored_contributions",
-        &[],
-        s.engine.store().contribution_count() as f64,
-    );
-    Ok(s.engine.metrics.render())
+async fn metrics(State(s): State<Arc<ApiState>>) -> ApiResult<Response> {
+    s.engine
+        .metrics
+        .set_stored(s.engine.store().contribution_count() as u64);
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
+        )],
+        s.engine.metrics.render(),
+    )
+        .into_response())
 }
 
 async fn not_found() -> ApiError {

@@ -301,10 +301,7 @@ impl Shared {
     /// Counts a rejected item from `peer` and notes it for the next log
     /// summary.
     pub fn reject(&self, peer: &str, item: &str, label: &str, why: &str) {
-        self.metrics.inc(
-            "corvid_rejected_items_total",
-            &[("peer", peer), ("reason", label)],
-        );
+        self.metrics.rejected(peer, label);
         self.rejects.note(peer, item, label, why);
     }
 
@@ -580,9 +577,7 @@ impl Core {
                 let now = events.iter().map(|(_, ms, _)| ms / 1000).max().unwrap_or(0);
                 self.after_commit(now, &mut scratch);
                 for (peer, n) in &scratch.ingested {
-                    self.shared
-                        .metrics
-                        .add("corvid_ingested_items_total", &[("peer", peer)], *n);
+                    self.shared.metrics.ingested(peer, *n);
                 }
                 for (peer, item, label, why) in &scratch.rejects {
                     self.shared.reject(peer, item, label, why);
@@ -624,9 +619,7 @@ impl Core {
                     peer = source,
                     "{why}: moved to observe mode until the operator acts (corvid peer enforce {source})"
                 );
-                self.shared
-                    .metrics
-                    .inc("corvid_canary_suspensions_total", &[("peer", source)]);
+                self.shared.metrics.canary_suspended(source);
                 everything = true;
             }
         }
@@ -900,9 +893,7 @@ impl Core {
             Ok(())
         })?;
         for (source, n) in &dropped {
-            self.shared
-                .metrics
-                .add("corvid_unconfirmed_dropped_total", &[("peer", source)], *n);
+            self.shared.metrics.unconfirmed_dropped(source, *n);
         }
         self.after_commit(now, &mut scratch);
         Ok(removed)

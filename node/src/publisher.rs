@@ -215,15 +215,11 @@ async fn execute(engine: &Engine, link: &Link, service: &str, ops: Vec<FeedOp>) 
                         item,
                     } => {
                         pubsub::publish(link, service, &node, &item_id, item.to_element()).await?;
-                        engine.metrics.observe(
-                            "corvid_publish_latency_seconds",
-                            started.elapsed().as_secs_f64(),
-                        );
-                        engine.metrics.inc("corvid_published_items_total", &[]);
+                        engine.metrics.published(started.elapsed().as_secs_f64());
                     }
                     FeedOp::Retract { node, item_id } => {
                         pubsub::retract(link, service, &node, &item_id).await?;
-                        engine.metrics.inc("corvid_retracted_items_total", &[]);
+                        engine.metrics.retracted();
                     }
                 }
                 Ok(())

@@ -124,12 +124,10 @@ impl Slots {
             match pool.unproven.pop_first() {
                 Some((_, evict)) => {
                     let _ = evict.send(());
-                    self.metrics
-                        .inc("corvid_api_connections_evicted_total", &[]);
+                    self.metrics.connection_evicted();
                 }
                 None => {
-                    self.metrics
-                        .inc("corvid_api_connections_refused_total", &[]);
+                    self.metrics.connection_refused();
                     return None;
                 }
             }

@@ -174,12 +174,7 @@ fn spawn_backfill(
             Ok(n) => {
                 engine
                     .metrics
-                    .set("corvid_peer_items", &[("peer", &source)], n as f64);
-                engine.metrics.set(
-                    "corvid_peer_last_sync_timestamp_seconds",
-                    &[("peer", &source)],
-                    crate::now() as f64,
-                );
+                    .peer_synced(&source, n as u64, crate::now());
                 tracing::info!(
                     source,
                     records = n,
@@ -255,9 +250,7 @@ async fn ingest_records(
                 ),
             }
         }
-        engine
-            .metrics
-            .add("corvid_ingested_items_total", &[("peer", source)], ingested);
+        engine.metrics.ingested(source, ingested);
     }
     Ok(())
 }
@@ -519,10 +512,7 @@ async fn handle_event(
         (Some(p), _) => p.domain.clone(),
         (None, Some(r)) => r.source.clone(),
         (None, None) => {
-            engine.metrics.inc(
-                "corvid_rejected_items_total",
-                &[("peer", "unknown"), ("reason", "unknown-sender")],
-            );
+            engine.metrics.rejected("unknown", "unknown-sender");
             tracing::debug!(
                 from,
                 node,

@@ -135,7 +135,7 @@ impl EventSink {
         if self.tx.try_send(event).is_err() {
             self.dropped_full.fetch_add(1, Ordering::Relaxed);
             if let Some(m) = &self.metrics {
-                m.inc("corvid_event_queue_dropped_total", &[]);
+                m.event_dropped();
             }
             self.overflow.notify_one();
         }
@@ -693,10 +693,7 @@ fn forward_events(message: Message, events: &EventSink) {
     if !events.accepts(from.as_ref()) {
         events.dropped_unknown.fetch_add(1, Ordering::Relaxed);
         if let Some(m) = &events.metrics {
-            m.inc(
-                "corvid_rejected_items_total",
-                &[("peer", "unknown"), ("reason", "unknown-sender")],
-            );
+            m.rejected("unknown", "unknown-sender");
         }
         return;
     }
