@@ -634,6 +634,9 @@ async fn healthz(State(s): State<Arc<ApiState>>) -> Json<Value> {
         "status": if warnings.is_empty() && xmpp == "online" { "ok" } else { "degraded" },
         "xmpp": xmpp,
         "clock_offset_secs": if measured { json!(offset) } else { Value::Null },
+        // While "warming" (after a start or a reload), lookups of subjects
+        // not yet published read the store: correct, but slower.
+        "verdicts": if s.engine.shared().published.is_complete() { "published" } else { "warming" },
         "warnings": warnings,
     }))
 }

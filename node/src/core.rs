@@ -689,15 +689,7 @@ impl Core {
         subject: &SubjectKey,
     ) -> Result<(Option<SubjectVerdict>, (Action, f64)), CoreError> {
         let contributions = contributions(&self.store, &self.settings, &self.shared, subject)?;
-        let verdict = (!contributions.is_empty()).then(|| {
-            SubjectVerdict::compute(
-                subject,
-                &contributions,
-                &self.settings.policy,
-                self.settings.is_canary(subject),
-                now,
-            )
-        });
+        let verdict = self.verdict_of(now, subject, &contributions);
         let score = verdict.as_ref().map_or(0.0, |v| v.score);
         let action = if self.settings.allows(subject) {
             Action::Allow
@@ -707,6 +699,24 @@ impl Core {
             verdict.as_ref().map_or(Action::Allow, |v| v.action)
         };
         Ok((verdict, (action, score)))
+    }
+
+    /// A subject's own verdict from its contributions (none without any).
+    fn verdict_of(
+        &self,
+        now: u64,
+        subject: &SubjectKey,
+        contributions: &[Contribution],
+    ) -> Option<SubjectVerdict> {
+        (!contributions.is_empty()).then(|| {
+            SubjectVerdict::compute(
+                subject,
+                contributions,
+                &self.settings.policy,
+                self.settings.is_canary(subject),
+                now,
+            )
+        })
     }
 
     /// Events that scan and commit alone.
@@ -767,16 +777,20 @@ impl Core {
         let Some(cursor) = self.warm.take() else {
             return Ok(());
         };
-        let subjects = self.store.subjects_after(cursor.as_deref(), WARM_CHUNK)?;
-        let last = subjects.last().cloned();
-        for subject in &subjects {
+        let chunk = self
+            .store
+            .contributions_after(cursor.as_deref(), WARM_CHUNK)?;
+        let last = chunk.last().map(|(subject, _)| subject.clone());
+        let full = chunk.len() >= WARM_CHUNK;
+        for (subject, about) in chunk {
             let Ok(key) = subject.parse::<SubjectKey>() else {
                 continue;
             };
-            let (verdict, _) = self.subject_verdict(now, &key)?;
+            let contributions = trusted(&self.settings, &self.shared, about);
+            let verdict = self.verdict_of(now, &key, &contributions);
             self.shared.published.put(&key, verdict);
         }
-        if subjects.len() < WARM_CHUNK {
+        if !full {
             self.shared.published.set_complete(true);
             self.shared.published.invalidate_all();
             self.warm = None;
@@ -907,8 +921,14 @@ pub(crate) fn contributions(
     shared: &Shared,
     subject: &SubjectKey,
 ) -> Result<Vec<Contribution>, StoreError> {
-    let mut out = Vec::new();
-    for (source, stored) in store.about(subject.as_str())? {
+    Ok(trusted(settings, shared, store.about(subject.as_str())?))
+}
+
+/// The stored entries of one subject that come from sources the settings
+/// trust, as contributions.
+fn trusted(settings: &Settings, shared: &Shared, about: Vec<(String, Stored)>) -> Vec<Contribution> {
+    let mut out = Vec::with_capacity(about.len());
+    for (source, stored) in about {
         let Some(trust) = settings.trust(&source) else {
             continue;
         };
@@ -921,7 +941,7 @@ pub(crate) fn contributions(
             record: stored.record,
         });
     }
-    Ok(out)
+    out
 }
 
 /// Applies one event inside a transaction. Store errors abort the whole

@@ -1065,7 +1065,7 @@ impl Engine {
                 Some(v) if v.computed_at <= now && now < v.valid_until => {
                     score = score.max(v.score);
                     action = action.max(v.action);
-                    reasons.extend(v.reasons.iter().cloned());
+                    reasons.extend(v.reasons(k, &settings.policy));
                     valid_until = valid_until.min(v.valid_until);
                 }
                 Some(_) => {

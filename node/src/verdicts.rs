@@ -11,8 +11,7 @@
 //! next lookup as soon as the core's step commits.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash};
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
@@ -34,8 +33,6 @@ const CACHE_MAX_PER_SHARD: usize = 200_000 / CACHE_SHARDS;
 /// Cached query answers kept per thread (the lock-free first level).
 const LOCAL_MAX: usize = 50_000;
 
-type Fast = foldhash::fast::RandomState;
-type Shard<K, V> = RwLock<HashMap<K, V, Fast>>;
 /// Query-cache entries, found by a hash computed once per lookup.
 type Table = hashbrown::HashTable<Cached>;
 
@@ -50,15 +47,34 @@ thread_local! {
     static LOCAL: RefCell<Table> = const { RefCell::new(Table::new()) };
 }
 
-/// One subject's verdict on its own (no local lists, no covering subjects).
-#[derive(Debug, Clone, PartialEq)]
+/// Why a block was held back at flag (the second reason of a flag whose
+/// score reached the block threshold).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hold {
+    /// Not held back.
+    None,
+    /// A canary is never blocked.
+    Canary,
+    /// A digest alone never blocks.
+    Digest,
+    /// Not enough distinct issuers for the quorum.
+    Quorum,
+    /// No report says the domain's abuse contact was tried.
+    AbuseContact,
+}
+
+/// One subject's verdict on its own (no local lists, no covering subjects),
+/// in the few numbers its reasons are rebuilt from.
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SubjectVerdict {
     /// Noisy-OR score at `computed_at`.
     pub score: f64,
     /// Its action.
     pub action: Action,
-    /// Why.
-    pub reasons: Vec<Reason>,
+    /// Distinct issuers (the local server counting as one).
+    pub issuers: u16,
+    /// Why a block was held back, if it was.
+    pub hold: Hold,
     /// When it was computed.
     pub computed_at: u64,
     /// The action holds until this time (an expiry, or the decay crossing a
@@ -67,6 +83,35 @@ pub struct SubjectVerdict {
 }
 
 impl SubjectVerdict {
+    /// Its reasons, as [`aggregate::subject_action`] gives them.
+    pub fn reasons(&self, subject: &SubjectKey, policy: &Policy) -> Vec<Reason> {
+        if self.action == Action::Allow {
+            return Vec::new();
+        }
+        let mut out = vec![Reason::Score {
+            subject: subject.clone(),
+            score: format!("{:.3}", self.score),
+            issuers: usize::from(self.issuers),
+            action: self.action,
+        }];
+        match self.hold {
+            Hold::None => {}
+            Hold::Canary => out.push(Reason::Canary {
+                subject: subject.clone(),
+            }),
+            Hold::Digest => out.push(Reason::DigestNeverBlocks),
+            Hold::Quorum => out.push(Reason::QuorumNotMet {
+                subject: subject.clone(),
+                issuers: usize::from(self.issuers),
+                quorum: policy.quorum,
+            }),
+            Hold::AbuseContact => out.push(Reason::AbuseContactMissing {
+                subject: subject.clone(),
+            }),
+        }
+        out
+    }
+
     /// Scores `subject` from its contributions at `now`.
     pub fn compute(
         subject: &SubjectKey,
@@ -113,10 +158,22 @@ impl SubjectVerdict {
             }
             hi
         };
+        let hold = match reasons.get(1) {
+            Some(Reason::Canary { .. }) => Hold::Canary,
+            Some(Reason::DigestNeverBlocks) => Hold::Digest,
+            Some(Reason::QuorumNotMet { .. }) => Hold::Quorum,
+            Some(Reason::AbuseContactMissing { .. }) => Hold::AbuseContact,
+            _ => Hold::None,
+        };
+        let issuers = match reasons.first() {
+            Some(Reason::Score { issuers, .. }) => *issuers,
+            _ => s.issuers + usize::from(s.local),
+        };
         Self {
             score: s.score,
             action,
-            reasons,
+            issuers: u16::try_from(issuers).unwrap_or(u16::MAX),
+            hold,
             computed_at: now,
             valid_until: valid_until.max(now + 1),
         }
@@ -127,7 +184,12 @@ impl SubjectVerdict {
 /// than one map insert.
 #[derive(Debug)]
 pub struct Published {
-    subjects: Box<[Shard<SubjectKey, Arc<SubjectVerdict>>]>,
+    /// Every published subject, 32 bytes each (10M subjects in about
+    /// 0.5 GB), keyed by a secret-keyed 128-bit fingerprint of its key.
+    subjects: Box<[RwLock<hashbrown::HashTable<Packed>>]>,
+    /// The fingerprint's secret key (SipHash, drawn at start): nobody can
+    /// craft a subject whose fingerprint matches another's.
+    fingerprint: std::hash::RandomState,
     /// Whether every stored subject has an entry (false while the core
     /// warms up after a start or a reload; lookups then read the store).
     complete: AtomicBool,
@@ -138,6 +200,72 @@ pub struct Published {
     cache: Box<[RwLock<Table>]>,
     hasher: foldhash::fast::FixedState,
     id: u64,
+}
+
+/// A subject's fingerprint: two SipHash outputs under a secret key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Fingerprint([u64; 2]);
+
+/// A published [`SubjectVerdict`], packed beside its fingerprint.
+#[derive(Debug, Clone, Copy)]
+struct Packed {
+    fingerprint: Fingerprint,
+    score: f64,
+    /// Seconds since the Unix epoch (u32 lasts until 2106).
+    computed_at: u32,
+    issuers: u16,
+    /// `valid_until - computed_at`: at most [`SCORE_REFRESH_SECS`].
+    valid_for: u8,
+    /// The action (bits 0-1) and the hold (bits 2-4).
+    code: u8,
+}
+
+impl Packed {
+    fn new(fingerprint: Fingerprint, v: &SubjectVerdict) -> Self {
+        let action = match v.action {
+            Action::Allow => 0,
+            Action::Flag => 1,
+            Action::Block => 2,
+        };
+        let hold = match v.hold {
+            Hold::None => 0,
+            Hold::Canary => 1,
+            Hold::Digest => 2,
+            Hold::Quorum => 3,
+            Hold::AbuseContact => 4,
+        };
+        let computed_at = u32::try_from(v.computed_at).unwrap_or(u32::MAX);
+        Self {
+            fingerprint,
+            score: v.score,
+            computed_at,
+            issuers: v.issuers,
+            valid_for: u8::try_from(v.valid_until.saturating_sub(u64::from(computed_at)))
+                .unwrap_or(u8::MAX),
+            code: action | hold << 2,
+        }
+    }
+
+    fn unpack(&self) -> SubjectVerdict {
+        SubjectVerdict {
+            score: self.score,
+            action: match self.code & 3 {
+                0 => Action::Allow,
+                1 => Action::Flag,
+                _ => Action::Block,
+            },
+            issuers: self.issuers,
+            hold: match self.code >> 2 {
+                1 => Hold::Canary,
+                2 => Hold::Digest,
+                3 => Hold::Quorum,
+                4 => Hold::AbuseContact,
+                _ => Hold::None,
+            },
+            computed_at: u64::from(self.computed_at),
+            valid_until: u64::from(self.computed_at) + u64::from(self.valid_for),
+        }
+    }
 }
 
 /// A cached answer and the versions it was computed under.
@@ -172,6 +300,7 @@ impl Published {
     pub fn new() -> Self {
         Self {
             subjects: (0..SUBJECT_SHARDS).map(|_| RwLock::default()).collect(),
+            fingerprint: std::hash::RandomState::new(),
             complete: AtomicBool::new(false),
             versions: (0..VERSION_SLOTS).map(|_| AtomicU64::new(0)).collect(),
             broad: AtomicU64::new(0),
@@ -200,30 +329,72 @@ impl Published {
         self.complete.store(complete, Ordering::Release);
     }
 
+    fn fingerprint_of(&self, key: &SubjectKey) -> Fingerprint {
+        // Two outputs of one keyed PRF, on inputs that differ in a prefix.
+        let half = |tag: u8| {
+            let mut h = self.fingerprint.build_hasher();
+            h.write_u8(tag);
+            h.write(key.as_str().as_bytes());
+            h.finish()
+        };
+        Fingerprint([half(0), half(1)])
+    }
+
+    fn subject_shard(&self, f: Fingerprint) -> &RwLock<hashbrown::HashTable<Packed>> {
+        // The table hashes with f[0]; the shard comes from f[1].
+        &self.subjects[(f.0[1] % SUBJECT_SHARDS as u64) as usize]
+    }
+
     /// A subject's published verdict.
-    pub fn get(&self, key: &SubjectKey) -> Option<Arc<SubjectVerdict>> {
-        let shard = &self.subjects[self.hash(key.as_str()) % SUBJECT_SHARDS];
-        let map = shard
+    pub fn get(&self, key: &SubjectKey) -> Option<SubjectVerdict> {
+        let f = self.fingerprint_of(key);
+        let table = self
+            .subject_shard(f)
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        map.get(key).cloned()
+        table
+            .find(f.0[0], |p| p.fingerprint == f)
+            .map(Packed::unpack)
+    }
+
+    /// Whether no subject is published.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Subjects published.
+    pub fn len(&self) -> usize {
+        self.subjects
+            .iter()
+            .map(|s| {
+                s.read()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .len()
+            })
+            .sum()
     }
 
     /// The core's: publishes (or, with `None`, withdraws) one subject's
     /// verdict and invalidates the cached answers that may include it.
     pub fn put(&self, key: &SubjectKey, verdict: Option<SubjectVerdict>) {
+        let f = self.fingerprint_of(key);
         {
-            let shard = &self.subjects[self.hash(key.as_str()) % SUBJECT_SHARDS];
-            let mut map = shard
+            let mut table = self
+                .subject_shard(f)
                 .write()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            match verdict {
-                Some(v) => {
-                    map.insert(key.clone(), Arc::new(v));
+            let entry = table.entry(f.0[0], |p| p.fingerprint == f, |p| p.fingerprint.0[0]);
+            match (verdict, entry) {
+                (Some(v), hashbrown::hash_table::Entry::Occupied(mut o)) => {
+                    *o.get_mut() = Packed::new(f, &v);
                 }
-                None => {
-                    map.remove(key);
+                (Some(v), hashbrown::hash_table::Entry::Vacant(e)) => {
+                    e.insert(Packed::new(f, &v));
                 }
+                (None, hashbrown::hash_table::Entry::Occupied(o)) => {
+                    o.remove();
+                }
+                (None, hashbrown::hash_table::Entry::Vacant(_)) => {}
             }
         }
         match key.kind() {
@@ -376,4 +547,85 @@ fn insert(table: &mut Table, entry: Cached) {
 /// The cache shard of a hash: its top bits (the table uses the low ones).
 fn shard_of(hash: u64) -> usize {
     (hash >> (64 - CACHE_SHARDS.trailing_zeros())) as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use corvid_protocol::aggregate::{Mode, SourceKind};
+    use corvid_protocol::record::{Category, Record, ReportId};
+
+    fn report(subject: &SubjectKey, source: &str, confidence: u8, now: u64) -> Contribution {
+        let mut record =
+            crate::engine::listed_report(ReportId::new(now * 1000, [7; 10]), subject.clone(), Category::Spam, now, 86_400);
+        if let Record::Report(r) = &mut record {
+            r.confidence = confidence;
+        }
+        Contribution {
+            source: source.into(),
+            kind: SourceKind::Peer,
+            weight: 1.0,
+            mode: Mode::Enforce,
+            confirmed: true,
+            record,
+        }
+    }
+
+    /// The packed form gives back the action and the very reasons that
+    /// `subject_action` gives, for every kind of hold.
+    #[test]
+    fn packed_verdicts_rebuild_their_reasons() {
+        let now = 1_800_000_000;
+        let policy = Policy::default();
+        let jid = SubjectKey::for_jid("bot@spam.example").expect("jid");
+        let digest = SubjectKey::for_digest_hex(&"ab".repeat(32)).expect("digest");
+        let cases: Vec<(SubjectKey, Vec<Contribution>, bool)> = vec![
+            (jid.clone(), vec![report(&jid, "b.test", 100, now)], false),
+            (
+                jid.clone(),
+                vec![report(&jid, "b.test", 100, now), report(&jid, "c.test", 100, now)],
+                false,
+            ),
+            (
+                jid.clone(),
+                vec![report(&jid, "b.test", 100, now), report(&jid, "c.test", 100, now)],
+                true,
+            ),
+            (jid.clone(), vec![report(&jid, "b.test", 40, now)], false),
+            (jid.clone(), vec![report(&jid, "b.test", 5, now)], false),
+            (
+                digest.clone(),
+                vec![report(&digest, "b.test", 100, now), report(&digest, "c.test", 100, now)],
+                false,
+            ),
+        ];
+        let published = Published::new();
+        let mut holds = Vec::new();
+        for (subject, contributions, canary) in &cases {
+            let v = SubjectVerdict::compute(subject, contributions, &policy, *canary, now);
+            let lookup = Lookup {
+                canaries: if *canary {
+                    std::iter::once(subject.clone()).collect()
+                } else {
+                    Default::default()
+                },
+                ..Lookup::default()
+            };
+            let s = aggregate::score_subject(subject, contributions, &policy, now);
+            let (action, reasons) = aggregate::subject_action(&s, &lookup, &policy);
+            assert_eq!(v.action, action);
+            assert_eq!(v.reasons(subject, &policy), reasons, "{subject} {canary}");
+            published.put(subject, Some(v));
+            let back = published.get(subject).expect("published");
+            assert_eq!(back, v);
+            assert_eq!(back.reasons(subject, &policy), reasons);
+            holds.push(v.hold);
+        }
+        // The cases reach every hold they were built for.
+        for hold in [Hold::None, Hold::Quorum, Hold::Canary, Hold::Digest] {
+            assert!(holds.contains(&hold), "{hold:?} not reached: {holds:?}");
+        }
+        published.put(&jid, None);
+        assert_eq!(published.get(&jid), None);
+    }
 }

@@ -112,6 +112,9 @@ const DECISIONS_KEPT: u64 = 200_000;
 /// The engines `storage_engine` names.
 pub use crate::config::StorageEngine as Engine;
 
+/// A subject and its stored entries: `(subject, [(source, entry)])`.
+pub type SubjectEntries = (String, Vec<(String, Stored)>);
+
 /// One stored contribution.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Stored {
@@ -679,6 +682,57 @@ impl Store {
                 last = body.to_vec();
             }
             true
+        })?;
+        failed.map_or(Ok(out), Err)
+    }
+
+    /// The contributions of up to `limit` subjects after `cursor`, in key
+    /// order, grouped by subject: one scan (the warm-up's read).
+    ///
+    /// # Errors
+    /// IO or decode errors.
+    pub fn contributions_after(
+        &self,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<SubjectEntries>> {
+        let mut out: Vec<SubjectEntries> = Vec::new();
+        let from = cursor.map(codec::subject).unwrap_or_default();
+        let mut last: Vec<u8> = Vec::new();
+        let mut failed = None;
+        self.kv.scan(Table::Contrib, &from, &mut |k, v| {
+            let Some(split) = k.len().checked_sub(4) else {
+                failed = Some(corrupt("contribution key"));
+                return false;
+            };
+            let (body, id) = k.split_at(split);
+            if body == from.as_slice() {
+                // The cursor's own subject was published before.
+                return true;
+            }
+            let new_subject = body != last.as_slice();
+            if new_subject && out.len() >= limit {
+                return false;
+            }
+            let mut step = || -> Result<()> {
+                if new_subject {
+                    out.push((codec::only_subject(body)?, Vec::new()));
+                    last = body.to_vec();
+                }
+                let id = be32(id).ok_or_else(|| corrupt("contribution key"))?;
+                let source = self.source_name(id)?;
+                if let Some((subject, entries)) = out.last_mut() {
+                    entries.push((source, codec::decode_stored(subject, v)?));
+                }
+                Ok(())
+            };
+            match step() {
+                Ok(()) => true,
+                Err(e) => {
+                    failed = Some(e);
+                    false
+                }
+            }
         })?;
         failed.map_or(Ok(out), Err)
     }
