@@ -367,6 +367,9 @@ struct Scratch {
     /// Peers whose items arrived, with the latest time: written once per
     /// transaction.
     seen: BTreeMap<String, u64>,
+    /// The verdicts of the touched subjects, computed inside the
+    /// transaction: published once it has committed.
+    verdicts: Vec<(SubjectKey, Option<SubjectVerdict>)>,
 }
 
 impl Scratch {
@@ -552,13 +555,8 @@ impl Core {
         let durable = events.iter().any(|(_, _, e)| e.is_durable());
         let mut scratch = Scratch::default();
         let mut rng_out = rng.clone();
-        let ctx = Ctx {
-            settings: &self.settings,
-            signer: &self.signer,
-            feed: &self.feed,
-            counts: &self.counts,
-            suspended: &self.suspended,
-        };
+        let ctx = self.ctx();
+        let now = events.iter().map(|(_, ms, _)| ms / 1000).max().unwrap_or(0);
         let result = self.store.batch(durable, &mut |tx| {
             scratch = Scratch::default();
             rng_out = rng.clone();
@@ -569,13 +567,12 @@ impl Core {
             for (source, now) in &scratch.seen {
                 tx.update_peer(source, |p| p.last_item = Some(*now))?;
             }
-            Ok(())
+            settle(&ctx, tx, &mut scratch, now)
         });
         *rng = rng_out;
         match result {
             Ok(()) => {
-                let now = events.iter().map(|(_, ms, _)| ms / 1000).max().unwrap_or(0);
-                self.after_commit(now, &mut scratch);
+                self.after_commit(&mut scratch);
                 for (peer, n) in &scratch.ingested {
                     self.shared.metrics.ingested(peer, *n);
                 }
@@ -605,7 +602,7 @@ impl Core {
 
     /// Applies what a committed transaction changed outside the store and
     /// publishes the verdicts it touched.
-    fn after_commit(&mut self, now: u64, scratch: &mut Scratch) {
+    fn after_commit(&mut self, scratch: &mut Scratch) {
         let mut sources_changed = false;
         for (source, delta) in &scratch.counts {
             let c = self.counts.entry(source.clone()).or_insert(0);
@@ -637,8 +634,9 @@ impl Core {
             // A source's mode changed: every subject it touches may change.
             self.restart_warm();
         }
-        let touched = std::mem::take(&mut scratch.touched);
-        self.publish(now, &touched);
+        for (subject, verdict) in scratch.verdicts.drain(..) {
+            self.shared.published.put(&subject, verdict);
+        }
     }
 
     fn restart_warm(&mut self) {
@@ -646,77 +644,15 @@ impl Core {
         self.warm = Some(None);
     }
 
-    /// Recomputes and publishes the verdicts of `subjects`, and records the
-    /// changes of action in the decision stream.
-    fn publish(&mut self, now: u64, subjects: &BTreeSet<SubjectKey>) {
-        if subjects.is_empty() {
-            return;
+    /// The read-only view a transaction's events are applied against.
+    fn ctx(&self) -> Ctx<'_> {
+        Ctx {
+            settings: &self.settings,
+            signer: &self.signer,
+            feed: &self.feed,
+            counts: &self.counts,
+            suspended: &self.suspended,
         }
-        let mut decisions = Vec::new();
-        for subject in subjects {
-            match self.subject_verdict(now, subject) {
-                Ok((verdict, decision)) => {
-                    decisions.push((subject, decision));
-                    self.shared.published.put(subject, verdict);
-                }
-                Err(e) => {
-                    tracing::warn!(%subject, "cannot publish a verdict: {e}");
-                    // Lookups of it read the store until it is published.
-                    self.shared.published.put(subject, None);
-                    self.shared.published.set_complete(false);
-                    if self.warm.is_none() {
-                        self.warm = Some(None);
-                    }
-                }
-            }
-        }
-        let result = self.store.batch(false, &mut |tx| {
-            for (subject, (action, score)) in &decisions {
-                tx.record_decision(subject.as_str(), *action, *score, now)?;
-            }
-            Ok(())
-        });
-        if let Err(e) = result {
-            tracing::warn!("cannot record decisions: {e}");
-        }
-    }
-
-    /// A subject's own verdict from the committed store, and its decision
-    /// (local lists applied) for the decision stream.
-    fn subject_verdict(
-        &self,
-        now: u64,
-        subject: &SubjectKey,
-    ) -> Result<(Option<SubjectVerdict>, (Action, f64)), CoreError> {
-        let contributions = contributions(&self.store, &self.settings, &self.shared, subject)?;
-        let verdict = self.verdict_of(now, subject, &contributions);
-        let score = verdict.as_ref().map_or(0.0, |v| v.score);
-        let action = if self.settings.allows(subject) {
-            Action::Allow
-        } else if self.settings.denies(subject) {
-            Action::Block
-        } else {
-            verdict.as_ref().map_or(Action::Allow, |v| v.action)
-        };
-        Ok((verdict, (action, score)))
-    }
-
-    /// A subject's own verdict from its contributions (none without any).
-    fn verdict_of(
-        &self,
-        now: u64,
-        subject: &SubjectKey,
-        contributions: &[Contribution],
-    ) -> Option<SubjectVerdict> {
-        (!contributions.is_empty()).then(|| {
-            SubjectVerdict::compute(
-                subject,
-                contributions,
-                &self.settings.policy,
-                self.settings.is_canary(subject),
-                now,
-            )
-        })
     }
 
     /// Events that scan and commit alone.
@@ -767,7 +703,7 @@ impl Core {
                 Ok(())
             })?;
         }
-        self.after_commit(0, &mut scratch);
+        self.after_commit(&mut scratch);
         self.restart_warm();
         Ok(())
     }
@@ -786,8 +722,8 @@ impl Core {
             let Ok(key) = subject.parse::<SubjectKey>() else {
                 continue;
             };
-            let contributions = trusted(&self.settings, &self.shared, about);
-            let verdict = self.verdict_of(now, &key, &contributions);
+            let contributions = trusted(&self.settings, |s| self.suspended.contains(s), about);
+            let verdict = verdict_of(&self.settings, now, &key, &contributions);
             self.shared.published.put(&key, verdict);
         }
         if !full {
@@ -815,6 +751,7 @@ impl Core {
             .collect();
         let mut scratch = Scratch::default();
         let mut missing = 0;
+        let ctx = self.ctx();
         self.store.batch(false, &mut |tx| {
             scratch = Scratch::default();
             missing = 0;
@@ -835,9 +772,9 @@ impl Core {
                 }
             }
             tx.update_peer(source, |p| p.last_sync = Some(now))?;
-            Ok(())
+            settle(&ctx, tx, &mut scratch, now)
         })?;
-        self.after_commit(now, &mut scratch);
+        self.after_commit(&mut scratch);
         Ok(missing)
     }
 
@@ -847,6 +784,7 @@ impl Core {
         let subjects = self.store.subjects_of(source)?;
         let mut scratch = Scratch::default();
         let mut dropped = 0;
+        let ctx = self.ctx();
         self.store.batch(false, &mut |tx| {
             scratch = Scratch::default();
             dropped = 0;
@@ -861,10 +799,10 @@ impl Core {
                     scratch.removed(source, subject);
                 }
             }
-            Ok(())
+            settle(&ctx, tx, &mut scratch, now)
         })?;
         tracing::warn!(peer = source, key = %key, dropped, "key revoked: its reports no longer count");
-        self.after_commit(now, &mut scratch);
+        self.after_commit(&mut scratch);
         Ok(dropped)
     }
 
@@ -877,6 +815,7 @@ impl Core {
         let mut scratch = Scratch::default();
         let mut removed = 0;
         let mut dropped: BTreeMap<String, u64> = BTreeMap::new();
+        let ctx = self.ctx();
         self.store.batch(false, &mut |tx| {
             scratch = Scratch::default();
             removed = 0;
@@ -904,12 +843,12 @@ impl Core {
                     scratch.removed(source, subject);
                 }
             }
-            Ok(())
+            settle(&ctx, tx, &mut scratch, now)
         })?;
         for (source, n) in &dropped {
             self.shared.metrics.unconfirmed_dropped(source, *n);
         }
-        self.after_commit(now, &mut scratch);
+        self.after_commit(&mut scratch);
         Ok(removed)
     }
 }
@@ -921,19 +860,31 @@ pub(crate) fn contributions(
     shared: &Shared,
     subject: &SubjectKey,
 ) -> Result<Vec<Contribution>, StoreError> {
-    Ok(trusted(settings, shared, store.about(subject.as_str())?))
+    Ok(trusted(
+        settings,
+        |source| shared.is_suspended(source),
+        store.about(subject.as_str())?,
+    ))
 }
 
 /// The stored entries of one subject that come from sources the settings
-/// trust, as contributions.
-fn trusted(settings: &Settings, shared: &Shared, about: Vec<(String, Stored)>) -> Vec<Contribution> {
+/// trust, as contributions; a suspended source only observes.
+fn trusted(
+    settings: &Settings,
+    suspended: impl Fn(&str) -> bool,
+    about: Vec<(String, Stored)>,
+) -> Vec<Contribution> {
     let mut out = Vec::with_capacity(about.len());
     for (source, stored) in about {
         let Some(trust) = settings.trust(&source) else {
             continue;
         };
         out.push(Contribution {
-            mode: shared.mode_of(&source, &trust),
+            mode: if suspended(&source) {
+                corvid_protocol::aggregate::Mode::Observe
+            } else {
+                trust.mode
+            },
             source,
             kind: trust.kind,
             weight: trust.weight,
@@ -942,6 +893,54 @@ fn trusted(settings: &Settings, shared: &Shared, about: Vec<(String, Stored)>) -
         });
     }
     out
+}
+
+/// A subject's own verdict from its contributions (none without any).
+fn verdict_of(
+    settings: &Settings,
+    now: u64,
+    subject: &SubjectKey,
+    contributions: &[Contribution],
+) -> Option<SubjectVerdict> {
+    (!contributions.is_empty()).then(|| {
+        SubjectVerdict::compute(
+            subject,
+            contributions,
+            &settings.policy,
+            settings.is_canary(subject),
+            now,
+        )
+    })
+}
+
+/// Computes the verdict of every subject the transaction touched, from the
+/// transaction's own view, and records the changes of action in the
+/// decision stream: the decisions commit with what caused them, and the
+/// verdicts are published once they have.
+fn settle(ctx: &Ctx<'_>, tx: &mut Tx<'_>, scratch: &mut Scratch, now: u64) -> Result<(), StoreError> {
+    let touched = std::mem::take(&mut scratch.touched);
+    let suspended = |source: &str| {
+        !scratch.lift.iter().any(|s| s == source)
+            && (ctx.suspended.contains(source) || scratch.suspend.iter().any(|(s, _)| s == source))
+    };
+    let mut verdicts = Vec::with_capacity(touched.len());
+    for subject in &touched {
+        let contributions = trusted(ctx.settings, suspended, tx.about(subject.as_str())?);
+        let verdict = verdict_of(ctx.settings, now, subject, &contributions);
+        let action = if ctx.settings.allows(subject) {
+            Action::Allow
+        } else if ctx.settings.denies(subject) {
+            Action::Block
+        } else {
+            verdict.as_ref().map_or(Action::Allow, |v| v.action)
+        };
+        let score = verdict.as_ref().map_or(0.0, |v| v.score);
+        tx.record_decision(subject.as_str(), action, score, now)?;
+        verdicts.push((subject.clone(), verdict));
+    }
+    scratch.touched = touched;
+    scratch.verdicts = verdicts;
+    Ok(())
 }
 
 /// Applies one event inside a transaction. Store errors abort the whole

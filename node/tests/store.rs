@@ -115,6 +115,26 @@ fn exercise(store: &Store) -> String {
     out += &format!("own {:?}\n", store.own(own.subject()).expect("own"));
     store.add_key_record("rot-1", "<x/>").expect("key record");
     out += &format!("keys {:?}\n", store.key_records().expect("keys"));
+    // Inside a transaction, `about` sees the transaction's own writes: a
+    // new source (interned in it), a replaced entry and a deleted one.
+    let subject = &subjects[7];
+    let mut seen = Vec::new();
+    store
+        .batch(false, &mut |tx| {
+            seen.clear();
+            seen.push(tx.about(subject)?);
+            tx.upsert(subject, "e.example", |_| Some(stored(subject, 70, 60)))?;
+            tx.upsert(subject, "b.example", |_| Some(stored(subject, 71, 60)))?;
+            tx.remove_if(subject, "c.example", |_| true)?;
+            seen.push(tx.about(subject)?);
+            Ok(())
+        })
+        .expect("batch");
+    let sources = |v: &Vec<(String, Stored)>| v.iter().map(|(s, st)| format!("{s}:{}", st.seen_ms % 1000)).collect::<Vec<_>>();
+    assert_eq!(sources(&seen[0]), ["b.example:7", "c.example:7"]);
+    assert_eq!(sources(&seen[1]), ["b.example:71", "e.example:70"]);
+    assert_eq!(store.about(subject).expect("about"), seen[1], "committed as seen");
+    out += &format!("tx view {:?}\n", sources(&seen[1]));
     out
 }
 

@@ -96,6 +96,49 @@ pub trait Txn {
     /// # Errors
     /// Engine errors.
     fn remove(&mut self, table: Table, key: &[u8]) -> Result<bool>;
+    /// Calls `each` on the entries whose keys start with `prefix`, in key
+    /// order and as of this transaction (its own writes included), until
+    /// it returns `false`.
+    ///
+    /// # Errors
+    /// Engine errors.
+    fn scan_prefix(
+        &mut self,
+        table: Table,
+        prefix: &[u8],
+        each: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<()>;
+}
+
+/// The entries of `committed` under `prefix` with a transaction's own
+/// writes laid over them (for engines whose transactions cannot scan; the
+/// core is the only writer, so nothing else changes them meanwhile).
+pub(super) fn overlay_scan<'p>(
+    committed: impl Iterator<Item = Result<(Vec<u8>, Vec<u8>)>>,
+    pending: impl Iterator<Item = (&'p [u8], Option<&'p [u8]>)>,
+    each: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+) -> Result<()> {
+    let mut view: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+    for entry in committed {
+        let (k, v) = entry?;
+        view.insert(k, v);
+    }
+    for (k, v) in pending {
+        match v {
+            Some(v) => {
+                view.insert(k.to_vec(), v.to_vec());
+            }
+            None => {
+                view.remove(k);
+            }
+        }
+    }
+    for (k, v) in &view {
+        if !each(k, v) {
+            break;
+        }
+    }
+    Ok(())
 }
 
 /// A write transaction's body. It may run more than once (an engine with
@@ -210,6 +253,27 @@ impl Txn for MemTxn<'_> {
         let existed = self.get(table, key)?.is_some();
         self.pending.insert((table, key.to_vec()), None);
         Ok(existed)
+    }
+
+    fn scan_prefix(
+        &mut self,
+        table: Table,
+        prefix: &[u8],
+        each: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<()> {
+        let committed = self
+            .base
+            .get(&table)
+            .into_iter()
+            .flat_map(|t| t.range::<[u8], _>((Bound::Included(prefix), Bound::Unbounded)))
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, v)| Ok((k.clone(), v.clone())));
+        let pending = self
+            .pending
+            .iter()
+            .filter(|((t, k), _)| *t == table && k.starts_with(prefix))
+            .map(|((_, k), v)| (k.as_slice(), v.as_deref()));
+        overlay_scan(committed, pending, each)
     }
 }
 

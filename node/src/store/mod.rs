@@ -75,11 +75,6 @@ pub enum StoreError {
     /// A stored value does not decode.
     #[error("a stored value does not decode (database damaged?): {0}")]
     Corrupt(String),
-    /// sled's transaction conflict, carried through a body to be retried.
-    /// Never leaves the sled engine.
-    #[doc(hidden)]
-    #[error("transaction conflict")]
-    Conflict(sled::transaction::UnabortableTransactionError),
 }
 
 impl From<serde_json::Error> for StoreError {
@@ -421,8 +416,13 @@ impl Store {
                 store: self,
                 t,
                 fresh: &mut fresh,
+                decision_seq: None,
             };
-            body(&mut tx)
+            body(&mut tx)?;
+            if let Some((seq, true)) = tx.decision_seq {
+                tx.t.put(Table::Meta, DECISION_SEQ, &seq.to_be_bytes())?;
+            }
+            Ok(())
         })?;
         self.learn(fresh);
         Ok(())
@@ -894,6 +894,9 @@ pub struct Tx<'a> {
     store: &'a Store,
     t: &'a mut dyn Txn,
     fresh: &'a mut Vec<(String, u32)>,
+    /// The decision sequence as this transaction has advanced it: read
+    /// once, written once when the body is done.
+    decision_seq: Option<(u64, bool)>,
 }
 
 impl std::fmt::Debug for Tx<'_> {
@@ -915,6 +918,35 @@ impl Tx<'_> {
             return Ok(Some(*id));
         }
         Ok(None)
+    }
+
+    /// Every source's entry for `subject`, as of this transaction.
+    ///
+    /// # Errors
+    /// IO or decode errors.
+    pub fn about(&mut self, subject: &str) -> Result<Vec<(String, Stored)>> {
+        let prefix = codec::subject(subject);
+        let mut found = Vec::new();
+        let mut failed = None;
+        self.t.scan_prefix(Table::Contrib, &prefix, &mut |k, v| {
+            match be32(&k[prefix.len()..]).ok_or_else(|| corrupt("contribution key")) {
+                Ok(id) => found.push((id, v.to_vec())),
+                Err(e) => failed = Some(e),
+            }
+            failed.is_none()
+        })?;
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        let mut out = Vec::with_capacity(found.len());
+        for (id, v) in found {
+            let name = match self.fresh.iter().find(|(_, i)| *i == id) {
+                Some((name, _)) => name.clone(),
+                None => self.store.source_name(id)?,
+            };
+            out.push((name, codec::decode_stored(subject, &v)?));
+        }
+        Ok(out)
     }
 
     /// Records this server's own record and queues it for publication.
@@ -1123,11 +1155,15 @@ impl Tx<'_> {
             return Ok(None);
         }
         t.put(Table::LastAction, &key, &[codec::action_byte(action)])?;
-        let seq = match t.get(Table::Meta, DECISION_SEQ)? {
-            Some(v) => be64(&v).ok_or_else(|| corrupt("decision sequence"))?,
-            None => 0,
-        } + 1;
-        t.put(Table::Meta, DECISION_SEQ, &seq.to_be_bytes())?;
+        let last = match self.decision_seq {
+            Some((seq, _)) => seq,
+            None => match t.get(Table::Meta, DECISION_SEQ)? {
+                Some(v) => be64(&v).ok_or_else(|| corrupt("decision sequence"))?,
+                None => 0,
+            },
+        };
+        let seq = last + 1;
+        self.decision_seq = Some((seq, true));
         let d = Decision {
             seq,
             subject: subject.to_owned(),

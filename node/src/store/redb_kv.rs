@@ -146,6 +146,21 @@ impl Txn for RedbTxn<'_> {
     fn remove(&mut self, table: Table, key: &[u8]) -> Result<bool> {
         Ok(self.table(table)?.remove(key).map_err(io)?.is_some())
     }
+
+    fn scan_prefix(
+        &mut self,
+        table: Table,
+        prefix: &[u8],
+        each: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<()> {
+        for entry in self.table(table)?.range(prefix..).map_err(io)? {
+            let (k, v) = entry.map_err(io)?;
+            if !k.value().starts_with(prefix) || !each(k.value(), v.value()) {
+                break;
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Kv for RedbKv {

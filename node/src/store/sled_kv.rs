@@ -3,12 +3,13 @@
 //! (BENCHMARKS.md), and its `flush()` does not sync the file's metadata:
 //! prefer redb where power loss matters.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 
-use super::kv::{Body, Kv, Table, Txn, io};
+use super::kv::{Body, Kv, Table, Txn, io, overlay_scan};
 use super::{Result, StoreError};
 
 /// A sled database directory.
@@ -16,6 +17,8 @@ use super::{Result, StoreError};
 pub struct SledKv {
     db: sled::Db,
     trees: Vec<sled::Tree>,
+    /// Held by a write from its first read to its commit.
+    writer: std::sync::Mutex<()>,
 }
 
 impl SledKv {
@@ -43,7 +46,11 @@ impl SledKv {
             .iter()
             .map(|t| db.open_tree(t.name()).map_err(io))
             .collect::<Result<_>>()?;
-        Ok(Self { db, trees })
+        Ok(Self {
+            db,
+            trees,
+            writer: std::sync::Mutex::new(()),
+        })
     }
 
     fn tree(&self, table: Table) -> &sled::Tree {
@@ -51,38 +58,54 @@ impl SledKv {
     }
 }
 
+/// A write transaction's body runs against the committed trees with its
+/// own writes buffered (sled's transactions cannot scan, and a read of a
+/// tree inside one waits for it forever); the buffer then lands as one
+/// sled transaction that only writes. Writers are serialized, so nothing
+/// commits between the body's reads and its writes.
 struct SledTxn<'a> {
-    views: &'a [TransactionalTree],
-}
-
-type Abort = ConflictableTransactionError<StoreError>;
-
-fn conflict(e: sled::transaction::UnabortableTransactionError) -> StoreError {
-    // Carried out of the body as a marker; `write` turns conflicts back
-    // into sled's retry below.
-    StoreError::Conflict(e)
+    trees: &'a [sled::Tree],
+    pending: BTreeMap<(Table, Vec<u8>), Option<Vec<u8>>>,
 }
 
 impl Txn for SledTxn<'_> {
     fn get(&mut self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        Ok(self.views[table as usize]
+        if let Some(v) = self.pending.get(&(table, key.to_vec())) {
+            return Ok(v.clone());
+        }
+        Ok(self.trees[table as usize]
             .get(key)
-            .map_err(conflict)?
+            .map_err(io)?
             .map(|v| v.to_vec()))
     }
 
     fn put(&mut self, table: Table, key: &[u8], value: &[u8]) -> Result<()> {
-        self.views[table as usize]
-            .insert(key, value)
-            .map_err(conflict)?;
+        self.pending
+            .insert((table, key.to_vec()), Some(value.to_vec()));
         Ok(())
     }
 
     fn remove(&mut self, table: Table, key: &[u8]) -> Result<bool> {
-        Ok(self.views[table as usize]
-            .remove(key)
-            .map_err(conflict)?
-            .is_some())
+        let existed = self.get(table, key)?.is_some();
+        self.pending.insert((table, key.to_vec()), None);
+        Ok(existed)
+    }
+
+    fn scan_prefix(
+        &mut self,
+        table: Table,
+        prefix: &[u8],
+        each: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<()> {
+        let committed = self.trees[table as usize]
+            .scan_prefix(prefix)
+            .map(|e| e.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(io));
+        let pending = self
+            .pending
+            .range((table, prefix.to_vec())..)
+            .take_while(|((t, k), _)| *t == table && k.starts_with(prefix))
+            .map(|((_, k), v)| (k.as_slice(), v.as_deref()));
+        overlay_scan(committed, pending, each)
     }
 }
 
@@ -115,17 +138,32 @@ impl Kv for SledKv {
     }
 
     fn write(&self, durable: bool, body: &mut Body<'_>) -> Result<()> {
-        // sled wants `Fn` (it reruns the body after a conflict); the body
-        // is `FnMut` and runs once at a time.
-        let body = std::cell::RefCell::new(body);
+        let _writer = self
+            .writer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut txn = SledTxn {
+            trees: &self.trees,
+            pending: BTreeMap::new(),
+        };
+        body(&mut txn)?;
+        let pending = txn.pending;
+        if pending.is_empty() && !durable {
+            return Ok(());
+        }
         let outcome = self.trees.as_slice().transaction(|views| {
-            let mut txn = SledTxn { views };
-            let mut body = body.borrow_mut();
-            match (*body)(&mut txn) {
-                Ok(()) => Ok(()),
-                Err(StoreError::Conflict(e)) => Err(Abort::from(e)),
-                Err(e) => Err(Abort::Abort(e)),
+            for ((table, key), value) in &pending {
+                let view: &TransactionalTree = &views[*table as usize];
+                match value {
+                    Some(v) => {
+                        view.insert(key.as_slice(), v.as_slice())?;
+                    }
+                    None => {
+                        view.remove(key.as_slice())?;
+                    }
+                }
             }
+            Ok::<(), ConflictableTransactionError<StoreError>>(())
         });
         match outcome {
             Ok(()) => {}
