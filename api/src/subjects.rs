@@ -180,7 +180,7 @@ impl Query {
                     .map(|(_, d)| d.to_owned())
                     .unwrap_or_default();
                 Ok(Self::Jid {
-                    key: SubjectKey::for_jid(j).map_err(|e| anyhow!("{e}"))?,
+                    key: SubjectKey::for_prepared_jid(&prepared),
                     domain,
                 })
             }

@@ -917,7 +917,12 @@ fn verdict_of(
 /// transaction's own view, and records the changes of action in the
 /// decision stream: the decisions commit with what caused them, and the
 /// verdicts are published once they have.
-fn settle(ctx: &Ctx<'_>, tx: &mut Tx<'_>, scratch: &mut Scratch, now: u64) -> Result<(), StoreError> {
+fn settle(
+    ctx: &Ctx<'_>,
+    tx: &mut Tx<'_>,
+    scratch: &mut Scratch,
+    now: u64,
+) -> Result<(), StoreError> {
     let touched = std::mem::take(&mut scratch.touched);
     let suspended = |source: &str| {
         !scratch.lift.iter().any(|s| s == source)

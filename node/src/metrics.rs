@@ -284,7 +284,10 @@ mod tests {
             "corvid_peer_items{peer=\"b.test\"} 12",
             "corvid_peer_last_sync_timestamp_seconds{peer=\"b.test\"} 1700000000",
         ] {
-            assert!(text.lines().any(|l| l == line), "{line} missing from\n{text}");
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing from\n{text}"
+            );
         }
     }
 }

@@ -172,9 +172,7 @@ fn spawn_backfill(
         let _ = done.send(source.clone());
         match result {
             Ok(n) => {
-                engine
-                    .metrics
-                    .peer_synced(&source, n as u64, crate::now());
+                engine.metrics.peer_synced(&source, n as u64, crate::now());
                 tracing::info!(
                     source,
                     records = n,

@@ -493,6 +493,25 @@ impl Published {
         }
     }
 
+    /// Caches under `alias` (another spelling of the same query, such as its
+    /// raw query string) the answer cached for `key`, if one holds at `now`;
+    /// it is invalidated with it.
+    pub fn alias(&self, alias: &str, key: &str, now: u64) {
+        let hash = self.hasher.hash_one(key);
+        let found = {
+            let table = self.cache[shard_of(hash)]
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            table
+                .find(hash, |c| *c.key == *key)
+                .filter(|c| self.holds(c, now))
+                .map(|c| (c.stamp, c.valid_until, Arc::clone(&c.verdict)))
+        };
+        if let Some((stamp, valid_until, verdict)) = found {
+            self.cache(alias, stamp, valid_until, verdict);
+        }
+    }
+
     /// Caches an answer computed under `stamp`.
     pub fn cache(&self, cache_key: &str, stamp: Stamp, valid_until: u64, verdict: Arc<VerdictOut>) {
         let hash = self.hasher.hash_one(cache_key);
@@ -556,8 +575,13 @@ mod tests {
     use corvid_protocol::record::{Category, Record, ReportId};
 
     fn report(subject: &SubjectKey, source: &str, confidence: u8, now: u64) -> Contribution {
-        let mut record =
-            crate::engine::listed_report(ReportId::new(now * 1000, [7; 10]), subject.clone(), Category::Spam, now, 86_400);
+        let mut record = crate::engine::listed_report(
+            ReportId::new(now * 1000, [7; 10]),
+            subject.clone(),
+            Category::Spam,
+            now,
+            86_400,
+        );
         if let Record::Report(r) = &mut record {
             r.confidence = confidence;
         }
@@ -583,19 +607,28 @@ mod tests {
             (jid.clone(), vec![report(&jid, "b.test", 100, now)], false),
             (
                 jid.clone(),
-                vec![report(&jid, "b.test", 100, now), report(&jid, "c.test", 100, now)],
+                vec![
+                    report(&jid, "b.test", 100, now),
+                    report(&jid, "c.test", 100, now),
+                ],
                 false,
             ),
             (
                 jid.clone(),
-                vec![report(&jid, "b.test", 100, now), report(&jid, "c.test", 100, now)],
+                vec![
+                    report(&jid, "b.test", 100, now),
+                    report(&jid, "c.test", 100, now),
+                ],
                 true,
             ),
             (jid.clone(), vec![report(&jid, "b.test", 40, now)], false),
             (jid.clone(), vec![report(&jid, "b.test", 5, now)], false),
             (
                 digest.clone(),
-                vec![report(&digest, "b.test", 100, now), report(&digest, "c.test", 100, now)],
+                vec![
+                    report(&digest, "b.test", 100, now),
+                    report(&digest, "c.test", 100, now),
+                ],
                 false,
             ),
         ];
@@ -627,5 +660,41 @@ mod tests {
         }
         published.put(&jid, None);
         assert_eq!(published.get(&jid), None);
+    }
+
+    /// An answer cached under a raw spelling of the query is dropped with
+    /// the prepared query's: a change of the subject reaches both.
+    #[test]
+    fn an_alias_is_invalidated_with_its_query() {
+        let now = 1_800_000_000;
+        let published = Published::new();
+        let jid = SubjectKey::for_jid("bot@spam.example").expect("jid");
+        let answer = Arc::new(VerdictOut {
+            action: Action::Flag,
+            score: 0.5,
+            subjects: Vec::new(),
+            reasons: Vec::new(),
+            contributions: Vec::new(),
+        });
+        let stamp = published.stamp(Some(&jid));
+        published.cache(jid.as_str(), stamp, now + 60, Arc::clone(&answer));
+        published.alias("jid=bot%40spam.example", jid.as_str(), now);
+        let action = |key: &str| published.cached_with(key, now, |v| v.action).ok();
+        assert_eq!(action("jid=bot%40spam.example"), Some(Action::Flag));
+        // Another thread, with nothing of its own cached, sees it too.
+        std::thread::scope(|s| {
+            s.spawn(|| assert_eq!(action("jid=bot%40spam.example"), Some(Action::Flag)));
+        });
+        published.put(&jid, None);
+        assert_eq!(action("jid=bot%40spam.example"), None);
+        assert_eq!(action(jid.as_str()), None);
+        // Past its validity it is not served either.
+        published.cache(jid.as_str(), published.stamp(Some(&jid)), now + 60, answer);
+        assert_eq!(
+            published
+                .cached_with(jid.as_str(), now + 60, |v| v.action)
+                .ok(),
+            None
+        );
     }
 }

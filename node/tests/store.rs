@@ -130,10 +130,18 @@ fn exercise(store: &Store) -> String {
             Ok(())
         })
         .expect("batch");
-    let sources = |v: &Vec<(String, Stored)>| v.iter().map(|(s, st)| format!("{s}:{}", st.seen_ms % 1000)).collect::<Vec<_>>();
+    let sources = |v: &Vec<(String, Stored)>| {
+        v.iter()
+            .map(|(s, st)| format!("{s}:{}", st.seen_ms % 1000))
+            .collect::<Vec<_>>()
+    };
     assert_eq!(sources(&seen[0]), ["b.example:7", "c.example:7"]);
     assert_eq!(sources(&seen[1]), ["b.example:71", "e.example:70"]);
-    assert_eq!(store.about(subject).expect("about"), seen[1], "committed as seen");
+    assert_eq!(
+        store.about(subject).expect("about"),
+        seen[1],
+        "committed as seen"
+    );
     out += &format!("tx view {:?}\n", sources(&seen[1]));
     out
 }

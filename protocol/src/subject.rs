@@ -108,7 +108,13 @@ impl SubjectKey {
     /// # Errors
     /// [`SubjectError::Jid`] when the input is not a JID.
     pub fn for_jid(input: &str) -> Result<Self, SubjectError> {
-        Ok(Self(format!("jid:{}", jid_hash(&prepare_bare_jid(input)?))))
+        Ok(Self::for_prepared_jid(&prepare_bare_jid(input)?))
+    }
+
+    /// The key for a bare JID that [`prepare_bare_jid`] already prepared
+    /// (a lookup prepares it once for the key and the domain).
+    pub fn for_prepared_jid(prepared_bare: &str) -> Self {
+        Self(format!("jid:{}", jid_hash(prepared_bare)))
     }
 
     /// The key for a domain (or, with `subdomains`, the domain and all below it).

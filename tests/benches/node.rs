@@ -18,7 +18,8 @@
 //! Run: `cargo bench -p corvid-tests --bench node`. `CORVID_BENCH_REPORTS`
 //! changes the 1M of section 5 and `CORVID_BENCH_SCALE` its 10M (e.g.
 //! 100000 and 200000 for a quick run); `CORVID_BENCH_IN_PROCESS_ONLY=1`
-//! stops after section 2.
+//! stops after section 2, and `CORVID_BENCH_SECTIONS=3,5` runs only the
+//! sections listed.
 
 use std::collections::HashMap;
 use std::hint::black_box;
@@ -100,8 +101,10 @@ impl Pin {
     }
 
     fn describe(self) -> String {
-        self.cpu
-            .map_or_else(|| "NOT pinned: taskset failed".into(), |c| format!("pinned to core {c}"))
+        self.cpu.map_or_else(
+            || "NOT pinned: taskset failed".into(),
+            |c| format!("pinned to core {c}"),
+        )
     }
 }
 
@@ -246,7 +249,11 @@ const BARE_THREADS: &str = "bare-axum";
 /// `only`.
 fn cpu_secs(pid: u32, only: Option<&str>) -> f64 {
     let mut ticks = 0u64;
-    for task in std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten() {
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
         let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
             continue;
         };
@@ -258,7 +265,10 @@ fn cpu_secs(pid: u32, only: Option<&str>) -> f64 {
         }
         let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
         for i in [11, 12] {
-            ticks += fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            ticks += fields
+                .get(i)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
         }
     }
     // USER_HZ is 100 on Linux.
@@ -266,7 +276,12 @@ fn cpu_secs(pid: u32, only: Option<&str>) -> f64 {
 }
 
 /// Server CPU per request (µs) while `load` runs: `(req/s, latencies, µs)`.
-fn measured(pid: u32, only: Option<&str>, load: impl FnOnce() -> (f64, Vec<f64>), secs: f64) -> (f64, Vec<f64>, f64) {
+fn measured(
+    pid: u32,
+    only: Option<&str>,
+    load: impl FnOnce() -> (f64, Vec<f64>),
+    secs: f64,
+) -> (f64, Vec<f64>, f64) {
     let c0 = cpu_secs(pid, only);
     let (r, lat) = load();
     let cpu = cpu_secs(pid, only) - c0;
@@ -313,159 +328,174 @@ fn main() {
     let now = corvid_node::now();
     // The in-process sections run on core 0 only, as a pinned corvidd would.
     let pinned = Pin::all(std::process::id(), 0);
+    // `CORVID_BENCH_SECTIONS=3,5` runs only those sections (1 and 2 go
+    // together).
+    let sections: Option<Vec<u32>> = std::env::var("CORVID_BENCH_SECTIONS")
+        .ok()
+        .map(|v| v.split(',').filter_map(|x| x.trim().parse().ok()).collect());
+    let want = |n: u32| sections.as_ref().is_none_or(|s| s.contains(&n));
     let mut out: Vec<(String, String, String)> = Vec::new();
     let (ib, ic) = (Identity::new("b.test"), Identity::new("c.test"));
 
     // 1. In-process lookups.
-    let dir = tempfile::tempdir().expect("tempdir");
-    let e = engine(dir.path(), &[&ib, &ic]);
-    let subjects: Vec<SubjectKey> = (0..10_000u64)
-        .map(|i| SubjectKey::for_jid(&format!("bot{i}@spam.example")).expect("jid"))
-        .collect();
-    for (i, s) in subjects.iter().enumerate() {
-        let mut r = report(i as u64, now);
-        if let Record::Report(rep) = &mut r {
-            rep.subject = s.clone();
-        }
-        e.ingest(now, "b.test", &r, "").expect("ingest");
-        if i % 2 == 0 {
-            e.ingest(now, "c.test", &r, "").expect("ingest");
-        }
-    }
-    let queries: Vec<Query> = subjects.iter().map(|s| Query::Key(s.clone())).collect();
-    for q in &queries {
-        e.verdict(now, q).expect("warm");
-    }
-    let map: HashMap<SubjectKey, Action> =
-        subjects.iter().map(|s| (s.clone(), Action::Flag)).collect();
-    let (mut i, mut j) = (0, 0);
-    let (lookups, gets) = alternate(
-        || {
-            for _ in 0..1000 {
-                black_box(
-                    e.verdict_with(now, &queries[i % queries.len()], |v| v.action)
-                        .expect("verdict"),
-                );
-                i += 1;
+    if want(1) || want(2) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let e = engine(dir.path(), &[&ib, &ic]);
+        let subjects: Vec<SubjectKey> = (0..10_000u64)
+            .map(|i| SubjectKey::for_jid(&format!("bot{i}@spam.example")).expect("jid"))
+            .collect();
+        for (i, s) in subjects.iter().enumerate() {
+            let mut r = report(i as u64, now);
+            if let Record::Report(rep) = &mut r {
+                rep.subject = s.clone();
             }
-            1000
-        },
-        || {
-            for _ in 0..1000 {
-                black_box(map.get(&subjects[j % subjects.len()]));
-                j += 1;
+            e.ingest(now, "b.test", &r, "").expect("ingest");
+            if i % 2 == 0 {
+                e.ingest(now, "c.test", &r, "").expect("ingest");
             }
-            1000
-        },
-    );
-    out.push((
-        format!("in-process verdict lookup (cached, 10k subjects; {})", pinned.describe()),
-        format!("{lookups:.0}/s"),
-        format!(
-            "HashMap get {gets:.0}/s, ratio {:.2} (target >= 0.9)",
-            lookups / gets
-        ),
-    ));
-    let cold = rate(Duration::from_secs(2), || {
-        // Uncached: a fresh engine generation each time forces a store read + aggregation.
-        e.replace_settings(
-            Settings::from_config(&Config::load(&dir.path().join("c.toml")).expect("c"))
-                .expect("s"),
-        )
-        .expect("reload");
-        for q in queries.iter().take(200) {
-            black_box(e.verdict(now, q).expect("verdict"));
         }
-        200
-    });
-    out.push((
-        "in-process verdict lookup (uncached: store + aggregate)".into(),
-        format!("{cold:.0}/s"),
-        String::new(),
-    ));
+        let queries: Vec<Query> = subjects.iter().map(|s| Query::Key(s.clone())).collect();
+        for q in &queries {
+            e.verdict(now, q).expect("warm");
+        }
+        let map: HashMap<SubjectKey, Action> =
+            subjects.iter().map(|s| (s.clone(), Action::Flag)).collect();
+        let (mut i, mut j) = (0, 0);
+        let (lookups, gets) = alternate(
+            || {
+                for _ in 0..1000 {
+                    black_box(
+                        e.verdict_with(now, &queries[i % queries.len()], |v| v.action)
+                            .expect("verdict"),
+                    );
+                    i += 1;
+                }
+                1000
+            },
+            || {
+                for _ in 0..1000 {
+                    black_box(map.get(&subjects[j % subjects.len()]));
+                    j += 1;
+                }
+                1000
+            },
+        );
+        out.push((
+            format!(
+                "in-process verdict lookup (cached, 10k subjects; {})",
+                pinned.describe()
+            ),
+            format!("{lookups:.0}/s"),
+            format!(
+                "HashMap get {gets:.0}/s, ratio {:.2} (target >= 0.9)",
+                lookups / gets
+            ),
+        ));
+        let cold = rate(Duration::from_secs(2), || {
+            // Uncached: a fresh engine generation each time forces a store read + aggregation.
+            e.replace_settings(
+                Settings::from_config(&Config::load(&dir.path().join("c.toml")).expect("c"))
+                    .expect("s"),
+            )
+            .expect("reload");
+            for q in queries.iter().take(200) {
+                black_box(e.verdict(now, q).expect("verdict"));
+            }
+            200
+        });
+        out.push((
+            "in-process verdict lookup (uncached: store + aggregate)".into(),
+            format!("{cold:.0}/s"),
+            String::new(),
+        ));
 
-    // 2. Ingest vs raw verify_strict.
-    let feed: FeedAddress = ib.feed().parse().expect("feed");
-    let items: Vec<(
-        String,
-        xmpp_parsers::minidom::Element,
-        Vec<u8>,
-        ed25519_dalek::Signature,
-    )> = (100_000..120_000u64)
-        .map(|i| {
-            let record = report(i, now);
-            let id = feed::delta_item_id(record.subject());
-            let env = Envelope {
-                corvid: 1,
-                issuer: Issuer {
-                    domain: "b.test".into(),
-                    key: ib.public().key_id(),
-                },
-                body: Body::Delta { record },
-            };
-            let item = SignedItem::sign(&ib.key, &env, &feed, &id).expect("sign");
-            let msg = corvid_protocol::item::signing_input(&feed, &id, item.json().as_bytes());
-            (id, item.to_element(), msg, *item.signature())
-        })
-        .collect();
-    // Live delta items, one per PubSub event as peers publish them, handed
-    // to the core the way the XMPP driver does (queued without waiting for
-    // each outcome); the last of a round is awaited, so every item counts
-    // only once it is stored. Rounds alternate with raw verify_strict of
-    // the same items, on the same core.
-    wait_for(Duration::from_secs(60), "verdicts published", || {
-        e.shared().published.is_complete().then_some(())
-    });
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("rt");
-    let (mut ingest_rates, mut raw_rates) = (Vec::new(), Vec::new());
-    for round in items.chunks(items.len() / 5) {
-        let t = Instant::now();
-        rt.block_on(async {
-            let (last, rest) = round.split_last().expect("items");
-            for (id, el, _, _) in rest {
-                e.feed_items("b.test", &feed.node, vec![(id.clone(), Some(el.clone()))])
+        // 2. Ingest vs raw verify_strict.
+        let feed: FeedAddress = ib.feed().parse().expect("feed");
+        let items: Vec<(
+            String,
+            xmpp_parsers::minidom::Element,
+            Vec<u8>,
+            ed25519_dalek::Signature,
+        )> = (100_000..120_000u64)
+            .map(|i| {
+                let record = report(i, now);
+                let id = feed::delta_item_id(record.subject());
+                let env = Envelope {
+                    corvid: 1,
+                    issuer: Issuer {
+                        domain: "b.test".into(),
+                        key: ib.public().key_id(),
+                    },
+                    body: Body::Delta { record },
+                };
+                let item = SignedItem::sign(&ib.key, &env, &feed, &id).expect("sign");
+                let msg = corvid_protocol::item::signing_input(&feed, &id, item.json().as_bytes());
+                (id, item.to_element(), msg, *item.signature())
+            })
+            .collect();
+        // Live delta items, one per PubSub event as peers publish them, handed
+        // to the core the way the XMPP driver does (queued without waiting for
+        // each outcome); the last of a round is awaited, so every item counts
+        // only once it is stored. Rounds alternate with raw verify_strict of
+        // the same items, on the same core.
+        wait_for(Duration::from_secs(60), "verdicts published", || {
+            e.shared().published.is_complete().then_some(())
+        });
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("rt");
+        let (mut ingest_rates, mut raw_rates) = (Vec::new(), Vec::new());
+        for round in items.chunks(items.len() / 5) {
+            let t = Instant::now();
+            rt.block_on(async {
+                let (last, rest) = round.split_last().expect("items");
+                for (id, el, _, _) in rest {
+                    e.feed_items("b.test", &feed.node, vec![(id.clone(), Some(el.clone()))])
+                        .await
+                        .expect("core");
+                }
+                let out = e
+                    .items(
+                        "b.test",
+                        &feed.node,
+                        vec![(last.0.clone(), Some(last.1.clone()))],
+                    )
                     .await
                     .expect("core");
+                assert!(
+                    matches!(out.as_slice(), [corvid_node::engine::Ingested::Stored]),
+                    "item not ingested: {out:?}"
+                );
+            });
+            ingest_rates.push(round.len() as f64 / t.elapsed().as_secs_f64());
+            let t = Instant::now();
+            let public = ib.public();
+            let key = public.verifying_key();
+            for (_, _, msg, sig) in round {
+                key.verify_strict(msg, sig).expect("verifies");
             }
-            let out = e
-                .items("b.test", &feed.node, vec![(last.0.clone(), Some(last.1.clone()))])
-                .await
-                .expect("core");
-            assert!(
-                matches!(out.as_slice(), [corvid_node::engine::Ingested::Stored]),
-                "item not ingested: {out:?}"
-            );
-        });
-        ingest_rates.push(round.len() as f64 / t.elapsed().as_secs_f64());
-        let t = Instant::now();
-        let public = ib.public();
-        let key = public.verifying_key();
-        for (_, _, msg, sig) in round {
-            key.verify_strict(msg, sig).expect("verifies");
+            raw_rates.push(round.len() as f64 / t.elapsed().as_secs_f64());
         }
-        raw_rates.push(round.len() as f64 / t.elapsed().as_secs_f64());
+        assert_eq!(
+            e.store().contribution_count(),
+            15_000 + items.len(),
+            "every item stored"
+        );
+        ingest_rates.sort_by(f64::total_cmp);
+        raw_rates.sort_by(f64::total_cmp);
+        let (ingest, raw) = (ingest_rates[2], raw_rates[2]);
+        out.push((
+            format!("ingest of live delta items, one signature each ({})", pinned.describe()),
+            format!("{ingest:.0}/s"),
+            format!(
+                "raw verify_strict {raw:.0}/s, ratio {:.2} (target >= 0.8); median of 5 alternating rounds of {}",
+                ingest / raw,
+                items.len() / 5
+            ),
+        ));
+        drop(e);
     }
-    assert_eq!(
-        e.store().contribution_count(),
-        15_000 + items.len(),
-        "every item stored"
-    );
-    ingest_rates.sort_by(f64::total_cmp);
-    raw_rates.sort_by(f64::total_cmp);
-    let (ingest, raw) = (ingest_rates[2], raw_rates[2]);
-    out.push((
-        format!("ingest of live delta items, one signature each ({})", pinned.describe()),
-        format!("{ingest:.0}/s"),
-        format!(
-            "raw verify_strict {raw:.0}/s, ratio {:.2} (target >= 0.8); median of 5 alternating rounds of {}",
-            ingest / raw,
-            items.len() / 5
-        ),
-    ));
-    drop(e);
     if std::env::var_os("CORVID_BENCH_IN_PROCESS_ONLY").is_some() {
         for (what, got, base) in &out {
             println!("- {what}: {got}  [{base}]");
@@ -506,247 +536,271 @@ fn main() {
     let one = vec!["/v1/verdict?jid=bot1%40spam.example".to_owned()];
     let bare_path = vec!["/v1/verdict".to_owned()];
     let me = std::process::id();
-    for conns in [1usize, 64] {
-        let mut rounds = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        let mut lat = Vec::new();
-        let mut blat = Vec::new();
-        for _ in 0..3 {
-            let (r, l, cpu) = measured(bpid, None, || http_load(&b.api, &one, Some(&b.read), conns, 2.0), 2.0);
-            rounds.0.push(r);
-            rounds.1.push(pct(&l, 0.99));
-            rounds.2.push(cpu);
-            lat = l;
-            let (r, l, cpu) = measured(me, Some(BARE_THREADS), || http_load(&bare, &bare_path, None, conns, 2.0), 2.0);
-            rounds.3.push(r);
-            rounds.4.push(pct(&l, 0.99));
-            rounds.5.push(cpu);
-            blat = l;
+    if want(3) {
+        for conns in [1usize, 64] {
+            let mut rounds = (
+                Vec::new(),
+                Vec::new(),
+                Vec::new(),
+                Vec::new(),
+                Vec::new(),
+                Vec::new(),
+            );
+            let mut lat = Vec::new();
+            let mut blat = Vec::new();
+            for _ in 0..3 {
+                let (r, l, cpu) = measured(
+                    bpid,
+                    None,
+                    || http_load(&b.api, &one, Some(&b.read), conns, 2.0),
+                    2.0,
+                );
+                rounds.0.push(r);
+                rounds.1.push(pct(&l, 0.99));
+                rounds.2.push(cpu);
+                lat = l;
+                let (r, l, cpu) = measured(
+                    me,
+                    Some(BARE_THREADS),
+                    || http_load(&bare, &bare_path, None, conns, 2.0),
+                    2.0,
+                );
+                rounds.3.push(r);
+                rounds.4.push(pct(&l, 0.99));
+                rounds.5.push(cpu);
+                blat = l;
+            }
+            let (r, p99, cpu) = (median(rounds.0), median(rounds.1), median(rounds.2));
+            let (br, bp99, bcpu) = (median(rounds.3), median(rounds.4), median(rounds.5));
+            out.push((
+                format!("HTTP GET /v1/verdict, {conns} connection(s) ({placement})"),
+                format!(
+                    "{r:.0} req/s, p50 {:.3} ms, p99 {p99:.3} ms, {cpu:.1} µs server CPU per lookup",
+                    pct(&lat, 0.5)
+                ),
+                format!(
+                    "bare axum {br:.0} req/s (p50 {:.3}, p99 {bp99:.3} ms, {bcpu:.1} µs CPU), ratio {:.2} (target >= 0.7 at 64), p99 ratio {:.2} (target <= 1.5); medians of 3 alternating rounds of 2 s",
+                    pct(&blat, 0.5),
+                    r / br,
+                    p99 / bp99
+                ),
+            ));
         }
-        let (r, p99, cpu) = (median(rounds.0), median(rounds.1), median(rounds.2));
-        let (br, bp99, bcpu) = (median(rounds.3), median(rounds.4), median(rounds.5));
-        out.push((
-            format!("HTTP GET /v1/verdict, {conns} connection(s) ({placement})"),
-            format!(
-                "{r:.0} req/s, p50 {:.3} ms, p99 {p99:.3} ms, {cpu:.1} µs server CPU per lookup",
-                pct(&lat, 0.5)
-            ),
-            format!(
-                "bare axum {br:.0} req/s (p50 {:.3}, p99 {bp99:.3} ms, {bcpu:.1} µs CPU), ratio {:.2} (target >= 0.7 at 64), p99 ratio {:.2} (target <= 1.5); medians of 3 alternating rounds of 2 s",
-                pct(&blat, 0.5),
-                r / br,
-                p99 / bp99
-            ),
-        ));
     }
 
     // 4. Propagation A -> B through Prosody.
-    let mut prop = Vec::new();
-    let mut acks = Vec::new();
-    let mut after_ack = Vec::new();
-    for i in 0..200 {
-        let jid = format!("prop{i}@spam.example");
-        let t = Instant::now();
-        a.report(&jid, "spam", 90);
-        let acked = t.elapsed();
-        acks.push(acked.as_secs_f64() * 1000.0);
-        let path = format!("/v1/verdict?jid={}", corvid_tests::http::enc(&jid));
-        loop {
-            if b.get(&path).json["action"] == "flag" {
-                break;
+    if want(4) {
+        let mut prop = Vec::new();
+        let mut acks = Vec::new();
+        let mut after_ack = Vec::new();
+        for i in 0..200 {
+            let jid = format!("prop{i}@spam.example");
+            let t = Instant::now();
+            a.report(&jid, "spam", 90);
+            let acked = t.elapsed();
+            acks.push(acked.as_secs_f64() * 1000.0);
+            let path = format!("/v1/verdict?jid={}", corvid_tests::http::enc(&jid));
+            loop {
+                if b.get(&path).json["action"] == "flag" {
+                    break;
+                }
+                assert!(
+                    t.elapsed() < Duration::from_secs(20),
+                    "propagation timed out"
+                );
             }
-            assert!(
-                t.elapsed() < Duration::from_secs(20),
-                "propagation timed out"
-            );
+            prop.push(t.elapsed().as_secs_f64() * 1000.0);
+            after_ack.push((t.elapsed() - acked).as_secs_f64() * 1000.0);
         }
-        prop.push(t.elapsed().as_secs_f64() * 1000.0);
-        after_ack.push((t.elapsed() - acked).as_secs_f64() * 1000.0);
+        prop.sort_by(f64::total_cmp);
+        acks.sort_by(f64::total_cmp);
+        after_ack.sort_by(f64::total_cmp);
+        out.push((
+            "  of which: report acknowledged durable at A (fsync)".into(),
+            format!(
+                "p50 {:.1} ms, p99 {:.1} ms",
+                pct(&acks, 0.5),
+                pct(&acks, 0.99)
+            ),
+            String::new(),
+        ));
+        out.push((
+            "  of which: acknowledged at A -> verdict at B".into(),
+            format!(
+                "p50 {:.1} ms, p99 {:.1} ms",
+                pct(&after_ack, 0.5),
+                pct(&after_ack, 0.99)
+            ),
+            String::new(),
+        ));
+        out.push((
+            "publish at A -> verdict at B (real Prosody, memory PubSub)".into(),
+            format!(
+                "p50 {:.1} ms, p99 {:.1} ms",
+                pct(&prop, 0.5),
+                pct(&prop, 0.99)
+            ),
+            "target p50 <= 20 ms; includes A's durable write (fsync) and HTTP polling".into(),
+        ));
     }
-    prop.sort_by(f64::total_cmp);
-    acks.sort_by(f64::total_cmp);
-    after_ack.sort_by(f64::total_cmp);
-    out.push((
-        "  of which: report acknowledged durable at A (fsync)".into(),
-        format!(
-            "p50 {:.1} ms, p99 {:.1} ms",
-            pct(&acks, 0.5),
-            pct(&acks, 0.99)
-        ),
-        String::new(),
-    ));
-    out.push((
-        "  of which: acknowledged at A -> verdict at B".into(),
-        format!(
-            "p50 {:.1} ms, p99 {:.1} ms",
-            pct(&after_ack, 0.5),
-            pct(&after_ack, 0.99)
-        ),
-        String::new(),
-    ));
-    out.push((
-        "publish at A -> verdict at B (real Prosody, memory PubSub)".into(),
-        format!(
-            "p50 {:.1} ms, p99 {:.1} ms",
-            pct(&prop, 0.5),
-            pct(&prop, 0.99)
-        ),
-        "target p50 <= 20 ms; includes A's durable write (fsync) and HTTP polling".into(),
-    ));
     drop(a);
     drop(b);
 
     // 5. Stored reports: CPU per lookup at 10k and at 1M, RSS, disk and
     // cold start at 1M.
-    let scale: u64 = std::env::var("CORVID_BENCH_SCALE")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(10_000_000);
-    let mut cpu_at = Vec::new();
-    for n in [10_000u64, million, scale] {
-        let big = tempfile::tempdir().expect("tempdir");
-        let t = Instant::now();
-        {
-            // The peer's cap must hold them all: at the default 200,000 the
-            // rest would be refused and the figure would describe 200k.
-            // In batches of 5,000, one transaction each, as a backfill
-            // stores them.
-            let e = engine_capped(big.path(), &[&ib], n);
-            let mut i = 0;
-            while i < n {
-                let end = (i + 5_000).min(n);
-                let records = (i..end).map(|j| (report(j, now), String::new())).collect();
-                let out = e
-                    .call_at(
-                        now,
-                        corvid_node::core::Event::Records {
-                            source: "b.test".into(),
-                            records,
-                        },
-                    )
-                    .expect("core");
-                assert!(
-                    matches!(&out, corvid_node::core::Outcome::Ingested(v)
-                        if v.iter().all(|x| *x == corvid_node::engine::Ingested::Stored)),
-                    "reports {i}..{end} not all stored: {out:?}"
-                );
-                i = end;
+    if want(5) {
+        let scale: u64 = std::env::var("CORVID_BENCH_SCALE")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(10_000_000);
+        let mut cpu_at = Vec::new();
+        for n in [10_000u64, million, scale] {
+            let big = tempfile::tempdir().expect("tempdir");
+            let t = Instant::now();
+            {
+                // The peer's cap must hold them all: at the default 200,000 the
+                // rest would be refused and the figure would describe 200k.
+                // In batches of 5,000, one transaction each, as a backfill
+                // stores them.
+                let e = engine_capped(big.path(), &[&ib], n);
+                let mut i = 0;
+                while i < n {
+                    let end = (i + 5_000).min(n);
+                    let records = (i..end).map(|j| (report(j, now), String::new())).collect();
+                    let out = e
+                        .call_at(
+                            now,
+                            corvid_node::core::Event::Records {
+                                source: "b.test".into(),
+                                records,
+                            },
+                        )
+                        .expect("core");
+                    assert!(
+                        matches!(&out, corvid_node::core::Outcome::Ingested(v)
+                            if v.iter().all(|x| *x == corvid_node::engine::Ingested::Stored)),
+                        "reports {i}..{end} not all stored: {out:?}"
+                    );
+                    i = end;
+                }
+                assert_eq!(e.store().contribution_count() as u64, n);
+                e.store().flush().expect("flush");
             }
-            assert_eq!(e.store().contribution_count() as u64, n);
-            e.store().flush().expect("flush");
-        }
-        let fill = t.elapsed();
-        let data = big.path().join("data");
-        let disk = dir_bytes(&data) as f64 / 1e6;
-        let t = Instant::now();
-        let node = Node::start_with_data(
-            &prosody,
-            &Identity::new("b.test"),
-            &format!(
-                "api.rate_limit_per_sec = 10000000\n{}",
-                ib.peer_block(1.0, "enforce").replace("b.test", "b2.test")
-            ),
-            Some(&data),
-        );
-        let ready = t.elapsed();
-        wait_for(
-            Duration::from_secs(10),
-            "a verdict answered from the store",
-            || (node.action("jid", "bot7@spam.example") == "block").then_some(()),
-        );
-        let first = t.elapsed();
-        let pid = node.pid().expect("runs");
-        Pin::all(pid, 0);
-        // Lookups spread over every stored subject (a fixed pseudo-random
-        // walk), after the node has published them all.
-        let paths: Vec<String> = (0..20_000u64)
-            .map(|i| format!("/v1/verdict?jid=bot{}%40spam.example", i * 7_919 % n))
-            .collect();
-        let warm = Instant::now();
-        wait_for(Duration::from_secs(900), "every verdict published", || {
-            (node.get("/healthz").json["verdicts"] == "published").then_some(())
-        });
-        let warm = warm.elapsed();
-        let (r, _, cpu) = measured(
-            pid,
-            None,
-            || http_load(&node.api, &paths, Some(&node.read), 64, 3.0),
-            3.0,
-        );
-        cpu_at.push((n, r, cpu));
-        if n >= million {
-            let rss = rss_mb(pid);
-            out.push((
-                format!(
-                    "{n} stored contributions (filled in {:.0} s)",
-                    fill.as_secs_f64()
+            let fill = t.elapsed();
+            let data = big.path().join("data");
+            let disk = dir_bytes(&data) as f64 / 1e6;
+            let t = Instant::now();
+            let node = Node::start_with_data(
+                &prosody,
+                &Identity::new("b.test"),
+                &format!(
+                    "api.rate_limit_per_sec = 10000000\n{}",
+                    ib.peer_block(1.0, "enforce").replace("b.test", "b2.test")
                 ),
-                format!("RSS {rss:.0} MB after 3 s of lookups, disk {disk:.0} MB (apparent size, no clean stop)"),
-                "target <= 1 GB RSS at 10M".into(),
-            ));
-            out.push((
-                "cold start with them (spawn -> API ready / first verdict / all published)".into(),
-                format!(
-                    "{:.2} s / {:.2} s / {:.1} s",
-                    ready.as_secs_f64(),
-                    first.as_secs_f64(),
-                    (first + warm).as_secs_f64()
-                ),
-                "target <= 2 s to the first answer; until all are published, lookups read the store".into(),
-            ));
+                Some(&data),
+            );
+            let ready = t.elapsed();
+            wait_for(
+                Duration::from_secs(10),
+                "a verdict answered from the store",
+                || (node.action("jid", "bot7@spam.example") == "block").then_some(()),
+            );
+            let first = t.elapsed();
+            let pid = node.pid().expect("runs");
+            Pin::all(pid, 0);
+            // Lookups spread over every stored subject (a fixed pseudo-random
+            // walk), after the node has published them all.
+            let paths: Vec<String> = (0..20_000u64)
+                .map(|i| format!("/v1/verdict?jid=bot{}%40spam.example", i * 7_919 % n))
+                .collect();
+            let warm = Instant::now();
+            wait_for(Duration::from_secs(900), "every verdict published", || {
+                (node.get("/healthz").json["verdicts"] == "published").then_some(())
+            });
+            let warm = warm.elapsed();
+            let (r, _, cpu) = measured(
+                pid,
+                None,
+                || http_load(&node.api, &paths, Some(&node.read), 64, 3.0),
+                3.0,
+            );
+            cpu_at.push((n, r, cpu));
+            if n >= million {
+                let rss = rss_mb(pid);
+                out.push((
+                    format!(
+                        "{n} stored contributions (filled in {:.0} s)",
+                        fill.as_secs_f64()
+                    ),
+                    format!("RSS {rss:.0} MB after 3 s of lookups, disk {disk:.0} MB (apparent size, no clean stop)"),
+                    "target <= 1 GB RSS at 10M".into(),
+                ));
+                out.push((
+                    "cold start with them (spawn -> API ready / first verdict / all published)".into(),
+                    format!(
+                        "{:.2} s / {:.2} s / {:.1} s",
+                        ready.as_secs_f64(),
+                        first.as_secs_f64(),
+                        (first + warm).as_secs_f64()
+                    ),
+                    "target <= 2 s to the first answer; until all are published, lookups read the store".into(),
+                ));
+            }
         }
-    }
-    if let Some((n0, r0, c0)) = cpu_at.first() {
-        for (n1, r1, c1) in &cpu_at[1..] {
-            out.push((
-                format!("server CPU per HTTP lookup, {n1} vs {n0} stored subjects (64 connections, corvidd on core 0, 20k distinct subjects looked up)"),
-                format!("{c1:.1} µs ({r1:.0} req/s) vs {c0:.1} µs ({r0:.0} req/s)"),
-                format!("ratio {:.2} (target <= 1.1 at 1M)", c1 / c0),
-            ));
+        if let Some((n0, r0, c0)) = cpu_at.first() {
+            for (n1, r1, c1) in &cpu_at[1..] {
+                out.push((
+                    format!("server CPU per HTTP lookup, {n1} vs {n0} stored subjects (64 connections, corvidd on core 0, 20k distinct subjects looked up)"),
+                    format!("{c1:.1} µs ({r1:.0} req/s) vs {c0:.1} µs ({r0:.0} req/s)"),
+                    format!("ratio {:.2} (target <= 1.1 at 1M)", c1 / c0),
+                ));
+            }
         }
     }
 
     // 6. Backfill of a 100k-report feed.
-    let publisher = Client::login(&prosody, "corvidd", "a.test");
-    let afeed: FeedAddress = ia.feed().parse().expect("feed");
-    publisher.ensure_node(&afeed.service, &afeed.node);
-    let mut writer = FeedWriter::new(
-        afeed.clone(),
-        Issuer {
-            domain: "a.test".into(),
-            key: ia.public().key_id(),
-        },
-    );
-    let ops = writer
-        .replace_all(&ia.key, (0..100_000u64).map(|i| report(i, now)), now)
-        .expect("fits");
-    let mut count = 0;
-    for op in ops {
-        if let FeedOp::Publish {
-            node,
-            item_id,
-            item,
-        } = op
-        {
-            publisher.publish(&afeed.service, &node, &item_id, item.to_element());
-            count += 1;
+    if want(6) {
+        let publisher = Client::login(&prosody, "corvidd", "a.test");
+        let afeed: FeedAddress = ia.feed().parse().expect("feed");
+        publisher.ensure_node(&afeed.service, &afeed.node);
+        let mut writer = FeedWriter::new(
+            afeed.clone(),
+            Issuer {
+                domain: "a.test".into(),
+                key: ia.public().key_id(),
+            },
+        );
+        let ops = writer
+            .replace_all(&ia.key, (0..100_000u64).map(|i| report(i, now)), now)
+            .expect("fits");
+        let mut count = 0;
+        for op in ops {
+            if let FeedOp::Publish {
+                node,
+                item_id,
+                item,
+            } = op
+            {
+                publisher.publish(&afeed.service, &node, &item_id, item.to_element());
+                count += 1;
+            }
         }
+        let t = Instant::now();
+        let b2 = Node::start(
+            &prosody,
+            &Identity::new("b.test"),
+            &ia.peer_block(1.0, "enforce"),
+        );
+        wait_for(Duration::from_secs(300), "backfill", || {
+            let v = b2.get("/v1/peers").json;
+            (v["peers"][0]["records"].as_u64()? >= 100_000).then_some(())
+        });
+        out.push((
+            format!("backfill 100k reports ({count} items) through Prosody"),
+            format!("{:.1} s", t.elapsed().as_secs_f64()),
+            "pubsub_max_items 256, no RSM, c2s stanza limit 256 KiB, mod_limits c2s 10kb/s with corvidd in unlimited_jids; target <= 30 s".into(),
+        ));
     }
-    let t = Instant::now();
-    let b2 = Node::start(
-        &prosody,
-        &Identity::new("b.test"),
-        &ia.peer_block(1.0, "enforce"),
-    );
-    wait_for(Duration::from_secs(300), "backfill", || {
-        let v = b2.get("/v1/peers").json;
-        (v["peers"][0]["records"].as_u64()? >= 100_000).then_some(())
-    });
-    out.push((
-        format!("backfill 100k reports ({count} items) through Prosody"),
-        format!("{:.1} s", t.elapsed().as_secs_f64()),
-        "pubsub_max_items 256, no RSM, c2s stanza limit 256 KiB, mod_limits c2s 10kb/s with corvidd in unlimited_jids; target <= 30 s".into(),
-    ));
-
     println!("\ncorvidd benchmarks");
     for (what, got, base) in &out {
         println!(
