@@ -273,11 +273,57 @@ impl Packed {
 struct Cached {
     /// The [`Published`] it belongs to.
     owner: u64,
-    key: Box<str>,
+    key: Key,
     hash: u64,
     stamp: Stamp,
     valid_until: u64,
     verdict: Arc<VerdictOut>,
+}
+
+/// Bytes of a query key kept beside its entry: a JID's or a digest's key
+/// (68 bytes) and most raw query strings fit, so comparing the key reads
+/// no other allocation.
+const INLINE_KEY: usize = 80;
+
+/// A cached entry's query key: inline up to [`INLINE_KEY`] bytes.
+#[derive(Debug, Clone)]
+enum Key {
+    Inline(u8, [u8; INLINE_KEY]),
+    Heap(Box<str>),
+}
+
+impl Key {
+    fn new(key: &str) -> Self {
+        match u8::try_from(key.len()) {
+            Ok(n) if key.len() <= INLINE_KEY => {
+                let mut bytes = [0; INLINE_KEY];
+                bytes[..key.len()].copy_from_slice(key.as_bytes());
+                Self::Inline(n, bytes)
+            }
+            _ => Self::Heap(key.into()),
+        }
+    }
+
+    fn is(&self, key: &str) -> bool {
+        match self {
+            Self::Inline(n, bytes) => bytes.get(..usize::from(*n)) == Some(key.as_bytes()),
+            Self::Heap(k) => **k == *key,
+        }
+    }
+
+    fn same(&self, other: &Self) -> bool {
+        match other {
+            Self::Inline(n, bytes) => self.is_bytes(&bytes[..usize::from(*n)]),
+            Self::Heap(k) => self.is(k),
+        }
+    }
+
+    fn is_bytes(&self, key: &[u8]) -> bool {
+        match self {
+            Self::Inline(n, bytes) => bytes.get(..usize::from(*n)) == Some(key),
+            Self::Heap(k) => k.as_bytes() == key,
+        }
+    }
 }
 
 /// The versions a lookup read before it computed its answer: the answer
@@ -465,7 +511,7 @@ impl Published {
         let hash = self.hasher.hash_one(cache_key);
         let f = LOCAL.with(|local| {
             let local = local.borrow();
-            match local.find(hash, |c| c.owner == self.id && *c.key == *cache_key) {
+            match local.find(hash, |c| c.owner == self.id && c.key.is(cache_key)) {
                 Some(c) if self.holds(c, now) => Ok(f(&c.verdict)),
                 _ => Err(f),
             }
@@ -479,7 +525,7 @@ impl Published {
                 .read()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             table
-                .find(hash, |c| *c.key == *cache_key)
+                .find(hash, |c| c.key.is(cache_key))
                 .filter(|c| self.holds(c, now))
                 .cloned()
         };
@@ -503,7 +549,7 @@ impl Published {
                 .read()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             table
-                .find(hash, |c| *c.key == *key)
+                .find(hash, |c| c.key.is(key))
                 .filter(|c| self.holds(c, now))
                 .map(|c| (c.stamp, c.valid_until, Arc::clone(&c.verdict)))
         };
@@ -517,7 +563,7 @@ impl Published {
         let hash = self.hasher.hash_one(cache_key);
         let entry = Cached {
             owner: self.id,
-            key: cache_key.into(),
+            key: Key::new(cache_key),
             hash,
             stamp,
             valid_until,
@@ -553,7 +599,7 @@ fn keep_local(entry: Cached) {
 fn insert(table: &mut Table, entry: Cached) {
     match table.entry(
         entry.hash,
-        |c| c.owner == entry.owner && c.key == entry.key,
+        |c| c.owner == entry.owner && c.key.same(&entry.key),
         |c| c.hash,
     ) {
         hashbrown::hash_table::Entry::Occupied(mut o) => *o.get_mut() = entry,
