@@ -32,7 +32,7 @@ use corvid_node::engine::{Engine, Settings};
 use corvid_node::store::Store;
 use corvid_node::subjects::Query;
 use corvid_protocol::aggregate::Action;
-use corvid_protocol::feed::{self, FeedOp, FeedWriter};
+use corvid_protocol::feed::{self, FeedWriter};
 use corvid_protocol::item::{Body, Envelope, FeedAddress, SignedItem};
 use corvid_protocol::record::{Issuer, Record};
 use corvid_protocol::subject::SubjectKey;
@@ -128,6 +128,65 @@ fn alternate(mut a: impl FnMut() -> usize, mut b: impl FnMut() -> usize) -> (f64
     ra.sort_by(f64::total_cmp);
     rb.sort_by(f64::total_cmp);
     (ra[2], rb[2])
+}
+
+/// Cached in-process lookups of `queries` against `HashMap` gets of the
+/// same subjects, in alternating rounds: `(lookups/s, gets/s)`.
+fn lookups_against_map(
+    e: &Engine,
+    now: u64,
+    queries: &[Query],
+    map: &HashMap<SubjectKey, Action>,
+    subjects: &[SubjectKey],
+) -> (f64, f64) {
+    let (mut i, mut j) = (0, 0);
+    alternate(
+        || {
+            for _ in 0..1000 {
+                black_box(
+                    e.verdict_with(now, &queries[i % queries.len()], |v| v.action)
+                        .expect("verdict"),
+                );
+                i += 1;
+            }
+            1000
+        },
+        || {
+            for _ in 0..1000 {
+                black_box(map.get(&subjects[j % subjects.len()]));
+                j += 1;
+            }
+            1000
+        },
+    )
+}
+
+/// Peer `ib`'s live delta item for numbered report `i` in `feed`: its id,
+/// the element, and the signed message with its signature.
+fn delta_item(
+    ib: &Identity,
+    feed: &FeedAddress,
+    i: u64,
+    now: u64,
+) -> (
+    String,
+    xmpp_parsers::minidom::Element,
+    Vec<u8>,
+    ed25519_dalek::Signature,
+) {
+    let record = report(i, now);
+    let id = feed::delta_item_id(record.subject());
+    let env = Envelope {
+        corvid: 1,
+        issuer: Issuer {
+            domain: "b.test".into(),
+            key: ib.public().key_id(),
+        },
+        body: Body::Delta { record },
+    };
+    let item = SignedItem::sign(&ib.key, &env, feed, &id).expect("sign");
+    let msg = corvid_protocol::item::signing_input(feed, &id, item.json().as_bytes());
+    (id, item.to_element(), msg, *item.signature())
 }
 
 fn pct(sorted: &[f64], q: f64) -> f64 {
@@ -360,26 +419,7 @@ fn main() {
         }
         let map: HashMap<SubjectKey, Action> =
             subjects.iter().map(|s| (s.clone(), Action::Flag)).collect();
-        let (mut i, mut j) = (0, 0);
-        let (lookups, gets) = alternate(
-            || {
-                for _ in 0..1000 {
-                    black_box(
-                        e.verdict_with(now, &queries[i % queries.len()], |v| v.action)
-                            .expect("verdict"),
-                    );
-                    i += 1;
-                }
-                1000
-            },
-            || {
-                for _ in 0..1000 {
-                    black_box(map.get(&subjects[j % subjects.len()]));
-                    j += 1;
-                }
-                1000
-            },
-        );
+        let (lookups, gets) = lookups_against_map(&e, now, &queries, &map, &subjects);
         out.push((
             format!(
                 "in-process verdict lookup (cached, 10k subjects; {})",
@@ -411,27 +451,8 @@ fn main() {
 
         // 2. Ingest vs raw verify_strict.
         let feed: FeedAddress = ib.feed().parse().expect("feed");
-        let items: Vec<(
-            String,
-            xmpp_parsers::minidom::Element,
-            Vec<u8>,
-            ed25519_dalek::Signature,
-        )> = (100_000..120_000u64)
-            .map(|i| {
-                let record = report(i, now);
-                let id = feed::delta_item_id(record.subject());
-                let env = Envelope {
-                    corvid: 1,
-                    issuer: Issuer {
-                        domain: "b.test".into(),
-                        key: ib.public().key_id(),
-                    },
-                    body: Body::Delta { record },
-                };
-                let item = SignedItem::sign(&ib.key, &env, &feed, &id).expect("sign");
-                let msg = corvid_protocol::item::signing_input(&feed, &id, item.json().as_bytes());
-                (id, item.to_element(), msg, *item.signature())
-            })
+        let items: Vec<_> = (100_000..120_000u64)
+            .map(|i| delta_item(&ib, &feed, i, now))
             .collect();
         // Live delta items, one per PubSub event as peers publish them, handed
         // to the core the way the XMPP driver does (queued without waiting for
@@ -498,21 +519,8 @@ fn main() {
         // a second (new subjects: each bumps one version slot), fed from a
         // thread on the same core; the HashMap baseline runs under the same
         // load.
-        let more: Vec<(String, xmpp_parsers::minidom::Element)> = (200_000..204_500u64)
-            .map(|i| {
-                let record = report(i, now);
-                let id = feed::delta_item_id(record.subject());
-                let env = Envelope {
-                    corvid: 1,
-                    issuer: Issuer {
-                        domain: "b.test".into(),
-                        key: ib.public().key_id(),
-                    },
-                    body: Body::Delta { record },
-                };
-                let item = SignedItem::sign(&ib.key, &env, &feed, &id).expect("sign");
-                (id, item.to_element())
-            })
+        let more: Vec<_> = (200_000..204_500u64)
+            .map(|i| delta_item(&ib, &feed, i, now))
             .collect();
         // Lookups at the time they run: the verdicts were republished (the
         // reloads above) after the bench's `now`.
@@ -525,7 +533,7 @@ fn main() {
             let feeder = scope.spawn(|| {
                 let start = Instant::now();
                 let mut fed = 0usize;
-                for (n, (id, el)) in more.iter().enumerate() {
+                for (n, (id, el, _, _)) in more.iter().enumerate() {
                     if stop.load(std::sync::atomic::Ordering::Relaxed) {
                         break;
                     }
@@ -544,26 +552,7 @@ fn main() {
                 }
                 fed as f64 / start.elapsed().as_secs_f64()
             });
-            let (mut i, mut j) = (0, 0);
-            let (l, g) = alternate(
-                || {
-                    for _ in 0..1000 {
-                        black_box(
-                            e.verdict_with(now, &queries[i % queries.len()], |v| v.action)
-                                .expect("verdict"),
-                        );
-                        i += 1;
-                    }
-                    1000
-                },
-                || {
-                    for _ in 0..1000 {
-                        black_box(map.get(&subjects[j % subjects.len()]));
-                        j += 1;
-                    }
-                    1000
-                },
-            );
+            let (l, g) = lookups_against_map(&e, now, &queries, &map, &subjects);
             stop.store(true, std::sync::atomic::Ordering::Relaxed);
             (l, g, feeder.join().expect("feeder"))
         });
@@ -738,7 +727,9 @@ fn main() {
             .and_then(|v| v.parse().ok())
             .unwrap_or(10_000_000);
         let mut cpu_at = Vec::new();
-        for n in [10_000u64, million, scale] {
+        let mut sizes = vec![10_000u64, million, scale];
+        sizes.dedup();
+        for n in sizes {
             let big = tempfile::tempdir().expect("tempdir");
             let t = Instant::now();
             {
@@ -857,18 +848,7 @@ fn main() {
         let ops = writer
             .replace_all(&ia.key, (0..100_000u64).map(|i| report(i, now)), now)
             .expect("fits");
-        let mut count = 0;
-        for op in ops {
-            if let FeedOp::Publish {
-                node,
-                item_id,
-                item,
-            } = op
-            {
-                publisher.publish(&afeed.service, &node, &item_id, item.to_element());
-                count += 1;
-            }
-        }
+        let count = publisher.publish_ops(&afeed.service, ops);
         let t = Instant::now();
         let b2 = Node::start(
             &prosody,

@@ -94,6 +94,24 @@ impl Client {
             .expect("publish");
     }
 
+    /// Publishes what a feed writer asks for (its retractions are not
+    /// needed on a fresh node); the number of items published.
+    pub fn publish_ops(&self, service: &str, ops: Vec<corvid_protocol::feed::FeedOp>) -> usize {
+        let mut count = 0;
+        for op in ops {
+            if let corvid_protocol::feed::FeedOp::Publish {
+                node,
+                item_id,
+                item,
+            } = op
+            {
+                self.publish(service, &node, &item_id, item.to_element());
+                count += 1;
+            }
+        }
+        count
+    }
+
     /// Purges a node.
     pub fn purge(&self, service: &str, node: &str) {
         self.run(pubsub::purge(&self.link, service, node))

@@ -6,7 +6,7 @@
 //! fsync on durable commits), [`super::sled_kv::SledKv`] (selectable, the
 //! engine of corvid 0.1), and [`MemKv`] for tests and simulation.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::ops::Bound;
 use std::sync::Mutex;
@@ -110,37 +110,6 @@ pub trait Txn {
     ) -> Result<()>;
 }
 
-/// The entries of `committed` under `prefix` with a transaction's own
-/// writes laid over them (for engines whose transactions cannot scan; the
-/// core is the only writer, so nothing else changes them meanwhile).
-pub(super) fn overlay_scan<'p>(
-    committed: impl Iterator<Item = Result<(Vec<u8>, Vec<u8>)>>,
-    pending: impl Iterator<Item = (&'p [u8], Option<&'p [u8]>)>,
-    each: &mut dyn FnMut(&[u8], &[u8]) -> bool,
-) -> Result<()> {
-    let mut view: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
-    for entry in committed {
-        let (k, v) = entry?;
-        view.insert(k, v);
-    }
-    for (k, v) in pending {
-        match v {
-            Some(v) => {
-                view.insert(k.to_vec(), v.to_vec());
-            }
-            None => {
-                view.remove(k);
-            }
-        }
-    }
-    for (k, v) in &view {
-        if !each(k, v) {
-            break;
-        }
-    }
-    Ok(())
-}
-
 /// A write transaction's body. It may run more than once (an engine with
 /// optimistic transactions reruns it after a conflict), so it must not
 /// have effects outside the transaction until [`Kv::write`] returns.
@@ -204,6 +173,83 @@ pub trait Kv: Send + Sync + fmt::Debug {
     }
 }
 
+/// Committed tables that a [`Buffered`] transaction reads through.
+pub(super) trait Committed {
+    /// A committed value.
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>>;
+    /// The committed entries whose keys start with `prefix`, in key order.
+    fn under(&self, table: Table, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
+}
+
+/// A write transaction that buffers its writes over committed tables, for
+/// engines whose own transactions cannot scan (sled) or have none (memory).
+/// The engine serializes writers, so nothing commits between the body's
+/// reads and its writes; it applies `pending` when the body succeeds.
+pub(super) struct Buffered<C> {
+    pub(super) committed: C,
+    pub(super) pending: BTreeMap<(Table, Vec<u8>), Option<Vec<u8>>>,
+}
+
+impl<C: Committed> Buffered<C> {
+    pub(super) fn new(committed: C) -> Self {
+        Self {
+            committed,
+            pending: BTreeMap::new(),
+        }
+    }
+}
+
+impl<C: Committed> Txn for Buffered<C> {
+    fn get(&mut self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        match self.pending.get(&(table, key.to_vec())) {
+            Some(v) => Ok(v.clone()),
+            None => self.committed.get(table, key),
+        }
+    }
+
+    fn put(&mut self, table: Table, key: &[u8], value: &[u8]) -> Result<()> {
+        self.pending
+            .insert((table, key.to_vec()), Some(value.to_vec()));
+        Ok(())
+    }
+
+    fn remove(&mut self, table: Table, key: &[u8]) -> Result<bool> {
+        let existed = self.get(table, key)?.is_some();
+        self.pending.insert((table, key.to_vec()), None);
+        Ok(existed)
+    }
+
+    fn scan_prefix(
+        &mut self,
+        table: Table,
+        prefix: &[u8],
+        each: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<()> {
+        let mut view: BTreeMap<Vec<u8>, Vec<u8>> =
+            self.committed.under(table, prefix)?.into_iter().collect();
+        let own = self
+            .pending
+            .range((table, prefix.to_vec())..)
+            .take_while(|((t, k), _)| *t == table && k.starts_with(prefix));
+        for ((_, k), v) in own {
+            match v {
+                Some(v) => {
+                    view.insert(k.clone(), v.clone());
+                }
+                None => {
+                    view.remove(k);
+                }
+            }
+        }
+        for (k, v) in &view {
+            if !each(k, v) {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Every table's entries, in key order.
 type MemTables = BTreeMap<Table, BTreeMap<Vec<u8>, Vec<u8>>>;
 
@@ -230,50 +276,20 @@ impl MemKv {
     }
 }
 
-struct MemTxn<'a> {
-    base: &'a MemTables,
-    pending: HashMap<(Table, Vec<u8>), Option<Vec<u8>>>,
-}
-
-impl Txn for MemTxn<'_> {
-    fn get(&mut self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        if let Some(v) = self.pending.get(&(table, key.to_vec())) {
-            return Ok(v.clone());
-        }
-        Ok(self.base.get(&table).and_then(|t| t.get(key)).cloned())
+impl Committed for &MemTables {
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(MemTables::get(self, &table)
+            .and_then(|t| t.get(key))
+            .cloned())
     }
 
-    fn put(&mut self, table: Table, key: &[u8], value: &[u8]) -> Result<()> {
-        self.pending
-            .insert((table, key.to_vec()), Some(value.to_vec()));
-        Ok(())
-    }
-
-    fn remove(&mut self, table: Table, key: &[u8]) -> Result<bool> {
-        let existed = self.get(table, key)?.is_some();
-        self.pending.insert((table, key.to_vec()), None);
-        Ok(existed)
-    }
-
-    fn scan_prefix(
-        &mut self,
-        table: Table,
-        prefix: &[u8],
-        each: &mut dyn FnMut(&[u8], &[u8]) -> bool,
-    ) -> Result<()> {
-        let committed = self
-            .base
-            .get(&table)
+    fn under(&self, table: Table, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        Ok(MemTables::get(self, &table)
             .into_iter()
             .flat_map(|t| t.range::<[u8], _>((Bound::Included(prefix), Bound::Unbounded)))
             .take_while(|(k, _)| k.starts_with(prefix))
-            .map(|(k, v)| Ok((k.clone(), v.clone())));
-        let pending = self
-            .pending
-            .iter()
-            .filter(|((t, k), _)| *t == table && k.starts_with(prefix))
-            .map(|((_, k), v)| (k.as_slice(), v.as_deref()));
-        overlay_scan(committed, pending, each)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
     }
 }
 
@@ -310,10 +326,7 @@ impl Kv for MemKv {
     fn write(&self, _durable: bool, body: &mut Body<'_>) -> Result<()> {
         let mut tables = self.lock();
         let pending = {
-            let mut txn = MemTxn {
-                base: &tables,
-                pending: HashMap::new(),
-            };
+            let mut txn = Buffered::new(&*tables);
             body(&mut txn)?;
             txn.pending
         };

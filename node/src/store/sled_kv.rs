@@ -3,13 +3,12 @@
 //! (BENCHMARKS.md), and its `flush()` does not sync the file's metadata:
 //! prefer redb where power loss matters.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 
-use super::kv::{Body, Kv, Table, Txn, io, overlay_scan};
+use super::kv::{Body, Buffered, Committed, Kv, Table, io};
 use super::{Result, StoreError};
 
 /// A sled database directory.
@@ -58,54 +57,24 @@ impl SledKv {
     }
 }
 
-/// A write transaction's body runs against the committed trees with its
-/// own writes buffered (sled's transactions cannot scan, and a read of a
-/// tree inside one waits for it forever); the buffer then lands as one
-/// sled transaction that only writes. Writers are serialized, so nothing
-/// commits between the body's reads and its writes.
-struct SledTxn<'a> {
-    trees: &'a [sled::Tree],
-    pending: BTreeMap<(Table, Vec<u8>), Option<Vec<u8>>>,
-}
-
-impl Txn for SledTxn<'_> {
-    fn get(&mut self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        if let Some(v) = self.pending.get(&(table, key.to_vec())) {
-            return Ok(v.clone());
-        }
-        Ok(self.trees[table as usize]
+/// A write transaction's body reads the committed trees with its own
+/// writes buffered over them ([`Buffered`]: sled's transactions cannot
+/// scan, and a read of a tree inside one waits for it forever); the buffer
+/// then lands as one sled transaction that only writes. Writers are
+/// serialized, so nothing commits between the body's reads and its writes.
+impl Committed for &[sled::Tree] {
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self[table as usize]
             .get(key)
             .map_err(io)?
             .map(|v| v.to_vec()))
     }
 
-    fn put(&mut self, table: Table, key: &[u8], value: &[u8]) -> Result<()> {
-        self.pending
-            .insert((table, key.to_vec()), Some(value.to_vec()));
-        Ok(())
-    }
-
-    fn remove(&mut self, table: Table, key: &[u8]) -> Result<bool> {
-        let existed = self.get(table, key)?.is_some();
-        self.pending.insert((table, key.to_vec()), None);
-        Ok(existed)
-    }
-
-    fn scan_prefix(
-        &mut self,
-        table: Table,
-        prefix: &[u8],
-        each: &mut dyn FnMut(&[u8], &[u8]) -> bool,
-    ) -> Result<()> {
-        let committed = self.trees[table as usize]
+    fn under(&self, table: Table, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self[table as usize]
             .scan_prefix(prefix)
-            .map(|e| e.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(io));
-        let pending = self
-            .pending
-            .range((table, prefix.to_vec())..)
-            .take_while(|((t, k), _)| *t == table && k.starts_with(prefix))
-            .map(|((_, k), v)| (k.as_slice(), v.as_deref()));
-        overlay_scan(committed, pending, each)
+            .map(|e| e.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(io))
+            .collect()
     }
 }
 
@@ -142,10 +111,7 @@ impl Kv for SledKv {
             .writer
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut txn = SledTxn {
-            trees: &self.trees,
-            pending: BTreeMap::new(),
-        };
+        let mut txn = Buffered::new(self.trees.as_slice());
         body(&mut txn)?;
         let pending = txn.pending;
         if pending.is_empty() && !durable {

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use corvid_protocol::feed::{FeedOp, FeedWriter};
+use corvid_protocol::feed::FeedWriter;
 use corvid_protocol::item::FeedAddress;
 use corvid_protocol::record::{Category, Issuer, Record};
 use corvid_tests::client::Client;
@@ -54,18 +54,7 @@ fn a_100k_report_feed_backfills_completely() {
         .replace_all(&ia.key, records(100_000, now), now)
         .expect("100k fit one node");
     let published = Instant::now();
-    let mut items = 0;
-    for op in ops {
-        if let FeedOp::Publish {
-            node,
-            item_id,
-            item,
-        } = op
-        {
-            publisher.publish(&feed.service, &node, &item_id, item.to_element());
-            items += 1;
-        }
-    }
+    let items = publisher.publish_ops(&feed.service, ops);
     assert!(items <= 256, "{items} items");
     eprintln!(
         "published 100k reports as {items} items in {:?}",
