@@ -72,6 +72,16 @@ pub enum Event {
         /// Records.
         records: Vec<(Record, String)>,
     },
+    /// Entries of an unsigned list (an RTBL), as records made when they were
+    /// read: an entry already stored and live keeps its first-seen record
+    /// (read and decided inside the core's transaction), so a re-listing
+    /// only confirms it.
+    Listed {
+        /// Source id.
+        source: String,
+        /// Records.
+        records: Vec<Record>,
+    },
     /// Items a peer published, as they arrived: the core verifies them.
     Items {
         /// Peer domain.
@@ -1011,6 +1021,25 @@ fn apply(
             let mut out = Vec::with_capacity(records.len());
             for (record, key_id) in records {
                 out.push(ingest(ctx, tx, scratch, now_ms, source, record, key_id)?);
+            }
+            Outcome::Ingested(out)
+        }
+        Event::Listed { source, records } => {
+            let mut out = Vec::with_capacity(records.len());
+            for record in records {
+                let first = tx
+                    .get(record.subject().as_str(), source)?
+                    .map(|stored| stored.record)
+                    .filter(|r| r.expires_at() > now);
+                out.push(ingest(
+                    ctx,
+                    tx,
+                    scratch,
+                    now_ms,
+                    source,
+                    first.as_ref().unwrap_or(record),
+                    "",
+                )?);
             }
             Outcome::Ingested(out)
         }

@@ -588,7 +588,11 @@ impl Engine {
     fn queue_of(&self, job: &Job) -> &tokio::sync::mpsc::Sender<Job> {
         match job {
             Job::Event {
-                event: Event::Items { .. } | Event::Records { .. } | Event::Reconcile { .. },
+                event:
+                    Event::Items { .. }
+                    | Event::Records { .. }
+                    | Event::Listed { .. }
+                    | Event::Reconcile { .. },
                 ..
             } => &self.peers,
             _ => &self.control,
@@ -808,12 +812,28 @@ impl Engine {
         source: &str,
         records: Vec<(Record, String)>,
     ) -> Result<Vec<Ingested>> {
-        let out = self
-            .call_async(Event::Records {
-                source: source.to_owned(),
-                records,
-            })
-            .await?;
+        self.ingested_by(Event::Records {
+            source: source.to_owned(),
+            records,
+        })
+        .await
+    }
+
+    /// Stores an unsigned list's entries in one step; an entry already
+    /// stored and live keeps its first-seen record.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub async fn ingest_listed(&self, source: &str, records: Vec<Record>) -> Result<Vec<Ingested>> {
+        self.ingested_by(Event::Listed {
+            source: source.to_owned(),
+            records,
+        })
+        .await
+    }
+
+    async fn ingested_by(&self, event: Event) -> Result<Vec<Ingested>> {
+        let out = self.call_async(event).await?;
         self.expect(out, |o| match o {
             Outcome::Ingested(v) => Some(v),
             _ => None,

@@ -64,6 +64,10 @@ fn duplicate(e: &Event) -> Option<Event> {
             source: source.clone(),
             records: records.clone(),
         },
+        Event::Listed { source, records } => Event::Listed {
+            source: source.clone(),
+            records: records.clone(),
+        },
         Event::Items {
             source,
             node,
@@ -97,7 +101,11 @@ fn duplicate(e: &Event) -> Option<Event> {
 fn droppable(e: &Event) -> bool {
     matches!(
         e,
-        Event::Records { .. } | Event::Items { .. } | Event::Touch { .. } | Event::Refresh(_)
+        Event::Records { .. }
+            | Event::Listed { .. }
+            | Event::Items { .. }
+            | Event::Touch { .. }
+            | Event::Refresh(_)
     )
 }
 

@@ -226,16 +226,24 @@ async fn apply_key_record(engine: &Engine, peer: &Peer, body: &Body) -> Result<(
 /// each); over-cap refusals are counted as rejections.
 const INGEST_BATCH: usize = 2_000;
 
+/// Stores records from a source in batches; `listed` for an unsigned
+/// list's entries (each keeps its first-seen record while it stays listed).
 async fn ingest_records(
     engine: &Engine,
     source: &str,
     records: Vec<(Record, String)>,
+    listed: bool,
 ) -> Result<()> {
     let mut records = records.into_iter().peekable();
     while records.peek().is_some() {
         let batch: Vec<(Record, String)> = records.by_ref().take(INGEST_BATCH).collect();
         let subjects: Vec<String> = batch.iter().map(|(r, _)| r.subject().to_string()).collect();
-        let outcomes = engine.ingest_all(source, batch).await?;
+        let outcomes = if listed {
+            let records = batch.into_iter().map(|(r, _)| r).collect();
+            engine.ingest_listed(source, records).await?
+        } else {
+            engine.ingest_all(source, batch).await?
+        };
         let mut ingested = 0;
         for (what, subject) in outcomes.iter().zip(&subjects) {
             match what {
@@ -374,7 +382,7 @@ async fn backfill_peer(engine: &Engine, link: &Link, peer: &Peer) -> Result<usiz
             records.push((record.clone(), key_id));
             present.insert(subject.to_string());
         }
-        ingest_records(engine, &peer.domain, records).await?;
+        ingest_records(engine, &peer.domain, records, false).await?;
         let missing = engine
             .reconcile_async(&peer.domain, present, started_ms)
             .await?;
@@ -416,7 +424,8 @@ fn rtbl_record(subject: SubjectKey, now: u64, id: &str, category: Category) -> R
 }
 
 /// The record an RTBL item stands for, or `None` (counted) for an id that
-/// names nothing Corvid can store.
+/// names nothing Corvid can store. The core keeps an entry's first-seen
+/// record instead while it stays listed ([`Event::Listed`]).
 fn rtbl_item(engine: &Engine, rtbl: &Rtbl, id: &str) -> Result<Option<Record>> {
     let Some(subject) = rtbl_subject(engine, &rtbl.feed.node, id) else {
         engine.shared().reject(
@@ -427,23 +436,16 @@ fn rtbl_item(engine: &Engine, rtbl: &Rtbl, id: &str) -> Result<Option<Record>> {
         );
         return Ok(None);
     };
-    let now = crate::now();
-    // Keep the first-seen record while the entry stays listed; re-ingesting
-    // it only confirms it again.
-    let record = match engine.store().get(subject.as_str(), &rtbl.source)? {
-        Some(stored) if stored.record.expires_at() > now => stored.record,
-        _ => rtbl_record(
-            subject.clone(),
-            now,
-            id,
-            if rtbl.feed.node.starts_with("muc_") {
-                Category::MucSpam
-            } else {
-                Category::Spam
-            },
-        ),
-    };
-    Ok(Some(record))
+    Ok(Some(rtbl_record(
+        subject,
+        crate::now(),
+        id,
+        if rtbl.feed.node.starts_with("muc_") {
+            Category::MucSpam
+        } else {
+            Category::Spam
+        },
+    )))
 }
 
 async fn backfill_rtbl(engine: &Engine, link: &Link, rtbl: &Rtbl) -> Result<usize> {
@@ -463,7 +465,7 @@ async fn backfill_rtbl(engine: &Engine, link: &Link, rtbl: &Rtbl) -> Result<usiz
             records.push((record, String::new()));
         }
     }
-    ingest_records(engine, &rtbl.source, records).await?;
+    ingest_records(engine, &rtbl.source, records, true).await?;
     let listed = present.len();
     engine
         .reconcile_async(&rtbl.source, present, started_ms)
@@ -562,7 +564,7 @@ async fn handle_event(
                             records.push((record, String::new()));
                         }
                     }
-                    ingest_records(engine, &rtbl.source, records).await?;
+                    ingest_records(engine, &rtbl.source, records, true).await?;
                 }
                 if !retracted.is_empty() {
                     if let Some(rtbl) = rtbl {

@@ -351,3 +351,64 @@ fn nothing_is_acknowledged_before_its_commit_and_every_request_is_answered() {
         }
     }
 }
+
+/// An unsigned list's entry keeps its first-seen record while it stays
+/// listed, however often and in whatever order the listing arrives, and a
+/// relisting confirms an entry that a reconciliation left unconfirmed.
+#[test]
+fn a_listed_entry_keeps_its_first_seen_record() {
+    for seed in 0..20 {
+        let mut h = harness(seed);
+        let subject = jid(1);
+        h.push(
+            NOW * 1000,
+            Event::Listed {
+                source: PEER.into(),
+                records: vec![report(&subject, 1, NOW + 86_400)],
+            },
+        );
+        h.run(Faults::default());
+        let first = stored(&h, &subject).expect("stored");
+        for v in 2..6 {
+            h.push(
+                NOW * 1000 + v,
+                Event::Listed {
+                    source: PEER.into(),
+                    records: vec![report(&subject, v, NOW + 86_400)],
+                },
+            );
+        }
+        h.run(NASTY);
+        assert_eq!(stored(&h, &subject), Some(first.clone()), "seed {seed}");
+        h.push(
+            NOW * 1000 + 10,
+            Event::Reconcile {
+                source: PEER.into(),
+                present: Default::default(),
+                started_ms: NOW * 1000 + 10,
+            },
+        );
+        h.run(Faults::default());
+        let missing = |h: &Harness| {
+            h.core()
+                .store()
+                .get(subject.as_str(), PEER)
+                .expect("read")
+                .and_then(|s| s.missing_since)
+        };
+        assert!(
+            missing(&h).is_some(),
+            "seed {seed}: unconfirmed after the reconciliation"
+        );
+        h.push(
+            NOW * 1000 + 20,
+            Event::Listed {
+                source: PEER.into(),
+                records: vec![report(&subject, 9, NOW + 86_400)],
+            },
+        );
+        h.run(Faults::default());
+        assert_eq!(missing(&h), None, "seed {seed}: confirmed by the relisting");
+        assert_eq!(stored(&h, &subject), Some(first), "seed {seed}");
+    }
+}
