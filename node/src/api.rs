@@ -447,9 +447,9 @@ async fn verdict(State(s): State<Arc<ApiState>>, RawQuery(raw): RawQuery) -> Api
     // A query string seen before is answered without decoding or preparing
     // it again (no stringprep, no hash): the cache keeps the answer under
     // its raw spelling too, invalidated with the prepared query's.
-    let kind = raw_kind(&raw);
-    let hit = kind.and_then(|_| published.cached_with(&raw, now, |v| render(v)).ok());
-    let (kind, (action, body)) = match (kind, hit) {
+    let raw_kind = raw_kind(&raw);
+    let hit = raw_kind.and_then(|_| published.cached_with(&raw, now, |v| render(v)).ok());
+    let (kind, (action, body)) = match (raw_kind, hit) {
         (Some(kind), Some(answer)) => (kind, answer),
         _ => {
             let params: HashMap<String, String> = serde_urlencoded::from_str(&raw)
@@ -463,7 +463,7 @@ async fn verdict(State(s): State<Arc<ApiState>>, RawQuery(raw): RawQuery) -> Api
             };
             // Rendered where the cache holds it: no copy of the verdict.
             let answer = s.engine.verdict_with(now, &q, |v| render(v))?;
-            if raw_kind(&raw).is_some() {
+            if raw_kind.is_some() {
                 published.alias(&raw, &q.cache_key(), now);
             }
             (kind, answer)

@@ -314,19 +314,6 @@ impl Shared {
         self.metrics.rejected(peer, label);
         self.rejects.note(peer, item, label, why);
     }
-
-    /// A source's mode, with a canary suspension applied.
-    pub fn mode_of(
-        &self,
-        source: &str,
-        trust: &crate::engine::Trust,
-    ) -> corvid_protocol::aggregate::Mode {
-        if self.is_suspended(source) {
-            corvid_protocol::aggregate::Mode::Observe
-        } else {
-            trust.mode
-        }
-    }
 }
 
 /// Random bytes from a step's seed: SHA-256 in counter mode.
@@ -933,13 +920,12 @@ fn settle(
     scratch: &mut Scratch,
     now: u64,
 ) -> Result<(), StoreError> {
-    let touched = std::mem::take(&mut scratch.touched);
     let suspended = |source: &str| {
         !scratch.lift.iter().any(|s| s == source)
             && (ctx.suspended.contains(source) || scratch.suspend.iter().any(|(s, _)| s == source))
     };
-    let mut verdicts = Vec::with_capacity(touched.len());
-    for subject in &touched {
+    let mut verdicts = Vec::with_capacity(scratch.touched.len());
+    for subject in &scratch.touched {
         let contributions = trusted(ctx.settings, suspended, tx.about(subject.as_str())?);
         let verdict = verdict_of(ctx.settings, now, subject, &contributions);
         let action = if ctx.settings.allows(subject) {
@@ -953,7 +939,6 @@ fn settle(
         tx.record_decision(subject.as_str(), action, score, now)?;
         verdicts.push((subject.clone(), verdict));
     }
-    scratch.touched = touched;
     scratch.verdicts = verdicts;
     Ok(())
 }

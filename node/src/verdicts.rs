@@ -304,25 +304,15 @@ impl Key {
         }
     }
 
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Self::Inline(n, bytes) => &bytes[..usize::from(*n)],
+            Self::Heap(k) => k.as_bytes(),
+        }
+    }
+
     fn is(&self, key: &str) -> bool {
-        match self {
-            Self::Inline(n, bytes) => bytes.get(..usize::from(*n)) == Some(key.as_bytes()),
-            Self::Heap(k) => **k == *key,
-        }
-    }
-
-    fn same(&self, other: &Self) -> bool {
-        match other {
-            Self::Inline(n, bytes) => self.is_bytes(&bytes[..usize::from(*n)]),
-            Self::Heap(k) => self.is(k),
-        }
-    }
-
-    fn is_bytes(&self, key: &[u8]) -> bool {
-        match self {
-            Self::Inline(n, bytes) => bytes.get(..usize::from(*n)) == Some(key),
-            Self::Heap(k) => k.as_bytes() == key,
-        }
+        self.bytes() == key.as_bytes()
     }
 }
 
@@ -403,23 +393,6 @@ impl Published {
             .map(Packed::unpack)
     }
 
-    /// Whether no subject is published.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Subjects published.
-    pub fn len(&self) -> usize {
-        self.subjects
-            .iter()
-            .map(|s| {
-                s.read()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .len()
-            })
-            .sum()
-    }
-
     /// The core's: publishes (or, with `None`, withdraws) one subject's
     /// verdict and invalidates the cached answers that may include it.
     pub fn put(&self, key: &SubjectKey, verdict: Option<SubjectVerdict>) {
@@ -488,11 +461,6 @@ impl Published {
     /// Whether a cached answer still holds at `now`.
     fn holds(&self, c: &Cached, now: u64) -> bool {
         now < c.valid_until && c.stamp == self.current(c.stamp.slot)
-    }
-
-    /// A cached answer that is still exact at `now`.
-    pub fn cached(&self, cache_key: &str, now: u64) -> Option<Arc<VerdictOut>> {
-        self.cached_with(cache_key, now, Arc::clone).ok()
     }
 
     /// `f` applied to a cached answer that is still exact at `now`; `f`
@@ -599,7 +567,7 @@ fn keep_local(entry: Cached) {
 fn insert(table: &mut Table, entry: Cached) {
     match table.entry(
         entry.hash,
-        |c| c.owner == entry.owner && c.key.same(&entry.key),
+        |c| c.owner == entry.owner && c.key.bytes() == entry.key.bytes(),
         |c| c.hash,
     ) {
         hashbrown::hash_table::Entry::Occupied(mut o) => *o.get_mut() = entry,
