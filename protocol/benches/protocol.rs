@@ -241,4 +241,76 @@ fn main() {
         "decode+verify (element)  / raw verify_strict, best-of-3 figures above: {:.2}",
         from_element / raw
     );
+    digests();
+}
+
+/// `text` repeated to exactly `len` bytes (cut at a character boundary).
+fn repeated(text: &str, len: usize) -> String {
+    let mut s = text.repeat(len / text.len() + 1);
+    let mut cut = len;
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    s.truncate(cut);
+    s
+}
+
+/// Content digests of hostile and ordinary bodies at 16 KiB and 256 KiB:
+/// the time per body and the cost per byte at 256 KiB against 16 KiB
+/// (targets: ≤ 10 ms for 256 KiB, ratio ≤ 1.5). Sizes alternate, the
+/// median of 7 rounds is shown.
+fn digests() {
+    let inputs: [(&str, &str); 9] = [
+        ("\"::ffff:1.2.3.4\" repeated", "::ffff:1.2.3.4"),
+        ("\"a:b.c\" repeated", "a:b.c"),
+        ("\"a.\" repeated (one long host)", "a."),
+        (
+            "URLs separated by spaces",
+            "see https://spam.example/x?y=1 or www.scam.example/p. ",
+        ),
+        ("scheme-less hosts without spaces", "x.example/"),
+        ("emails", "first.last@spam.example, "),
+        ("brackets", "(https://a.example/(b)c)]"),
+        (
+            "ASCII prose with digits",
+            "Cheap Bitcoin! Visit now, offer 42 ends soon. ",
+        ),
+        (
+            "non-ASCII prose",
+            "ＦＲＥＥ Straße Grüße — только сегодня 99 ₽ 限时优惠 ",
+        ),
+    ];
+    let (small, large) = (16 * 1024, 256 * 1024);
+    println!();
+    println!(
+        "{:<40} {:>12} {:>12} {:>14}",
+        "content digest of", "16 KiB (ms)", "256 KiB (ms)", "per-byte ratio"
+    );
+    let mut worst_ms: f64 = 0.0;
+    let mut worst_ratio: f64 = 0.0;
+    for (name, unit) in inputs {
+        let (a, b) = (repeated(unit, small), repeated(unit, large));
+        let time = |body: &str| {
+            let t = Instant::now();
+            black_box(corvid_protocol::digest::body_digest(black_box(body)));
+            t.elapsed().as_secs_f64()
+        };
+        let (mut ts, mut tl) = (Vec::new(), Vec::new());
+        for _ in 0..7 {
+            // 16 small bodies make as many bytes as one large one.
+            let t = (0..16).map(|_| time(&a)).sum::<f64>() / 16.0;
+            ts.push(t);
+            tl.push(time(&b));
+        }
+        ts.sort_by(f64::total_cmp);
+        tl.sort_by(f64::total_cmp);
+        let (s_ms, l_ms) = (ts[3] * 1e3, tl[3] * 1e3);
+        let ratio = (l_ms / large as f64) / (s_ms / small as f64);
+        worst_ms = worst_ms.max(l_ms);
+        worst_ratio = worst_ratio.max(ratio);
+        println!("{name:<40} {s_ms:>12.3} {l_ms:>12.3} {ratio:>14.2}");
+    }
+    println!(
+        "content digest, worst of the above: 256 KiB in {worst_ms:.2} ms (target <= 10), per-byte ratio {worst_ratio:.2} (target <= 1.5)"
+    );
 }

@@ -225,19 +225,126 @@ fn generate() -> BTreeMap<&'static str, Value> {
         }),
     );
 
-    let bodies = [
-        "Cheap Bitcoin! Visit https://scam.example/ref?id=123 now, offer 42 ends soon",
-        "cheap  BITCOIN! visit http://SCAM.example/other now, offer 7 ends soon ",
-        "ＦＲＥＥ crypto at www.Spam.Example/x — only 99 left!!",
-        "Straße und STRASSE: 1234 Grüße an www.bücher.example",
-        "hi there",
+    let bodies: [(&str, &str); 28] = [
+        (
+            "Cheap Bitcoin! Visit https://scam.example/ref?id=123 now, offer 42 ends soon",
+            "§10 steps 1-7: a URL with a scheme becomes its host, a digit run becomes #",
+        ),
+        (
+            "cheap  BITCOIN! visit http://SCAM.example/other now, offer 7 ends soon ",
+            "§10: a variation of the case before (case, spacing, path, number) with the same digest",
+        ),
+        (
+            "ＦＲＥＥ crypto at www.Spam.Example/x — only 99 left!!",
+            "§10 step 1 and §10.1: fullwidth letters by NFKC; a scheme-less URL loses its path and www.",
+        ),
+        (
+            "Straße und STRASSE: 1234 Grüße an www.bücher.example",
+            "§10 step 2: full case folding (ß to ss); an IDN host stays in U-labels",
+        ),
+        (
+            "hi there",
+            "§10 step 6: shorter than 24 characters, no digest",
+        ),
+        (
+            "see (https://en.wikipedia.example/wiki/Foo_(bar)) and say (https://scam.example/x) ok",
+            "§10.1: a closing bracket ends a URL only when it has no opening one inside it",
+        ),
+        (
+            "at https://scam.example. Then \"https://scam.example/a,b\" and 'scam.example/c'.",
+            "§10.1: trailing punctuation and quotes are not part of a URL",
+        ),
+        (
+            "go to scam.example, or scam.example! or scam.example? yes",
+            "§10.1: a bare host followed by punctuation is a URL of its host alone",
+        ),
+        (
+            "<https://scam.example/x> [scam.example](https://scam.example/x)",
+            "§10.1: < and > end a URL; Markdown links",
+        ),
+        (
+            "https://user:pw@Scam.Example:8443/path and https://[2001:db8::1]:443/x now",
+            "§10.1: user information and port are dropped; an IPv6 literal keeps its brackets (its digits then become #)",
+        ),
+        (
+            "ftp://files.scam.example/a is a URL with any scheme",
+            "§10.1: any scheme followed by ://",
+        ),
+        (
+            "mailto:bob@scam.example and xmpp:spam@scam.example?join stay",
+            "§10.1: a scheme without // is not a URL, and a host after @ is not one",
+        ),
+        (
+            "write to first.last@scam.example now for a prize",
+            "§10.1: an email address is not a URL",
+        ),
+        (
+            "www.scam.example and WWW.SCAM.EXAMPLE/x and http://www.scam.example/",
+            "§10.1: one leading www. is dropped from every host",
+        ),
+        (
+            "xn--bcher-kva.example/angebot and https://xn--bcher-kva.example/ and bücher.example/x",
+            "§10.1: xn-- labels are decoded, so A-label and U-label hosts agree",
+        ),
+        (
+            "files at 192.0.2.1/x and 192.0.2.1:8080/y and 999.1.1.1/z",
+            "§10.1: a dotted quad is a host; 999.1.1.1 is not one",
+        ),
+        (
+            "scam.example:8080/path?q=1#frag but scam.example:http",
+            "§10.1: a port is digits after the host; other text after : is not part of the URL",
+        ),
+        (
+            "node.js is great, so is example.c and a.b.c.d.e.f.gh",
+            "§10.1: the last label must start with two letters (node.js is a URL of host node.js)",
+        ),
+        (
+            "http:/scam.example and https:// and file:///etc/passwd stay as they are",
+            "§10.1: no // or no host: the text is kept",
+        ),
+        (
+            "dots...everywhere..com and a..b.cd are not hosts",
+            "§10.1: labels are separated by single dots",
+        ),
+        (
+            "some text with no URL at all, and 123 numbers",
+            "§10: text without URLs passes step 3 unchanged",
+        ),
+        (
+            "::ffff:1.2.3.4::ffff:1.2.3.4::ffff:1.2.3.4::ffff:1.2.3.4",
+            "§10.1: a host after : is inside something else; this input was quadratic under the old URL finder",
+        ),
+        (
+            "a:b.ca:b.ca:b.ca:b.ca:b.ca:b.ca:b.c",
+            "§10.1: no scheme without //; this input was quadratic under the old URL finder",
+        ),
+        (
+            "ｈｔｔｐｓ：／／ＳＣＡＭ．ｅｘａｍｐｌｅ／ｘ fullwidth URL here",
+            "§10 steps 1-3: NFKC makes a fullwidth URL ASCII before URLs are found",
+        ),
+        (
+            "Ｔｅｓｔ ①②③ and ٣٤٥ and Ⅻ and ½ are numbers too",
+            "§10 step 4: Nd, Nl and No characters are digits",
+        ),
+        (
+            "tab\there\u{00a0}nbsp\u{2003}em\u{3000}ideographic\u{2028}line spaces",
+            "§10 step 5: every White_Space character separates words",
+        ),
+        (
+            "ǅemo ﬁne ﬀ ΣΑΣ Ὰͅ under case folding and NFKC",
+            "§10 step 2: full case folding then NFKC (digraphs, ligatures, final sigma, iota subscript)",
+        ),
+        (
+            "a very long host a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.ab is not one",
+            "§10.1: a run of labels longer than 253 characters is not a host",
+        ),
     ];
     files.insert(
         "digests.json",
         json!({
-            "description": "Content digests: normalized body and SHA-256, or null below the minimum length.",
+            "description": "Content digests (§10): normalized body and the digest subject, or null below the minimum length. The URL rule is §10.1.",
             "min_normalized_chars": corvid_protocol::digest::MIN_NORMALIZED_CHARS,
-            "cases": bodies.iter().map(|b| json!({"body": b, "normalized": normalize_body(b), "subject": body_digest(b).map(|k| k.to_string())})).collect::<Vec<_>>(),
+            "cases": bodies.iter().map(|(b, d)| json!({"description": d, "body": b, "normalized": normalize_body(b), "subject": body_digest(b).map(|k| k.to_string())})).collect::<Vec<_>>(),
         }),
     );
 
@@ -259,7 +366,7 @@ fn generate() -> BTreeMap<&'static str, Value> {
     let ip_report = report(3, ip_key, Category::BulkRegistration, None);
     let digest_report = report(
         4,
-        body_digest(bodies[0]).expect("digest"),
+        body_digest(bodies[0].0).expect("digest"),
         Category::Phishing,
         None,
     );
