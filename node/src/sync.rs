@@ -129,7 +129,20 @@ pub fn event_senders(engine: &Engine) -> Arc<HashSet<BareJid>> {
         .map(|p| &p.feed.service)
         .chain(s.rtbls.values().map(|r| &r.feed.service))
         .chain(std::iter::once(&engine.feed().service));
-    Arc::new(services.filter_map(|j| BareJid::new(j).ok()).collect())
+    // A remote server may name an IDN service in A-labels on the wire:
+    // both forms are let through, and compared in one form afterwards.
+    Arc::new(
+        services
+            .flat_map(|service| {
+                let a_label = FeedAddress::new(service, "x").map(|f| f.service_a_label());
+                [
+                    BareJid::new(service).ok(),
+                    a_label.ok().and_then(|a| BareJid::new(&a).ok()),
+                ]
+            })
+            .flatten()
+            .collect(),
+    )
 }
 
 fn all_sources(engine: &Engine) -> Vec<String> {
@@ -487,6 +500,9 @@ async fn handle_event(
         }
         FeedEvent::Other => return,
     };
+    // Services are compared in the one form feed addresses hold (§6.2).
+    let normalized = corvid_protocol::item::normalize_service(from);
+    let from: &str = normalized.as_deref().unwrap_or(from);
     let own = engine.feed();
     tracing::debug!(from, node, "pubsub event");
     if from == own.service && node == own.node {

@@ -56,14 +56,49 @@ impl FeedAddress {
             input: format!("{service} {node}"),
             reason: reason.into(),
         };
-        let jid = jid::BareJid::new(service).map_err(|e| err(&e.to_string()))?;
+        let service = normalize_service(service).map_err(|e| err(&e.to_string()))?;
         if node.is_empty() || node.contains('\0') || node.len() > 256 {
             return Err(err("node name must be 1-256 bytes without NUL"));
         }
         Ok(Self {
-            service: jid.to_string(),
+            service,
             node: node.to_owned(),
         })
+    }
+
+    /// The service's JID with its domain in A-labels, the form some servers
+    /// use on the wire for an IDN service (equal to `service` for ASCII).
+    pub fn service_a_label(&self) -> String {
+        match self.service.rsplit_once('@') {
+            Some((node, domain)) => format!(
+                "{node}@{}",
+                crate::subject::domain_a_label(domain).unwrap_or_else(|| domain.to_owned())
+            ),
+            None => crate::subject::domain_a_label(&self.service)
+                .unwrap_or_else(|| self.service.clone()),
+        }
+    }
+}
+
+/// The one form of a PubSub service's JID in a feed address and in the
+/// signing input (spec §6.2): the localpart, if any, nodeprep'd; the domain
+/// normalized as a domain subject's (§8.3), so `pubsub.xn--bcher-kva.example`
+/// and `pubsub.Bücher.example` are one service and sign alike.
+///
+/// # Errors
+/// When the JID has a resource, an invalid localpart or domain.
+pub fn normalize_service(service: &str) -> Result<String, crate::subject::SubjectError> {
+    let trimmed = service.trim();
+    if trimmed.contains('/') {
+        return Err(crate::subject::SubjectError::Jid {
+            input: service.into(),
+            reason: "a PubSub service is a bare JID (no resource)".into(),
+        });
+    }
+    if trimmed.contains('@') {
+        crate::subject::prepare_bare_jid(trimmed)
+    } else {
+        crate::subject::normalize_domain(trimmed)
     }
 }
 

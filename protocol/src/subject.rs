@@ -38,6 +38,8 @@ pub enum SubjectError {
     Domain {
         /// What was given.
         input: String,
+        /// The rule of spec §8.3 that rejects it.
+        rule: DomainRule,
         /// Why it failed.
         reason: String,
     },
@@ -63,6 +65,48 @@ pub enum SubjectError {
         /// Why it failed.
         reason: String,
     },
+}
+
+/// The rule of spec §8.3 that rejects a domain; [`DomainRule::label`] is
+/// its name in the vectors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DomainRule {
+    /// Step 2: empty, or not a bare domain (`@`, `/`).
+    NotADomain,
+    /// Step 2: an IP literal.
+    IpLiteral,
+    /// Step 3: nameprep fails (prohibited or unassigned code point, bidi).
+    Nameprep,
+    /// Steps 4 and 6: a character that is not allowed (`*`, U+3002, ASCII
+    /// other than letters, digits, `-` and `_`).
+    Character,
+    /// Step 5: an `xn--` label that is not a canonical A-label.
+    ALabel,
+    /// Step 6: one label only.
+    SingleLabel,
+    /// Step 6: an empty label, or one starting or ending with `-`.
+    Shape,
+    /// Step 6: a label over 63 or a name over 253 octets.
+    Length,
+    /// Step 6: the last label is all digits.
+    NumericTld,
+}
+
+impl DomainRule {
+    /// The rule's name in `subjects.json`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::NotADomain => "not-a-domain",
+            Self::IpLiteral => "ip-literal",
+            Self::Nameprep => "nameprep",
+            Self::Character => "character",
+            Self::ALabel => "a-label",
+            Self::SingleLabel => "single-label",
+            Self::Shape => "label-shape",
+            Self::Length => "length",
+            Self::NumericTld => "numeric-tld",
+        }
+    }
 }
 
 /// The kind of a subject, for per-kind policy (thresholds, half-lives).
@@ -126,6 +170,7 @@ impl SubjectKey {
         if subdomains && !domain.contains('.') {
             return Err(SubjectError::Domain {
                 input: input.into(),
+                rule: DomainRule::SingleLabel,
                 reason: "a subdomain report needs at least two labels".into(),
             });
         }
@@ -256,8 +301,12 @@ pub fn jid_hash(prepared_bare: &str) -> String {
     hex::encode(Sha256::digest(prepared_bare.as_bytes()))
 }
 
-/// Prepares a JID (nodeprep, nameprep) with the `jid` crate and returns its
-/// bare form; the domain is given in its U-label form.
+/// The longest localpart, in bytes after nodeprep (RFC 7622 §3.3).
+pub const MAX_LOCALPART_BYTES: usize = 1023;
+
+/// Prepares a JID as Prosody does before a module sees it (spec §8.2) and
+/// returns its bare form: the localpart nodeprep'd, the domain normalized
+/// by [`normalize_domain`], the resource dropped.
 ///
 /// # Errors
 /// [`SubjectError::Jid`] when the input is not a JID or has no localpart.
@@ -266,46 +315,224 @@ pub fn prepare_bare_jid(input: &str) -> Result<String, SubjectError> {
         input: input.into(),
         reason,
     };
-    let jid = jid::Jid::new(input.trim()).map_err(|e| err(e.to_string()))?;
-    let node = jid
-        .node()
+    let trimmed = input.trim();
+    // RFC 7622 §3.1: the resource starts at the first `/`, the localpart
+    // ends at the first `@` before it.
+    let bare = trimmed.split_once('/').map_or(trimmed, |(bare, _)| bare);
+    let (node, domain) = bare
+        .split_once('@')
         .ok_or_else(|| err("a JID subject needs a localpart; report a domain instead".into()))?;
-    let domain = normalize_domain(jid.domain().as_str()).map_err(|e| err(e.to_string()))?;
-    Ok(format!("{}@{domain}", node.as_str()))
+    if node.is_empty() {
+        return Err(err("empty localpart".into()));
+    }
+    let node = stringprep::nodeprep(node).map_err(|e| err(format!("nodeprep: {e}")))?;
+    if node.len() > MAX_LOCALPART_BYTES {
+        return Err(err(format!(
+            "localpart longer than {MAX_LOCALPART_BYTES} bytes"
+        )));
+    }
+    let domain = normalize_domain(domain).map_err(|e| err(e.to_string()))?;
+    Ok(format!("{node}@{domain}"))
 }
 
-/// Normalizes a domain: trailing dot removed, nameprep (via the `jid`
-/// crate), A-labels turned into U-labels, so `xn--bcher-kva.example` and
-/// `Bücher.example` give the same key.
+/// The longest domain, in octets of its A-label form (RFC 1035, without
+/// the root dot).
+pub const MAX_DOMAIN_OCTETS: usize = 253;
+/// The longest label, in octets of its A-label form.
+pub const MAX_LABEL_OCTETS: usize = 63;
+
+/// Normalizes a domain as spec §8.3 states: the form Prosody's JID prep
+/// (IDNA2003 nameprep) gives on the wire, with A-labels written as the
+/// U-labels they stand for when nameprep keeps those unchanged. So
+/// `xn--bcher-kva.example` and `Bücher.example` give `bücher.example`,
+/// `faß.de` gives `fass.de` (as Prosody delivers it), and `xn--fa-hia.de`,
+/// a different name, stays `xn--fa-hia.de`.
 ///
 /// # Errors
-/// [`SubjectError::Domain`] when the input is not a domain.
+/// [`SubjectError::Domain`] when the input is not a domain Corvid can name.
 pub fn normalize_domain(input: &str) -> Result<String, SubjectError> {
-    let err = |reason: String| SubjectError::Domain {
+    let err = |rule: DomainRule, reason: String| SubjectError::Domain {
         input: input.into(),
+        rule,
         reason,
     };
-    let trimmed = input.trim().trim_end_matches('.');
-    if trimmed.is_empty() || trimmed.contains(['@', '/', ' ', '*']) {
-        return Err(err("not a bare domain".into()));
+    // Step 1: white space, one root dot.
+    let trimmed = input.trim();
+    let trimmed = trimmed.strip_suffix('.').unwrap_or(trimmed);
+    // Step 2: what is not a bare domain name.
+    if trimmed.is_empty() {
+        return Err(err(DomainRule::NotADomain, "empty".into()));
     }
-    let prepped = jid::BareJid::new(trimmed).map_err(|e| err(e.to_string()))?;
-    let (unicode, result) = idna::domain_to_unicode(prepped.domain().as_str());
-    result.map_err(|e| err(format!("idna: {e}")))?;
-    // A U-label produced from an A-label must itself survive nameprep.
-    let again = jid::BareJid::new(&unicode).map_err(|e| err(e.to_string()))?;
-    let domain = again.domain().as_str().to_owned();
-    if domain.split('.').any(str::is_empty) {
-        return Err(err("empty label".into()));
+    if trimmed.contains(['@', '/']) {
+        return Err(err(
+            DomainRule::NotADomain,
+            "not a bare domain (it has @ or /)".into(),
+        ));
     }
-    idna::domain_to_ascii(&domain).map_err(|e| err(format!("idna: {e}")))?;
+    if is_ip_literal(trimmed) {
+        return Err(err(
+            DomainRule::IpLiteral,
+            "an IP address is not a domain subject; report it as ip: (a token, §9)".into(),
+        ));
+    }
+    if trimmed.len() > 4 * MAX_DOMAIN_OCTETS {
+        return Err(err(
+            DomainRule::Length,
+            format!("longer than {MAX_DOMAIN_OCTETS} octets"),
+        ));
+    }
+    // Step 3: nameprep, as Prosody applies it to the whole name.
+    let prepped = stringprep::nameprep(trimmed)
+        .map_err(|e| err(DomainRule::Nameprep, format!("nameprep: {e}")))?;
+    // Step 4: a wildcard only comes from the explicit `*.` syntax, never
+    // from a character that nameprep maps to `*` (U+FF0A, U+FE61).
+    if prepped.contains(['\u{3002}', '\u{FF61}']) {
+        return Err(err(
+            DomainRule::Character,
+            "an ideographic full stop is not a label separator here; write `.`".into(),
+        ));
+    }
+    if prepped.contains('*') {
+        return Err(err(
+            DomainRule::Character,
+            "`*` is not a domain character (a report covering subdomains is written *.domain)"
+                .into(),
+        ));
+    }
+    // Step 5: A-labels that stand for nameprep-stable U-labels are decoded.
+    let mut decoded = Vec::new();
+    let mut changed = false;
+    for label in prepped.split('.') {
+        let u = match label.strip_prefix("xn--") {
+            Some(code) => {
+                Some(a_label_text(label, code).map_err(|r| err(DomainRule::ALabel, r.into()))?)
+            }
+            None => None,
+        };
+        match u {
+            Some(u) if stringprep::nameprep(&u).is_ok_and(|p| p == u) => {
+                decoded.push(std::borrow::Cow::Owned(u));
+                changed = true;
+            }
+            _ => decoded.push(std::borrow::Cow::Borrowed(label)),
+        }
+    }
+    let candidate = changed.then(|| decoded.join("."));
+    // The decoded name must itself be what nameprep gives (its bidi rule
+    // applies to the whole name); if not, the A-labels stay.
+    let domain = match candidate {
+        Some(c) if stringprep::nameprep(&c).is_ok_and(|p| p == c) => c,
+        _ => prepped.into_owned(),
+    };
+    // Step 6: the shape of a host name.
+    check_labels(&domain).map_err(|(rule, reason)| err(rule, reason))?;
     Ok(domain)
+}
+
+/// `Ok` for a dotted-quad IPv4 address or a bracketed IPv6 address.
+fn is_ip_literal(s: &str) -> bool {
+    s.parse::<std::net::Ipv4Addr>().is_ok()
+        || s.strip_prefix('[')
+            .and_then(|r| r.strip_suffix(']'))
+            .is_some_and(|r| r.parse::<std::net::Ipv6Addr>().is_ok())
+}
+
+/// The text an `xn--` label encodes, when it is a canonical A-label of
+/// non-ASCII text.
+fn a_label_text(label: &str, code: &str) -> Result<String, &'static str> {
+    let text = idna::punycode::decode_to_string(code).ok_or("an xn-- label is not Punycode")?;
+    if text.is_ascii() {
+        return Err("an xn-- label must encode non-ASCII text");
+    }
+    if idna::punycode::encode_str(&text).as_deref() != Some(code) {
+        return Err("an xn-- label is not in its canonical form");
+    }
+    if label.len() > MAX_LABEL_OCTETS {
+        return Err("a label is longer than 63 octets");
+    }
+    Ok(text)
+}
+
+/// Step 6 of §8.3 on a normalized name.
+fn check_labels(domain: &str) -> Result<(), (DomainRule, String)> {
+    let labels: Vec<&str> = domain.split('.').collect();
+    if labels.len() < 2 {
+        return Err((DomainRule::SingleLabel, "a domain subject needs at least two labels (a single-label name cannot be reached over s2s)".into()));
+    }
+    let mut octets = labels.len() - 1;
+    for label in &labels {
+        if label.is_empty() {
+            return Err((DomainRule::Shape, "empty label".into()));
+        }
+        if let Some(c) = label.chars().find(|c| {
+            c.is_ascii()
+                && !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-' || *c == '_')
+        }) {
+            return Err((
+                DomainRule::Character,
+                format!("{c:?} is not allowed in a domain"),
+            ));
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Err((
+                DomainRule::Shape,
+                format!("label {label:?} starts or ends with a hyphen"),
+            ));
+        }
+        let len = if label.is_ascii() {
+            label.len()
+        } else {
+            4 + idna::punycode::encode_str(label)
+                .ok_or_else(|| {
+                    (
+                        DomainRule::Length,
+                        format!("label {label:?} cannot be written as an A-label"),
+                    )
+                })?
+                .len()
+        };
+        if len > MAX_LABEL_OCTETS {
+            return Err((
+                DomainRule::Length,
+                format!("label {label:?} is longer than {MAX_LABEL_OCTETS} octets as an A-label"),
+            ));
+        }
+        octets += len;
+    }
+    if octets > MAX_DOMAIN_OCTETS {
+        return Err((
+            DomainRule::Length,
+            format!("longer than {MAX_DOMAIN_OCTETS} octets as A-labels"),
+        ));
+    }
+    if labels
+        .last()
+        .is_some_and(|l| l.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return Err((
+            DomainRule::NumericTld,
+            "the last label is all digits (an IP address is reported as ip:)".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// The A-label (punycode) form of a normalized domain, for display and for
 /// interop with software that only knows ASCII.
 pub fn domain_a_label(domain: &str) -> Option<String> {
-    idna::domain_to_ascii(domain).ok()
+    let mut out = String::with_capacity(domain.len() + 8);
+    for (n, label) in domain.split('.').enumerate() {
+        if n > 0 {
+            out.push('.');
+        }
+        if label.is_ascii() {
+            out.push_str(label);
+        } else {
+            out.push_str("xn--");
+            out.push_str(&idna::punycode::encode_str(label)?);
+        }
+    }
+    Some(out)
 }
 
 /// All domain keys that cover `domain`: the exact key, then a subdomain key

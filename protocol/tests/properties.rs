@@ -215,6 +215,36 @@ proptest! {
     fn subject_parser_never_panics(text in "(jid|domain|ip|digest)?:?.{0,80}") {
         let _ = text.parse::<SubjectKey>();
     }
+
+    /// Spec §8.3: normalizing a normalized domain changes nothing, and its
+    /// key reads back; from letters, digits, the characters nameprep maps
+    /// or removes (ß, ς, ZWJ, fullwidth forms, asterisks) and A-labels.
+    #[test]
+    fn domain_normalization_is_idempotent(
+        labels in prop::collection::vec("(xn--)?[a-zA-Z0-9ßςΣüÜ\u{200D}\u{FF0A}\u{FF41}\u{FF0E}_*-]{1,12}", 1..5),
+        dot in any::<bool>(),
+    ) {
+        let input = labels.join(".") + if dot { "." } else { "" };
+        if let Ok(d) = corvid_protocol::subject::normalize_domain(&input) {
+            prop_assert_eq!(corvid_protocol::subject::normalize_domain(&d), Ok(d.clone()), "{}", input);
+            prop_assert!(!d.contains('*'), "{} gave a wildcard {}", input, d);
+            let key = SubjectKey::for_domain(&d, false).expect("valid");
+            prop_assert_eq!(key.to_string().parse::<SubjectKey>(), Ok(key));
+        }
+    }
+
+    /// The A-label written for a normalized domain normalizes back to it.
+    #[test]
+    fn a_labels_read_back(labels in prop::collection::vec("[a-zßüéσ\u{0627}-\u{0629}0-9-]{1,10}", 2..4)) {
+        if let Ok(d) = corvid_protocol::subject::normalize_domain(&labels.join(".")) {
+            let a = corvid_protocol::subject::domain_a_label(&d).expect("a-label");
+            prop_assert!(a.is_ascii());
+            let back = corvid_protocol::subject::normalize_domain(&a).expect("reads back");
+            // Back to the same name, unless the U-label form failed the
+            // whole-name bidi rule (then the A-labels stay, §8.3 step 5).
+            prop_assert!(back == d || back == a, "{} -> {} -> {}", d, a, back);
+        }
+    }
 }
 
 proptest! {

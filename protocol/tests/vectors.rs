@@ -174,26 +174,207 @@ fn generate() -> BTreeMap<&'static str, Value> {
         }),
     );
 
-    let jids = [
-        "sales@stolen-cardz.example",
-        "Sales@Stolen-Cardz.Example/Phone",
-        "bot42@bücher.example",
-        "bot42@xn--bcher-kva.example",
+    let jids: [(&str, &str); 9] = [
+        ("sales@stolen-cardz.example", "§8.2: the RTBL check value"),
+        (
+            "Sales@Stolen-Cardz.Example/Phone",
+            "§8.2 steps 1-2: the resource is dropped, nodeprep and nameprep fold case",
+        ),
+        (
+            "bot42@bücher.example",
+            "§8.2 step 3: an IDN domain in U-labels",
+        ),
+        (
+            "bot42@xn--bcher-kva.example",
+            "§8.3 step 5: its A-label form gives the same key",
+        ),
+        (
+            "bot@faß.de",
+            "§8.3 step 3: nameprep maps ß to ss, as Prosody delivers it",
+        ),
+        ("bot@fass.de", "§8.3: the same key as bot@faß.de"),
+        (
+            "bot@xn--fa-hia.de",
+            "§8.3 step 5: the A-label of faß (IDNA2008) stays an A-label, another key",
+        ),
+        (
+            "ＢＯＴ@example.com/a/b@c",
+            "§8.2: nodeprep applies NFKC; the resource starts at the first / and may hold / and @",
+        ),
+        (
+            "  bot@example.com.  ",
+            "§8.2 step 1 and §8.3 step 1: white space and one root dot",
+        ),
     ];
-    let domains = [
-        ("spam.example", false),
-        ("Bücher.example.", false),
-        ("xn--bcher-kva.example", false),
-        ("relay.example", true),
+    let invalid_jids: [(&str, &str); 6] = [
+        ("example.com", "§8.2 step 1: no localpart"),
+        ("@example.com", "§8.2 step 1: empty localpart"),
+        (
+            "a b@example.com",
+            "§8.2 step 2: nodeprep prohibits ASCII space",
+        ),
+        (
+            "a\u{0221}@example.com",
+            "§8.2 step 2: a code point unassigned in Unicode 3.2",
+        ),
+        ("bot@localhost", "§8.3 step 6: a single-label domain"),
+        ("bot@192.0.2.1", "§8.3 step 2: an IP literal domain"),
+    ];
+    let long_local = format!("{}@example.com", "a".repeat(1024));
+    let domains: [(&str, bool, &str); 16] = [
+        ("spam.example", false, "§8.3: ASCII, unchanged"),
+        (
+            "Bücher.example.",
+            false,
+            "§8.3 steps 1 and 3: root dot, case folded, U-labels kept",
+        ),
+        (
+            "xn--bcher-kva.example",
+            false,
+            "§8.3 step 5: an A-label becomes its U-label",
+        ),
+        (
+            "XN--BCHER-KVA.EXAMPLE",
+            false,
+            "§8.3 steps 3 and 5: an upper-case A-label",
+        ),
+        ("relay.example", true, "§8.1: subdomain scope"),
+        (
+            "faß.de",
+            false,
+            "§8.3 step 3: ß becomes ss (IDNA2003, as Prosody delivers it)",
+        ),
+        (
+            "xn--fa-hia.de",
+            false,
+            "§8.3 step 5: IDNA2008's faß.de is another name; its A-label stays",
+        ),
+        ("ς.example", false, "§8.3 step 3: final sigma becomes σ"),
+        (
+            "xn--3xa.example",
+            false,
+            "§8.3 step 5: the A-label of ς stays",
+        ),
+        (
+            "a\u{200D}b.example",
+            false,
+            "§8.3 step 3: ZWJ is removed (and ZWNJ)",
+        ),
+        (
+            "ｅｘａｍｐｌｅ．com",
+            false,
+            "§8.3 step 3: NFKC maps fullwidth letters and the fullwidth full stop",
+        ),
+        (
+            "under_score.example",
+            false,
+            "§8.3 step 6: underscores are accepted, as XMPP servers accept them",
+        ),
+        (
+            "r3---sn-4g5e.googlevideo.com",
+            false,
+            "§8.3 step 6: -- inside a label is allowed",
+        ),
+        (
+            "xn--mgbh0fb.example",
+            false,
+            "§8.3 step 5: the decoded name would fail nameprep's bidi rule, so the A-label stays",
+        ),
+        (
+            "xn--mgbh0fb.xn--kgbechtv",
+            false,
+            "§8.3 step 5: an all right-to-left name is decoded",
+        ),
+        ("xn--i-7iq.ws", false, "§8.3 step 5: a symbol in a U-label"),
+    ];
+    let long_label = format!("{}.example", "a".repeat(64));
+    let long_name = format!("{}.ab", vec!["a".repeat(50); 5].join("."));
+    let invalid_domains: Vec<(String, &str, &str)> = vec![
+        (String::new(), "not-a-domain", "§8.3 step 2: empty"),
+        (
+            "bot@spam.example".into(),
+            "not-a-domain",
+            "§8.3 step 2: a JID is not a domain",
+        ),
+        (
+            "192.0.2.1".into(),
+            "ip-literal",
+            "§8.3 step 2: IPv4 literal",
+        ),
+        (
+            "[2001:db8::1]".into(),
+            "ip-literal",
+            "§8.3 step 2: IPv6 literal",
+        ),
+        (
+            "مثال.example".into(),
+            "nameprep",
+            "§8.3 step 3: mixed right-to-left and left-to-right in one name",
+        ),
+        (
+            "＊.spam.example".into(),
+            "character",
+            "§8.3 step 4: a fullwidth asterisk is not a wildcard",
+        ),
+        (
+            "﹡".into(),
+            "character",
+            "§8.3 step 4: a small asterisk is not a wildcard",
+        ),
+        (
+            "*.spam.example".into(),
+            "character",
+            "§8.3 step 4: the wildcard is the key's syntax, not part of a domain",
+        ),
+        (
+            "a。example".into(),
+            "character",
+            "§8.3 step 4: U+3002 is not a label separator",
+        ),
+        (
+            "exa mple.com".into(),
+            "character",
+            "§8.3 step 6: ASCII space",
+        ),
+        (
+            "xn--zz.example".into(),
+            "a-label",
+            "§8.3 step 5: not Punycode",
+        ),
+        (
+            "xn--abc-.example".into(),
+            "a-label",
+            "§8.3 step 5: Punycode of ASCII text only",
+        ),
+        ("localhost".into(), "single-label", "§8.3 step 6: one label"),
+        (
+            "bücher.example..".into(),
+            "label-shape",
+            "§8.3 steps 1 and 6: only one root dot is removed",
+        ),
+        (
+            "-lead.example".into(),
+            "label-shape",
+            "§8.3 step 6: a leading hyphen",
+        ),
+        (long_label, "length", "§8.3 step 6: a 64-octet label"),
+        (long_name, "length", "§8.3 step 6: a 254-octet name"),
+        (
+            "x.123".into(),
+            "numeric-tld",
+            "§8.3 step 6: an all-digit last label",
+        ),
     ];
     files.insert(
         "subjects.json",
         json!({
-            "description": "Subject normalization: JIDs (RTBL hash), domains (U-label, subdomain scope), and the domain keys a lookup checks.",
-            "jids": jids.iter().map(|j| json!({"input": j, "key": SubjectKey::for_jid(j).expect("jid").to_string()})).collect::<Vec<_>>(),
-            "domains": domains.iter().map(|(d, s)| json!({"input": d, "subdomains": s, "key": SubjectKey::for_domain(d, *s).expect("domain").to_string()})).collect::<Vec<_>>(),
+            "description": "Subject normalization (§8): JIDs (RTBL hash, §8.2), domains (§8.3) with the rule that rejects each invalid one, subdomain scope, and the domain keys a lookup checks (§8.4). Strict key parsing (§8.1): every key in `invalid` is rejected.",
+            "jids": jids.iter().map(|(j, d)| json!({"description": d, "input": j, "key": SubjectKey::for_jid(j).expect("jid").to_string()})).collect::<Vec<_>>(),
+            "invalid_jids": invalid_jids.iter().map(|(j, d)| json!({"description": d, "input": j})).chain(std::iter::once(json!({"description": "§8.2 step 2: a localpart over 1023 bytes", "input": long_local}))).collect::<Vec<_>>(),
+            "domains": domains.iter().map(|(d, sub, desc)| json!({"description": desc, "input": d, "subdomains": sub, "key": SubjectKey::for_domain(d, *sub).expect("domain").to_string()})).collect::<Vec<_>>(),
+            "invalid_domains": invalid_domains.iter().map(|(d, rule, desc)| json!({"description": desc, "input": d, "rule": rule})).collect::<Vec<_>>(),
             "domain_lookups": (["mail.relay.example", "bücher.example"]).iter().map(|d| json!({"domain": d, "keys": domain_lookup_keys(d).iter().map(ToString::to_string).collect::<Vec<_>>()})).collect::<Vec<_>>(),
-            "invalid": ["", "jid:abc", "domain:Spam.example", "domain:xn--bcher-kva.example", "ip:x:1:v4-32:00", "other:1"],
+            "invalid": ["", "jid:abc", "domain:Spam.example", "domain:xn--bcher-kva.example", "domain:faß.de", "domain:*", "domain:*.org", "domain:＊.spam.example", "domain:192.0.2.1", "domain:localhost", "ip:x:1:v4-32:00", "other:1"],
         }),
     );
 
@@ -389,6 +570,26 @@ fn generate() -> BTreeMap<&'static str, Value> {
         let (item_id, item) = delta(&key, record);
         items.push(item_vector(name, &feed, &item_id, &item));
     }
+    // §6.2: an IDN service signs in its one normalized form, whichever
+    // spelling the feed address was given in.
+    let idn_feed: FeedAddress = "xmpp:pubsub.xn--bcher-kva.example?;node=corvid"
+        .parse()
+        .expect("feed");
+    let idn_item_id = feed::delta_item_id(&jid_report.subject);
+    let idn_item = signed(
+        &key,
+        Body::Delta {
+            record: Record::Report(jid_report.clone()),
+        },
+        &idn_feed,
+        &idn_item_id,
+    );
+    items.push(item_vector(
+        "idn-service",
+        &idn_feed,
+        &idn_item_id,
+        &idn_item,
+    ));
     let rotation = KeyRotation {
         old: key.public_key(),
         new: key2.public_key(),
@@ -903,6 +1104,33 @@ fn canonical_json_vectors() {
 }
 
 #[test]
+fn an_idn_service_signs_in_one_form() {
+    let v = read("items.json");
+    let case = v["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .find(|c| c["name"] == "idn-service")
+        .expect("idn-service vector");
+    assert_eq!(s(&case["feed"]), "xmpp:pubsub.bücher.example?;node=corvid");
+    let item = SignedItem::from_xml(s(&case["xml"])).expect("item");
+    for spelling in [
+        "xmpp:pubsub.xn--bcher-kva.example?;node=corvid",
+        "xmpp:pubsub.Bücher.example?;node=corvid",
+        "xmpp:PUBSUB.XN--BCHER-KVA.EXAMPLE.?;node=corvid",
+    ] {
+        let feed: FeedAddress = spelling.parse().expect("feed");
+        assert_eq!(feed.service, "pubsub.bücher.example", "{spelling}");
+        verify_signed(&item, &feed, s(&case["item_id"]), &ring(&v), NOW, 300)
+            .unwrap_or_else(|e| panic!("{spelling}: {e}"));
+    }
+    let ascii: FeedAddress = "xmpp:pubsub.xn--bcher-kva.example?;node=corvid"
+        .parse()
+        .expect("feed");
+    assert_eq!(ascii.service_a_label(), "pubsub.xn--bcher-kva.example");
+}
+
+#[test]
 fn subject_vectors() {
     let v = read("subjects.json");
     for case in v["jids"].as_array().expect("jids") {
@@ -910,14 +1138,31 @@ fn subject_vectors() {
             SubjectKey::for_jid(s(&case["input"]))
                 .expect("jid")
                 .to_string(),
-            s(&case["key"])
+            s(&case["key"]),
+            "{}",
+            case["description"]
+        );
+    }
+    for case in v["invalid_jids"].as_array().expect("invalid jids") {
+        assert!(
+            SubjectKey::for_jid(s(&case["input"])).is_err(),
+            "{}",
+            case["description"]
         );
     }
     for case in v["domains"].as_array().expect("domains") {
         let key =
             SubjectKey::for_domain(s(&case["input"]), case["subdomains"] == true).expect("domain");
-        assert_eq!(key.to_string(), s(&case["key"]));
+        assert_eq!(key.to_string(), s(&case["key"]), "{}", case["description"]);
         assert_eq!(s(&case["key"]).parse::<SubjectKey>(), Ok(key));
+    }
+    for case in v["invalid_domains"].as_array().expect("invalid domains") {
+        match corvid_protocol::subject::normalize_domain(s(&case["input"])) {
+            Err(corvid_protocol::subject::SubjectError::Domain { rule, .. }) => {
+                assert_eq!(rule.label(), s(&case["rule"]), "{}", case["description"]);
+            }
+            other => panic!("{}: {other:?}", case["description"]),
+        }
     }
     for case in v["domain_lookups"].as_array().expect("lookups") {
         let keys: Vec<String> = domain_lookup_keys(s(&case["domain"]))
