@@ -647,21 +647,84 @@ async fn retract(
     }
 }
 
+/// The longest a stream request waits for a decision (`wait`).
+const MAX_STREAM_WAIT_SECS: u64 = 30;
+
 async fn decisions(
     State(s): State<Arc<ApiState>>,
     QueryParams(params): QueryParams<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
-    let since: u64 = params
-        .get("since")
-        .map_or(Ok(0), |v| v.parse())
-        .map_err(|_| ApiError::bad("since must be a cursor number"))?;
+    let number = |name: &str, default: u64| -> ApiResult<u64> {
+        params
+            .get(name)
+            .map_or(Ok(default), |v| v.parse())
+            .map_err(|_| ApiError::bad(format!("{name} must be a number")))
+    };
+    let since = number("since", 0)?;
+    let limit = usize::try_from(number("limit", 1000)?.min(10_000)).unwrap_or(10_000);
+    let wait = Duration::from_secs(number("wait", 0)?.min(MAX_STREAM_WAIT_SECS));
+    let store = s.engine.store().clone();
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        // Armed before the read, so a decision committed in between wakes us.
+        let woken = store.decided().notified();
+        let read = {
+            let store = store.clone();
+            tokio::task::spawn_blocking(move || store.decisions_since(since, limit))
+                .await
+                .map_err(|e| {
+                    ApiError::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        format!("decision stream: {e}"),
+                    )
+                })??
+        };
+        let (list, reset) = read;
+        if !list.is_empty() || reset || tokio::time::Instant::now() >= deadline {
+            let next = list.last().map_or(since, |d| d.seq);
+            return Ok(Json(
+                json!({"decisions": list, "next": next, "reset": reset}),
+            ));
+        }
+        if tokio::time::timeout_at(deadline, woken).await.is_err() {
+            return Ok(Json(
+                json!({"decisions": [], "next": since, "reset": false}),
+            ));
+        }
+    }
+}
+
+/// One page of the snapshot a consumer of the decision stream starts from:
+/// every JID and domain subject whose action is `flag` or `block`, or that
+/// is on a local list, after `after`; and the stream's cursor to continue
+/// from (read before the page, so nothing decided meanwhile is missed).
+async fn mirror(
+    State(s): State<Arc<ApiState>>,
+    QueryParams(params): QueryParams<HashMap<String, String>>,
+) -> ApiResult<Json<Value>> {
     let limit: usize = params
         .get("limit")
-        .map_or(Ok(1000), |v| v.parse())
+        .map_or(Ok(5000), |v| v.parse())
         .map_err(|_| ApiError::bad("limit must be a number"))?;
-    let list = s.engine.store().decisions_since(since, limit.min(10_000))?;
-    let next = list.last().map_or(since, |d| d.seq);
-    Ok(Json(json!({"decisions": list, "next": next})))
+    let limit = limit.clamp(1, 50_000);
+    let after = params.get("after").cloned();
+    let store = s.engine.store().clone();
+    let (cursor, page) =
+        tokio::task::spawn_blocking(move || -> Result<_, crate::store::StoreError> {
+            let cursor = store.decision_seq()?;
+            let page = store.decided_after(after.as_deref(), &["jid", "domain"], limit)?;
+            Ok((cursor, page))
+        })
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("mirror: {e}")))??;
+    let next = (page.len() >= limit).then(|| page.last().map(|(subject, _)| subject.clone()));
+    let entries: Vec<Value> = page
+        .iter()
+        .map(|(subject, last)| json!({"subject": subject, "action": last.action, "origin": last.origin}))
+        .collect();
+    Ok(Json(
+        json!({"entries": entries, "after": next.flatten(), "cursor": cursor}),
+    ))
 }
 
 async fn healthz(State(s): State<Arc<ApiState>>) -> Json<Value> {
@@ -727,6 +790,7 @@ pub fn router(state: Arc<ApiState>, max_body: usize) -> Router {
         .route("/v1/reports", post(report))
         .route("/v1/reports/{subject}", delete(retract))
         .route("/v1/decisions/stream", get(decisions))
+        .route("/v1/mirror", get(mirror))
         .merge(crate::admin::routes())
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body))

@@ -31,12 +31,16 @@ use sha2::Digest as _;
 use crate::engine::{Ingested, Settings, Submission, listed_report};
 use crate::metrics::Metrics;
 use crate::rejects::RejectLog;
-use crate::store::{PeerState, Store, StoreError, Stored, Tx, Upserted};
+use crate::store::{Origin, PeerState, Store, StoreError, Stored, Tx, Upserted};
 use crate::subjects::ReportSubject;
 use crate::verdicts::{Published, SubjectVerdict};
 
 /// Identifies a request in a step's replies.
 pub type Ticket = u64;
+
+/// The store's record of the subjects on the local lists at the last full
+/// pass.
+const LISTED: &str = "listed_subjects";
 
 /// Subjects published per warm-up step after a start or a reload.
 const WARM_CHUNK: usize = 5_000;
@@ -367,6 +371,9 @@ struct Scratch {
     /// The verdicts of the touched subjects, computed inside the
     /// transaction: published once it has committed.
     verdicts: Vec<(SubjectKey, Option<SubjectVerdict>)>,
+    /// Touched subjects that were due for a recheck: the time their action
+    /// next changes by decay is searched for precisely.
+    rechecked: BTreeSet<SubjectKey>,
 }
 
 impl Scratch {
@@ -715,21 +722,69 @@ impl Core {
             .contributions_after(cursor.as_deref(), WARM_CHUNK)?;
         let last = chunk.last().map(|(subject, _)| subject.clone());
         let full = chunk.len() >= WARM_CHUNK;
+        let mut decided = Vec::with_capacity(chunk.len());
         for (subject, about) in chunk {
             let Ok(key) = subject.parse::<SubjectKey>() else {
                 continue;
             };
             let contributions = trusted(&self.settings, |s| self.suspended.contains(s), about);
             let verdict = verdict_of(&self.settings, now, &key, &contributions);
+            decided.push((
+                key.clone(),
+                decision_of(
+                    &self.settings,
+                    &key,
+                    verdict.as_ref(),
+                    &contributions,
+                    now,
+                    false,
+                ),
+            ));
             self.shared.published.put(&key, verdict);
         }
+        // What changed while the node was down, or with the new settings
+        // or a source's new mode, enters the decision stream: one
+        // transaction per chunk, written only where the action changed.
+        if !decided.is_empty() {
+            self.store.batch(false, &mut |tx| {
+                for (key, (action, score, due)) in &decided {
+                    tx.record_decision(key.as_str(), *action, *score, now, *due)?;
+                }
+                Ok(())
+            })?;
+        }
         if !full {
+            self.settle_listed(now)?;
             self.shared.published.set_complete(true);
             self.shared.published.invalidate_all();
             self.warm = None;
         } else {
             self.warm = Some(last);
         }
+        Ok(())
+    }
+
+    /// After a full pass: the subjects on the local lists now, and those
+    /// that were on them at the last pass, get their decisions (a listed
+    /// subject may have no contributions, so the pass did not see it).
+    fn settle_listed(&mut self, now: u64) -> Result<(), CoreError> {
+        let previous: BTreeSet<String> = self.store.meta_json(LISTED)?.unwrap_or_default();
+        let current: BTreeSet<String> = self
+            .settings
+            .listed()
+            .map(|k| k.as_str().to_owned())
+            .collect();
+        let mut scratch = Scratch::default();
+        for subject in previous.union(&current) {
+            scratch.touch(subject);
+        }
+        let ctx = self.ctx();
+        self.store.batch(false, &mut |tx| {
+            scratch.verdicts.clear();
+            settle(&ctx, tx, &mut scratch, now)?;
+            tx.put_meta_json(LISTED, &current)
+        })?;
+        self.after_commit(&mut scratch);
         Ok(())
     }
 
@@ -806,6 +861,12 @@ impl Core {
     fn sweep(&mut self, now: u64, batch: usize) -> Result<usize, CoreError> {
         let counts = self.counts.clone();
         let expired = self.store.expired(now, batch)?;
+        let due: Vec<SubjectKey> = self
+            .store
+            .due(now, batch)?
+            .iter()
+            .filter_map(|s| s.parse().ok())
+            .collect();
         let cutoff = now.saturating_sub(self.settings.grace);
         let missing = self.store.missing_before(cutoff, batch)?;
         let own_domain = self.settings.domain.clone();
@@ -839,6 +900,11 @@ impl Core {
                     *dropped.entry(source.clone()).or_default() += 1;
                     scratch.removed(source, subject);
                 }
+            }
+            // Subjects whose action may have changed by decay alone.
+            for subject in &due {
+                scratch.touched.insert(subject.clone());
+                scratch.rechecked.insert(subject.clone());
             }
             settle(&ctx, tx, &mut scratch, now)
         })?;
@@ -910,6 +976,54 @@ fn verdict_of(
     })
 }
 
+/// How long a subject flagged or blocked by the federation may go without a
+/// recheck: a change of action by decay alone reaches the decision stream
+/// at the latest this long after the subject's last change, and exactly
+/// on time once a recheck has searched the next such interval.
+pub const RECHECK_SECS: u64 = 3600;
+
+/// A subject's recorded action and what decided it (local lists first,
+/// spec §15.4, then the federation's verdict), its score, and when it is
+/// due for a recheck (a federation `flag` or `block` only: those are what
+/// decay can lower). With `precise`, the time the action next changes is
+/// searched for within [`RECHECK_SECS`]; otherwise it is known only when
+/// it falls within the verdict's own validity.
+fn decision_of(
+    settings: &Settings,
+    subject: &SubjectKey,
+    verdict: Option<&SubjectVerdict>,
+    contributions: &[Contribution],
+    now: u64,
+    precise: bool,
+) -> ((Action, Origin), f64, Option<u64>) {
+    let score = verdict.map_or(0.0, |v| v.score);
+    if settings.allows(subject) {
+        return ((Action::Allow, Origin::LocalAllow), score, None);
+    }
+    if settings.denies(subject) {
+        return ((Action::Block, Origin::LocalDeny), score, None);
+    }
+    let Some(v) = verdict.filter(|v| v.action != Action::Allow) else {
+        return ((Action::Allow, Origin::Federation), score, None);
+    };
+    let due = if v.valid_until < now + crate::verdicts::SCORE_REFRESH_SECS {
+        v.valid_until
+    } else if precise {
+        SubjectVerdict::next_change(
+            subject,
+            contributions,
+            &settings.policy,
+            settings.is_canary(subject),
+            now,
+            now + RECHECK_SECS,
+        )
+        .unwrap_or(now + RECHECK_SECS)
+    } else {
+        now + RECHECK_SECS
+    };
+    ((v.action, Origin::Federation), score, Some(due))
+}
+
 /// Computes the verdict of every subject the transaction touched, from the
 /// transaction's own view, and records the changes of action in the
 /// decision stream: the decisions commit with what caused them, and the
@@ -928,15 +1042,16 @@ fn settle(
     for subject in &scratch.touched {
         let contributions = trusted(ctx.settings, suspended, tx.about(subject.as_str())?);
         let verdict = verdict_of(ctx.settings, now, subject, &contributions);
-        let action = if ctx.settings.allows(subject) {
-            Action::Allow
-        } else if ctx.settings.denies(subject) {
-            Action::Block
-        } else {
-            verdict.as_ref().map_or(Action::Allow, |v| v.action)
-        };
-        let score = verdict.as_ref().map_or(0.0, |v| v.score);
-        tx.record_decision(subject.as_str(), action, score, now)?;
+        let precise = scratch.rechecked.contains(subject);
+        let (decided, score, due) = decision_of(
+            ctx.settings,
+            subject,
+            verdict.as_ref(),
+            &contributions,
+            now,
+            precise,
+        );
+        tx.record_decision(subject.as_str(), decided, score, now, due)?;
         verdicts.push((subject.clone(), verdict));
     }
     scratch.verdicts = verdicts;

@@ -198,7 +198,8 @@ impl Settings {
         })
     }
 
-    pub(crate) fn trust(&self, source: &str) -> Option<Trust> {
+    /// How far the settings trust a source (peer, RTBL, import), if they do.
+    pub fn trust(&self, source: &str) -> Option<Trust> {
         if source == self.domain {
             return Some(Trust {
                 kind: SourceKind::Local,
@@ -229,6 +230,11 @@ impl Settings {
     /// Whether the local deny list names this key.
     pub fn denies(&self, subject: &SubjectKey) -> bool {
         self.deny.contains(subject)
+    }
+
+    /// Every key on the local allow and deny lists.
+    pub fn listed(&self) -> impl Iterator<Item = &SubjectKey> {
+        self.allow.iter().chain(&self.deny)
     }
 
     /// The listed canaries and own hosts' keys.

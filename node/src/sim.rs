@@ -117,6 +117,8 @@ pub struct Harness {
     queue: Vec<(Ticket, u64, Event)>,
     next_ticket: Ticket,
     transcript: Vec<u8>,
+    /// The latest time an event was delivered at: the warm-up runs then.
+    last_now_ms: u64,
 }
 
 impl Harness {
@@ -128,6 +130,7 @@ impl Harness {
             queue: Vec::new(),
             next_ticket: 1,
             transcript: Vec::new(),
+            last_now_ms: 0,
         }
     }
 
@@ -177,6 +180,9 @@ impl Harness {
             }
             // Time never runs backwards within a step.
             batch.sort_by_key(|(_, now, _)| *now);
+            if let Some((_, now, _)) = batch.last() {
+                self.last_now_ms = self.last_now_ms.max(*now);
+            }
             let effects = self.core.step(self.rng.seed32(), batch);
             for e in &effects {
                 self.transcript
@@ -188,7 +194,9 @@ impl Harness {
             let t = self.next_ticket;
             self.next_ticket += 1;
             // The harness's own request: its answer is not the caller's.
-            let effects = self.core.step(self.rng.seed32(), vec![(t, 0, Event::Warm)]);
+            let effects = self
+                .core
+                .step(self.rng.seed32(), vec![(t, self.last_now_ms, Event::Warm)]);
             out.extend(
                 effects
                     .into_iter()

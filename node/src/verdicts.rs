@@ -180,6 +180,47 @@ impl SubjectVerdict {
     }
 }
 
+impl SubjectVerdict {
+    /// The first time after `now`, up to `until`, at which the subject's
+    /// action differs from its action at `now` (the score only decays
+    /// between expiries), or `None`.
+    pub fn next_change(
+        subject: &SubjectKey,
+        contributions: &[Contribution],
+        policy: &Policy,
+        canary: bool,
+        now: u64,
+        until: u64,
+    ) -> Option<u64> {
+        let lookup = Lookup {
+            canaries: if canary {
+                std::iter::once(subject.clone()).collect()
+            } else {
+                Default::default()
+            },
+            ..Lookup::default()
+        };
+        let action_at = |t: u64| {
+            let s = aggregate::score_subject(subject, contributions, policy, t);
+            aggregate::subject_action(&s, &lookup, policy).0
+        };
+        let first = action_at(now);
+        if until <= now || action_at(until) == first {
+            return None;
+        }
+        let (mut lo, mut hi) = (now, until);
+        while hi - lo > 1 {
+            let mid = lo + (hi - lo) / 2;
+            if action_at(mid) == first {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        Some(hi)
+    }
+}
+
 /// What lookups read: published by the core, never locked by it for longer
 /// than one map insert.
 #[derive(Debug)]

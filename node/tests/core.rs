@@ -8,8 +8,10 @@ use corvid_node::config::Config;
 use corvid_node::core::{Core, Effect, Event, Outcome};
 use corvid_node::engine::{Settings, Submission};
 use corvid_node::sim::{Faults, Harness};
-use corvid_node::store::Store;
+use corvid_node::store::{Origin, Store};
 use corvid_node::subjects::ReportSubject;
+use corvid_node::verdicts::SubjectVerdict;
+use corvid_protocol::aggregate::{self, Action, Contribution, Lookup};
 use corvid_protocol::keys::{SecretKey, Signer};
 use corvid_protocol::record::{Category, Evidence, Record, Report, ReportId};
 use corvid_protocol::subject::SubjectKey;
@@ -411,4 +413,176 @@ fn a_listed_entry_keeps_its_first_seen_record() {
         assert_eq!(missing(&h), None, "seed {seed}: confirmed by the relisting");
         assert_eq!(stored(&h, &subject), Some(first), "seed {seed}");
     }
+}
+
+/// The settings of [`settings`] with local lists.
+fn settings_with_lists(allow: &[&str], deny: &[&str]) -> Settings {
+    let base = settings();
+    let dir = tempfile::tempdir().expect("tempdir");
+    for f in ["pw", "read", "write"] {
+        private(&dir.path().join(f), "x");
+    }
+    private(
+        &dir.path().join("key"),
+        &SecretKey::from_seed([1; 32]).to_key_file(),
+    );
+    private(
+        &dir.path().join("fed"),
+        "0000000000000000000000000000000000000000000000000000000000000000",
+    );
+    let peer = base.peers[PEER].key;
+    let quote = |l: &[&str]| {
+        l.iter()
+            .map(|s| format!("{s:?}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let text = format!(
+        "data_dir = \"data\"\n[xmpp]\njid = \"corvidd@a.example\"\npassword_file = \"pw\"\nserver = \"127.0.0.1:1\"\ntls = \"plaintext\"\n[feed]\nservice = \"pubsub.a.example\"\n[server]\ndomain = \"a.example\"\n[keys]\nsigning_key_file = \"key\"\n[[keys.federation]]\nid = \"f\"\nsecret_file = \"fed\"\nissue = true\n[[peer]]\ndomain = \"{PEER}\"\nfeed = \"xmpp:pubsub.b.example?;node=corvid\"\nkey = \"{peer}\"\nmax_reports = 100000\n[api]\nlisten = \"127.0.0.1:0\"\nread_token_file = \"read\"\nwrite_token_file = \"write\"\n[policy]\nallow = [{}]\ndeny = [{}]\n",
+        quote(allow),
+        quote(deny)
+    );
+    std::fs::write(dir.path().join("c.toml"), text).expect("config");
+    Settings::from_config(&Config::load(&dir.path().join("c.toml")).expect("config"))
+        .expect("settings")
+}
+
+fn decisions_about(h: &Harness, subject: &SubjectKey) -> Vec<(Action, Origin, u64)> {
+    let (all, reset) = h
+        .core()
+        .store()
+        .decisions_since(0, 10_000)
+        .expect("decisions");
+    assert!(!reset);
+    all.into_iter()
+        .filter(|d| d.subject == subject.as_str())
+        .map(|d| (d.action, d.origin, d.at))
+        .collect()
+}
+
+/// Issue "Prosody protects its users", the change stream: a subject's
+/// change of action by decay alone reaches the decision stream at the first
+/// sweep after it, expiry too, and so do local list entries added or
+/// removed by a reload (with no contribution behind them).
+#[test]
+fn every_change_of_action_reaches_the_decision_stream() {
+    let mut h = harness(7);
+    let decaying = jid(0);
+    let expiring = jid(1);
+    h.push(
+        NOW * 1000,
+        records(
+            PEER,
+            vec![
+                (report(&decaying, 40, NOW + 90 * 86_400), "k".into()),
+                (report(&expiring, 40, NOW + 86_400), "k".into()),
+            ],
+        ),
+    );
+    h.run(Faults::default());
+    assert_eq!(
+        decisions_about(&h, &decaying),
+        vec![(Action::Flag, Origin::Federation, NOW)]
+    );
+
+    // When the decaying report's score falls below `flag`, by the same
+    // scoring the node uses, checked against the second before.
+    let s = settings();
+    let trust = s.trust(PEER).expect("peer trust");
+    let contribution = Contribution {
+        source: PEER.into(),
+        kind: trust.kind,
+        weight: trust.weight,
+        mode: trust.mode,
+        confirmed: true,
+        record: report(&decaying, 40, NOW + 90 * 86_400),
+    };
+    let action_at = |t: u64| {
+        let scored =
+            aggregate::score_subject(&decaying, std::slice::from_ref(&contribution), &s.policy, t);
+        aggregate::subject_action(&scored, &Lookup::default(), &s.policy).0
+    };
+    let fall = SubjectVerdict::next_change(
+        &decaying,
+        std::slice::from_ref(&contribution),
+        &s.policy,
+        false,
+        NOW,
+        NOW + 90 * 86_400,
+    )
+    .expect("the score falls before the report expires");
+    assert_eq!(action_at(fall - 1), Action::Flag);
+    assert_eq!(action_at(fall), Action::Allow);
+
+    // Sweeps every six hours, as a slow node would run them.
+    let period = 6 * 3600;
+    let mut t = NOW + period;
+    while t < fall + 2 * period {
+        h.push(t * 1000, Event::Sweep { batch: 100 });
+        t += period;
+    }
+    h.run(Faults::default());
+    let first_sweep_after_fall = NOW + fall.saturating_sub(NOW).div_ceil(period) * period;
+    assert_eq!(
+        decisions_about(&h, &decaying),
+        vec![
+            (Action::Flag, Origin::Federation, NOW),
+            (Action::Allow, Origin::Federation, first_sweep_after_fall),
+        ],
+        "decay alone is a decision, at the first sweep after the fall"
+    );
+    assert_eq!(
+        decisions_about(&h, &expiring),
+        vec![
+            (Action::Flag, Origin::Federation, NOW),
+            (Action::Allow, Origin::Federation, NOW + 4 * period),
+        ],
+        "expiry is a decision at the sweep that removes it"
+    );
+
+    // Local lists: entries without contributions enter the stream when a
+    // reload adds them, and leave it when a reload removes them.
+    let listed = SubjectKey::for_jid("friend@partner.example").expect("jid");
+    let denied = SubjectKey::for_domain("spam.example", true).expect("domain");
+    let at = t * 1000;
+    h.push(
+        at,
+        Event::Reload(Box::new(settings_with_lists(
+            &["friend@partner.example"],
+            &["*.spam.example"],
+        ))),
+    );
+    h.run(Faults::default());
+    assert_eq!(
+        decisions_about(&h, &listed),
+        vec![(Action::Allow, Origin::LocalAllow, t)]
+    );
+    assert_eq!(
+        decisions_about(&h, &denied),
+        vec![(Action::Block, Origin::LocalDeny, t)]
+    );
+    let page = h
+        .core()
+        .store()
+        .decided_after(None, &["jid", "domain"], 100)
+        .expect("snapshot");
+    let names: Vec<&str> = page.iter().map(|(s, _)| s.as_str()).collect();
+    assert!(
+        names.contains(&listed.as_str()) && names.contains(&denied.as_str()),
+        "{names:?}"
+    );
+    assert!(
+        !names.contains(&decaying.as_str()),
+        "an allowed subject is not in the snapshot"
+    );
+    h.push(at + 1000, Event::Reload(Box::new(settings())));
+    h.run(Faults::default());
+    assert_eq!(
+        decisions_about(&h, &denied),
+        vec![
+            (Action::Block, Origin::LocalDeny, t),
+            (Action::Allow, Origin::Federation, t + 1)
+        ]
+    );
+    assert_eq!(decisions_about(&h, &listed).len(), 2);
 }

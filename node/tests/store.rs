@@ -2,7 +2,7 @@
 //! corvid 0.1's layout.
 
 use corvid_node::engine::listed_report;
-use corvid_node::store::{Engine, Store, StoreError, Stored, Upserted};
+use corvid_node::store::{Engine, Origin, Store, StoreError, Stored, Upserted};
 use corvid_protocol::aggregate::Action;
 use corvid_protocol::record::{Category, Record, ReportId};
 use corvid_protocol::subject::SubjectKey;
@@ -94,7 +94,13 @@ fn exercise(store: &Store) -> String {
         .enumerate()
     {
         let d = store
-            .record_decision(&subjects[2], a, 0.5, NOW + i as u64)
+            .record_decision(
+                &subjects[2],
+                (a, Origin::Federation),
+                0.5,
+                NOW + i as u64,
+                None,
+            )
             .expect("decision");
         out += &format!("decision {d:?} ");
     }

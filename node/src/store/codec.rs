@@ -16,7 +16,7 @@ use corvid_protocol::record::{
 };
 use corvid_protocol::subject::SubjectKey;
 
-use super::{Decision, Stored};
+use super::{Decision, LastAction, Origin, Stored};
 
 /// A value or key that does not decode.
 #[derive(Debug, thiserror::Error)]
@@ -403,10 +403,28 @@ fn action_of(b: u8) -> Option<Action> {
     }
 }
 
-/// A decision without its sequence number (the key).
+fn origin_of(b: u8) -> Option<Origin> {
+    match b {
+        0 => Some(Origin::Federation),
+        1 => Some(Origin::LocalAllow),
+        2 => Some(Origin::LocalDeny),
+        _ => None,
+    }
+}
+
+fn origin_byte(o: Origin) -> u8 {
+    match o {
+        Origin::Federation => 0,
+        Origin::LocalAllow => 1,
+        Origin::LocalDeny => 2,
+    }
+}
+
+/// A decision without its sequence number (the key): the action in the low
+/// four bits of its first byte, what decided it in the high four.
 pub fn decision(d: &Decision) -> Vec<u8> {
     let mut out = Vec::with_capacity(56);
-    out.push(action_byte(d.action));
+    out.push(action_byte(d.action) | origin_byte(d.origin) << 4);
     out.extend_from_slice(&d.score.to_le_bytes());
     put_varint(&mut out, d.at);
     put_subject(&mut out, &d.subject);
@@ -422,7 +440,9 @@ pub fn decode_decision(seq: u64, bytes: &[u8]) -> R<Decision> {
         b: bytes,
         what: "decision",
     };
-    let action = action_of(r.byte()?).ok_or_else(|| r.err("action"))?;
+    let first = r.byte()?;
+    let action = action_of(first & 0x0f).ok_or_else(|| r.err("action"))?;
+    let origin = origin_of(first >> 4).ok_or_else(|| r.err("origin"))?;
     let score = f64::from_le_bytes(r.bytes(8)?.try_into().map_err(|_| r.err("score"))?);
     let at = r.varint()?;
     let subject = only_subject(r.b)?;
@@ -430,20 +450,45 @@ pub fn decode_decision(seq: u64, bytes: &[u8]) -> R<Decision> {
         seq,
         subject,
         action,
+        origin,
         score,
         at,
     })
 }
 
-/// An action from its stored byte.
+/// A subject's last recorded action: action, origin, and the time it is
+/// due for a recheck (0: none).
+pub fn last_action(l: &LastAction) -> Vec<u8> {
+    let mut out = vec![action_byte(l.action), origin_byte(l.origin)];
+    put_varint(&mut out, l.due.unwrap_or(0));
+    out
+}
+
+/// Decodes [`last_action`]'s bytes; one byte is the older form (an action
+/// decided by the federation, no recheck).
 ///
 /// # Errors
-/// An unknown byte.
-pub fn decode_action(bytes: &[u8]) -> R<Action> {
-    match bytes {
-        [b] => action_of(*b).ok_or_else(|| DecodeError(format!("unknown action byte {b}"))),
-        _ => Err(DecodeError(format!("action of {} bytes", bytes.len()))),
+/// Bytes that are not a last action.
+pub fn decode_last_action(bytes: &[u8]) -> R<LastAction> {
+    let mut r = Reader {
+        b: bytes,
+        what: "last action",
+    };
+    let action = action_of(r.byte()?).ok_or_else(|| r.err("action"))?;
+    if r.b.is_empty() {
+        return Ok(LastAction {
+            action,
+            origin: Origin::Federation,
+            due: None,
+        });
     }
+    let origin = origin_of(r.byte()?).ok_or_else(|| r.err("origin"))?;
+    let due = r.varint()?;
+    Ok(LastAction {
+        action,
+        origin,
+        due: (due != 0).then_some(due),
+    })
 }
 
 #[cfg(test)]

@@ -32,8 +32,12 @@ pub enum Table {
     Peers,
     /// Sequence (BE) → decision.
     Decisions,
-    /// Subject → its last recorded action.
+    /// Subject → its last recorded action, what decided it, and when it
+    /// is due to be looked at again.
     LastAction,
+    /// Due time (BE seconds), subject → (): the subjects whose action may
+    /// change by decay alone, for the recheck of the sweep.
+    Due,
     /// Source id, subject → since (BE): entries missing from their feed.
     Missing,
     /// Source name → source id (BE u32).
@@ -44,7 +48,7 @@ pub enum Table {
 
 impl Table {
     /// Every table.
-    pub const ALL: [Self; 12] = [
+    pub const ALL: [Self; 13] = [
         Self::Meta,
         Self::Own,
         Self::Outbox,
@@ -54,6 +58,7 @@ impl Table {
         Self::Peers,
         Self::Decisions,
         Self::LastAction,
+        Self::Due,
         Self::Missing,
         Self::Sources,
         Self::SourceNames,
@@ -71,6 +76,7 @@ impl Table {
             Self::Peers => "peers",
             Self::Decisions => "decisions",
             Self::LastAction => "last_action",
+            Self::Due => "due",
             Self::Missing => "missing",
             Self::Sources => "sources",
             Self::SourceNames => "source_names",

@@ -165,10 +165,37 @@ pub struct Decision {
     pub subject: String,
     /// New action.
     pub action: Action,
+    /// What decided it.
+    pub origin: Origin,
     /// Score then.
     pub score: f64,
     /// When.
     pub at: u64,
+}
+
+/// What decided a subject's action: the federation's score, or a local
+/// list (spec §15.4: an exact local entry wins over covering ones, an
+/// allow over a deny).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Origin {
+    /// The score of the subject's contributions (§15.5).
+    Federation,
+    /// The local allow list.
+    LocalAllow,
+    /// The local deny list.
+    LocalDeny,
+}
+
+/// A subject's last recorded action.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LastAction {
+    /// The action.
+    pub action: Action,
+    /// What decided it.
+    pub origin: Origin,
+    /// When it may change by decay alone (a recheck is due then).
+    pub due: Option<u64>,
 }
 
 /// A scan's visitor: `Ok(false)` stops it, an error ends it.
@@ -186,6 +213,8 @@ struct Sources {
 pub struct Store {
     kv: Arc<dyn Kv>,
     sources: Arc<RwLock<Sources>>,
+    /// Woken after every commit that recorded a decision.
+    decided: Arc<tokio::sync::Notify>,
 }
 
 fn be32(v: &[u8]) -> Option<u32> {
@@ -211,6 +240,12 @@ fn back_key(source: u32, subject: &str) -> Vec<u8> {
 fn expiry_key(at: u64, source: u32, subject: &str) -> Vec<u8> {
     let mut k = at.to_be_bytes().to_vec();
     k.extend_from_slice(&back_key(source, subject));
+    k
+}
+
+fn due_key(at: u64, subject_key: &[u8]) -> Vec<u8> {
+    let mut k = at.to_be_bytes().to_vec();
+    k.extend_from_slice(subject_key);
     k
 }
 
@@ -302,6 +337,7 @@ impl Store {
         Ok(Self {
             kv,
             sources: Arc::new(RwLock::new(sources)),
+            decided: Arc::default(),
         })
     }
 
@@ -410,6 +446,7 @@ impl Store {
         body: &mut dyn FnMut(&mut Tx<'_>) -> Result<()>,
     ) -> Result<()> {
         let mut fresh = Vec::new();
+        let mut decided = false;
         self.kv.write(durable, &mut |t| {
             fresh.clear();
             let mut tx = Tx {
@@ -419,13 +456,24 @@ impl Store {
                 decision_seq: None,
             };
             body(&mut tx)?;
+            decided = false;
             if let Some((seq, true)) = tx.decision_seq {
                 tx.t.put(Table::Meta, DECISION_SEQ, &seq.to_be_bytes())?;
+                decided = true;
             }
             Ok(())
         })?;
         self.learn(fresh);
+        if decided {
+            self.decided.notify_waiters();
+        }
         Ok(())
+    }
+
+    /// Woken after each commit that recorded a decision (for consumers of
+    /// the decision stream waiting for the next one).
+    pub fn decided(&self) -> &tokio::sync::Notify {
+        &self.decided
     }
 
     /// Records this server's own record and queues it for publication, in
@@ -763,49 +811,143 @@ impl Store {
         Ok(out)
     }
 
-    /// Appends a decision if the subject's action changed; its sequence.
+    /// Records a subject's action (see [`Tx::record_decision`]).
     ///
     /// # Errors
     /// IO errors.
     pub fn record_decision(
         &self,
         subject: &str,
-        action: Action,
+        now_action: (Action, Origin),
         score: f64,
         now: u64,
+        due: Option<u64>,
     ) -> Result<Option<u64>> {
         let mut out = None;
         self.batch(false, &mut |tx| {
-            out = tx.record_decision(subject, action, score, now)?;
+            out = tx.record_decision(subject, now_action, score, now, due)?;
             Ok(())
         })?;
         Ok(out)
     }
 
-    /// Decisions after a cursor.
+    /// Decisions after a cursor, and whether some were dropped between the
+    /// cursor and the first of them (only the last [`DECISIONS_KEPT`] are
+    /// kept): a consumer that missed some must read a snapshot again.
     ///
     /// # Errors
     /// IO or decode errors.
-    pub fn decisions_since(&self, since: u64, limit: usize) -> Result<Vec<Decision>> {
+    pub fn decisions_since(&self, since: u64, limit: usize) -> Result<(Vec<Decision>, bool)> {
+        let mut out = Vec::new();
+        let mut failed = None;
+        if limit > 0 {
+            self.kv.scan(
+                Table::Decisions,
+                &since.saturating_add(1).to_be_bytes(),
+                &mut |k, v| {
+                    match be64(k)
+                        .ok_or_else(|| corrupt("decision key"))
+                        .and_then(|seq| Ok(codec::decode_decision(seq, v)?))
+                    {
+                        Ok(d) => out.push(d),
+                        Err(e) => failed = Some(e),
+                    }
+                    failed.is_none() && out.len() < limit
+                },
+            )?;
+        }
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        let gap = match out.first() {
+            Some(d) => d.seq > since.saturating_add(1),
+            None => self.decision_seq()? > since && limit > 0,
+        };
+        Ok((out, gap))
+    }
+
+    /// A JSON value kept in the meta table.
+    ///
+    /// # Errors
+    /// IO or decode errors.
+    pub fn meta_json<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
+        match self.kv.get(Table::Meta, key.as_bytes())? {
+            Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The sequence of the last decision (0 before the first).
+    ///
+    /// # Errors
+    /// IO errors.
+    pub fn decision_seq(&self) -> Result<u64> {
+        Ok(match self.kv.get(Table::Meta, DECISION_SEQ)? {
+            Some(v) => be64(&v).ok_or_else(|| corrupt("decision sequence"))?,
+            None => 0,
+        })
+    }
+
+    /// Up to `limit` subjects due for a recheck at `now`.
+    ///
+    /// # Errors
+    /// IO or decode errors.
+    pub fn due(&self, now: u64, limit: usize) -> Result<Vec<String>> {
         let mut out = Vec::new();
         if limit == 0 {
             return Ok(out);
         }
+        self.scan_prefix(Table::Due, &[], &mut |k, _| {
+            let at = be64(k).ok_or_else(|| corrupt("due key"))?;
+            if at > now {
+                return Ok(false);
+            }
+            out.push(codec::only_subject(&k[8..])?);
+            Ok(out.len() < limit)
+        })?;
+        Ok(out)
+    }
+
+    /// One page of the subjects whose recorded action is not a plain
+    /// `allow` (flag, block, or a local list entry), after `after`, of the
+    /// kinds in `kinds`: the snapshot a consumer starts its copy from.
+    ///
+    /// # Errors
+    /// IO or decode errors.
+    pub fn decided_after(
+        &self,
+        after: Option<&str>,
+        kinds: &[&str],
+        limit: usize,
+    ) -> Result<Vec<(String, LastAction)>> {
+        let mut out = Vec::new();
+        if limit == 0 {
+            return Ok(out);
+        }
+        let start = after.map(codec::subject).unwrap_or_default();
         let mut failed = None;
-        self.kv.scan(
-            Table::Decisions,
-            &since.saturating_add(1).to_be_bytes(),
-            &mut |k, v| {
-                match be64(k)
-                    .ok_or_else(|| corrupt("decision key"))
-                    .and_then(|seq| Ok(codec::decode_decision(seq, v)?))
-                {
-                    Ok(d) => out.push(d),
-                    Err(e) => failed = Some(e),
+        self.kv.scan(Table::LastAction, &start, &mut |k, v| {
+            if !start.is_empty() && k == start.as_slice() {
+                return true;
+            }
+            let entry = codec::only_subject(k)
+                .map_err(StoreError::from)
+                .and_then(|s| Ok((s, codec::decode_last_action(v)?)));
+            match entry {
+                Ok((subject, last)) => {
+                    let kind_ok = subject
+                        .split_once(':')
+                        .is_some_and(|(kind, _)| kinds.contains(&kind));
+                    if kind_ok
+                        && (last.action != Action::Allow || last.origin != Origin::Federation)
+                    {
+                        out.push((subject, last));
+                    }
                 }
-                failed.is_none() && out.len() < limit
-            },
-        )?;
+                Err(e) => failed = Some(e),
+            }
+            failed.is_none() && out.len() < limit
+        })?;
         failed.map_or(Ok(out), Err)
     }
 
@@ -816,7 +958,7 @@ impl Store {
     pub fn action_counts(&self) -> Result<std::collections::BTreeMap<String, u64>> {
         let mut out = std::collections::BTreeMap::new();
         self.scan_prefix(Table::LastAction, &[], &mut |_, v| {
-            let name = match codec::decode_action(v)? {
+            let name = match codec::decode_last_action(v)?.action {
                 Action::Block => "block",
                 Action::Flag => "flag",
                 Action::Allow => "allow",
@@ -1132,29 +1274,66 @@ impl Tx<'_> {
         Ok(state)
     }
 
-    /// Appends a decision if the subject's action changed; its sequence.
+    /// Keeps a JSON value in the meta table.
+    ///
+    /// # Errors
+    /// IO or encode errors.
+    pub fn put_meta_json<T: Serialize>(&mut self, key: &str, value: &T) -> Result<()> {
+        self.t
+            .put(Table::Meta, key.as_bytes(), &serde_json::to_vec(value)?)?;
+        Ok(())
+    }
+
+    /// Records a subject's action: appends a decision if its action or
+    /// origin changed (returns its sequence), and keeps the subject in the
+    /// recheck index at `due` (when decay alone may change it).
     ///
     /// # Errors
     /// IO errors.
     pub fn record_decision(
         &mut self,
         subject: &str,
-        action: Action,
+        now_action: (Action, Origin),
         score: f64,
         now: u64,
+        due: Option<u64>,
     ) -> Result<Option<u64>> {
+        let (action, origin) = now_action;
         let t = &mut *self.t;
         let key = codec::subject(subject);
         let previous = match t.get(Table::LastAction, &key)? {
-            Some(v) => Some(codec::decode_action(&v)?),
+            Some(v) => Some(codec::decode_last_action(&v)?),
             None => None,
         };
-        if previous.unwrap_or(Action::Allow) == action
-            && (previous.is_some() || action == Action::Allow)
-        {
+        let next = LastAction {
+            action,
+            origin,
+            due,
+        };
+        if previous == Some(next) {
             return Ok(None);
         }
-        t.put(Table::LastAction, &key, &[codec::action_byte(action)])?;
+        let old_due = previous.and_then(|p| p.due);
+        if old_due != due {
+            if let Some(at) = old_due {
+                t.remove(Table::Due, &due_key(at, &key))?;
+            }
+            if let Some(at) = due {
+                t.put(Table::Due, &due_key(at, &key), &[])?;
+            }
+        }
+        let unchanged = match previous {
+            Some(p) => p.action == action && p.origin == origin,
+            // A subject never decided was allowed by the federation.
+            None => action == Action::Allow && origin == Origin::Federation,
+        };
+        if unchanged && previous.is_none() && due.is_none() {
+            return Ok(None);
+        }
+        t.put(Table::LastAction, &key, &codec::last_action(&next))?;
+        if unchanged {
+            return Ok(None);
+        }
         let last = match self.decision_seq {
             Some((seq, _)) => seq,
             None => match t.get(Table::Meta, DECISION_SEQ)? {
@@ -1168,6 +1347,7 @@ impl Tx<'_> {
             seq,
             subject: subject.to_owned(),
             action,
+            origin,
             score,
             at: now,
         };
@@ -1224,28 +1404,85 @@ mod tests {
         let store = Store::open(dir.path(), 1 << 20).expect("store");
         assert_eq!(
             store
-                .record_decision("jid:x", Action::Allow, 0.0, 1)
+                .record_decision("jid:x", (Action::Allow, Origin::Federation), 0.0, 1, None)
                 .expect("d"),
             None,
             "allow from nothing is no change"
         );
         let first = store
-            .record_decision("jid:x", Action::Flag, 0.5, 2)
+            .record_decision(
+                "jid:x",
+                (Action::Flag, Origin::Federation),
+                0.5,
+                2,
+                Some(100),
+            )
             .expect("d")
             .expect("changed");
         assert_eq!(
             store
-                .record_decision("jid:x", Action::Flag, 0.6, 3)
+                .record_decision(
+                    "jid:x",
+                    (Action::Flag, Origin::Federation),
+                    0.6,
+                    3,
+                    Some(100)
+                )
                 .expect("d"),
             None
         );
         let second = store
-            .record_decision("jid:x", Action::Block, 0.9, 4)
+            .record_decision(
+                "jid:x",
+                (Action::Block, Origin::Federation),
+                0.9,
+                4,
+                Some(200),
+            )
             .expect("d")
             .expect("changed");
-        let list = store.decisions_since(first, 10).expect("list");
+        let (list, gap) = store.decisions_since(first, 10).expect("list");
+        assert!(!gap);
         assert_eq!(list.len(), 1);
         assert_eq!(list[0].seq, second);
         assert_eq!(list[0].action, Action::Block);
+        // The recheck index holds the subject at its latest due time only.
+        assert!(store.due(150, 10).expect("due").is_empty());
+        assert_eq!(store.due(200, 10).expect("due"), vec!["jid:x".to_owned()]);
+        // A local allow entry is a decision even from nothing, and is in
+        // the snapshot; a plain allow is not.
+        let third = store
+            .record_decision("jid:y", (Action::Allow, Origin::LocalAllow), 0.0, 5, None)
+            .expect("d")
+            .expect("changed");
+        assert_eq!(third, second + 1);
+        let page = store.decided_after(None, &["jid"], 10).expect("page");
+        let names: Vec<&str> = page.iter().map(|(s, _)| s.as_str()).collect();
+        assert_eq!(names, ["jid:x", "jid:y"]);
+        assert_eq!(
+            store
+                .decided_after(Some("jid:x"), &["jid"], 10)
+                .expect("page")
+                .len(),
+            1
+        );
+        assert!(
+            store
+                .decided_after(None, &["domain"], 10)
+                .expect("page")
+                .is_empty()
+        );
+        store
+            .record_decision("jid:x", (Action::Allow, Origin::Federation), 0.0, 6, None)
+            .expect("d")
+            .expect("changed");
+        assert!(store.due(u64::MAX, 10).expect("due").is_empty());
+        // A cursor older than what is kept (or ahead of a reset store) is a gap.
+        assert!(
+            !store
+                .decisions_since(store.decision_seq().expect("seq"), 10)
+                .expect("d")
+                .1
+        );
     }
 }
