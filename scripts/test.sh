@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test: unit tests, spec test vectors, and the integration tests
-# against a real Prosody started on loopback by the harness. Installs
-# Prosody from Debian's packages when it is missing (needs root).
+# against real Prosody servers started on loopback by the harness: Debian
+# 12's Prosody 0.12, and Prosody 13 from bookworm-backports unpacked into
+# /opt/corvid/prosody13 (mod_corvid is tested on both). Installs what is
+# missing (needs root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v prosody >/dev/null 2>&1 || ! dpkg -s lua-unbound >/dev/null 2>&1; then
@@ -9,4 +11,5 @@ if ! command -v prosody >/dev/null 2>&1 || ! dpkg -s lua-unbound >/dev/null 2>&1
   apt-get update
   apt-get install -y --no-install-recommends prosody lua-unbound
 fi
+./scripts/install-prosody13.sh
 exec cargo test --workspace --release "$@"

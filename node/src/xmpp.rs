@@ -84,6 +84,9 @@ pub struct EventSink {
     dropped_unknown: Arc<AtomicU64>,
     dropped_full: Arc<AtomicU64>,
     metrics: Option<Arc<crate::metrics::Metrics>>,
+    /// Every message and presence received, for clients that read them
+    /// (the test harness's users); corvidd has none.
+    stanzas: Option<mpsc::UnboundedSender<Element>>,
 }
 
 impl EventSink {
@@ -96,6 +99,20 @@ impl EventSink {
             dropped_unknown: Arc::default(),
             dropped_full: Arc::default(),
             metrics: None,
+            stanzas: None,
+        }
+    }
+
+    /// Also hands every message and presence received to `stanzas`.
+    #[must_use]
+    pub fn with_stanzas(mut self, stanzas: mpsc::UnboundedSender<Element>) -> Self {
+        self.stanzas = Some(stanzas);
+        self
+    }
+
+    fn tap(&self, stanza: impl FnOnce() -> Element) {
+        if let Some(tx) = &self.stanzas {
+            let _ = tx.send(stanza());
         }
     }
 
@@ -632,8 +649,11 @@ async fn drive(
                             stream.send(Box::new(answer(from, id, &payload).into())).await;
                         }
                     },
-                    Event::Stanza(Stanza::Message(message)) => forward_events(message, &events),
-                    Event::Stanza(Stanza::Presence(_)) => {}
+                    Event::Stanza(Stanza::Message(message)) => {
+                        events.tap(|| message.clone().into());
+                        forward_events(message, &events);
+                    }
+                    Event::Stanza(Stanza::Presence(presence)) => events.tap(|| presence.into()),
                 }
             }
             command = commands.recv() => {

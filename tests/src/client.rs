@@ -19,6 +19,8 @@ pub struct Client {
     _dir: tempfile::TempDir,
     /// Events received (PubSub), drained by tests that care.
     pub events: tokio::sync::mpsc::Receiver<LinkEvent>,
+    /// Every message and presence received.
+    pub stanzas: std::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<Element>>,
 }
 
 impl Client {
@@ -44,6 +46,7 @@ impl Client {
             .build()
             .expect("runtime");
         let (tx, events) = tokio::sync::mpsc::channel(65_536);
+        let (stanzas_tx, stanzas) = tokio::sync::mpsc::unbounded_channel();
         let link = rt.block_on(async {
             let link = xmpp::start(
                 &config,
@@ -51,7 +54,7 @@ impl Client {
                     initial: Duration::from_millis(200),
                     max: Duration::from_secs(2),
                 },
-                xmpp::EventSink::new(tx),
+                xmpp::EventSink::new(tx).with_stanzas(stanzas_tx),
             )
             .expect("link");
             link.wait_online(Duration::from_secs(20))
@@ -64,6 +67,7 @@ impl Client {
             link,
             _dir: dir,
             events,
+            stanzas: std::sync::Mutex::new(stanzas),
         }
     }
 
@@ -127,5 +131,48 @@ impl Client {
     /// Sends a raw stanza.
     pub fn send(&self, stanza: xmpp_parsers::stanza::Stanza) {
         self.run(self.link.send(stanza)).expect("send");
+    }
+
+    /// Sends a chat message with `body` to `to` (a bare or full JID).
+    pub fn message(&self, to: &str, body: &str) {
+        let mut m = xmpp_parsers::message::Message::chat(Some(to.parse().expect("jid")));
+        m.bodies
+            .insert(xmpp_parsers::message::Lang::default(), body.to_owned());
+        self.send(m.into());
+    }
+
+    /// The first stanza received within `timeout` that `want` accepts;
+    /// stanzas before it are dropped.
+    pub fn wait_stanza(
+        &self,
+        timeout: Duration,
+        mut want: impl FnMut(&Element) -> bool,
+    ) -> Option<Element> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut rx = self.stanzas.lock().expect("stanzas");
+        self.rt.block_on(async {
+            loop {
+                match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Ok(Some(s)) if want(&s) => return Some(s),
+                    Ok(Some(_)) => {}
+                    Ok(None) | Err(_) => return None,
+                }
+            }
+        })
+    }
+
+    /// The bodies of chat messages received within `timeout`.
+    pub fn bodies(&self, timeout: Duration) -> Vec<String> {
+        let mut out = Vec::new();
+        let deadline = std::time::Instant::now() + timeout;
+        while let Some(s) = self.wait_stanza(
+            deadline.saturating_duration_since(std::time::Instant::now()),
+            |s| s.name() == "message" && s.get_child("body", "jabber:client").is_some(),
+        ) {
+            if let Some(b) = s.get_child("body", "jabber:client") {
+                out.push(b.text());
+            }
+        }
+        out
     }
 }

@@ -124,6 +124,25 @@ impl Node {
         write_private(&d.join("read.token"), &read);
         write_private(&d.join("write.token"), &write);
         let (policy_extra, api_extra, rest) = split_policy(extra);
+        // `api.listen = "…"` in `extra` picks the address (a Prosody module
+        // configured before corvidd starts needs to know it).
+        let mut listen = "127.0.0.1:0".to_owned();
+        let api_extra: String = api_extra
+            .lines()
+            .filter(|l| match l.trim().strip_prefix("listen") {
+                Some(v) => {
+                    listen = v
+                        .trim_start()
+                        .trim_start_matches('=')
+                        .trim()
+                        .trim_matches('"')
+                        .to_owned();
+                    false
+                }
+                None => true,
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
         let data = data_dir.map_or_else(|| "data".to_owned(), |p| p.display().to_string());
         let config = format!(
             r#"data_dir = "{data}"
@@ -155,7 +174,7 @@ secret_file = "fed.secret"
 {policy_extra}
 
 [api]
-listen = "127.0.0.1:0"
+listen = "{listen}"
 read_token_file = "read.token"
 write_token_file = "write.token"
 {api_extra}

@@ -23,6 +23,78 @@ pub struct ProsodyOptions {
     pub s2s: bool,
     /// Hosts file lines shared by federating servers.
     pub hosts_file: Option<PathBuf>,
+    /// Which Prosody runs.
+    pub version: Version,
+    /// Modules enabled beyond the harness's own.
+    pub modules: Vec<String>,
+    /// Lines added to the global section (after the harness's own).
+    pub global: String,
+}
+
+/// A Prosody release.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    /// Debian 12's package (0.12).
+    Debian12,
+    /// Prosody 13 from bookworm-backports, unpacked by scripts/test.sh
+    /// into [`PROSODY13_ROOT`] (or `CORVID_PROSODY13_ROOT`).
+    Backports13,
+}
+
+/// Where scripts/test.sh unpacks Prosody 13.
+pub const PROSODY13_ROOT: &str = "/opt/corvid/prosody13";
+
+impl Version {
+    /// Both releases Corvid supports.
+    pub const ALL: [Self; 2] = [Self::Debian12, Self::Backports13];
+
+    fn root(self) -> Option<PathBuf> {
+        match self {
+            Self::Debian12 => None,
+            Self::Backports13 => Some(PathBuf::from(
+                std::env::var("CORVID_PROSODY13_ROOT").unwrap_or_else(|_| PROSODY13_ROOT.into()),
+            )),
+        }
+    }
+
+    /// The directory of Prosody's Lua sources (its `util` libraries).
+    pub fn source_dir(self) -> PathBuf {
+        match self.root() {
+            None => PathBuf::from("/usr/lib/prosody"),
+            Some(root) => root.join("usr/lib/prosody"),
+        }
+    }
+
+    /// A command running `tool` (`prosody` or `prosodyctl`) of this release.
+    pub fn command(self, tool: &str) -> Command {
+        match self.root() {
+            None => Command::new(tool),
+            Some(root) => {
+                let script = root.join("usr/bin").join(tool);
+                assert!(
+                    script.exists(),
+                    "{} is missing: scripts/test.sh unpacks Prosody 13 from bookworm-backports there",
+                    script.display()
+                );
+                let mut c = Command::new("lua5.4");
+                c.arg(script);
+                c
+            }
+        }
+    }
+
+    /// Its name in test output.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Debian12 => "Prosody 0.12",
+            Self::Backports13 => "Prosody 13",
+        }
+    }
+}
+
+/// The directory of mod_corvid and its library, for `plugin_paths`.
+pub fn module_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../hooks/prosody")
 }
 
 impl Default for ProsodyOptions {
@@ -32,6 +104,9 @@ impl Default for ProsodyOptions {
             memory_pubsub: false,
             s2s: false,
             hosts_file: None,
+            version: Version::Debian12,
+            modules: Vec::new(),
+            global: String::new(),
         }
     }
 }
@@ -48,6 +123,8 @@ pub struct Prosody {
     pub interface: String,
     /// Hosts served.
     pub hosts: Vec<String>,
+    /// Which Prosody.
+    pub version: Version,
 }
 
 /// The password every test account gets for `user@host`.
@@ -104,7 +181,8 @@ allow_unencrypted_plain_auth = true
 s2s_require_encryption = false
 s2s_secure_auth = false
 authentication = "internal_hashed"
-modules_enabled = {{ "disco"; "roster"; "saslauth"; "dialback"; "limits"; "pep"; "private"; "smacks"; "ping"; "time"; "uptime"; "version" }}
+modules_enabled = {{ "disco"; "roster"; "saslauth"; "dialback"; "limits"; "pep"; "private"; "smacks"; "ping"; "time"; "uptime"; "version"{modules} }}
+plugin_paths = {{ "{plugins}" }}
 -- Debian's default rate limits, kept so the limits in force are known.
 limits = {{ c2s = {{ rate = "10kb/s" }}; s2sin = {{ rate = "30kb/s" }} }}
 -- What the README asks operators to set for corvidd's account.
@@ -116,7 +194,15 @@ unlimited_jids = {{ {unlimited} }}
             s2s = if options.s2s { "5269" } else { "" },
             hosts = hosts_file.display(),
             unlimited = unlimited.join(", "),
+            modules = options
+                .modules
+                .iter()
+                .map(|m| format!("; {m:?}"))
+                .collect::<String>(),
+            plugins = module_dir().display(),
         );
+        text.push_str(&options.global);
+        text.push('\n');
         if options.memory_pubsub {
             text.push_str("storage = { pubsub_data = \"memory\"; pubsub_nodes = \"memory\" }\n");
         }
@@ -128,7 +214,9 @@ unlimited_jids = {{ {unlimited} }}
         std::fs::write(&config, text).expect("config");
         for account in accounts {
             let (user, host) = account.split_once('@').expect("user@host");
-            let status = Command::new("prosodyctl")
+            let status = options
+                .version
+                .command("prosodyctl")
                 .args([
                     "--config",
                     &config.to_string_lossy(),
@@ -150,13 +238,16 @@ unlimited_jids = {{ {unlimited} }}
             c2s_port,
             interface: options.interface,
             hosts: hosts.iter().map(|h| h.to_string()).collect(),
+            version: options.version,
         };
         p.launch();
         p
     }
 
     fn launch(&mut self) {
-        let child = Command::new("prosody")
+        let child = self
+            .version
+            .command("prosody")
             .args(["-F", "--config", &self.config.to_string_lossy()])
             .stdout(Stdio::null())
             .stderr(

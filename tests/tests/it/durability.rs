@@ -129,6 +129,7 @@ fn peer_prosody_restart_with_memory_storage_over_s2s() {
         memory_pubsub: memory,
         s2s: true,
         hosts_file: Some(hosts.clone()),
+        ..ProsodyOptions::default()
     };
     let mut pa = Prosody::start(&["a.test"], &["corvidd@a.test"], opts("127.0.0.2", true));
     let pb = Prosody::start(&["b.test"], &["corvidd@b.test"], opts("127.0.0.3", false));

@@ -6,6 +6,7 @@ mod durability;
 mod federation;
 mod hostile;
 mod keys;
+mod module;
 mod scale;
 
 /// Points the harness at the freshly built daemon.
