@@ -21,6 +21,8 @@ local json = require "util.json";
 local http = require "net.http";
 local cache = require "util.cache";
 local rostermanager = require "core.rostermanager";
+local datetime = require "util.datetime";
+local dataforms = require "util.dataforms";
 
 local keys = module:require "corvid_keys";
 
@@ -59,13 +61,17 @@ local action_name = { [ALLOW] = "allow", [FLAG] = "flag", [BLOCK] = "block" };
 -- The copy: JID keys by their binary SHA-256, domain keys by their text
 -- without `domain:`; each value is action * 4 + origin. Shared by every
 -- host that loads the module.
-local mirror = { jids = {}, domains = {}, entries = 0, loaded = false, fresh_at = 0 };
+local mirror = { jids = {}, domains = {}, entries = 0, loaded = false, fresh_at = 0, peers = {}, s2s_rechecks = {} };
 
 local m_checked = module:metric("counter", "checked", "", "Stanzas from strangers checked against Corvid's verdicts.", { "host", "kind", "action" });
 local m_refused = module:metric("counter", "refused", "", "Stanzas refused because Corvid blocks their sender.", { "host", "kind" });
 local m_would = module:metric("counter", "would_refuse", "", "Stanzas observe mode let through that enforcement would have refused.", { "host", "kind" });
 local m_fail_open = module:metric("counter", "fail_open", "", "Checks made without a current copy of the verdicts (corvidd unreachable), let through.", { "host" });
 local m_fail_closed = module:metric("counter", "fail_closed", "", "Stanzas refused because no current copy of the verdicts was held (corvid_fail = \"closed\").", { "host" });
+local m_diverted = module:metric("counter", "diverted", "", "Flagged messages from strangers put in the user's spam folder.", { "host" });
+local m_would_divert = module:metric("counter", "would_divert", "", "Flagged messages observe mode delivered that enforcement would have put in the spam folder.", { "host" });
+local m_released = module:metric("counter", "released", "", "Messages users released from their spam folder.", { "host" });
+local m_deleted = module:metric("counter", "deleted", "", "Messages users deleted from their spam folder.", { "host" });
 local m_entries = module:metric("gauge", "mirror_entries", "", "Subjects in the copy of Corvid's verdicts.", {});
 local m_age = module:metric("gauge", "mirror_age", "seconds", "Seconds since the copy of the verdicts was last confirmed current by corvidd.", {});
 
@@ -81,20 +87,38 @@ local function decode_key(subject)
 end
 
 -- Applies one entry to `jids`/`domains` (the live copy or a snapshot being
--- built); returns the change in the number of entries.
-local function apply(jids, domains, subject, action, origin)
+-- built); returns the change in the number of entries. A value is
+-- action * 4 + origin, plus 16 * a domain's score in whole percent.
+local function apply(jids, domains, subject, action, origin, score)
 	local a, o = action_code[action], origin_code[origin];
 	if not a or not o then return 0; end
 	local tbl, key = decode_key(subject);
 	if not tbl then return 0; end
-	tbl = (tbl == mirror.jids) and jids or domains;
+	local is_domain = tbl == mirror.domains;
+	tbl = is_domain and domains or jids;
 	local before = tbl[key] ~= nil;
 	if a == ALLOW and o == FEDERATION then
 		tbl[key] = nil;
 		return before and -1 or 0;
 	end
-	tbl[key] = a * 4 + o;
+	local pct = 0;
+	if is_domain and type(score) == "number" then
+		pct = math.max(0, math.min(100, math.floor(score * 100 + 1e-9)));
+	end
+	tbl[key] = a * 4 + o + 16 * pct;
+	if is_domain then mirror.domains_changed = true; end
 	return before and 0 or 1;
+end
+
+local function action_of(v) return (v % 16) // 4; end
+local function origin_of(v) return v % 4; end
+local function percent_of(v) return v // 16; end
+
+local function set_peers(list)
+	if type(list) ~= "table" then return; end
+	local peers = {};
+	for _, h in ipairs(list) do peers[h] = true; end
+	mirror.peers = peers;
 end
 
 -- Sync with corvidd ---------------------------------------------------------
@@ -141,8 +165,9 @@ function snapshot(gen, after, jids, domains, count, cursor)
 		if not data then return retry(gen, "snapshot", code, body); end
 		last_progress = os.time();
 		cursor = cursor or data.cursor;
+		set_peers(data.peers);
 		for _, e in ipairs(data.entries or {}) do
-			count = count + apply(jids, domains, e.subject, e.action, e.origin);
+			count = count + apply(jids, domains, e.subject, e.action, e.origin, e.score);
 		end
 		if data.after and data.after ~= json.null then
 			-- The next page after this one has let the event loop run.
@@ -151,6 +176,7 @@ function snapshot(gen, after, jids, domains, count, cursor)
 		mirror.jids, mirror.domains, mirror.entries = jids, domains, count;
 		mirror.cursor = cursor;
 		mirror.loaded = true;
+		mirror.domains_changed = true;
 		mirror.fresh_at = os.time();
 		backoff = 1;
 		m_entries:with_labels():set(count);
@@ -170,13 +196,18 @@ function stream(gen, since)
 			module:log("info", "corvidd's decision stream moved past our cursor %d: reading a new snapshot", since);
 			return snapshot(gen, nil, {}, {}, 0, nil);
 		end
+		set_peers(data.peers);
 		local count = mirror.entries;
 		for _, d in ipairs(data.decisions or {}) do
-			count = count + apply(mirror.jids, mirror.domains, d.subject, d.action, d.origin);
+			count = count + apply(mirror.jids, mirror.domains, d.subject, d.action, d.origin, d.score);
 		end
 		mirror.entries = count;
 		mirror.cursor = data.next or since;
 		m_entries:with_labels():set(count);
+		if mirror.domains_changed then
+			mirror.domains_changed = false;
+			for _, recheck in pairs(mirror.s2s_rechecks) do recheck(); end
+		end
 		stream(gen, mirror.cursor);
 	end);
 end
@@ -228,19 +259,19 @@ local function verdict_for(bare)
 		if v and (node or i > 1) then covering[#covering + 1] = v; end
 	end
 	if exact then
-		local o = exact % 4;
+		local o = origin_of(exact);
 		if o == LOCAL_ALLOW then return ALLOW; end
 		if o == LOCAL_DENY then return BLOCK; end
 	end
 	for _, v in ipairs(covering) do
-		if v % 4 == LOCAL_ALLOW then return ALLOW; end
+		if origin_of(v) == LOCAL_ALLOW then return ALLOW; end
 	end
 	for _, v in ipairs(covering) do
-		if v % 4 == LOCAL_DENY then return BLOCK; end
+		if origin_of(v) == LOCAL_DENY then return BLOCK; end
 	end
-	local worst = exact and exact // 4 or ALLOW;
+	local worst = exact and action_of(exact) or ALLOW;
 	for _, v in ipairs(covering) do
-		worst = math.max(worst, v // 4);
+		worst = math.max(worst, action_of(v));
 	end
 	return worst;
 end
@@ -265,6 +296,47 @@ function module.add_host(module)
 		fail_mode = "open";
 	end
 	local fail_logged = 0;
+
+	local function add_muc_hooks()
+		-- Chat rooms on this server (load the module on the MUC component too):
+		-- unaffiliated occupants whose JID or domain is blocked cannot join,
+		-- and are stopped if blocked while inside.
+		local function unaffiliated(room, bare)
+			local affiliation = room:get_affiliation(bare);
+			return not affiliation or affiliation == "none" or affiliation == "outcast";
+		end
+		module:hook("muc-occupant-pre-join", function (event)
+			local bare = jid_bare(event.stanza.attr.from);
+			if not unaffiliated(event.room, bare) or verdict_for(bare) ~= BLOCK then return; end
+			if mode ~= "enforce" then
+				m_would:with_labels(host_name, "muc-join"):add(1);
+				return;
+			end
+			m_refused:with_labels(host_name, "muc-join"):add(1);
+			event.origin.send(st.error_reply(event.stanza, "cancel", "forbidden",
+				"Refused by this server's spam policy (Corvid: block)"));
+			return true;
+		end, 500);
+		module:hook("muc-occupant-groupchat", function (event)
+			local bare = event.occupant and event.occupant.bare_jid or jid_bare(event.stanza.attr.from);
+			if not unaffiliated(event.room, bare) or verdict_for(bare) ~= BLOCK then return; end
+			if mode ~= "enforce" then
+				m_would:with_labels(host_name, "muc-message"):add(1);
+				return;
+			end
+			m_refused:with_labels(host_name, "muc-message"):add(1);
+			event.origin.send(st.error_reply(event.stanza, "cancel", "forbidden",
+				"Refused by this server's spam policy (Corvid: block)"));
+			return true;
+		end, 500);
+	end
+
+	if module:get_host_type() ~= "local" then
+		-- A component: only chat rooms are checked here.
+		add_muc_hooks();
+		module:log("info", "Corvid verdicts for the chat rooms of %s, mode %s", host_name, mode);
+		return;
+	end
 
 	-- Who the user wrote to recently (not strangers), per local user.
 	local wrote_to = cache.new(module:get_option_number("corvid_recent_users", 10000));
@@ -304,6 +376,126 @@ function module.add_host(module)
 		return true;
 	end
 
+	-- The spam folder ------------------------------------------------------
+	-- Flagged messages from strangers are kept per user (Prosody's archive
+	-- storage: they survive restarts) for `corvid_spam_days`, listed,
+	-- released and deleted with an ad-hoc command, and announced at most
+	-- once a day. Each user chooses what happens to flagged messages.
+	local retention = module:get_option_number("corvid_spam_days", 14) * 86400;
+	local max_kept = module:get_option_number("corvid_spam_max", 500);
+	local folder = module:open_store("corvid_spam", "archive");
+	local notices = module:open_store("corvid_spam_notice");
+	local prefs = module:open_store("corvid_spam_prefs");
+	local choices = { folder = true, deliver = true, refuse = true };
+
+	local function preference(user)
+		local p = prefs:get(user);
+		return p and choices[p.flagged] and p.flagged or "folder";
+	end
+
+	local function expire(user)
+		folder:delete(user, { ["end"] = os.time() - retention });
+	end
+
+	local function kept(user)
+		local n = 0;
+		for _ in folder:find(user, { start = os.time() - retention }) do n = n + 1; end
+		return n;
+	end
+
+	local function notify(user, host)
+		local now = os.time();
+		local last = notices:get(user);
+		if last and now - (last.at or 0) < 86400 then return; end
+		notices:set(user, { at = now });
+		module:send(st.message({ from = host, to = user .. "@" .. host, type = "chat" })
+			:text_tag("body", "A message from someone you have not talked to was held in your spam folder, "
+				.. "because this server's spam protection (Corvid) flags its sender. Nothing was deleted: "
+				.. "review it with the command \"Spam folder\" of your server (ad-hoc commands, XEP-0050). "
+				.. "You will get at most one such notice a day."));
+	end
+
+	local function divert(event, user, host)
+		local stanza = event.stanza;
+		expire(user);
+		if kept(user) >= max_kept then
+			-- A full folder keeps what it has; the newest is refused, not lost silently.
+			return refuse(event, "message", "flag, and your spam folder is full");
+		end
+		local ok, err = folder:append(user, nil, st.clone(stanza), os.time(), jid_bare(stanza.attr.from));
+		if not ok then
+			module:log("error", "cannot keep a flagged message for %s@%s (%s): delivering it", user, host, tostring(err));
+			return;
+		end
+		m_diverted:with_labels(host_name):add(1);
+		notify(user, host);
+		return true;
+	end
+
+	local function excerpt(stanza)
+		local body = stanza:get_child_text("body") or "";
+		body = body:gsub("%s+", " ");
+		if #body > 80 then body = body:sub(1, 77):gsub("[\128-\191]*$", "") .. "..."; end
+		return body;
+	end
+
+	local review_node = "urn:x-corvid:spam-folder";
+	local function review(_, data, state)
+		local user, host = jid_split(data.from);
+		if data.action == "cancel" then return { status = "canceled" }; end
+		expire(user);
+		if not state then
+			local options = {};
+			for id, stanza, when, with in folder:find(user, { start = os.time() - retention, limit = 100 }) do
+				options[#options + 1] = {
+					value = id;
+					label = ("%s, from %s: %s"):format(datetime.datetime(when), tostring(with), excerpt(stanza));
+				};
+			end
+			local form = dataforms.new {
+				title = "Spam folder";
+				instructions = #options == 0 and "Your spam folder is empty."
+					or ("%d held message(s). Release the ones you want delivered (they arrive with their original time), or delete them. Held messages are deleted after %d days."):format(#options, retention // 86400);
+				{ name = "FORM_TYPE", type = "hidden", value = review_node };
+				{ name = "messages", type = "list-multi", label = "Messages", options = options };
+				{ name = "action", type = "list-single", label = "Do with the selected messages", value = "release",
+					options = { { label = "Release into my inbox", value = "release" }, { label = "Delete", value = "delete" } } };
+				{ name = "flagged", type = "list-single", label = "From now on, flagged messages from strangers",
+					value = preference(user),
+					options = { { label = "Go to this spam folder", value = "folder" },
+						{ label = "Are delivered", value = "deliver" }, { label = "Are refused", value = "refuse" } } };
+			};
+			return { status = "executing", actions = { "complete", default = "complete" }, form = form }, { form = form };
+		end
+		local fields, err = state.form:data(data.form);
+		if err then
+			return { status = "completed", info = "The form was not understood (" .. tostring(next(err)) .. "): nothing changed." };
+		end
+		if choices[fields.flagged] then prefs:set(user, { flagged = fields.flagged }); end
+		local wanted = {};
+		for _, id in ipairs(fields.messages or {}) do wanted[id] = true; end
+		local released, deleted = 0, 0;
+		for id, stanza, when in folder:find(user, { start = os.time() - retention }) do
+			if wanted[id] then
+				if fields.action == "release" then
+					stanza:tag("delay", { xmlns = "urn:xmpp:delay", from = host, stamp = datetime.datetime(when) }):up();
+					stanza.corvid_released = true;
+					prosody.core_post_stanza(prosody.hosts[host], stanza);
+					released = released + 1;
+				else
+					deleted = deleted + 1;
+				end
+				folder:delete(user, { key = id });
+			end
+		end
+		m_released:with_labels(host_name):add(released);
+		m_deleted:with_labels(host_name):add(deleted);
+		return { status = "completed", info = ("Released %d, deleted %d. Flagged messages now: %s."):format(released, deleted, preference(user)) };
+	end
+	module:depends("adhoc");
+	local adhoc_new = module:require "adhoc".new;
+	module:provides("adhoc", adhoc_new("Spam folder", review_node, review, "local_user"));
+
 	--- Checks one stanza from a remote sender to a local user; returns true
 	-- when it was refused (and the event must stop).
 	local function check(event, kind)
@@ -339,13 +531,24 @@ function module.add_host(module)
 				return refuse(event, kind, "block");
 			end
 			m_would:with_labels(host_name, kind):add(1);
+		elseif action == FLAG and kind == "message" then
+			if mode ~= "enforce" then
+				m_would_divert:with_labels(host_name):add(1);
+				return;
+			end
+			local choice = preference(user);
+			if choice == "refuse" then
+				return refuse(event, kind, "flag");
+			elseif choice == "folder" then
+				return divert(event, user, host);
+			end
 		end
 	end
 
 	local function on_message(event)
 		local stanza = event.stanza;
 		local t = stanza.attr.type;
-		if t == "groupchat" or t == "error" then return; end
+		if t == "groupchat" or t == "error" or stanza.corvid_released then return; end
 		-- A private message through a chat room is the room's business.
 		if stanza:get_child("x", "http://jabber.org/protocol/muc#user") then return; end
 		return check(event, "message");
@@ -361,6 +564,69 @@ function module.add_host(module)
 	module:hook("message/bare", on_message, 500);
 	module:hook("message/full", on_message, 500);
 	module:hook("presence/bare", on_presence, 500);
+
+	-- Server-to-server: a whole domain's stream is refused only when a
+	-- local deny entry covers it, or its federation `block` reaches the
+	-- stricter `corvid_s2s_threshold`; never a trusted peer's domain or
+	-- its services, an exempt domain, or one of ours.
+	local s2s_threshold = module:get_option_number("corvid_s2s_threshold", 0.9);
+	local function s2s_refusal(remote)
+		if not remote or mirror.peers[remote] or exempt_domains:contains(remote) or prosody.hosts[remote] then
+			return nil;
+		end
+		local domain = keys.normalize_domain(remote);
+		if not domain then return nil; end
+		local found = {};
+		for _, k in ipairs(keys.domain_keys(domain)) do
+			local v = mirror.domains[k];
+			if v then found[#found + 1] = v; end
+		end
+		for _, v in ipairs(found) do
+			if origin_of(v) == LOCAL_ALLOW then return nil; end
+		end
+		for _, v in ipairs(found) do
+			if origin_of(v) == LOCAL_DENY then return "the domain is on this server's deny list"; end
+		end
+		for _, v in ipairs(found) do
+			if action_of(v) == BLOCK and percent_of(v) >= math.floor(s2s_threshold * 100 + 1e-9) then
+				return ("the federation blocks the domain (score %d%%)"):format(percent_of(v));
+			end
+		end
+		return nil;
+	end
+
+	local function close_if_refused(session)
+		local why = s2s_refusal(session.from_host);
+		if not why then return; end
+		if mode ~= "enforce" then
+			m_would:with_labels(host_name, "s2s"):add(1);
+			return;
+		end
+		local text = "Refused by this server's spam policy (Corvid: " .. why .. ")";
+		if policy_url then text = text .. ". See " .. policy_url; end
+		module:log("info", "closing the s2s stream from %s: %s", session.from_host, why);
+		m_refused:with_labels(host_name, "s2s"):add(1);
+		session:close({ condition = "policy-violation", text = text });
+		return true;
+	end
+
+	do
+		module:hook("s2sin-established", function (event)
+			local session = event.session;
+			if session.to_host == host_name or session.host == host_name then
+				close_if_refused(session);
+			end
+		end, 500);
+		-- A domain blocked while its stream is open: the stream is closed.
+		mirror.s2s_rechecks[host_name] = function ()
+			for session in pairs(prosody.incoming_s2s) do
+				if (session.to_host == host_name or session.host == host_name) and session.from_host then
+					close_if_refused(session);
+				end
+			end
+		end;
+		module:hook_global("server-stopping", function () mirror.s2s_rechecks[host_name] = nil; end);
+	end
 
 	module:log("info", "Corvid verdicts from %s, mode %s, failing %s", api_url, mode, fail_mode);
 end

@@ -29,6 +29,8 @@ pub struct ProsodyOptions {
     pub modules: Vec<String>,
     /// Lines added to the global section (after the harness's own).
     pub global: String,
+    /// Lines added at the end of the config (more components).
+    pub tail: String,
 }
 
 /// A Prosody release.
@@ -107,6 +109,7 @@ impl Default for ProsodyOptions {
             version: Version::Debian12,
             modules: Vec::new(),
             global: String::new(),
+            tail: String::new(),
         }
     }
 }
@@ -211,6 +214,7 @@ unlimited_jids = {{ {unlimited} }}
                 "\nVirtualHost \"{h}\"\nComponent \"pubsub.{h}\" \"pubsub\"\n    admins = {{ \"corvidd@{h}\" }}\n"
             ));
         }
+        text.push_str(&options.tail);
         std::fs::write(&config, text).expect("config");
         for account in accounts {
             let (user, host) = account.split_once('@').expect("user@host");

@@ -461,6 +461,7 @@ pub fn decode_decision(seq: u64, bytes: &[u8]) -> R<Decision> {
 pub fn last_action(l: &LastAction) -> Vec<u8> {
     let mut out = vec![action_byte(l.action), origin_byte(l.origin)];
     put_varint(&mut out, l.due.unwrap_or(0));
+    out.push(l.percent);
     out
 }
 
@@ -480,14 +481,17 @@ pub fn decode_last_action(bytes: &[u8]) -> R<LastAction> {
             action,
             origin: Origin::Federation,
             due: None,
+            percent: 0,
         });
     }
     let origin = origin_of(r.byte()?).ok_or_else(|| r.err("origin"))?;
     let due = r.varint()?;
+    let percent = if r.b.is_empty() { 0 } else { r.byte()? };
     Ok(LastAction {
         action,
         origin,
         due: (due != 0).then_some(due),
+        percent,
     })
 }
 

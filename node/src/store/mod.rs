@@ -196,6 +196,10 @@ pub struct LastAction {
     pub origin: Origin,
     /// When it may change by decay alone (a recheck is due then).
     pub due: Option<u64>,
+    /// A domain's score in whole percent (0 for other kinds: kept only
+    /// where a consumer applies its own, stricter threshold to it, as a
+    /// server does before refusing a whole domain's s2s stream).
+    pub percent: u8,
 }
 
 /// A scan's visitor: `Ok(false)` stops it, an error ends it.
@@ -1305,10 +1309,18 @@ impl Tx<'_> {
             Some(v) => Some(codec::decode_last_action(&v)?),
             None => None,
         };
+        let percent = if subject.starts_with("domain:") {
+            // Whole percent, rounded down: a threshold is met only when
+            // the score really reaches it.
+            (score.clamp(0.0, 1.0) * 100.0).floor() as u8
+        } else {
+            0
+        };
         let next = LastAction {
             action,
             origin,
             due,
+            percent,
         };
         if previous == Some(next) {
             return Ok(None);
@@ -1323,11 +1335,11 @@ impl Tx<'_> {
             }
         }
         let unchanged = match previous {
-            Some(p) => p.action == action && p.origin == origin,
+            Some(p) => p.action == action && p.origin == origin && p.percent == percent,
             // A subject never decided was allowed by the federation.
             None => action == Action::Allow && origin == Origin::Federation,
         };
-        if unchanged && previous.is_none() && due.is_none() {
+        if unchanged && previous.is_none() && due.is_none() && percent == 0 {
             return Ok(None);
         }
         t.put(Table::LastAction, &key, &codec::last_action(&next))?;

@@ -265,3 +265,70 @@ fn authentication_comes_before_the_body_and_every_error_is_json() {
     let r = request(&b.api, "GET", "/healthz", None, None);
     assert_eq!(r.status, 200, "{}", r.text);
 }
+
+/// The snapshot and the change stream a server's module keeps its copy
+/// with: a long-polled request answers as soon as a decision is recorded,
+/// the snapshot pages hold what is flagged or blocked, and a cursor ahead
+/// of the stream is answered at once.
+#[test]
+fn the_decision_stream_wakes_a_waiting_consumer_and_the_snapshot_pages() {
+    super::init();
+    let p = Prosody::start(&["a.test"], &["corvidd@a.test"], ProsodyOptions::default());
+    let n = node(&p, "");
+    for i in 0..3 {
+        n.report(&format!("early{i}@spam.example"), "spam", 90);
+    }
+    let first = n.get("/v1/mirror?limit=2");
+    assert_eq!(first.status, 200, "{}", first.text);
+    let cursor = first.json["cursor"].as_u64().expect("cursor");
+    assert_eq!(first.json["entries"].as_array().map(Vec::len), Some(2));
+    let after = first.json["after"]
+        .as_str()
+        .expect("a next page")
+        .to_owned();
+    let second = n.get(&format!(
+        "/v1/mirror?limit=2&after={}",
+        after.replace(':', "%3A")
+    ));
+    assert_eq!(second.json["entries"].as_array().map(Vec::len), Some(1));
+    assert!(second.json["after"].is_null(), "{}", second.text);
+    assert_eq!(second.json["entries"][0]["action"], "block");
+    assert_eq!(second.json["entries"][0]["origin"], "federation");
+
+    // A consumer waiting at the cursor is answered when the next decision
+    // is recorded, not when its wait runs out.
+    let waiting = {
+        let api = n.api.clone();
+        let read = n.read.clone();
+        std::thread::spawn(move || {
+            let t = Instant::now();
+            let r = request(
+                &api,
+                "GET",
+                &format!("/v1/decisions/stream?since={cursor}&wait=20"),
+                Some(&read),
+                None,
+            );
+            (t.elapsed(), r)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    n.report("late@spam.example", "spam", 90);
+    let (took, r) = waiting.join().expect("waiter");
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(
+        took < Duration::from_secs(5),
+        "answered after {took:?}: {}",
+        r.text
+    );
+    let decisions = r.json["decisions"].as_array().expect("decisions");
+    assert_eq!(decisions.len(), 1, "{}", r.text);
+    assert_eq!(decisions[0]["action"], "block");
+    assert_eq!(r.json["reset"], false);
+    let next = r.json["next"].as_u64().expect("next");
+    assert!(next > cursor);
+    // Nothing new: a short wait ends empty at the same cursor.
+    let idle = n.get(&format!("/v1/decisions/stream?since={next}&wait=1"));
+    assert_eq!(idle.json["decisions"].as_array().map(Vec::len), Some(0));
+    assert_eq!(idle.json["next"].as_u64(), Some(next));
+}

@@ -54,12 +54,22 @@ fn federation(
     module_options: &str,
     with_node: bool,
 ) -> Federation {
+    federation_with(version, ips, module_options, with_node, "")
+}
+
+fn federation_with(
+    version: Version,
+    ips: (&str, &str),
+    module_options: &str,
+    with_node: bool,
+    node_extra: &str,
+) -> Federation {
     let dir = tempfile::tempdir().expect("tempdir");
     let hosts = dir.path().join("hosts");
     std::fs::write(
         &hosts,
         format!(
-            "{} a.test pubsub.a.test\n{} b.test pubsub.b.test\n",
+            "{} a.test pubsub.a.test muc.a.test\n{} b.test pubsub.b.test\n",
             ips.0, ips.1
         ),
     )
@@ -88,6 +98,11 @@ fn federation(
         } else {
             String::new()
         },
+        tail: if module {
+            "\nComponent \"muc.a.test\" \"muc\"\n    modules_enabled = { \"corvid\" }\n".into()
+        } else {
+            String::new()
+        },
         ..ProsodyOptions::default()
     };
     let a = Prosody::start(
@@ -97,14 +112,19 @@ fn federation(
     );
     let b = Prosody::start(
         &["b.test"],
-        &["bot@b.test", "friend@b.test", "buddy@b.test"],
+        &[
+            "bot@b.test",
+            "friend@b.test",
+            "buddy@b.test",
+            "spammy@b.test",
+        ],
         opts(ips.1, false),
     );
     let node = with_node.then(|| {
         Node::start(
             &a,
             &Identity::new("a.test"),
-            &format!("api.listen = \"127.0.0.1:{api_port}\""),
+            &format!("api.listen = \"127.0.0.1:{api_port}\"\n{node_extra}"),
         )
     });
     Federation {
@@ -346,5 +366,312 @@ fn observe_mode_and_a_missing_corvidd_never_stop_messages() {
         ))
         .is_some(),
         "failing closed let a stranger through"
+    );
+}
+
+const COMMANDS: &str = "http://jabber.org/protocol/commands";
+
+fn attr(name: &'static str) -> xmpp_parsers::minidom::rxml::NcName {
+    xmpp_parsers::minidom::rxml::NcName::try_from(name).expect("attribute name")
+}
+const FOLDER: &str = "urn:x-corvid:spam-folder";
+
+/// Runs one step of an ad-hoc command at `a.test`; the reply's `<command/>`.
+fn command(c: &Client, payload: Element) -> Element {
+    let iq = xmpp_parsers::iq::Iq::Set {
+        from: None,
+        to: Some("a.test".parse().expect("jid")),
+        id: String::new(),
+        payload,
+    };
+    c.run(c.link().iq(iq))
+        .expect("ad-hoc command")
+        .expect("a command element")
+}
+
+fn flagged_messages_wait_in_the_spam_folder(version: Version, ips: (&str, &str)) {
+    super::init();
+    let f = federation(version, ips, "corvid_mode = \"enforce\"", true);
+    let node = f.node.as_ref().expect("node");
+    node.report("spammy@b.test", "spam", 50);
+    node.wait_action("jid", "spammy@b.test", "flag", Duration::from_secs(10));
+    let alice = Client::login(&f.a, "alice", "a.test");
+    let spammy = Client::login(&f.b, "spammy", "b.test");
+    wait_for(Duration::from_secs(30), "the module's copy to load", || {
+        f.a.log()
+            .contains("copy of Corvid's verdicts loaded")
+            .then_some(())
+    });
+    // Until the copy has the flag, a message may still be delivered: send
+    // until the folder's notice arrives instead.
+    let start = Instant::now();
+    let mut n = 0;
+    let notice = loop {
+        n += 1;
+        spammy.message("alice@a.test", &format!("buy now {n}"));
+        if let Some(s) = alice.wait_stanza(Duration::from_millis(500), |s| {
+            s.attr("from") == Some("a.test")
+                && body_of(s).is_some_and(|b| b.contains("spam folder"))
+        }) {
+            break body_of(&s).expect("body");
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{}: nothing was held",
+            version.name()
+        );
+    };
+    assert!(notice.contains("Nothing was deleted"), "{notice}");
+    let held = format!("buy now {n}");
+    spammy.message("alice@a.test", "buy now, second");
+    // Held, not delivered, and not bounced: the sender learns nothing.
+    assert!(
+        alice
+            .wait_stanza(Duration::from_secs(2), |s| body_of(s)
+                .is_some_and(|b| b.starts_with("buy now")))
+            .is_none(),
+        "a flagged message was delivered"
+    );
+    assert!(
+        spammy
+            .wait_stanza(Duration::from_millis(300), |s| s.attr("type")
+                == Some("error"))
+            .is_none()
+    );
+
+    // The folder lists both; release the first, and choose to refuse.
+    let first = command(
+        &alice,
+        Element::builder("command", COMMANDS)
+            .attr(attr("node"), FOLDER)
+            .attr(attr("action"), "execute")
+            .build(),
+    );
+    let session = first.attr("sessionid").expect("session").to_owned();
+    let form = first.get_child("x", "jabber:x:data").expect("form");
+    let field = form
+        .children()
+        .find(|c| c.attr("var") == Some("messages"))
+        .expect("messages field");
+    let options: Vec<(String, String)> = field
+        .children()
+        .filter(|c| c.name() == "option")
+        .map(|o| {
+            (
+                o.attr("label").unwrap_or_default().to_owned(),
+                o.get_child("value", "jabber:x:data")
+                    .map(Element::text)
+                    .unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(options.len(), 2, "{options:?}");
+    assert!(
+        options[0].0.contains(&held) && options[0].0.contains("spammy@b.test"),
+        "{options:?}"
+    );
+    let value = |var: &str, v: &str| {
+        Element::builder("field", "jabber:x:data")
+            .attr(attr("var"), var)
+            .append(
+                Element::builder("value", "jabber:x:data")
+                    .append(v.to_owned())
+                    .build(),
+            )
+            .build()
+    };
+    let done = command(
+        &alice,
+        Element::builder("command", COMMANDS)
+            .attr(attr("node"), FOLDER)
+            .attr(attr("sessionid"), session)
+            .attr(attr("action"), "complete")
+            .append(
+                Element::builder("x", "jabber:x:data")
+                    .attr(attr("type"), "submit")
+                    .append(value("FORM_TYPE", FOLDER))
+                    .append(value("messages", &options[0].1))
+                    .append(value("action", "release"))
+                    .append(value("flagged", "refuse"))
+                    .build(),
+            )
+            .build(),
+    );
+    assert_eq!(
+        done.attr("status"),
+        Some("completed"),
+        "{}",
+        String::from(&done)
+    );
+    let released = alice
+        .wait_stanza(Duration::from_secs(5), |s| {
+            body_of(s).as_deref() == Some(held.as_str())
+        })
+        .expect("the released message arrives");
+    let delay = released
+        .get_child("delay", "urn:xmpp:delay")
+        .expect("a delay stamp with the time it arrived");
+    assert!(delay.attr("stamp").is_some_and(|s| s.contains('T')));
+    assert_eq!(
+        released
+            .attr("from")
+            .map(|f| f.starts_with("spammy@b.test")),
+        Some(true)
+    );
+
+    // Now the user refuses flagged messages: the sender gets an error.
+    spammy.message("alice@a.test", "buy now, refused");
+    assert!(
+        spammy
+            .wait_stanza(Duration::from_secs(5), |s| is_error(
+                s,
+                "message",
+                "policy-violation"
+            ))
+            .is_some(),
+        "{}: the user's choice to refuse was not honoured",
+        version.name()
+    );
+    // One message is left in the folder.
+    let again = command(
+        &alice,
+        Element::builder("command", COMMANDS)
+            .attr(attr("node"), FOLDER)
+            .attr(attr("action"), "execute")
+            .build(),
+    );
+    let left = again
+        .get_child("x", "jabber:x:data")
+        .and_then(|x| x.children().find(|c| c.attr("var") == Some("messages")))
+        .map(|f| f.children().filter(|c| c.name() == "option").count());
+    assert_eq!(left, Some(1));
+}
+
+#[test]
+fn prosody_0_12_keeps_flagged_messages_in_a_spam_folder() {
+    flagged_messages_wait_in_the_spam_folder(Version::Debian12, ("127.0.0.14", "127.0.0.15"));
+}
+
+#[test]
+fn prosody_13_keeps_flagged_messages_in_a_spam_folder() {
+    flagged_messages_wait_in_the_spam_folder(Version::Backports13, ("127.0.0.16", "127.0.0.17"));
+}
+
+/// A domain put on the deny list while its s2s stream is open: the stream
+/// is closed and new ones are refused; a blocked JID cannot join a chat
+/// room of this server.
+#[test]
+fn a_denied_domain_loses_its_stream_and_a_blocked_jid_its_rooms() {
+    super::init();
+    let f = federation(
+        Version::Debian12,
+        ("127.0.0.18", "127.0.0.19"),
+        "corvid_mode = \"enforce\"",
+        true,
+    );
+    let node = f.node.as_ref().expect("node");
+    let alice = Client::login(&f.a, "alice", "a.test");
+    let friend = Client::login(&f.b, "friend", "b.test");
+    let bot = Client::login(&f.b, "bot", "b.test");
+    wait_for(Duration::from_secs(30), "the module's copy to load", || {
+        f.a.log()
+            .contains("copy of Corvid's verdicts loaded")
+            .then_some(())
+    });
+
+    // A chat room, made by alice (its owner): the blocked bot, not
+    // affiliated, is refused at the door.
+    alice.send(
+        xmpp_parsers::presence::Presence::available()
+            .with_to(
+                "room@muc.a.test/alice"
+                    .parse::<xmpp_parsers::jid::Jid>()
+                    .expect("jid"),
+            )
+            .with_payloads(vec![
+                Element::builder("x", "http://jabber.org/protocol/muc").build(),
+            ])
+            .into(),
+    );
+    alice
+        .wait_stanza(Duration::from_secs(10), |s| {
+            s.name() == "presence" && s.attr("from") == Some("room@muc.a.test/alice")
+        })
+        .expect("alice is in her room");
+    node.report("bot@b.test", "spam", 90);
+    node.wait_action("jid", "bot@b.test", "block", Duration::from_secs(10));
+    let start = Instant::now();
+    loop {
+        bot.send(
+            xmpp_parsers::presence::Presence::available()
+                .with_to(
+                    "room@muc.a.test/bot"
+                        .parse::<xmpp_parsers::jid::Jid>()
+                        .expect("jid"),
+                )
+                .with_payloads(vec![
+                    Element::builder("x", "http://jabber.org/protocol/muc").build(),
+                ])
+                .into(),
+        );
+        let answer = bot
+            .wait_stanza(Duration::from_secs(5), |s| {
+                s.name() == "presence"
+                    && s.attr("from")
+                        .is_some_and(|f| f.starts_with("room@muc.a.test"))
+            })
+            .expect("the room answers");
+        if is_error(&answer, "presence", "forbidden") {
+            break;
+        }
+        // Joined before the copy had the block: leave and try again.
+        bot.send(
+            xmpp_parsers::presence::Presence::new(xmpp_parsers::presence::Type::Unavailable)
+                .with_to(
+                    "room@muc.a.test/bot"
+                        .parse::<xmpp_parsers::jid::Jid>()
+                        .expect("jid"),
+                )
+                .into(),
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the blocked JID kept joining"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
+    // The stream from b.test is open (a friend's message arrives)...
+    friend.message("alice@a.test", "before the deny entry");
+    assert!(
+        alice
+            .wait_stanza(Duration::from_secs(10), |s| body_of(s).as_deref()
+                == Some("before the deny entry"))
+            .is_some()
+    );
+    // ...until the operator denies the domain.
+    let config = std::fs::read_to_string(node.config_path()).expect("config");
+    std::fs::write(
+        node.config_path(),
+        config.replacen("[policy]\n", "[policy]\ndeny = [\"b.test\"]\n", 1),
+    )
+    .expect("config");
+    node.reload();
+    wait_for(
+        Duration::from_secs(15),
+        "the open stream to be closed",
+        || {
+            f.a.log()
+                .contains("closing the s2s stream from b.test")
+                .then_some(())
+        },
+    );
+    friend.message("alice@a.test", "after the deny entry");
+    assert!(
+        alice
+            .wait_stanza(Duration::from_secs(3), |s| body_of(s).as_deref()
+                == Some("after the deny entry"))
+            .is_none(),
+        "a denied domain's message arrived"
     );
 }
