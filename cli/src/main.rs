@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 use crate::api::{Failure, Node, enc};
 
 const EXIT_CODES: &str = "Exit codes: 0 success; 1 failure; 2 bad usage or config problems; \
-3 corvidd not reachable; 4 no such subject or peer.";
+3 corvidd not reachable; 4 no such subject or peer; 5 `status` found a failing check.";
 
 #[derive(Parser, Debug)]
 #[command(name = "corvid", version, about = "Operate a Corvid node: report spammers, check verdicts, manage peers", after_help = EXIT_CODES)]
@@ -95,6 +95,15 @@ enum Command {
     /// Rotate or revoke this server's signing key.
     #[command(subcommand)]
     Key(KeyCommand),
+    /// The emergency brake: `on` makes every XMPP server running mod_corvid observe (nothing refused) within a second; `off` releases it.
+    Brake {
+        /// on or off.
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+        /// Why (shown in `corvid status`).
+        #[arg(long)]
+        reason: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -299,6 +308,20 @@ fn run(cli: &Cli) -> Result<u8> {
                     v["announced"]["domain"].as_str().unwrap_or(""),
                     v["announced"]["key"].as_str().unwrap_or("")
                 )
+            });
+            Ok(0)
+        }
+        Command::Brake { state, reason } => {
+            let on = state == "on";
+            let v = node(cli)?
+                .post("/v1/admin/brake", &json!({"on": on, "reason": reason}))?
+                .ok()?;
+            print(cli, &v, |_| {
+                if on {
+                    "emergency brake on: servers running mod_corvid observe and refuse nothing until `corvid brake off`\n".into()
+                } else {
+                    "emergency brake off: servers enforce again where configured\n".into()
+                }
             });
             Ok(0)
         }

@@ -61,7 +61,33 @@ local action_name = { [ALLOW] = "allow", [FLAG] = "flag", [BLOCK] = "block" };
 -- The copy: JID keys by their binary SHA-256, domain keys by their text
 -- without `domain:`; each value is action * 4 + origin. Shared by every
 -- host that loads the module.
-local mirror = { jids = {}, domains = {}, entries = 0, loaded = false, fresh_at = 0, peers = {}, s2s_rechecks = {} };
+local mirror = { jids = {}, domains = {}, entries = 0, loaded = false, fresh_at = 0, peers = {}, s2s_rechecks = {}, brake = false };
+
+-- What the module tells corvidd about itself with each request, for
+-- `corvid status`: hosts, modes and counters.
+local about = { hosts = {}, fail_open = 0, refused = 0, would = 0 };
+local function describe()
+	local hosts, modes = {}, {};
+	for host, m in pairs(about.hosts) do
+		hosts[#hosts + 1] = host;
+		modes[#modes + 1] = host .. "=" .. m;
+	end
+	table.sort(hosts);
+	table.sort(modes);
+	return ("prosody:%s; software=Prosody %s; hosts=%s; mode=%s; fail_open=%d; refused=%d; would_refuse=%d; entries=%d")
+		:format(hosts[1] or "?", tostring(prosody.version), table.concat(hosts, ","), table.concat(modes, ","),
+			about.fail_open, about.refused, about.would, mirror.entries or 0);
+end
+
+local function set_brake(on)
+	on = on == true;
+	if on ~= mirror.brake then
+		mirror.brake = on;
+		module:log(on and "warn" or "info", on
+			and "corvidd's emergency brake is on: observing, nothing is refused"
+			or "corvidd's emergency brake is released: enforcing where configured");
+	end
+end
 
 local m_checked = module:metric("counter", "checked", "", "Stanzas from strangers checked against Corvid's verdicts.", { "host", "kind", "action" });
 local m_refused = module:metric("counter", "refused", "", "Stanzas refused because Corvid blocks their sender.", { "host", "kind" });
@@ -129,7 +155,11 @@ local backoff = 1;
 
 local function get(path, callback)
 	return http.request(api_url .. path, {
-		headers = { Authorization = "Bearer " .. (token or ""), Accept = "application/json" };
+		headers = {
+			Authorization = "Bearer " .. (token or "");
+			Accept = "application/json";
+			["X-Corvid-Consumer"] = describe();
+		};
 	}, function (body, code)
 		local data;
 		if code == 200 then
@@ -166,6 +196,7 @@ function snapshot(gen, after, jids, domains, count, cursor)
 		last_progress = os.time();
 		cursor = cursor or data.cursor;
 		set_peers(data.peers);
+		set_brake(data.brake);
 		for _, e in ipairs(data.entries or {}) do
 			count = count + apply(jids, domains, e.subject, e.action, e.origin, e.score);
 		end
@@ -197,6 +228,7 @@ function stream(gen, since)
 			return snapshot(gen, nil, {}, {}, 0, nil);
 		end
 		set_peers(data.peers);
+		set_brake(data.brake);
 		local count = mirror.entries;
 		for _, d in ipairs(data.decisions or {}) do
 			count = count + apply(mirror.jids, mirror.domains, d.subject, d.action, d.origin, d.score);
@@ -296,6 +328,9 @@ function module.add_host(module)
 		fail_mode = "open";
 	end
 	local fail_logged = 0;
+	about.hosts[host_name] = mode;
+	-- The brake at corvidd turns every host to observing at once.
+	local function enforcing() return mode == "enforce" and not mirror.brake; end
 
 	local function add_muc_hooks()
 		-- Chat rooms on this server (load the module on the MUC component too):
@@ -308,7 +343,7 @@ function module.add_host(module)
 		module:hook("muc-occupant-pre-join", function (event)
 			local bare = jid_bare(event.stanza.attr.from);
 			if not unaffiliated(event.room, bare) or verdict_for(bare) ~= BLOCK then return; end
-			if mode ~= "enforce" then
+			if not enforcing() then
 				m_would:with_labels(host_name, "muc-join"):add(1);
 				return;
 			end
@@ -320,7 +355,7 @@ function module.add_host(module)
 		module:hook("muc-occupant-groupchat", function (event)
 			local bare = event.occupant and event.occupant.bare_jid or jid_bare(event.stanza.attr.from);
 			if not unaffiliated(event.room, bare) or verdict_for(bare) ~= BLOCK then return; end
-			if mode ~= "enforce" then
+			if not enforcing() then
 				m_would:with_labels(host_name, "muc-message"):add(1);
 				return;
 			end
@@ -373,6 +408,7 @@ function module.add_host(module)
 			module:send(st.error_reply(stanza, "cancel", "policy-violation", text));
 		end
 		m_refused:with_labels(host_name, kind):add(1);
+		about.refused = about.refused + 1;
 		return true;
 	end
 
@@ -512,11 +548,12 @@ function module.add_host(module)
 			return;
 		end
 		if not current() then
-			if fail_mode == "closed" and mode == "enforce" then
+			if fail_mode == "closed" and enforcing() then
 				m_fail_closed:with_labels(host_name):add(1);
 				return refuse(event, kind, "verdicts unavailable");
 			end
 			m_fail_open:with_labels(host_name):add(1);
+			about.fail_open = about.fail_open + 1;
 			if os.time() - fail_logged > 60 then
 				fail_logged = os.time();
 				module:log("warn", "no current copy of Corvid's verdicts (corvidd unreachable?): stanzas from strangers pass unchecked (counted as fail_open)");
@@ -526,13 +563,14 @@ function module.add_host(module)
 		local action = verdict_for(sender);
 		m_checked:with_labels(host_name, kind, action_name[action]):add(1);
 		if action == BLOCK then
-			if mode == "enforce" then
+			if enforcing() then
 				module:log("debug", "refused %s from %s to %s (Corvid: block)", kind, sender, stanza.attr.to);
 				return refuse(event, kind, "block");
 			end
 			m_would:with_labels(host_name, kind):add(1);
+			about.would = about.would + 1;
 		elseif action == FLAG and kind == "message" then
-			if mode ~= "enforce" then
+			if not enforcing() then
 				m_would_divert:with_labels(host_name):add(1);
 				return;
 			end
@@ -598,7 +636,7 @@ function module.add_host(module)
 	local function close_if_refused(session)
 		local why = s2s_refusal(session.from_host);
 		if not why then return; end
-		if mode ~= "enforce" then
+		if not enforcing() then
 			m_would:with_labels(host_name, "s2s"):add(1);
 			return;
 		end

@@ -29,6 +29,7 @@ pub fn routes() -> Router<Arc<ApiState>> {
         )
         .route("/v1/peers/{domain}/enforce", post(enforce))
         .route("/v1/admin/reload", post(reload))
+        .route("/v1/admin/brake", post(brake))
         .route("/v1/status", get(status))
         .route("/v1/import", post(import))
         .route("/v1/export", get(export))
@@ -99,6 +100,42 @@ async fn enforce(
 async fn reload(State(s): State<Arc<ApiState>>) -> Result<Json<Value>, ApiError> {
     s.reload.notify_one();
     Ok(Json(json!({"reloading": true})))
+}
+
+#[derive(Debug, Deserialize)]
+struct BrakeRequest {
+    on: bool,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+/// The emergency brake: every server that keeps a copy of the decisions
+/// (mod_corvid) switches to observe mode within one stream round trip, and
+/// back when it is released. Kept across restarts.
+async fn brake(
+    State(s): State<Arc<ApiState>>,
+    Json(req): Json<BrakeRequest>,
+) -> Result<Json<Value>, ApiError> {
+    let brake = crate::api::Brake {
+        on: req.on,
+        since: crate::now(),
+        reason: req.reason.map(|r| r.chars().take(500).collect()),
+    };
+    let store = s.engine.store().clone();
+    let stored = brake.clone();
+    blocking(move || {
+        store.batch(true, &mut |tx| tx.put_meta_json(crate::api::BRAKE, &stored))?;
+        Ok(())
+    })
+    .await?;
+    // Waiting consumers answer at once.
+    s.engine.store().decided().notify_waiters();
+    if brake.on {
+        tracing::warn!(reason = ?brake.reason, "emergency brake on: every mod_corvid observes, nothing is refused");
+    } else {
+        tracing::info!("emergency brake released: mod_corvid enforces again where configured");
+    }
+    Ok(Json(json!(brake)))
 }
 
 async fn status(State(s): State<Arc<ApiState>>) -> Result<Json<Value>, ApiError> {
@@ -188,6 +225,63 @@ async fn status(State(s): State<Arc<ApiState>>) -> Result<Json<Value>, ApiError>
             s.engine.store().size_on_disk() as f64 / 1e6
         ),
     ));
+    let brake = s.brake();
+    if brake.on {
+        health.push(Check::warn(
+            "enforcement.brake",
+            format!(
+                "the emergency brake is on since {}{}: servers observe, nothing is refused",
+                brake.since,
+                brake
+                    .reason
+                    .as_deref()
+                    .map(|r| format!(" ({r})"))
+                    .unwrap_or_default()
+            ),
+            "corvid brake off, once the cause is fixed",
+        ));
+    }
+    let consumers = s
+        .consumers
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    let seq = s.engine.store().decision_seq()?;
+    if consumers.is_empty() {
+        health.push(Check::warn(
+            "enforcement",
+            "no XMPP server has read the verdicts since corvidd started",
+            "load mod_corvid in Prosody (hooks/prosody/README.md), or check its corvid_api_url and token",
+        ));
+    }
+    for (name, c) in &consumers {
+        let about = |k: &str| c.about.get(k).cloned().unwrap_or_default();
+        let age = now.saturating_sub(c.last_seen);
+        let behind = seq.saturating_sub(c.cursor);
+        let message = format!(
+            "{} on {}: {}; last asked {age} s ago, {behind} decisions behind; fail-open {}",
+            about("software"),
+            about("hosts"),
+            about("mode"),
+            about("fail_open")
+        );
+        let check_name = format!("enforcement.{name}");
+        if age > 90 {
+            health.push(Check::warn(
+                check_name,
+                message,
+                "is the XMPP server running and can it reach corvidd's API? (its log names mod_corvid)",
+            ));
+        } else if c.fail_open_at.is_some_and(|t| now.saturating_sub(t) < 600) {
+            health.push(Check::warn(
+                check_name,
+                message,
+                "in the last 10 minutes the module let stanzas through unchecked, having no current copy: see the XMPP server's log",
+            ));
+        } else {
+            health.push(Check::ok(check_name, message));
+        }
+    }
     let warnings: Vec<String> = health
         .checks
         .iter()
@@ -195,6 +289,8 @@ async fn status(State(s): State<Arc<ApiState>>) -> Result<Json<Value>, ApiError>
         .map(|c| format!("{}: {}", c.name, c.message))
         .collect();
     Ok(Json(json!({
+        "brake": brake,
+        "consumers": consumers,
         "domain": settings.domain,
         "feed": s.engine.feed().to_string(),
         "public_key": s.engine.public_key().to_string(),

@@ -11,7 +11,7 @@
 //! Bodies are size-limited, handling is time-limited, and every error,
 //! axum's own rejections included, is JSON saying what is wrong.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -50,8 +50,112 @@ pub struct ApiState {
     pub clock_measured: std::sync::atomic::AtomicBool,
     /// Reloads the config (SIGHUP equivalent); set by main.
     pub reload: Arc<Notify>,
+    /// The servers that keep a copy of the decisions (mod_corvid), by the
+    /// name they give, as last seen: for `corvid status`.
+    pub consumers: Mutex<BTreeMap<String, Consumer>>,
     auth: Auth,
     request_timeout: Duration,
+}
+
+/// The most consumers remembered (a name is chosen by the caller, who
+/// holds the read token; the oldest is forgotten first).
+const MAX_CONSUMERS: usize = 64;
+
+/// A server that keeps a copy of the decisions, as it last described
+/// itself (`X-Corvid-Consumer: name; key=value; …`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Consumer {
+    /// Unix time of its last request.
+    pub last_seen: u64,
+    /// The cursor it asked from.
+    pub cursor: u64,
+    /// What it said about itself (software, hosts, mode, counters).
+    pub about: BTreeMap<String, String>,
+    /// When its count of unchecked stanzas (`fail_open`) last grew.
+    pub fail_open_at: Option<u64>,
+}
+
+/// The emergency brake's record in the store.
+pub const BRAKE: &str = "enforcement_brake";
+
+/// The emergency brake: while it is on, every consumer acts in observe mode.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Brake {
+    /// On or off.
+    pub on: bool,
+    /// Unix time it was last set.
+    pub since: u64,
+    /// Why, as the operator said.
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+impl ApiState {
+    /// The brake as stored (off when never set or unreadable).
+    pub fn brake(&self) -> Brake {
+        self.engine
+            .store()
+            .meta_json::<Brake>(BRAKE)
+            .ok()
+            .flatten()
+            .unwrap_or_default()
+    }
+
+    fn saw_consumer(&self, headers: &HeaderMap, cursor: u64) {
+        let Some(text) = headers
+            .get("x-corvid-consumer")
+            .and_then(|v| v.to_str().ok())
+        else {
+            return;
+        };
+        let mut parts = text.split(';').map(str::trim);
+        let name: String = parts.next().unwrap_or_default().chars().take(100).collect();
+        if name.is_empty() {
+            return;
+        }
+        let about: BTreeMap<String, String> = parts
+            .filter_map(|kv| kv.split_once('='))
+            .take(16)
+            .map(|(k, v)| (k.chars().take(40).collect(), v.chars().take(200).collect()))
+            .collect();
+        let mut consumers = self
+            .consumers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !consumers.contains_key(&name) && consumers.len() >= MAX_CONSUMERS {
+            let oldest = consumers
+                .iter()
+                .min_by_key(|(_, c)| c.last_seen)
+                .map(|(n, _)| n.clone());
+            if let Some(n) = oldest {
+                consumers.remove(&n);
+            }
+        }
+        let now = crate::now();
+        let previous = consumers.get(&name);
+        let grew = about
+            .get("fail_open")
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+            > previous
+                .and_then(|p| p.about.get("fail_open"))
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+        let fail_open_at = if grew {
+            Some(now)
+        } else {
+            previous.and_then(|p| p.fail_open_at)
+        };
+        consumers.insert(
+            name,
+            Consumer {
+                last_seen: now,
+                cursor,
+                about,
+                fail_open_at,
+            },
+        );
+    }
 }
 
 /// Tokens and their rate limits.
@@ -104,6 +208,7 @@ impl ApiState {
             clock_offset: AtomicI64::new(0),
             clock_measured: std::sync::atomic::AtomicBool::new(false),
             reload,
+            consumers: Mutex::default(),
             auth: Auth {
                 read_token,
                 write_token,
@@ -652,6 +757,7 @@ const MAX_STREAM_WAIT_SECS: u64 = 30;
 
 async fn decisions(
     State(s): State<Arc<ApiState>>,
+    headers: HeaderMap,
     QueryParams(params): QueryParams<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
     let number = |name: &str, default: u64| -> ApiResult<u64> {
@@ -663,8 +769,10 @@ async fn decisions(
     let since = number("since", 0)?;
     let limit = usize::try_from(number("limit", 1000)?.min(10_000)).unwrap_or(10_000);
     let wait = Duration::from_secs(number("wait", 0)?.min(MAX_STREAM_WAIT_SECS));
+    s.saw_consumer(&headers, since);
     let store = s.engine.store().clone();
     let deadline = tokio::time::Instant::now() + wait;
+    let brake = s.brake();
     loop {
         // Armed before the read, so a decision committed in between wakes us.
         let woken = store.decided().notified();
@@ -680,16 +788,24 @@ async fn decisions(
                 })??
         };
         let (list, reset) = read;
-        if !list.is_empty() || reset || tokio::time::Instant::now() >= deadline {
+        // A change of the brake answers at once, as a decision does.
+        let brake_now = s.brake();
+        if !list.is_empty()
+            || reset
+            || brake_now != brake
+            || tokio::time::Instant::now() >= deadline
+        {
             let next = list.last().map_or(since, |d| d.seq);
-            return Ok(Json(
-                json!({"decisions": list, "next": next, "reset": reset}),
-            ));
+            return Ok(Json(json!({
+                "decisions": list, "next": next, "reset": reset,
+                "peers": peer_hosts(&s), "brake": brake_now.on,
+            })));
         }
         if tokio::time::timeout_at(deadline, woken).await.is_err() {
-            return Ok(Json(
-                json!({"decisions": [], "next": since, "reset": false}),
-            ));
+            return Ok(Json(json!({
+                "decisions": [], "next": since, "reset": false,
+                "peers": peer_hosts(&s), "brake": s.brake().on,
+            })));
         }
     }
 }
@@ -700,6 +816,7 @@ async fn decisions(
 /// from (read before the page, so nothing decided meanwhile is missed).
 async fn mirror(
     State(s): State<Arc<ApiState>>,
+    headers: HeaderMap,
     QueryParams(params): QueryParams<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
     let limit: usize = params
@@ -720,11 +837,42 @@ async fn mirror(
     let next = (page.len() >= limit).then(|| page.last().map(|(subject, _)| subject.clone()));
     let entries: Vec<Value> = page
         .iter()
-        .map(|(subject, last)| json!({"subject": subject, "action": last.action, "origin": last.origin}))
+        .map(|(subject, last)| {
+            json!({"subject": subject, "action": last.action, "origin": last.origin,
+                   "score": f64::from(last.percent) / 100.0})
+        })
         .collect();
-    Ok(Json(
-        json!({"entries": entries, "after": next.flatten(), "cursor": cursor}),
-    ))
+    s.saw_consumer(&headers, cursor);
+    Ok(Json(json!({
+        "entries": entries,
+        "after": next.flatten(),
+        "cursor": cursor,
+        "peers": peer_hosts(&s),
+        "brake": s.brake().on,
+    })))
+}
+
+/// The trusted peers' domains and their feed services' domains: a server
+/// never refuses their s2s streams, whatever their verdicts.
+fn peer_hosts(s: &ApiState) -> Vec<String> {
+    let settings = s.engine.settings();
+    let mut hosts: Vec<String> = settings
+        .peers
+        .values()
+        .flat_map(|p| {
+            let service = p
+                .feed
+                .service
+                .rsplit('@')
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+            [p.domain.clone(), service]
+        })
+        .collect();
+    hosts.sort();
+    hosts.dedup();
+    hosts
 }
 
 async fn healthz(State(s): State<Arc<ApiState>>) -> Json<Value> {

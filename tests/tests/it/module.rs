@@ -675,3 +675,130 @@ fn a_denied_domain_loses_its_stream_and_a_blocked_jid_its_rooms() {
         "a denied domain's message arrived"
     );
 }
+
+/// The federation's block of a whole domain refuses its s2s stream only
+/// at the stricter `corvid_s2s_threshold` (0.9): below it, its users'
+/// messages are refused one by one, and the stream stays.
+#[test]
+fn a_domain_block_closes_the_stream_only_above_the_s2s_threshold() {
+    super::init();
+    let f = federation(
+        Version::Debian12,
+        ("127.0.0.20", "127.0.0.21"),
+        "corvid_mode = \"enforce\"",
+        true,
+    );
+    let node = f.node.as_ref().expect("node");
+    let _alice = Client::login(&f.a, "alice", "a.test");
+    let friend = Client::login(&f.b, "friend", "b.test");
+    wait_for(Duration::from_secs(30), "the module's copy to load", || {
+        f.a.log()
+            .contains("copy of Corvid's verdicts loaded")
+            .then_some(())
+    });
+    node.report("b.test", "spam", 80);
+    node.wait_action("domain", "b.test", "block", Duration::from_secs(10));
+    let n = until_bounced(&friend, "alice@a.test");
+    assert!(n >= 1);
+    assert!(
+        !f.a.log().contains("closing the s2s stream from b.test"),
+        "a block at 0.8 closed the whole stream"
+    );
+    node.report("b.test", "spam", 95);
+    wait_for(
+        Duration::from_secs(15),
+        "the stream to be closed at 0.95",
+        || {
+            f.a.log()
+            .contains("closing the s2s stream from b.test: the federation blocks the domain (score 95%)")
+            .then_some(())
+        },
+    );
+}
+
+/// `corvid brake on` makes the module observe at once, and `off` enforces
+/// again; `corvid status` names the server that reads the verdicts.
+#[test]
+fn the_emergency_brake_stops_refusals_at_once_and_status_shows_the_module() {
+    super::init();
+    let f = federation(
+        Version::Debian12,
+        ("127.0.0.22", "127.0.0.23"),
+        "corvid_mode = \"enforce\"",
+        true,
+    );
+    let node = f.node.as_ref().expect("node");
+    node.report("bot@b.test", "spam", 90);
+    node.wait_action("jid", "bot@b.test", "block", Duration::from_secs(10));
+    let alice = Client::login(&f.a, "alice", "a.test");
+    let bot = Client::login(&f.b, "bot", "b.test");
+    until_bounced(&bot, "alice@a.test");
+
+    let status = node.get("/v1/status");
+    let checks = status.json["checks"].as_array().expect("checks");
+    let module = checks
+        .iter()
+        .find(|c| c["name"] == "enforcement.prosody:a.test")
+        .unwrap_or_else(|| panic!("no enforcement check: {}", status.text));
+    // The probes sent before the copy loaded passed unchecked: that is a
+    // warning for ten minutes, and says so.
+    assert!(
+        module["severity"] == "ok"
+            || module["fix"]
+                .as_str()
+                .is_some_and(|f| f.contains("unchecked")),
+        "{module}"
+    );
+    let message = module["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("a.test=enforce") && message.contains("Prosody"),
+        "{message}"
+    );
+
+    let r = node.post(
+        "/v1/admin/brake",
+        &serde_json::json!({"on": true, "reason": "test"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text);
+    wait_for(
+        Duration::from_secs(5),
+        "the module to see the brake",
+        || f.a.log().contains("emergency brake is on").then_some(()),
+    );
+    bot.message("alice@a.test", "while the brake is on");
+    assert!(
+        alice
+            .wait_stanza(Duration::from_secs(5), |s| body_of(s).as_deref()
+                == Some("while the brake is on"))
+            .is_some(),
+        "the brake did not stop refusals"
+    );
+    let status = node.get("/v1/status");
+    assert!(
+        status.json["checks"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|c| c["name"] == "enforcement.brake")),
+        "{}",
+        status.text
+    );
+    node.post("/v1/admin/brake", &serde_json::json!({"on": false}));
+    wait_for(
+        Duration::from_secs(5),
+        "the module to see the release",
+        || {
+            f.a.log()
+                .contains("emergency brake is released")
+                .then_some(())
+        },
+    );
+    bot.message("alice@a.test", "after the brake");
+    assert!(
+        bot.wait_stanza(Duration::from_secs(5), |s| is_error(
+            s,
+            "message",
+            "policy-violation"
+        ))
+        .is_some(),
+        "refusals did not resume"
+    );
+}
