@@ -250,6 +250,10 @@ pub struct PeerConfig {
     /// Most reports stored from this peer (default 200000).
     #[serde(default = "default_max_reports")]
     pub max_reports: u64,
+    /// Adopt this peer's reports as your own: full weight, and `block`
+    /// without waiting for a second peer (default false).
+    #[serde(default)]
+    pub block_alone: bool,
 }
 
 fn one() -> f64 {
@@ -270,6 +274,11 @@ pub struct RtblConfig {
     /// Weight, capped at the protocol's RTBL maximum (0.5; default 0.3).
     #[serde(default = "default_rtbl_weight")]
     pub weight: f64,
+    /// Adopt this list as your own, as `mod_anti_spam` or `mod_muc_rtbl`
+    /// did: its entries `block` alone (full weight, no quorum); the
+    /// weight is then ignored (default false).
+    #[serde(default)]
+    pub block_alone: bool,
 }
 
 fn default_rtbl_weight() -> f64 {
@@ -312,6 +321,10 @@ pub struct PolicyConfig {
     pub deny: Vec<String>,
     /// Ingest rate limit per peer, items per second (default 2000).
     pub ingest_rate_per_sec: u32,
+    /// Adopt imported lists (`corvid import`) as your own: their entries
+    /// `block` alone (default false: they count with weight 0.8, never
+    /// toward a quorum).
+    pub imports_block_alone: bool,
     /// Per-kind thresholds and half-lives (defaults: flag 0.3, block 0.7;
     /// half-lives jid 14 d, domain 30 d, ip 7 d, digest 3 d).
     pub thresholds: BTreeMap<SubjectKind, KindPolicy>,
@@ -329,6 +342,7 @@ impl Default for PolicyConfig {
             allow: Vec::new(),
             deny: Vec::new(),
             ingest_rate_per_sec: 2000,
+            imports_block_alone: false,
             thresholds: BTreeMap::new(),
         }
     }

@@ -73,6 +73,11 @@ pub struct InitArgs {
     /// Overwrite an existing config.
     #[arg(long)]
     force: bool,
+    /// Adopt xmppbl.org's lists as your own (`block_alone`): for a server
+    /// that enforced them with mod_anti_spam or mod_muc_rtbl, so that every
+    /// block it had stays a block. Without it they are written commented out.
+    #[arg(long)]
+    adopt_xmppbl: bool,
 }
 
 /// What a Prosody operator must set for corvidd (also in the README).
@@ -87,8 +92,34 @@ Component "pubsub.{domain}" "pubsub"
     admins = {{ "corvidd@{domain}" }}
     pubsub_max_items = 256 -- at least 256: a full node silently drops its oldest item
 -- PubSub storage may be the default files or memory: corvidd republishes what is lost.
+-- 4. Enforcement (hooks/prosody/README.md): copy mod_corvid.lua and
+--    corvid_keys.lib.lua into a plugin directory, then (global section):
+plugin_paths = {{ "/usr/local/lib/corvid/prosody" }}
+modules_enabled = {{ --[[ … ]] "corvid" }}
+corvid_api_url = "http://127.0.0.1:7780"
+corvid_api_token_file = "/etc/prosody/corvid-read.token" -- a copy of corvidd's read token, readable by prosody
+corvid_mode = "observe" -- "enforce" once `corvid status` shows what it would refuse
 "#
     )
+}
+
+/// The xmppbl.org lists, adopted (`block_alone`) or commented out.
+fn xmppbl_lines(adopt: bool) -> String {
+    let mut out = String::from(
+        "# xmppbl.org's lists. Adopted (block_alone = true), their entries block\n\
+         # alone, as with mod_anti_spam or mod_muc_rtbl; otherwise they count as\n\
+         # low-trust sources (weight at most 0.5, never part of a quorum).\n",
+    );
+    for node in ["muc_bans_sha256", "spam_source_domains"] {
+        let block =
+            format!("[[rtbl]]\nservice = \"xmppbl.org\"\nnode = \"{node}\"\nblock_alone = true\n");
+        if adopt {
+            out.push_str(&block);
+        } else {
+            out.extend(block.lines().map(|l| format!("# {l}\n")));
+        }
+    }
+    out
 }
 
 /// Writes a commented config.
@@ -152,6 +183,8 @@ signing_key_file = "{key}"
 # Peers: add them with `corvid peer add DOMAIN --feed ... --key ...`
 # or `corvid peer add DOMAIN --from-directory` once you joined a directory.
 
+{rtbls}
+
 [policy]
 quorum = 2
 default_ttl_days = 30
@@ -183,6 +216,7 @@ write_token_file = "{write}"
         listen = a.listen,
         read = s("read.token"),
         write = s("write.token"),
+        rtbls = xmppbl_lines(a.adopt_xmppbl),
     );
     std::fs::write(&a.out, text).with_context(|| format!("cannot write {}", a.out.display()))?;
     println!("wrote {}", a.out.display());

@@ -951,6 +951,7 @@ fn trusted(
             source,
             kind: trust.kind,
             weight: trust.weight,
+            alone: trust.alone,
             confirmed: stored.missing_since.is_none(),
             record: stored.record,
         });

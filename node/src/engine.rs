@@ -32,6 +32,9 @@ pub struct Trust {
     pub weight: f64,
     /// Mode from config (a canary suspension overrides it).
     pub mode: Mode,
+    /// Adopted by the operator (`block_alone`): counts as this server's
+    /// own reports.
+    pub alone: bool,
 }
 
 /// A configured peer, as the engine and the sync tasks use it.
@@ -90,6 +93,8 @@ pub struct Settings {
     pub default_ttl: u64,
     /// Ingest rate limit per source, items per second.
     pub ingest_rate: u32,
+    /// Imported lists block alone (`policy.imports_block_alone`).
+    pub imports_block_alone: bool,
     /// Federation directory settings, if this node takes part in one.
     pub directory: Option<crate::config::DirectoryConfig>,
 }
@@ -119,6 +124,7 @@ impl Settings {
                         kind: SourceKind::Peer,
                         weight: p.weight,
                         mode: p.mode,
+                        alone: p.block_alone,
                     },
                     accept_rotations: p.accept_rotations,
                     max_reports: p.max_reports,
@@ -138,6 +144,7 @@ impl Settings {
                         kind: SourceKind::Rtbl,
                         weight: r.weight.min(policy.rtbl_max_weight),
                         mode: Mode::Enforce,
+                        alone: r.block_alone,
                     },
                 },
             );
@@ -194,6 +201,7 @@ impl Settings {
             grace: config.policy.unconfirmed_grace_secs,
             default_ttl: config.policy.default_ttl_days * 86_400,
             ingest_rate: config.policy.ingest_rate_per_sec,
+            imports_block_alone: config.policy.imports_block_alone,
             directory: config.directory.clone(),
         })
     }
@@ -205,6 +213,7 @@ impl Settings {
                 kind: SourceKind::Local,
                 weight: 1.0,
                 mode: Mode::Enforce,
+                alone: false,
             });
         }
         if let Some(p) = self.peers.get(source) {
@@ -217,6 +226,7 @@ impl Settings {
                 kind: SourceKind::Import,
                 weight: IMPORT_WEIGHT,
                 mode: Mode::Enforce,
+                alone: self.imports_block_alone,
             });
         }
         self.rtbls.get(source).map(|r| r.trust.clone())

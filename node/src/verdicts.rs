@@ -644,6 +644,7 @@ mod tests {
             source: source.into(),
             kind: SourceKind::Peer,
             weight: 1.0,
+            alone: false,
             mode: Mode::Enforce,
             confirmed: true,
             record,

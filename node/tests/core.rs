@@ -417,6 +417,20 @@ fn a_listed_entry_keeps_its_first_seen_record() {
 
 /// The settings of [`settings`] with local lists.
 fn settings_with_lists(allow: &[&str], deny: &[&str]) -> Settings {
+    let quote = |l: &[&str]| {
+        l.iter()
+            .map(|s| format!("{s:?}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    settings_with(
+        &format!("allow = [{}]\ndeny = [{}]\n", quote(allow), quote(deny)),
+        "",
+    )
+}
+
+/// The settings of [`settings`] with `policy` lines and more tables.
+fn settings_with(policy: &str, tables: &str) -> Settings {
     let base = settings();
     let dir = tempfile::tempdir().expect("tempdir");
     for f in ["pw", "read", "write"] {
@@ -431,20 +445,59 @@ fn settings_with_lists(allow: &[&str], deny: &[&str]) -> Settings {
         "0000000000000000000000000000000000000000000000000000000000000000",
     );
     let peer = base.peers[PEER].key;
-    let quote = |l: &[&str]| {
-        l.iter()
-            .map(|s| format!("{s:?}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
     let text = format!(
-        "data_dir = \"data\"\n[xmpp]\njid = \"corvidd@a.example\"\npassword_file = \"pw\"\nserver = \"127.0.0.1:1\"\ntls = \"plaintext\"\n[feed]\nservice = \"pubsub.a.example\"\n[server]\ndomain = \"a.example\"\n[keys]\nsigning_key_file = \"key\"\n[[keys.federation]]\nid = \"f\"\nsecret_file = \"fed\"\nissue = true\n[[peer]]\ndomain = \"{PEER}\"\nfeed = \"xmpp:pubsub.b.example?;node=corvid\"\nkey = \"{peer}\"\nmax_reports = 100000\n[api]\nlisten = \"127.0.0.1:0\"\nread_token_file = \"read\"\nwrite_token_file = \"write\"\n[policy]\nallow = [{}]\ndeny = [{}]\n",
-        quote(allow),
-        quote(deny)
+        "data_dir = \"data\"\n[xmpp]\njid = \"corvidd@a.example\"\npassword_file = \"pw\"\nserver = \"127.0.0.1:1\"\ntls = \"plaintext\"\n[feed]\nservice = \"pubsub.a.example\"\n[server]\ndomain = \"a.example\"\n[keys]\nsigning_key_file = \"key\"\n[[keys.federation]]\nid = \"f\"\nsecret_file = \"fed\"\nissue = true\n[[peer]]\ndomain = \"{PEER}\"\nfeed = \"xmpp:pubsub.b.example?;node=corvid\"\nkey = \"{peer}\"\nmax_reports = 100000\n{tables}\n[api]\nlisten = \"127.0.0.1:0\"\nread_token_file = \"read\"\nwrite_token_file = \"write\"\n[policy]\n{policy}"
     );
     std::fs::write(dir.path().join("c.toml"), text).expect("config");
     Settings::from_config(&Config::load(&dir.path().join("c.toml")).expect("config"))
         .expect("settings")
+}
+
+/// Issue "Prosody protects its users", bootstrap policy: an adopted RTBL
+/// (`block_alone`) blocks with one entry, as mod_anti_spam did; the same
+/// list not adopted only flags.
+#[test]
+fn an_adopted_list_blocks_alone() {
+    let rtbl = |alone: bool| {
+        format!(
+            "[[rtbl]]\nservice = \"xmppbl.org\"\nnode = \"muc_bans_sha256\"\nblock_alone = {alone}\n"
+        )
+    };
+    for (alone, want) in [(true, Action::Block), (false, Action::Flag)] {
+        let mut h = harness(3);
+        h.push(
+            NOW * 1000,
+            Event::Reload(Box::new(settings_with("", &rtbl(alone)))),
+        );
+        h.run(Faults::default());
+        let source = "rtbl:xmpp:xmppbl.org?;node=muc_bans_sha256";
+        assert_eq!(
+            settings_with("", &rtbl(alone))
+                .trust(source)
+                .map(|t| t.alone),
+            Some(alone)
+        );
+        let listed = jid(9);
+        h.push(
+            NOW * 1000 + 1,
+            Event::Listed {
+                source: source.into(),
+                records: vec![corvid_node::engine::listed_report(
+                    ReportId::new(NOW * 1000, [9; 10]),
+                    listed.clone(),
+                    Category::Spam,
+                    NOW,
+                    7 * 86_400,
+                )],
+            },
+        );
+        h.run(Faults::default());
+        assert_eq!(
+            decisions_about(&h, &listed).last().map(|d| d.0),
+            Some(want),
+            "block_alone = {alone}"
+        );
+    }
 }
 
 fn decisions_about(h: &Harness, subject: &SubjectKey) -> Vec<(Action, Origin, u64)> {
@@ -493,6 +546,7 @@ fn every_change_of_action_reaches_the_decision_stream() {
         source: PEER.into(),
         kind: trust.kind,
         weight: trust.weight,
+        alone: trust.alone,
         mode: trust.mode,
         confirmed: true,
         record: report(&decaying, 40, NOW + 90 * 86_400),

@@ -164,6 +164,7 @@ fn main() {
                 source: format!("peer{i}.example"),
                 kind: SourceKind::Peer,
                 weight: 0.5 + f64::from(i) / 40.0,
+                alone: false,
                 mode: Mode::Enforce,
                 confirmed: true,
                 record: Record::Report(r),

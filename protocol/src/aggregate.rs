@@ -78,6 +78,9 @@ pub struct Contribution {
     pub kind: SourceKind,
     /// Trust weight in `[0, 1]`.
     pub weight: f64,
+    /// The operator adopted this source (`block_alone`): its reports count
+    /// as the local server's own (full weight, no RTBL cap, no quorum).
+    pub alone: bool,
     /// Enforce or observe.
     pub mode: Mode,
     /// False while the source's item is missing and in its grace period.
@@ -229,6 +232,7 @@ pub fn score_subject(
             continue;
         }
         let weight = match c.kind {
+            _ if c.alone => 1.0,
             SourceKind::Rtbl => c.weight.clamp(0.0, policy.rtbl_max_weight),
             _ => c.weight.clamp(0.0, 1.0),
         };
@@ -239,6 +243,7 @@ pub fn score_subject(
         if counted {
             keep *= 1.0 - effective;
             match c.kind {
+                _ if c.alone => local = true,
                 SourceKind::Local => local = true,
                 SourceKind::Peer => {
                     issuers.insert(c.source.as_str());

@@ -106,6 +106,7 @@ fn contribution(i: &Input) -> Contribution {
         source,
         kind: i.kind,
         weight: i.weight,
+        alone: false,
         mode: if i.observe {
             Mode::Observe
         } else {
