@@ -98,6 +98,7 @@ local m_diverted = module:metric("counter", "diverted", "", "Flagged messages fr
 local m_would_divert = module:metric("counter", "would_divert", "", "Flagged messages observe mode delivered that enforcement would have put in the spam folder.", { "host" });
 local m_released = module:metric("counter", "released", "", "Messages users released from their spam folder.", { "host" });
 local m_deleted = module:metric("counter", "deleted", "", "Messages users deleted from their spam folder.", { "host" });
+local m_digests = module:metric("counter", "digests", "", "Strangers' message bodies digested by corvidd, by the digest's verdict (timeout: delivered unchecked).", { "host", "result" });
 local m_entries = module:metric("gauge", "mirror_entries", "", "Subjects in the copy of Corvid's verdicts.", {});
 local m_age = module:metric("gauge", "mirror_age", "seconds", "Seconds since the copy of the verdicts was last confirmed current by corvidd.", {});
 
@@ -532,6 +533,70 @@ function module.add_host(module)
 	local adhoc_new = module:require "adhoc".new;
 	module:provides("adhoc", adhoc_new("Spam folder", review_node, review, "local_user"));
 
+	-- Content digests (spec §10): a stranger's message that its sender's
+	-- verdict lets through is held while corvidd digests its body (never
+	-- an end-to-end encryption fallback), for at most
+	-- `corvid_digest_timeout` seconds; then it is delivered, put in the spam
+	-- folder or refused, as a flag would be (a digest never blocks).
+	local digests_on = module:get_option_boolean("corvid_digests", true);
+	local digest_timeout = module:get_option_number("corvid_digest_timeout", 0.5);
+	local encrypted_payloads = {
+		{ "encrypted", "eu.siacs.conversations.axolotl" }, -- OMEMO (legacy)
+		{ "encrypted", "urn:xmpp:omemo:2" }, -- OMEMO 2
+		{ "openpgp", "urn:xmpp:openpgp:0" }, -- OpenPGP for XMPP
+		{ "x", "jabber:x:encrypted" }, -- legacy OpenPGP
+		{ "encryption", "urn:xmpp:eme:0" }, -- XEP-0380 explicit message encryption
+	};
+	local function encrypted(stanza)
+		for _, p in ipairs(encrypted_payloads) do
+			if stanza:get_child(p[1], p[2]) then return true; end
+		end
+		return false;
+	end
+
+	local function check_digest(event, user, host)
+		local stanza, origin = event.stanza, event.origin;
+		local body = stanza:get_child_text("body");
+		if not digests_on or not body or body == "" or encrypted(stanza) then return; end
+		local done = false;
+		local function deliver(result)
+			if done then return; end
+			done = true;
+			m_digests:with_labels(host_name, result):add(1);
+			stanza.corvid_checked = true;
+			prosody.core_post_stanza(origin, stanza);
+		end
+		http.request(api_url .. "/v1/digest", {
+			method = "POST";
+			body = json.encode({ body = body });
+			headers = {
+				Authorization = "Bearer " .. (token or "");
+				["Content-Type"] = "application/json";
+			};
+		}, function (response, code)
+			if done then return; end
+			local data = code == 200 and json.decode(response) or nil;
+			if not data then return deliver("error"); end
+			if data.action ~= "flag" and data.action ~= "block" then return deliver("allow"); end
+			if not enforcing() then
+				m_would_divert:with_labels(host_name):add(1);
+				return deliver("flag");
+			end
+			local choice = preference(user);
+			if choice == "deliver" then return deliver("flag"); end
+			done = true;
+			m_digests:with_labels(host_name, "flag"):add(1);
+			stanza.corvid_checked = true;
+			if choice == "refuse" then
+				refuse(event, "message", "flag (content)");
+			elseif not divert(event, user, host) then
+				prosody.core_post_stanza(origin, stanza);
+			end
+		end);
+		module:add_timer(digest_timeout, function () deliver("timeout"); end);
+		return true;
+	end
+
 	--- Checks one stanza from a remote sender to a local user; returns true
 	-- when it was refused (and the event must stop).
 	local function check(event, kind)
@@ -580,13 +645,15 @@ function module.add_host(module)
 			elseif choice == "folder" then
 				return divert(event, user, host);
 			end
+		elseif action == ALLOW and kind == "message" and current() then
+			return check_digest(event, user, host);
 		end
 	end
 
 	local function on_message(event)
 		local stanza = event.stanza;
 		local t = stanza.attr.type;
-		if t == "groupchat" or t == "error" or stanza.corvid_released then return; end
+		if t == "groupchat" or t == "error" or stanza.corvid_released or stanza.corvid_checked then return; end
 		-- A private message through a chat room is the room's business.
 		if stanza:get_child("x", "http://jabber.org/protocol/muc#user") then return; end
 		return check(event, "message");

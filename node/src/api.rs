@@ -314,7 +314,7 @@ fn need_for(method: &Method, path: &str) -> Option<Need> {
         None
     } else if method == Method::GET
         || method == Method::HEAD
-        || (method == Method::POST && path == "/v1/verdicts")
+        || (method == Method::POST && (path == "/v1/verdicts" || path == "/v1/digest"))
     {
         Some(Need::Read)
     } else {
@@ -774,8 +774,12 @@ async fn decisions(
     let deadline = tokio::time::Instant::now() + wait;
     let brake = s.brake();
     loop {
-        // Armed before the read, so a decision committed in between wakes us.
+        // Registered before the read (`enable`: a `Notified` that was never
+        // polled is not woken by `notify_waiters`), so a decision committed
+        // between the read and the wait wakes us.
         let woken = store.decided().notified();
+        let mut woken = std::pin::pin!(woken);
+        woken.as_mut().enable();
         let read = {
             let store = store.clone();
             tokio::task::spawn_blocking(move || store.decisions_since(since, limit))
@@ -801,13 +805,57 @@ async fn decisions(
                 "peers": peer_hosts(&s), "brake": brake_now.on,
             })));
         }
-        if tokio::time::timeout_at(deadline, woken).await.is_err() {
+        if tokio::time::timeout_at(deadline, woken.as_mut())
+            .await
+            .is_err()
+        {
             return Ok(Json(json!({
                 "decisions": [], "next": since, "reset": false,
                 "peers": peer_hosts(&s), "brake": s.brake().on,
             })));
         }
     }
+}
+
+/// The longest body digested (a larger one gets no digest, and says so).
+const MAX_DIGEST_BODY: usize = 256 * 1024;
+
+#[derive(Debug, serde::Deserialize)]
+struct DigestRequest {
+    body: String,
+}
+
+/// A message body's content digest (spec §10) and that digest's verdict:
+/// what a server asks about a stranger's message. corvidd keeps nothing of
+/// the text. A digest alone never blocks (§15.5).
+async fn digest(
+    State(s): State<Arc<ApiState>>,
+    Json(req): Json<DigestRequest>,
+) -> ApiResult<Json<Value>> {
+    if req.body.len() > MAX_DIGEST_BODY {
+        return Ok(Json(json!({
+            "digest": null, "action": "allow",
+            "note": format!("bodies over {MAX_DIGEST_BODY} bytes are not digested"),
+        })));
+    }
+    let engine = Arc::clone(&s.engine);
+    let now = crate::now();
+    // Digesting is linear in the body but not free: off the async workers.
+    let answer = tokio::task::spawn_blocking(move || -> Result<Value, ApiError> {
+        let Some(key) = corvid_protocol::digest::body_digest(&req.body) else {
+            return Ok(json!({"digest": null, "action": "allow"}));
+        };
+        let (action, body) = engine.verdict_with(
+            now,
+            &corvid_api::subjects::Query::Digest(key.clone()),
+            |v| (v.action, v.score),
+        )?;
+        Ok(json!({"digest": key.as_str(), "action": action, "score": body}))
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("digest: {e}")))??;
+    s.engine.metrics.lookup("digest");
+    Ok(Json(answer))
 }
 
 /// One page of the snapshot a consumer of the decision stream starts from:
@@ -939,6 +987,7 @@ pub fn router(state: Arc<ApiState>, max_body: usize) -> Router {
         .route("/v1/reports/{subject}", delete(retract))
         .route("/v1/decisions/stream", get(decisions))
         .route("/v1/mirror", get(mirror))
+        .route("/v1/digest", post(digest))
         .merge(crate::admin::routes())
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body))

@@ -31,6 +31,9 @@ pub struct ProsodyOptions {
     pub global: String,
     /// Lines added at the end of the config (more components).
     pub tail: String,
+    /// Debian's mod_limits rates (true unless a benchmark measures latency
+    /// that the rate limit would hide).
+    pub limits: bool,
 }
 
 /// A Prosody release.
@@ -110,6 +113,7 @@ impl Default for ProsodyOptions {
             modules: Vec::new(),
             global: String::new(),
             tail: String::new(),
+            limits: true,
         }
     }
 }
@@ -184,7 +188,7 @@ allow_unencrypted_plain_auth = true
 s2s_require_encryption = false
 s2s_secure_auth = false
 authentication = "internal_hashed"
-modules_enabled = {{ "disco"; "roster"; "saslauth"; "dialback"; "limits"; "pep"; "private"; "smacks"; "ping"; "time"; "uptime"; "version"{modules} }}
+modules_enabled = {{ "disco"; "roster"; "saslauth"; "dialback"; {limits}"pep"; "private"; "smacks"; "ping"; "time"; "uptime"; "version"{modules} }}
 plugin_paths = {{ "{plugins}" }}
 -- Debian's default rate limits, kept so the limits in force are known.
 limits = {{ c2s = {{ rate = "10kb/s" }}; s2sin = {{ rate = "30kb/s" }} }}
@@ -203,6 +207,7 @@ unlimited_jids = {{ {unlimited} }}
                 .map(|m| format!("; {m:?}"))
                 .collect::<String>(),
             plugins = module_dir().display(),
+            limits = if options.limits { "\"limits\"; " } else { "" },
         );
         text.push_str(&options.global);
         text.push('\n');

@@ -710,8 +710,10 @@ fn a_domain_block_closes_the_stream_only_above_the_s2s_threshold() {
         "the stream to be closed at 0.95",
         || {
             f.a.log()
-            .contains("closing the s2s stream from b.test: the federation blocks the domain (score 95%)")
-            .then_some(())
+                .contains(
+                    "closing the s2s stream from b.test: the federation blocks the domain (score 9",
+                )
+                .then_some(())
         },
     );
 }
@@ -800,5 +802,80 @@ fn the_emergency_brake_stops_refusals_at_once_and_status_shows_the_module() {
         ))
         .is_some(),
         "refusals did not resume"
+    );
+}
+
+/// A stranger whose own verdict lets them through, with a body whose
+/// content digest is flagged, lands in the spam folder; the same body as
+/// an OMEMO fallback is never digested and is delivered.
+#[test]
+fn a_flagged_body_from_a_stranger_is_held_and_encrypted_fallbacks_pass() {
+    super::init();
+    let f = federation(
+        Version::Debian12,
+        ("127.0.0.24", "127.0.0.25"),
+        "corvid_mode = \"enforce\"",
+        true,
+    );
+    let node = f.node.as_ref().expect("node");
+    let spam = "Cheap Bitcoin! Visit https://scam.example/ref?id=123 now, offer 42 ends soon";
+    let key = corvid_protocol::digest::body_digest(spam).expect("a digest");
+    node.report(key.as_str(), "spam", 90);
+    node.wait_action("digest", key.as_str(), "flag", Duration::from_secs(10));
+    let alice = Client::login(&f.a, "alice", "a.test");
+    let friend = Client::login(&f.b, "friend", "b.test");
+    wait_for(Duration::from_secs(30), "the module's copy to load", || {
+        f.a.log()
+            .contains("copy of Corvid's verdicts loaded")
+            .then_some(())
+    });
+
+    // A variation of the spam (case, spacing, URL path, number).
+    friend.message(
+        "alice@a.test",
+        "cheap  BITCOIN! visit http://SCAM.example/other now, offer 7 ends soon",
+    );
+    let notice = alice
+        .wait_stanza(Duration::from_secs(10), |s| {
+            s.attr("from") == Some("a.test") || body_of(s).is_some_and(|b| b.contains("BITCOIN"))
+        })
+        .expect("either the folder's notice or the message");
+    assert_eq!(
+        notice.attr("from"),
+        Some("a.test"),
+        "the flagged body was delivered"
+    );
+
+    // The same text as an OMEMO fallback body, and an ordinary message.
+    let mut omemo = xmpp_parsers::message::Message::chat(Some(
+        "alice@a.test"
+            .parse::<xmpp_parsers::jid::Jid>()
+            .expect("jid"),
+    ));
+    omemo
+        .bodies
+        .insert(xmpp_parsers::message::Lang::default(), spam.to_owned());
+    omemo
+        .payloads
+        .push(Element::builder("encrypted", "eu.siacs.conversations.axolotl").build());
+    friend.send(omemo.into());
+    friend.message(
+        "alice@a.test",
+        "hello there, are we still on for lunch today?",
+    );
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while seen.len() < 2 && Instant::now() < deadline {
+        if let Some(s) = alice.wait_stanza(Duration::from_millis(200), |s| body_of(s).is_some()) {
+            seen.push(body_of(&s).expect("body"));
+        }
+    }
+    assert!(
+        seen.iter().any(|b| b == spam),
+        "the OMEMO fallback was held: {seen:?}"
+    );
+    assert!(
+        seen.iter().any(|b| b.starts_with("hello there")),
+        "{seen:?}"
     );
 }

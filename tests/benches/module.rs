@@ -1,0 +1,251 @@
+//! mod_corvid against real Prosody (issue "Prosody protects its users"):
+//!
+//! 1. the latency a stranger's message gains through Prosody with the
+//!    module, against the same servers without it: paired alternating
+//!    rounds, one message in flight at a time, sender and recipient in this
+//!    process (target: at most 50 µs at p50 and 1 ms at p99), with content
+//!    digests on and off;
+//! 2. freshness: from corvidd acknowledging a block to the module refusing
+//!    that JID, found by probes every 2 ms (target: p50 at most 50 ms).
+//!
+//! Run: `cargo bench -p corvid-tests --bench module` (Prosody 0.12 of
+//! Debian 12; `CORVID_BENCH_PROSODY=13` for Prosody 13).
+
+use std::time::{Duration, Instant};
+
+use corvid_tests::client::Client;
+use corvid_tests::node::{Identity, Node};
+use corvid_tests::prosody::{Prosody, ProsodyOptions, Version};
+use corvid_tests::{free_port, wait_for};
+use xmpp_parsers::minidom::Element;
+
+struct Servers {
+    a: Prosody,
+    b: Prosody,
+    _node: Option<Node>,
+}
+
+fn servers(version: Version, ips: (&str, &str), module: Option<&str>, bots: usize) -> Servers {
+    let hosts = std::env::temp_dir().join(format!("corvid-bench-hosts-{}", free_port()));
+    std::fs::write(
+        &hosts,
+        format!(
+            "{} a.test pubsub.a.test\n{} b.test pubsub.b.test\n",
+            ips.0, ips.1
+        ),
+    )
+    .expect("hosts");
+    let api_port = free_port();
+    let opts = |iface: &str, with: bool| ProsodyOptions {
+        interface: iface.into(),
+        s2s: true,
+        hosts_file: Some(hosts.clone()),
+        version,
+        // mod_limits would throttle a thousand messages and hide what is
+        // measured.
+        limits: false,
+        modules: if with {
+            vec!["corvid".into()]
+        } else {
+            Vec::new()
+        },
+        global: match (with, module) {
+            (true, Some(extra)) => format!(
+                "corvid_api_url = \"http://127.0.0.1:{api_port}\"\ncorvid_api_token = \"read-a.test\"\ncorvid_mode = \"enforce\"\n{extra}\n"
+            ),
+            _ => String::new(),
+        },
+        ..ProsodyOptions::default()
+    };
+    let a = Prosody::start(
+        &["a.test"],
+        &["corvidd@a.test", "alice@a.test"],
+        opts(ips.0, module.is_some()),
+    );
+    let mut accounts = vec!["stranger@b.test".to_owned()];
+    accounts.extend((0..bots).map(|i| format!("bot{i}@b.test")));
+    let accounts: Vec<&str> = accounts.iter().map(String::as_str).collect();
+    let b = Prosody::start(&["b.test"], &accounts, opts(ips.1, false));
+    let node = module.map(|_| {
+        let n = Node::start(
+            &a,
+            &Identity::new("a.test"),
+            &format!("api.listen = \"127.0.0.1:{api_port}\""),
+        );
+        wait_for(Duration::from_secs(30), "the module's copy to load", || {
+            a.log()
+                .contains("copy of Corvid's verdicts loaded")
+                .then_some(())
+        });
+        n
+    });
+    Servers { a, b, _node: node }
+}
+
+fn attr(name: &'static str) -> xmpp_parsers::minidom::rxml::NcName {
+    xmpp_parsers::minidom::rxml::NcName::try_from(name).expect("attribute name")
+}
+
+fn body_of(s: &Element) -> Option<String> {
+    (s.name() == "message" && s.attr("type") != Some("error"))
+        .then(|| s.get_child("body", "jabber:client").map(Element::text))
+        .flatten()
+}
+
+/// One-way latencies of `n` messages, one in flight at a time.
+fn latencies(from: &Client, to: &Client, n: usize, tag: &str) -> Vec<Duration> {
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let text = format!("{tag} message {i}: are we still on for lunch tomorrow?");
+        let t = Instant::now();
+        from.message("alice@a.test", &text);
+        to.wait_stanza(Duration::from_secs(5), |s| {
+            body_of(s).as_deref() == Some(text.as_str())
+        })
+        .unwrap_or_else(|| panic!("{tag}: message {i} never arrived"));
+        out.push(t.elapsed());
+    }
+    out
+}
+
+fn pct(v: &mut [Duration], p: f64) -> Duration {
+    v.sort();
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn micros(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    corvid_tests::node::set_corvidd_bin(env!("CARGO_BIN_EXE_corvidd-under-test"));
+    let version = match std::env::var("CORVID_BENCH_PROSODY").as_deref() {
+        Ok("13") => Version::Backports13,
+        _ => Version::Debian12,
+    };
+    println!(
+        "mod_corvid on {} (release build of corvidd)",
+        version.name()
+    );
+
+    // 1. Added latency: three federations side by side, rounds alternating.
+    let plain = servers(version, ("127.0.0.30", "127.0.0.31"), None, 0);
+    let with = servers(
+        version,
+        ("127.0.0.32", "127.0.0.33"),
+        Some("corvid_digests = false"),
+        0,
+    );
+    let digest = servers(
+        version,
+        ("127.0.0.34", "127.0.0.35"),
+        Some("corvid_digests = true"),
+        0,
+    );
+    let pair = |s: &Servers| {
+        (
+            Client::login(&s.b, "stranger", "b.test"),
+            Client::login(&s.a, "alice", "a.test"),
+        )
+    };
+    let (p_from, p_to) = pair(&plain);
+    let (w_from, w_to) = pair(&with);
+    let (d_from, d_to) = pair(&digest);
+    // Warm the s2s streams.
+    latencies(&p_from, &p_to, 20, "warm");
+    latencies(&w_from, &w_to, 20, "warm");
+    latencies(&d_from, &d_to, 20, "warm");
+    let (mut p, mut w, mut d) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..5 {
+        p.extend(latencies(&p_from, &p_to, 200, &format!("plain {round}")));
+        w.extend(latencies(&w_from, &w_to, 200, &format!("module {round}")));
+        d.extend(latencies(&d_from, &d_to, 200, &format!("digest {round}")));
+    }
+    let (p50, p99) = (pct(&mut p, 0.5), pct(&mut p, 0.99));
+    for (name, v) in [
+        ("module, digests off", &mut w),
+        ("module, digests on", &mut d),
+    ] {
+        let (m50, m99) = (pct(v, 0.5), pct(v, 0.99));
+        println!(
+            "- stranger's message over s2s, {name}: p50 {:.0} µs, p99 {:.0} µs; without the module p50 {:.0} µs, p99 {:.0} µs; added p50 {:+.0} µs (target <= 50), p99 {:+.0} µs (target <= 1000); {} messages each",
+            micros(m50),
+            micros(m99),
+            micros(p50),
+            micros(p99),
+            micros(m50) - micros(p50),
+            micros(m99) - micros(p99),
+            v.len()
+        );
+    }
+    drop((p_from, p_to, w_from, w_to, d_from, d_to));
+    drop((plain, with, digest));
+
+    // 2. Freshness: corvidd acknowledges a block, probes find when the
+    // module refuses.
+    let bots = 20;
+    let s = servers(
+        version,
+        ("127.0.0.36", "127.0.0.37"),
+        Some("corvid_digests = false"),
+        bots,
+    );
+    let node = s._node.as_ref().expect("node");
+    let _alice = Client::login(&s.a, "alice", "a.test");
+    let mut fresh = Vec::new();
+    let mut first_probe = 0;
+    for i in 0..bots {
+        let bot = Client::login(&s.b, &format!("bot{i}"), "b.test");
+        // The stream to a.test is open before the block.
+        bot.message("alice@a.test", "hello");
+        std::thread::sleep(Duration::from_millis(100));
+        node.report(&format!("bot{i}@b.test"), "spam", 90);
+        let acked = Instant::now();
+        let mut sent = Vec::new();
+        let found = loop {
+            let id = format!("probe-{}", sent.len());
+            sent.push(acked.elapsed());
+            let probe = Element::builder("message", "jabber:client")
+                .attr(attr("to"), "alice@a.test")
+                .attr(attr("type"), "chat")
+                .attr(attr("id"), id.as_str())
+                .append(
+                    Element::builder("body", "jabber:client")
+                        .append(format!("probe {id}"))
+                        .build(),
+                )
+                .build();
+            bot.send(
+                xmpp_parsers::message::Message::try_from(probe)
+                    .expect("message")
+                    .into(),
+            );
+            if let Some(e) = bot.wait_stanza(Duration::from_millis(2), |s| {
+                s.attr("type") == Some("error") && s.name() == "message"
+            }) {
+                break e;
+            }
+            assert!(acked.elapsed() < Duration::from_secs(10), "never refused");
+        };
+        // The refusal answers the first probe the module refused: its id
+        // says which, and when that probe was sent is the freshness (to
+        // within the 2 ms between probes).
+        let n: usize = found
+            .attr("id")
+            .and_then(|id| id.strip_prefix("probe-"))
+            .and_then(|n| n.parse().ok())
+            .expect("the refusal names its probe");
+        fresh.push(sent[n]);
+        first_probe += usize::from(n == 0);
+    }
+    let (f50, f99) = (pct(&mut fresh, 0.5), pct(&mut fresh, 0.99));
+    println!(
+        "- freshness, block acknowledged by corvidd -> module refuses (probes every 2 ms, {} blocks; {first_probe} refused the first probe, sent right after the acknowledgement): p50 {:.1} ms (target <= 50), max {:.1} ms",
+        fresh.len(),
+        f50.as_secs_f64() * 1e3,
+        f99.as_secs_f64() * 1e3
+    );
+}
