@@ -341,29 +341,27 @@ function module.add_host(module)
 			local affiliation = room:get_affiliation(bare);
 			return not affiliation or affiliation == "none" or affiliation == "outcast";
 		end
-		module:hook("muc-occupant-pre-join", function (event)
-			local bare = jid_bare(event.stanza.attr.from);
+		-- Refuses `event`'s stanza when its sender, not affiliated with the
+		-- room, is blocked; `kind` names the counter.
+		local function refuse_in_room(event, bare, kind)
 			if not unaffiliated(event.room, bare) or verdict_for(bare) ~= BLOCK then return; end
 			if not enforcing() then
-				m_would:with_labels(host_name, "muc-join"):add(1);
+				m_would:with_labels(host_name, kind):add(1);
+				about.would = about.would + 1;
 				return;
 			end
-			m_refused:with_labels(host_name, "muc-join"):add(1);
+			m_refused:with_labels(host_name, kind):add(1);
+			about.refused = about.refused + 1;
 			event.origin.send(st.error_reply(event.stanza, "cancel", "forbidden",
 				"Refused by this server's spam policy (Corvid: block)"));
 			return true;
+		end
+		module:hook("muc-occupant-pre-join", function (event)
+			return refuse_in_room(event, jid_bare(event.stanza.attr.from), "muc-join");
 		end, 500);
 		module:hook("muc-occupant-groupchat", function (event)
 			local bare = event.occupant and event.occupant.bare_jid or jid_bare(event.stanza.attr.from);
-			if not unaffiliated(event.room, bare) or verdict_for(bare) ~= BLOCK then return; end
-			if not enforcing() then
-				m_would:with_labels(host_name, "muc-message"):add(1);
-				return;
-			end
-			m_refused:with_labels(host_name, "muc-message"):add(1);
-			event.origin.send(st.error_reply(event.stanza, "cancel", "forbidden",
-				"Refused by this server's spam policy (Corvid: block)"));
-			return true;
+			return refuse_in_room(event, bare, "muc-message");
 		end, 500);
 	end
 

@@ -1072,7 +1072,16 @@ fn apply(
     let now = now_ms / 1000;
     Ok(match event {
         Event::Submit(s) => match submission(ctx, rng, now, s) {
-            Ok(report) => {
+            Ok(mut report) => {
+                // A new report about a subject supersedes this server's
+                // last record about it, even within the same second (a
+                // report id's milliseconds are spread at random).
+                if let Some(old) = tx.own(&report.subject)? {
+                    if report.id <= old.id() {
+                        report.id = rng.report_id(old.id().timestamp_ms() + 1);
+                    }
+                    report.issued_at = report.issued_at.max(old.issued_at());
+                }
                 let record = Record::Report(report.clone());
                 tx.put_own(&record)?;
                 ingest(ctx, tx, scratch, now_ms, &ctx.settings.domain, &record, "")?;

@@ -120,14 +120,7 @@ impl SubjectVerdict {
         canary: bool,
         now: u64,
     ) -> Self {
-        let lookup = Lookup {
-            canaries: if canary {
-                std::iter::once(subject.clone()).collect()
-            } else {
-                Default::default()
-            },
-            ..Lookup::default()
-        };
+        let lookup = canary_lookup(subject, canary);
         let at = |t: u64| {
             let s = aggregate::score_subject(subject, contributions, policy, t);
             let (action, reasons) = aggregate::subject_action(&s, &lookup, policy);
@@ -144,20 +137,7 @@ impl SubjectVerdict {
             .min()
             .unwrap_or(u64::MAX);
         let horizon = first_expiry.min(now + SCORE_REFRESH_SECS);
-        let valid_until = if horizon <= now + 1 || at(horizon).1 == action {
-            horizon
-        } else {
-            let (mut lo, mut hi) = (now, horizon);
-            while hi - lo > 1 {
-                let mid = lo + (hi - lo) / 2;
-                if at(mid).1 == action {
-                    lo = mid;
-                } else {
-                    hi = mid;
-                }
-            }
-            hi
-        };
+        let valid_until = first_change(|t| at(t).1, action, now, horizon).unwrap_or(horizon);
         let hold = match reasons.get(1) {
             Some(Reason::Canary { .. }) => Hold::Canary,
             Some(Reason::DigestNeverBlocks) => Hold::Digest,
@@ -192,33 +172,49 @@ impl SubjectVerdict {
         now: u64,
         until: u64,
     ) -> Option<u64> {
-        let lookup = Lookup {
-            canaries: if canary {
-                std::iter::once(subject.clone()).collect()
-            } else {
-                Default::default()
-            },
-            ..Lookup::default()
-        };
+        let lookup = canary_lookup(subject, canary);
         let action_at = |t: u64| {
             let s = aggregate::score_subject(subject, contributions, policy, t);
             aggregate::subject_action(&s, &lookup, policy).0
         };
-        let first = action_at(now);
-        if until <= now || action_at(until) == first {
-            return None;
-        }
-        let (mut lo, mut hi) = (now, until);
-        while hi - lo > 1 {
-            let mid = lo + (hi - lo) / 2;
-            if action_at(mid) == first {
-                lo = mid;
-            } else {
-                hi = mid;
-            }
-        }
-        Some(hi)
+        first_change(action_at, action_at(now), now, until)
     }
+}
+
+/// A lookup of one subject alone, with it as a canary or not.
+fn canary_lookup(subject: &SubjectKey, canary: bool) -> Lookup {
+    Lookup {
+        canaries: if canary {
+            std::iter::once(subject.clone()).collect()
+        } else {
+            Default::default()
+        },
+        ..Lookup::default()
+    }
+}
+
+/// The first time in `(now, until]` at which `action_at` differs from
+/// `first` (its value at `now`), by bisection: between expiries the score
+/// only decays, so the action changes at most once.
+fn first_change(
+    action_at: impl Fn(u64) -> Action,
+    first: Action,
+    now: u64,
+    until: u64,
+) -> Option<u64> {
+    if until <= now || action_at(until) == first {
+        return None;
+    }
+    let (mut lo, mut hi) = (now, until);
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        if action_at(mid) == first {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    Some(hi)
 }
 
 /// What lookups read: published by the core, never locked by it for longer

@@ -135,6 +135,30 @@ fn federation_with(
     }
 }
 
+/// Waits until the module on `a.test` has read its first copy.
+fn copy_loaded(f: &Federation) {
+    wait_for(Duration::from_secs(30), "the module's copy to load", || {
+        f.a.log()
+            .contains("copy of Corvid's verdicts loaded")
+            .then_some(())
+    });
+}
+
+/// A presence of `kind` to `to`; a room join carries the MUC payload.
+fn presence(kind: xmpp_parsers::presence::Type, to: &str) -> xmpp_parsers::stanza::Stanza {
+    let join = kind == xmpp_parsers::presence::Type::None && to.contains('/');
+    let p = xmpp_parsers::presence::Presence::new(kind)
+        .with_to(to.parse::<xmpp_parsers::jid::Jid>().expect("jid"));
+    if join {
+        p.with_payloads(vec![
+            Element::builder("x", "http://jabber.org/protocol/muc").build(),
+        ])
+        .into()
+    } else {
+        p.into()
+    }
+}
+
 fn is_error(stanza: &Element, name: &str, condition: &str) -> bool {
     stanza.name() == name
         && stanza.attr("type") == Some("error")
@@ -192,15 +216,10 @@ fn refuses_a_blocked_stranger(version: Version, ips: (&str, &str)) {
     let friend = Client::login(&f.b, "friend", "b.test");
     let buddy = Client::login(&f.b, "buddy", "b.test");
     // Alice wrote to buddy first (a subscription request): not a stranger.
-    alice.send(
-        xmpp_parsers::presence::Presence::new(xmpp_parsers::presence::Type::Subscribe)
-            .with_to(
-                "buddy@b.test"
-                    .parse::<xmpp_parsers::jid::Jid>()
-                    .expect("jid"),
-            )
-            .into(),
-    );
+    alice.send(presence(
+        xmpp_parsers::presence::Type::Subscribe,
+        "buddy@b.test",
+    ));
     let probes = until_bounced(&bot, "alice@a.test");
 
     // To the bare JID, to the full JID, and a subscription request: refused
@@ -227,15 +246,10 @@ fn refuses_a_blocked_stranger(version: Version, ips: (&str, &str)) {
         .is_some(),
         "bounce of the message to the full JID"
     );
-    bot.send(
-        xmpp_parsers::presence::Presence::new(xmpp_parsers::presence::Type::Subscribe)
-            .with_to(
-                "alice@a.test"
-                    .parse::<xmpp_parsers::jid::Jid>()
-                    .expect("jid"),
-            )
-            .into(),
-    );
+    bot.send(presence(
+        xmpp_parsers::presence::Type::Subscribe,
+        "alice@a.test",
+    ));
     assert!(
         bot.wait_stanza(Duration::from_secs(5), |s| is_error(
             s,
@@ -310,11 +324,7 @@ fn observe_mode_and_a_missing_corvidd_never_stop_messages() {
     node.wait_action("jid", "bot@b.test", "block", Duration::from_secs(10));
     let alice = Client::login(&f.a, "alice", "a.test");
     let bot = Client::login(&f.b, "bot", "b.test");
-    wait_for(Duration::from_secs(30), "the module's copy to load", || {
-        f.a.log()
-            .contains("copy of Corvid's verdicts loaded")
-            .then_some(())
-    });
+    copy_loaded(&f);
     bot.message("alice@a.test", "observed, not refused");
     assert!(
         alice
@@ -397,11 +407,7 @@ fn flagged_messages_wait_in_the_spam_folder(version: Version, ips: (&str, &str))
     node.wait_action("jid", "spammy@b.test", "flag", Duration::from_secs(10));
     let alice = Client::login(&f.a, "alice", "a.test");
     let spammy = Client::login(&f.b, "spammy", "b.test");
-    wait_for(Duration::from_secs(30), "the module's copy to load", || {
-        f.a.log()
-            .contains("copy of Corvid's verdicts loaded")
-            .then_some(())
-    });
+    copy_loaded(&f);
     // Until the copy has the flag, a message may still be delivered: send
     // until the folder's notice arrives instead.
     let start = Instant::now();
@@ -573,26 +579,14 @@ fn a_denied_domain_loses_its_stream_and_a_blocked_jid_its_rooms() {
     let alice = Client::login(&f.a, "alice", "a.test");
     let friend = Client::login(&f.b, "friend", "b.test");
     let bot = Client::login(&f.b, "bot", "b.test");
-    wait_for(Duration::from_secs(30), "the module's copy to load", || {
-        f.a.log()
-            .contains("copy of Corvid's verdicts loaded")
-            .then_some(())
-    });
+    copy_loaded(&f);
 
     // A chat room, made by alice (its owner): the blocked bot, not
     // affiliated, is refused at the door.
-    alice.send(
-        xmpp_parsers::presence::Presence::available()
-            .with_to(
-                "room@muc.a.test/alice"
-                    .parse::<xmpp_parsers::jid::Jid>()
-                    .expect("jid"),
-            )
-            .with_payloads(vec![
-                Element::builder("x", "http://jabber.org/protocol/muc").build(),
-            ])
-            .into(),
-    );
+    alice.send(presence(
+        xmpp_parsers::presence::Type::None,
+        "room@muc.a.test/alice",
+    ));
     alice
         .wait_stanza(Duration::from_secs(10), |s| {
             s.name() == "presence" && s.attr("from") == Some("room@muc.a.test/alice")
@@ -602,18 +596,10 @@ fn a_denied_domain_loses_its_stream_and_a_blocked_jid_its_rooms() {
     node.wait_action("jid", "bot@b.test", "block", Duration::from_secs(10));
     let start = Instant::now();
     loop {
-        bot.send(
-            xmpp_parsers::presence::Presence::available()
-                .with_to(
-                    "room@muc.a.test/bot"
-                        .parse::<xmpp_parsers::jid::Jid>()
-                        .expect("jid"),
-                )
-                .with_payloads(vec![
-                    Element::builder("x", "http://jabber.org/protocol/muc").build(),
-                ])
-                .into(),
-        );
+        bot.send(presence(
+            xmpp_parsers::presence::Type::None,
+            "room@muc.a.test/bot",
+        ));
         let answer = bot
             .wait_stanza(Duration::from_secs(5), |s| {
                 s.name() == "presence"
@@ -625,15 +611,10 @@ fn a_denied_domain_loses_its_stream_and_a_blocked_jid_its_rooms() {
             break;
         }
         // Joined before the copy had the block: leave and try again.
-        bot.send(
-            xmpp_parsers::presence::Presence::new(xmpp_parsers::presence::Type::Unavailable)
-                .with_to(
-                    "room@muc.a.test/bot"
-                        .parse::<xmpp_parsers::jid::Jid>()
-                        .expect("jid"),
-                )
-                .into(),
-        );
+        bot.send(presence(
+            xmpp_parsers::presence::Type::Unavailable,
+            "room@muc.a.test/bot",
+        ));
         assert!(
             start.elapsed() < Duration::from_secs(30),
             "the blocked JID kept joining"
@@ -691,11 +672,7 @@ fn a_domain_block_closes_the_stream_only_above_the_s2s_threshold() {
     let node = f.node.as_ref().expect("node");
     let _alice = Client::login(&f.a, "alice", "a.test");
     let friend = Client::login(&f.b, "friend", "b.test");
-    wait_for(Duration::from_secs(30), "the module's copy to load", || {
-        f.a.log()
-            .contains("copy of Corvid's verdicts loaded")
-            .then_some(())
-    });
+    copy_loaded(&f);
     node.report("b.test", "spam", 80);
     node.wait_action("domain", "b.test", "block", Duration::from_secs(10));
     let n = until_bounced(&friend, "alice@a.test");
@@ -824,11 +801,7 @@ fn a_flagged_body_from_a_stranger_is_held_and_encrypted_fallbacks_pass() {
     node.wait_action("digest", key.as_str(), "flag", Duration::from_secs(10));
     let alice = Client::login(&f.a, "alice", "a.test");
     let friend = Client::login(&f.b, "friend", "b.test");
-    wait_for(Duration::from_secs(30), "the module's copy to load", || {
-        f.a.log()
-            .contains("copy of Corvid's verdicts loaded")
-            .then_some(())
-    });
+    copy_loaded(&f);
 
     // A variation of the spam (case, spacing, URL path, number).
     friend.message(
