@@ -34,7 +34,7 @@ local jid_split, jid_bare = jid_util.split, jid_util.bare;
 
 local api_url = module:get_option_string("corvid_api_url", "http://127.0.0.1:7780"):gsub("/+$", "");
 local stale_after = module:get_option_number("corvid_stale_after", 120);
-local page_size = module:get_option_number("corvid_snapshot_page", 5000);
+local page_size = module:get_option_number("corvid_snapshot_page", 500);
 
 local function read_token()
 	local inline = module:get_option_string("corvid_api_token", nil);
@@ -102,6 +102,19 @@ local m_digests = module:metric("counter", "digests", "", "Strangers' message bo
 local m_entries = module:metric("gauge", "mirror_entries", "", "Subjects in the copy of Corvid's verdicts.", {});
 local m_age = module:metric("gauge", "mirror_age", "seconds", "Seconds since the copy of the verdicts was last confirmed current by corvidd.", {});
 
+-- JID keys are spread over up to 256 tables by their first byte: a Lua
+-- table rehashes all its entries at once when it grows, and one table of a
+-- million entries stalls Prosody for over 100 ms each time it does.
+local function jid_shard(jids, bin, create)
+	local b = bin:byte(1);
+	local t = jids[b];
+	if not t and create then
+		t = {};
+		jids[b] = t;
+	end
+	return t;
+end
+
 local function decode_key(subject)
 	local kind, rest = subject:match("^(%a+):(.*)$");
 	if kind == "jid" and #rest == 64 then
@@ -122,7 +135,7 @@ local function apply(jids, domains, subject, action, origin, score)
 	local tbl, key = decode_key(subject);
 	if not tbl then return 0; end
 	local is_domain = tbl == mirror.domains;
-	tbl = is_domain and domains or jids;
+	tbl = is_domain and domains or jid_shard(jids, key, true);
 	local before = tbl[key] ~= nil;
 	if a == ALLOW and o == FEDERATION then
 		tbl[key] = nil;
@@ -282,7 +295,9 @@ local function verdict_for(bare)
 	local domain_keys = keys.domain_keys(domain);
 	local exact, covering = nil, {};
 	if node then
-		exact = mirror.jids[keys.jid_digest(node, host)];
+		local digest = keys.jid_digest(node, host);
+		local shard = digest and jid_shard(mirror.jids, digest, false);
+		exact = shard and shard[digest];
 	else
 		-- A server's own address: its domain is the exact subject.
 		exact = mirror.domains[domain];

@@ -6,7 +6,12 @@
 //!    process (target: at most 50 µs at p50 and 1 ms at p99), with content
 //!    digests on and off;
 //! 2. freshness: from corvidd acknowledging a block to the module refusing
-//!    that JID, found by probes every 2 ms (target: p50 at most 50 ms).
+//!    that JID, found by probes every 2 ms (target: p50 at most 50 ms);
+//! 3. a copy of `CORVID_BENCH_MIRROR` (default 1,000,000) blocked JIDs:
+//!    Prosody's resident memory with it against without it (target at
+//!    most 150 MB), and the longest stall of Prosody's event loop while it
+//!    reads the snapshot, seen as the slowest answer to XMPP pings sent
+//!    every 5 ms (target at most 50 ms).
 //!
 //! Run: `cargo bench -p corvid-tests --bench module` (Prosody 0.12 of
 //! Debian 12; `CORVID_BENCH_PROSODY=13` for Prosody 13).
@@ -26,6 +31,16 @@ struct Servers {
 }
 
 fn servers(version: Version, ips: (&str, &str), module: Option<&str>, bots: usize) -> Servers {
+    servers_on(version, ips, module, bots, None)
+}
+
+fn servers_on(
+    version: Version,
+    ips: (&str, &str),
+    module: Option<&str>,
+    bots: usize,
+    data: Option<&std::path::Path>,
+) -> Servers {
     let hosts = std::env::temp_dir().join(format!("corvid-bench-hosts-{}", free_port()));
     std::fs::write(
         &hosts,
@@ -67,16 +82,21 @@ fn servers(version: Version, ips: (&str, &str), module: Option<&str>, bots: usiz
     let accounts: Vec<&str> = accounts.iter().map(String::as_str).collect();
     let b = Prosody::start(&["b.test"], &accounts, opts(ips.1, false));
     let node = module.map(|_| {
-        let n = Node::start(
+        let n = Node::start_with_data(
             &a,
             &Identity::new("a.test"),
             &format!("api.listen = \"127.0.0.1:{api_port}\""),
+            data,
         );
-        wait_for(Duration::from_secs(30), "the module's copy to load", || {
-            a.log()
-                .contains("copy of Corvid's verdicts loaded")
-                .then_some(())
-        });
+        wait_for(
+            Duration::from_secs(300),
+            "the module's copy to load",
+            || {
+                a.log()
+                    .contains("copy of Corvid's verdicts loaded")
+                    .then_some(())
+            },
+        );
         n
     });
     Servers { a, b, _node: node }
@@ -106,6 +126,31 @@ fn latencies(from: &Client, to: &Client, n: usize, tag: &str) -> Vec<Duration> {
         out.push(t.elapsed());
     }
     out
+}
+
+/// Resident memory of a process, in bytes.
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap_or(0)
+        * 1024
+}
+
+/// Pings `a.test` every 5 ms until `done` says stop; the slowest answer.
+fn slowest_ping(c: &Client, mut done: impl FnMut() -> bool) -> Duration {
+    let mut worst = Duration::ZERO;
+    while !done() {
+        let iq = xmpp_parsers::iq::Iq::from_get("", xmpp_parsers::ping::Ping)
+            .with_to("a.test".parse().expect("jid"));
+        let t = Instant::now();
+        c.run(c.link().iq(iq)).expect("ping");
+        worst = worst.max(t.elapsed());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    worst
 }
 
 fn pct(v: &mut [Duration], p: f64) -> Duration {
@@ -248,4 +293,111 @@ fn main() {
         f50.as_secs_f64() * 1e3,
         f99.as_secs_f64() * 1e3
     );
+
+    drop(s);
+
+    // 3. A copy of many blocked JIDs: decisions written straight into a
+    // store that corvidd then opens.
+    let n: u64 = std::env::var("CORVID_BENCH_MIRROR")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let data = tempfile::tempdir().expect("tempdir");
+    {
+        let store = corvid_node::store::Store::open(data.path(), 64 << 20).expect("store");
+        let t = Instant::now();
+        let mut i = 0;
+        while i < n {
+            let end = (i + 20_000).min(n);
+            store
+                .batch(false, &mut |tx| {
+                    for k in i..end {
+                        let key = corvid_protocol::subject::SubjectKey::for_jid(&format!(
+                            "bot{k}@spam{}.example",
+                            k % 1000
+                        ))
+                        .expect("jid");
+                        tx.record_decision(
+                            key.as_str(),
+                            (
+                                corvid_protocol::aggregate::Action::Block,
+                                corvid_node::store::Origin::LocalDeny,
+                            ),
+                            1.0,
+                            1,
+                            None,
+                        )?;
+                    }
+                    Ok(())
+                })
+                .expect("decisions");
+            i = end;
+        }
+        println!(
+            "  ({n} blocked JIDs written to the store in {:.1} s)",
+            t.elapsed().as_secs_f64()
+        );
+    }
+    let empty = servers(
+        version,
+        ("127.0.0.38", "127.0.0.39"),
+        Some("corvid_digests = false"),
+        0,
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let base = rss(empty.a.pid().expect("pid"));
+    drop(empty);
+    // Prosody first, with a client that pings it every 5 ms; then corvidd
+    // with the big store: the module reads the snapshot while the pings run.
+    let api_port = free_port();
+    let a = Prosody::start(
+        &["a.test"],
+        &["corvidd@a.test", "alice@a.test"],
+        ProsodyOptions {
+            interface: "127.0.0.40".into(),
+            version,
+            limits: false,
+            modules: vec!["corvid".into()],
+            global: format!(
+                "corvid_api_url = \"http://127.0.0.1:{api_port}\"\ncorvid_api_token = \"read-a.test\"\ncorvid_mode = \"enforce\"\ncorvid_digests = false\n"
+            ),
+            ..ProsodyOptions::default()
+        },
+    );
+    let pinger = Client::login(&a, "alice", "a.test");
+    let t = Instant::now();
+    let (worst, node) = std::thread::scope(|scope| {
+        let pings = scope.spawn(|| {
+            slowest_ping(&pinger, || {
+                a.log().contains("copy of Corvid's verdicts loaded")
+                    || t.elapsed() > Duration::from_secs(600)
+            })
+        });
+        let node = Node::start_with_data(
+            &a,
+            &Identity::new("a.test"),
+            &format!("api.listen = \"127.0.0.1:{api_port}\""),
+            Some(data.path()),
+        );
+        (pings.join().expect("pings"), node)
+    });
+    let load = t.elapsed();
+    std::thread::sleep(Duration::from_secs(1));
+    let loaded = rss(a.pid().expect("pid"));
+    let line = a
+        .log()
+        .lines()
+        .find(|l| l.contains("copy of Corvid's verdicts loaded"))
+        .unwrap_or_default()
+        .to_owned();
+    println!(
+        "- a copy of {n} blocked JIDs: Prosody RSS {:.0} MB against {:.0} MB with an empty copy: {:+.0} MB (target <= 150); read in {:.1} s from corvidd's start; slowest of the pings sent every 5 ms meanwhile {:.1} ms (target: longest stall <= 50); module: {}",
+        loaded as f64 / 1e6,
+        base as f64 / 1e6,
+        (loaded as f64 - base as f64) / 1e6,
+        load.as_secs_f64(),
+        worst.as_secs_f64() * 1e3,
+        line.trim()
+    );
+    drop(node);
 }

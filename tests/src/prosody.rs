@@ -273,6 +273,11 @@ unlimited_jids = {{ {unlimited} }}
         );
     }
 
+    /// The server process's id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// The c2s address for corvidd's `xmpp.server`.
     pub fn c2s_addr(&self) -> String {
         format!("{}:{}", self.interface, self.c2s_port)
