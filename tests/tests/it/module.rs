@@ -135,6 +135,12 @@ fn federation_with(
     }
 }
 
+/// The operator blocks a JID (a report at 90), and corvidd says so.
+fn block(node: &Node, jid: &str) {
+    node.report(jid, "spam", 90);
+    node.wait_action("jid", jid, "block", Duration::from_secs(10));
+}
+
 /// Waits until the module on `a.test` has read its first copy.
 fn copy_loaded(f: &Federation) {
     wait_for(Duration::from_secs(30), "the module's copy to load", || {
@@ -320,8 +326,7 @@ fn observe_mode_and_a_missing_corvidd_never_stop_messages() {
         true,
     );
     let node = f.node.as_ref().expect("node");
-    node.report("bot@b.test", "spam", 90);
-    node.wait_action("jid", "bot@b.test", "block", Duration::from_secs(10));
+    block(node, "bot@b.test");
     let alice = Client::login(&f.a, "alice", "a.test");
     let bot = Client::login(&f.b, "bot", "b.test");
     copy_loaded(&f);
@@ -592,8 +597,7 @@ fn a_denied_domain_loses_its_stream_and_a_blocked_jid_its_rooms() {
             s.name() == "presence" && s.attr("from") == Some("room@muc.a.test/alice")
         })
         .expect("alice is in her room");
-    node.report("bot@b.test", "spam", 90);
-    node.wait_action("jid", "bot@b.test", "block", Duration::from_secs(10));
+    block(node, "bot@b.test");
     let start = Instant::now();
     loop {
         bot.send(presence(
@@ -707,8 +711,7 @@ fn the_emergency_brake_stops_refusals_at_once_and_status_shows_the_module() {
         true,
     );
     let node = f.node.as_ref().expect("node");
-    node.report("bot@b.test", "spam", 90);
-    node.wait_action("jid", "bot@b.test", "block", Duration::from_secs(10));
+    block(node, "bot@b.test");
     let alice = Client::login(&f.a, "alice", "a.test");
     let bot = Client::login(&f.b, "bot", "b.test");
     until_bounced(&bot, "alice@a.test");
