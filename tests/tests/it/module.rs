@@ -571,15 +571,12 @@ fn prosody_13_keeps_flagged_messages_in_a_spam_folder() {
 /// A domain put on the deny list while its s2s stream is open: the stream
 /// is closed and new ones are refused; a blocked JID cannot join a chat
 /// room of this server.
-#[test]
-fn a_denied_domain_loses_its_stream_and_a_blocked_jid_its_rooms() {
+fn a_denied_domain_loses_its_stream_and_a_blocked_jid_its_rooms(
+    version: Version,
+    ips: (&str, &str),
+) {
     super::init();
-    let f = federation(
-        Version::Debian12,
-        ("127.0.0.18", "127.0.0.19"),
-        "corvid_mode = \"enforce\"",
-        true,
-    );
+    let f = federation(version, ips, "corvid_mode = \"enforce\"", true);
     let node = f.node.as_ref().expect("node");
     let alice = Client::login(&f.a, "alice", "a.test");
     let friend = Client::login(&f.b, "friend", "b.test");
@@ -664,15 +661,12 @@ fn a_denied_domain_loses_its_stream_and_a_blocked_jid_its_rooms() {
 /// The federation's block of a whole domain refuses its s2s stream only
 /// at the stricter `corvid_s2s_threshold` (0.9): below it, its users'
 /// messages are refused one by one, and the stream stays.
-#[test]
-fn a_domain_block_closes_the_stream_only_above_the_s2s_threshold() {
+fn a_domain_block_closes_the_stream_only_above_the_s2s_threshold(
+    version: Version,
+    ips: (&str, &str),
+) {
     super::init();
-    let f = federation(
-        Version::Debian12,
-        ("127.0.0.20", "127.0.0.21"),
-        "corvid_mode = \"enforce\"",
-        true,
-    );
+    let f = federation(version, ips, "corvid_mode = \"enforce\"", true);
     let node = f.node.as_ref().expect("node");
     let _alice = Client::login(&f.a, "alice", "a.test");
     let friend = Client::login(&f.b, "friend", "b.test");
@@ -701,15 +695,12 @@ fn a_domain_block_closes_the_stream_only_above_the_s2s_threshold() {
 
 /// `corvid brake on` makes the module observe at once, and `off` enforces
 /// again; `corvid status` names the server that reads the verdicts.
-#[test]
-fn the_emergency_brake_stops_refusals_at_once_and_status_shows_the_module() {
+fn the_emergency_brake_stops_refusals_at_once_and_status_shows_the_module(
+    version: Version,
+    ips: (&str, &str),
+) {
     super::init();
-    let f = federation(
-        Version::Debian12,
-        ("127.0.0.22", "127.0.0.23"),
-        "corvid_mode = \"enforce\"",
-        true,
-    );
+    let f = federation(version, ips, "corvid_mode = \"enforce\"", true);
     let node = f.node.as_ref().expect("node");
     block(node, "bot@b.test");
     let alice = Client::login(&f.a, "alice", "a.test");
@@ -788,15 +779,12 @@ fn the_emergency_brake_stops_refusals_at_once_and_status_shows_the_module() {
 /// A stranger whose own verdict lets them through, with a body whose
 /// content digest is flagged, lands in the spam folder; the same body as
 /// an OMEMO fallback is never digested and is delivered.
-#[test]
-fn a_flagged_body_from_a_stranger_is_held_and_encrypted_fallbacks_pass() {
+fn a_flagged_body_from_a_stranger_is_held_and_encrypted_fallbacks_pass(
+    version: Version,
+    ips: (&str, &str),
+) {
     super::init();
-    let f = federation(
-        Version::Debian12,
-        ("127.0.0.24", "127.0.0.25"),
-        "corvid_mode = \"enforce\"",
-        true,
-    );
+    let f = federation(version, ips, "corvid_mode = \"enforce\"", true);
     let node = f.node.as_ref().expect("node");
     let spam = "Cheap Bitcoin! Visit https://scam.example/ref?id=123 now, offer 42 ends soon";
     let key = corvid_protocol::digest::body_digest(spam).expect("a digest");
@@ -853,5 +841,69 @@ fn a_flagged_body_from_a_stranger_is_held_and_encrypted_fallbacks_pass() {
     assert!(
         seen.iter().any(|b| b.starts_with("hello there")),
         "{seen:?}"
+    );
+}
+
+#[test]
+fn prosody_0_12_a_denied_domain_loses_its_stream_and_a_blocked_jid_its_rooms() {
+    a_denied_domain_loses_its_stream_and_a_blocked_jid_its_rooms(
+        Version::Debian12,
+        ("127.0.0.18", "127.0.0.19"),
+    );
+}
+
+#[test]
+fn prosody_13_a_denied_domain_loses_its_stream_and_a_blocked_jid_its_rooms() {
+    a_denied_domain_loses_its_stream_and_a_blocked_jid_its_rooms(
+        Version::Backports13,
+        ("127.0.0.42", "127.0.0.43"),
+    );
+}
+
+#[test]
+fn prosody_0_12_a_domain_block_closes_the_stream_only_above_the_s2s_threshold() {
+    a_domain_block_closes_the_stream_only_above_the_s2s_threshold(
+        Version::Debian12,
+        ("127.0.0.20", "127.0.0.21"),
+    );
+}
+
+#[test]
+fn prosody_13_a_domain_block_closes_the_stream_only_above_the_s2s_threshold() {
+    a_domain_block_closes_the_stream_only_above_the_s2s_threshold(
+        Version::Backports13,
+        ("127.0.0.44", "127.0.0.45"),
+    );
+}
+
+#[test]
+fn prosody_0_12_the_emergency_brake_stops_refusals_at_once_and_status_shows_the_module() {
+    the_emergency_brake_stops_refusals_at_once_and_status_shows_the_module(
+        Version::Debian12,
+        ("127.0.0.22", "127.0.0.23"),
+    );
+}
+
+#[test]
+fn prosody_13_the_emergency_brake_stops_refusals_at_once_and_status_shows_the_module() {
+    the_emergency_brake_stops_refusals_at_once_and_status_shows_the_module(
+        Version::Backports13,
+        ("127.0.0.46", "127.0.0.47"),
+    );
+}
+
+#[test]
+fn prosody_0_12_a_flagged_body_from_a_stranger_is_held_and_encrypted_fallbacks_pass() {
+    a_flagged_body_from_a_stranger_is_held_and_encrypted_fallbacks_pass(
+        Version::Debian12,
+        ("127.0.0.24", "127.0.0.25"),
+    );
+}
+
+#[test]
+fn prosody_13_a_flagged_body_from_a_stranger_is_held_and_encrypted_fallbacks_pass() {
+    a_flagged_body_from_a_stranger_is_held_and_encrypted_fallbacks_pass(
+        Version::Backports13,
+        ("127.0.0.48", "127.0.0.49"),
     );
 }
