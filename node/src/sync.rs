@@ -123,21 +123,20 @@ pub async fn run(
 /// peer's and RTBL's, and our own (to notice purges behind our back).
 pub fn event_senders(engine: &Engine) -> Arc<HashSet<BareJid>> {
     let s = engine.settings();
-    let services = s
+    let feeds = s
         .peers
         .values()
-        .map(|p| &p.feed.service)
-        .chain(s.rtbls.values().map(|r| &r.feed.service))
-        .chain(std::iter::once(&engine.feed().service));
+        .map(|p| &p.feed)
+        .chain(s.rtbls.values().map(|r| &r.feed))
+        .chain(std::iter::once(engine.feed()));
     // A remote server may name an IDN service in A-labels on the wire:
     // both forms are let through, and compared in one form afterwards.
     Arc::new(
-        services
-            .flat_map(|service| {
-                let a_label = FeedAddress::new(service, "x").map(|f| f.service_a_label());
+        feeds
+            .flat_map(|feed| {
                 [
-                    BareJid::new(service).ok(),
-                    a_label.ok().and_then(|a| BareJid::new(&a).ok()),
+                    BareJid::new(&feed.service).ok(),
+                    BareJid::new(&feed.service_a_label()).ok(),
                 ]
             })
             .flatten()

@@ -479,18 +479,14 @@ fn check_labels(domain: &str) -> Result<(), (DomainRule, String)> {
                 format!("label {label:?} starts or ends with a hyphen"),
             ));
         }
-        let len = if label.is_ascii() {
-            label.len()
-        } else {
-            4 + idna::punycode::encode_str(label)
-                .ok_or_else(|| {
-                    (
-                        DomainRule::Length,
-                        format!("label {label:?} cannot be written as an A-label"),
-                    )
-                })?
-                .len()
-        };
+        let len = label_a_form(label)
+            .ok_or_else(|| {
+                (
+                    DomainRule::Length,
+                    format!("label {label:?} cannot be written as an A-label"),
+                )
+            })?
+            .len();
         if len > MAX_LABEL_OCTETS {
             return Err((
                 DomainRule::Length,
@@ -520,19 +516,20 @@ fn check_labels(domain: &str) -> Result<(), (DomainRule, String)> {
 /// The A-label (punycode) form of a normalized domain, for display and for
 /// interop with software that only knows ASCII.
 pub fn domain_a_label(domain: &str) -> Option<String> {
-    let mut out = String::with_capacity(domain.len() + 8);
-    for (n, label) in domain.split('.').enumerate() {
-        if n > 0 {
-            out.push('.');
-        }
-        if label.is_ascii() {
-            out.push_str(label);
-        } else {
-            out.push_str("xn--");
-            out.push_str(&idna::punycode::encode_str(label)?);
-        }
+    let labels: Option<Vec<_>> = domain.split('.').map(label_a_form).collect();
+    Some(labels?.join("."))
+}
+
+/// One label as ASCII: itself, or `xn--` and its Punycode.
+fn label_a_form(label: &str) -> Option<std::borrow::Cow<'_, str>> {
+    if label.is_ascii() {
+        Some(std::borrow::Cow::Borrowed(label))
+    } else {
+        Some(std::borrow::Cow::Owned(format!(
+            "xn--{}",
+            idna::punycode::encode_str(label)?
+        )))
     }
-    Some(out)
 }
 
 /// All domain keys that cover `domain`: the exact key, then a subdomain key
