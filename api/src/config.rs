@@ -93,6 +93,63 @@ pub struct Config {
     /// Federation directory (membership cards).
     #[serde(default)]
     pub directory: Option<DirectoryConfig>,
+    /// corvidd as an external component (XEP-0114) of its XMPP server: the
+    /// PubSub service of its block lists.
+    #[serde(default)]
+    pub component: Option<ComponentConfig>,
+}
+
+/// corvidd as an external component (XEP-0114): `Component
+/// "corvid.example.org"` with a `component_secret` in Prosody (ejabberd:
+/// a listener with `module: ejabberd_service`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ComponentConfig {
+    /// The component's domain, e.g. `corvid.example.org`.
+    pub jid: String,
+    /// File holding the `component_secret` (mode 0600 or stricter).
+    pub secret_file: PathBuf,
+    /// `IP:PORT` of the server's component port (loopback: the component
+    /// protocol is plaintext). Default `127.0.0.1:5347`.
+    #[serde(default = "default_component_server")]
+    pub server: String,
+    /// The block lists served, from this server's `block` verdicts on JIDs
+    /// and domains: any of `muc_bans_sha256`, `spam_source_jids_sha256`,
+    /// `spam_source_domains` (default: all three).
+    #[serde(default = "default_lists")]
+    pub lists: Vec<String>,
+    /// JIDs that always receive the lists' changes, whether or not they
+    /// subscribed (e.g. `rooms.example.org` for mod_muc_rtbl, the
+    /// VirtualHost for mod_anti_spam). Others are remembered when they
+    /// subscribe or fetch a list.
+    #[serde(default)]
+    pub list_consumers: Vec<String>,
+    /// How many consumers are remembered at most (default 1,000); beyond
+    /// that requests are still answered but nobody new is remembered.
+    #[serde(default = "default_max_consumers")]
+    pub max_consumers: usize,
+    /// Requests one remote domain may make per second (default 20).
+    #[serde(default = "default_requests_per_domain")]
+    pub requests_per_domain_per_sec: u32,
+}
+
+fn default_component_server() -> String {
+    "127.0.0.1:5347".into()
+}
+/// The block lists a component serves by default.
+pub const LIST_NODES: [&str; 3] = [
+    "muc_bans_sha256",
+    "spam_source_jids_sha256",
+    "spam_source_domains",
+];
+fn default_lists() -> Vec<String> {
+    LIST_NODES.iter().map(|s| (*s).to_owned()).collect()
+}
+fn default_max_consumers() -> usize {
+    1000
+}
+fn default_requests_per_domain() -> u32 {
+    20
 }
 
 /// The XMPP account.
@@ -531,6 +588,9 @@ impl Config {
         }
         fix(&mut self.api.read_token_file);
         fix(&mut self.api.write_token_file);
+        if let Some(c) = &mut self.component {
+            fix(&mut c.secret_file);
+        }
     }
 
     /// Parses and checks; fails on the first problem list.
@@ -591,6 +651,45 @@ impl Config {
                 format!("{server:?} is not IP:PORT"),
                 "e.g. \"127.0.0.1:5222\"",
             );
+        }
+        if let Some(c) = &self.component {
+            match jid::BareJid::new(&c.jid) {
+                Ok(j) if j.node().is_none() && j.resource().is_none() => {}
+                _ => p(
+                    "component.jid",
+                    format!("{:?} is not a domain JID", c.jid),
+                    "the component's domain, e.g. corvid.example.org",
+                ),
+            }
+            let loopback = c
+                .server
+                .parse::<SocketAddr>()
+                .is_ok_and(|a| a.ip().is_loopback());
+            if !loopback {
+                p(
+                    "component.server",
+                    format!("{:?} is not a loopback IP:PORT", c.server),
+                    "the component protocol is plaintext: use the XMPP server's component port on loopback, e.g. \"127.0.0.1:5347\"",
+                );
+            }
+            for l in &c.lists {
+                if !LIST_NODES.contains(&l.as_str()) {
+                    p(
+                        "component.lists",
+                        format!("{l:?} is not a list corvidd serves"),
+                        "any of muc_bans_sha256, spam_source_jids_sha256, spam_source_domains",
+                    );
+                }
+            }
+            for j in &c.list_consumers {
+                if jid::Jid::new(j).is_err() {
+                    p(
+                        "component.list_consumers",
+                        format!("{j:?} is not a JID"),
+                        "e.g. rooms.example.org (mod_muc_rtbl) or example.org (mod_anti_spam)",
+                    );
+                }
+            }
         }
         if FeedAddress::new(&self.feed.service, &self.feed.node).is_err() {
             p(
@@ -805,6 +904,9 @@ impl Config {
                 .iter()
                 .map(|f| ("keys.federation.secret_file", f.secret_file.as_path())),
         );
+        if let Some(c) = &self.component {
+            files.push(("component.secret_file", c.secret_file.as_path()));
+        }
         files
     }
 }

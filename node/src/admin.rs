@@ -13,6 +13,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::api::{ApiError, ApiState, blocking};
+use crate::component::ComponentState;
 use crate::engine::IMPORT_PREFIX;
 use crate::engine::SubmitError;
 use crate::subjects::{ReportSubject, parse_report_subject};
@@ -247,7 +248,38 @@ async fn status(State(s): State<Arc<ApiState>>) -> Result<Json<Value>, ApiError>
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .clone();
     let seq = s.engine.store().decision_seq()?;
-    if consumers.is_empty() {
+    let mut list_consumers = 0;
+    let component = s.component.get().map(|c| {
+        let state = c.state.borrow().clone();
+        match &state {
+            ComponentState::Online { since, consumers } => {
+                list_consumers = *consumers;
+                health.push(Check::ok(
+                    "component",
+                    format!(
+                        "{} connected for {} s; block lists read by {consumers} servers",
+                        c.jid,
+                        now.saturating_sub(*since)
+                    ),
+                ));
+                json!({ "jid": c.jid, "state": "online", "since": since, "list_consumers": consumers })
+            }
+            ComponentState::Connecting { last_error, since } => {
+                health.push(Check::fail(
+                    "component",
+                    format!(
+                        "{} not connected for {} s: {}",
+                        c.jid,
+                        now.saturating_sub(*since),
+                        last_error.as_deref().unwrap_or("connecting")
+                    ),
+                    "check [component] (server, secret_file) against the XMPP server's Component line, component_secret and component_ports (loopback)",
+                ));
+                json!({ "jid": c.jid, "state": "connecting", "since": since, "last_error": last_error })
+            }
+        }
+    });
+    if consumers.is_empty() && list_consumers == 0 {
         health.push(Check::warn(
             "enforcement",
             "no XMPP server has read the verdicts since corvidd started",
@@ -291,6 +323,7 @@ async fn status(State(s): State<Arc<ApiState>>) -> Result<Json<Value>, ApiError>
     Ok(Json(json!({
         "brake": brake,
         "consumers": consumers,
+        "component": component,
         "domain": settings.domain,
         "feed": s.engine.feed().to_string(),
         "public_key": s.engine.public_key().to_string(),

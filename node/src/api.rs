@@ -53,6 +53,8 @@ pub struct ApiState {
     /// The servers that keep a copy of the decisions (mod_corvid), by the
     /// name they give, as last seen: for `corvid status`.
     pub consumers: Mutex<BTreeMap<String, Consumer>>,
+    /// The component serving the block lists, when configured; set by main.
+    pub component: std::sync::OnceLock<crate::component::ComponentHandle>,
     auth: Auth,
     request_timeout: Duration,
 }
@@ -209,6 +211,7 @@ impl ApiState {
             clock_measured: std::sync::atomic::AtomicBool::new(false),
             reload,
             consumers: Mutex::default(),
+            component: std::sync::OnceLock::new(),
             auth: Auth {
                 read_token,
                 write_token,

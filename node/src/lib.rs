@@ -32,5 +32,7 @@ pub fn now() -> u64 {
 }
 pub mod admin;
 pub mod api;
+pub mod component;
 pub mod federation;
+pub mod lists;
 pub mod sync;

@@ -244,6 +244,10 @@ async fn serve(path: PathBuf, config: Config, ready_file: Option<PathBuf>) -> Re
         },
         Arc::clone(&reload),
     ));
+    if let Some(c) = &config.component {
+        let handle = corvid_node::component::start(c, Arc::clone(&engine))?;
+        let _ = state.component.set(handle);
+    }
     spawn_clock_check(Arc::clone(&state), config.server.domain.clone());
     let app = router(Arc::clone(&state), config.api.max_body_bytes);
 

@@ -44,6 +44,10 @@ pub struct Metrics {
     peer_last_sync: Family<ByPeer, Gauge>,
     stored_contributions: Gauge,
     publish_latency: Histogram,
+    component_requests: Family<Fixed, Counter>,
+    component_refused: Family<Fixed, Counter>,
+    component_sent: Family<Fixed, Counter>,
+    component_connects: Counter,
 }
 
 impl Default for Metrics {
@@ -65,6 +69,10 @@ impl Default for Metrics {
             peer_items: Family::default(),
             peer_last_sync: Family::default(),
             stored_contributions: Gauge::default(),
+            component_requests: Family::default(),
+            component_refused: Family::default(),
+            component_sent: Family::default(),
+            component_connects: Counter::default(),
             // 1 ms to about 16 s.
             publish_latency: Histogram::new(
                 prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 15),
@@ -153,6 +161,26 @@ impl Default for Metrics {
             Unit::Seconds,
             m.publish_latency.clone(),
         );
+        r.register(
+            "corvid_component_requests",
+            "Stanzas the component answered, by kind",
+            m.component_requests.clone(),
+        );
+        r.register(
+            "corvid_component_refused",
+            "Stanzas the component refused or dropped, by reason",
+            m.component_refused.clone(),
+        );
+        r.register(
+            "corvid_component_sent",
+            "Block-list stanzas the component sent, by kind",
+            m.component_sent.clone(),
+        );
+        r.register(
+            "corvid_component_connects",
+            "Times the component connection came up",
+            m.component_connects.clone(),
+        );
         Self { registry: r, ..m }
     }
 }
@@ -214,6 +242,32 @@ impl Metrics {
     /// A connection was refused at the cap.
     pub fn connection_refused(&self) {
         self.api_connections_refused.inc();
+    }
+
+    /// The component answered a stanza of this kind.
+    pub fn component_request(&self, kind: &'static str) {
+        self.component_requests
+            .get_or_create(&[("kind", kind)])
+            .inc();
+    }
+
+    /// The component refused or dropped a stanza for this reason.
+    pub fn component_refused(&self, reason: &'static str) {
+        self.component_refused
+            .get_or_create(&[("reason", reason)])
+            .inc();
+    }
+
+    /// The component sent a block-list stanza of this kind.
+    pub fn component_sent(&self, kind: &'static str, n: u64) {
+        self.component_sent
+            .get_or_create(&[("kind", kind)])
+            .inc_by(n);
+    }
+
+    /// The component connection came up.
+    pub fn component_connected(&self) {
+        self.component_connects.inc();
     }
 
     /// An XMPP event was dropped (queue full).

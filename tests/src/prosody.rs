@@ -34,6 +34,9 @@ pub struct ProsodyOptions {
     /// Debian's mod_limits rates (true unless a benchmark measures latency
     /// that the rate limit would hide).
     pub limits: bool,
+    /// The release's community modules (prosody-modules: mod_anti_spam,
+    /// mod_muc_rtbl) on the plugin path.
+    pub community_modules: bool,
 }
 
 /// A Prosody release.
@@ -88,6 +91,27 @@ impl Version {
         }
     }
 
+    /// Where scripts/install-prosody13.sh unpacks the release's
+    /// prosody-modules package (Debian 12's for 0.12, bookworm-backports'
+    /// for 13).
+    pub fn community_modules_dir(self) -> PathBuf {
+        let root = std::env::var("CORVID_PROSODY_MODULES_ROOT")
+            .unwrap_or_else(|_| "/opt/corvid/prosody-modules".into());
+        let name = match self {
+            Self::Debian12 => "debian12",
+            Self::Backports13 => "backports13",
+        };
+        let dir = PathBuf::from(root)
+            .join(name)
+            .join("usr/lib/prosody/modules");
+        assert!(
+            dir.exists(),
+            "{} is missing: scripts/install-prosody13.sh unpacks prosody-modules there",
+            dir.display()
+        );
+        dir
+    }
+
     /// Its name in test output.
     pub fn name(self) -> &'static str {
         match self {
@@ -114,6 +138,7 @@ impl Default for ProsodyOptions {
             global: String::new(),
             tail: String::new(),
             limits: true,
+            community_modules: false,
         }
     }
 }
@@ -189,7 +214,7 @@ s2s_require_encryption = false
 s2s_secure_auth = false
 authentication = "internal_hashed"
 modules_enabled = {{ "disco"; "roster"; "saslauth"; "dialback"; {limits}"pep"; "private"; "smacks"; "ping"; "time"; "uptime"; "version"{modules} }}
-plugin_paths = {{ "{plugins}" }}
+plugin_paths = {{ "{plugins}"{community} }}
 -- Debian's default rate limits, kept so the limits in force are known.
 limits = {{ c2s = {{ rate = "10kb/s" }}; s2sin = {{ rate = "30kb/s" }} }}
 -- What the README asks operators to set for corvidd's account.
@@ -207,6 +232,18 @@ unlimited_jids = {{ {unlimited} }}
                 .map(|m| format!("; {m:?}"))
                 .collect::<String>(),
             plugins = module_dir().display(),
+            community = if options.community_modules {
+                format!(
+                    "; {:?}",
+                    options
+                        .version
+                        .community_modules_dir()
+                        .display()
+                        .to_string()
+                )
+            } else {
+                String::new()
+            },
             limits = if options.limits { "\"limits\"; " } else { "" },
         );
         text.push_str(&options.global);

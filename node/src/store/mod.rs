@@ -955,6 +955,17 @@ impl Store {
         failed.map_or(Ok(out), Err)
     }
 
+    /// A subject's last recorded action, if any was recorded.
+    ///
+    /// # Errors
+    /// IO or decode errors.
+    pub fn last_action(&self, subject: &str) -> Result<Option<LastAction>> {
+        match self.kv.get(Table::LastAction, &codec::subject(subject))? {
+            Some(v) => Ok(Some(codec::decode_last_action(&v)?)),
+            None => Ok(None),
+        }
+    }
+
     /// Subjects by their last recorded action.
     ///
     /// # Errors

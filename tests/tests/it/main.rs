@@ -6,6 +6,7 @@ mod durability;
 mod federation;
 mod hostile;
 mod keys;
+mod lists;
 mod module;
 mod scale;
 

@@ -1,0 +1,534 @@
+//! corvidd as an external component (XEP-0114) of its XMPP server.
+//!
+//! One task owns the component stream: it logs in with the shared secret,
+//! answers the requests addressed to the component (through
+//! [`crate::lists::Service`]), sends the block lists' notifications, and
+//! reconnects after any loss within a second, backing off with jitter up
+//! to 30 s while the server refuses or is away.
+//!
+//! The stream is read and written here rather than through tokio-xmpp:
+//! its stream code insists on `version='1.0'` in the server's stream
+//! header, which Prosody does not send on component streams, unless its
+//! `component` feature is on, and that feature switches xmpp-parsers'
+//! stanzas to the component namespace for the whole binary, which breaks
+//! the c2s link that still carries the feed. So stanzas cross the
+//! component stream as plain elements: the component namespace is mapped
+//! to `jabber:client` on the way in (for xmpp-parsers' types) and back on
+//! the way out. A stanza that cannot be read (a remote entity can send one
+//! through the server) is counted and skipped; a quiet stream is kept
+//! alive with a ping of the server and dropped when even that goes
+//! unanswered.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use tokio::io::{AsyncWriteExt as _, BufReader, BufWriter};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{mpsc, watch};
+use xmpp_parsers::component::Handshake;
+use xmpp_parsers::iq::Iq;
+use xmpp_parsers::jid::{BareJid, Jid};
+use xmpp_parsers::message::{Message, MessageType};
+use xmpp_parsers::minidom::rxml::{AsyncRawReader, RawEvent};
+use xmpp_parsers::minidom::tree_builder::TreeBuilder;
+use xmpp_parsers::minidom::{Element, Node};
+use xmpp_parsers::presence::Presence;
+use xmpp_parsers::stanza::Stanza;
+use xmpp_parsers::stanza_error::{DefinedCondition, ErrorType, StanzaError};
+
+use crate::config::{ComponentConfig, read_secret};
+use crate::engine::Engine;
+use crate::lists::{Handled, Service};
+use crate::xmpp::Backoff;
+
+const NS_COMPONENT: &str = "jabber:component:accept";
+const NS_CLIENT: &str = "jabber:client";
+const NS_STREAMS: &str = "http://etherx.jabber.org/streams";
+/// The largest stanza read from the server (Prosody's own limit is
+/// 512 KiB); a larger one ends the connection.
+const MAX_STANZA_BYTES: usize = 1024 * 1024;
+/// Silence after which the server is pinged.
+const PING_AFTER: Duration = Duration::from_secs(60);
+/// Silence after which the connection is given up.
+const DEAD_AFTER: Duration = Duration::from_secs(150);
+
+/// Where the component connection is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ComponentState {
+    /// Connecting, or waiting to reconnect.
+    Connecting {
+        /// Why the last attempt or connection ended.
+        last_error: Option<String>,
+        /// When it ended (Unix seconds).
+        since: u64,
+    },
+    /// Connected and serving.
+    Online {
+        /// When it came up (Unix seconds).
+        since: u64,
+        /// Consumers remembered.
+        consumers: usize,
+    },
+}
+
+/// The running component, as `status` sees it.
+#[derive(Debug, Clone)]
+pub struct ComponentHandle {
+    /// The component's domain.
+    pub jid: String,
+    /// Its state.
+    pub state: watch::Receiver<ComponentState>,
+}
+
+/// What the reader task hands over.
+type Input = Result<Element, String>;
+
+/// Decisions read per round of change notifications.
+const CHANGES_PER_ROUND: usize = 500;
+
+/// Starts the component task.
+///
+/// # Errors
+/// A bad JID or an unreadable secret.
+pub fn start(config: &ComponentConfig, engine: Arc<Engine>) -> Result<ComponentHandle> {
+    let jid = BareJid::new(&config.jid).map_err(|e| anyhow!("component.jid: {e}"))?;
+    let secret = read_secret(&config.secret_file)?;
+    let service = Service::new(engine.store(), config, crate::now())
+        .context("component: reading its consumers")?;
+    let (tx, rx) = watch::channel(ComponentState::Connecting {
+        last_error: None,
+        since: crate::now(),
+    });
+    let server = config.server.clone();
+    tokio::spawn(run(jid, secret, server, engine, service, tx));
+    Ok(ComponentHandle {
+        jid: config.jid.clone(),
+        state: rx,
+    })
+}
+
+async fn run(
+    jid: BareJid,
+    secret: String,
+    server: String,
+    engine: Arc<Engine>,
+    mut service: Service,
+    state: watch::Sender<ComponentState>,
+) {
+    let backoff = Backoff {
+        initial: Duration::from_millis(500),
+        max: Duration::from_secs(30),
+    };
+    let mut attempt = 0;
+    loop {
+        let error = match tokio::time::timeout(
+            Duration::from_secs(10),
+            login(&server, &jid, &secret),
+        )
+        .await
+        {
+            Ok(Ok(stream)) => {
+                attempt = 0;
+                engine.metrics.component_connected();
+                tracing::info!(component = %jid, server, "component connected; pushing the block lists to {} consumers", service.consumers().count());
+                state.send_replace(ComponentState::Online {
+                    since: crate::now(),
+                    consumers: service.consumers().count(),
+                });
+                let e = serve(stream, &jid, &engine, &mut service, &state).await;
+                tracing::warn!(component = %jid, "component connection lost: {e:#}; reconnecting");
+                format!("{e:#}")
+            }
+            Ok(Err(e)) => format!("{e:#}"),
+            Err(_) => "login timed out after 10 s".to_owned(),
+        };
+        let delay = backoff.delay(attempt);
+        if attempt > 0 {
+            tracing::warn!(component = %jid, "component login failed: {error}; retrying in {delay:.1?}");
+        }
+        state.send_replace(ComponentState::Connecting {
+            last_error: Some(error),
+            since: crate::now(),
+        });
+        tokio::time::sleep(delay).await;
+        attempt += 1;
+    }
+}
+
+/// One connection: stanzas in from the reader task, bytes out.
+struct Connection {
+    input: mpsc::Receiver<Input>,
+    out: BufWriter<OwnedWriteHalf>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+impl Connection {
+    async fn send_element(&mut self, element: &Element) -> Result<()> {
+        let mut bytes = Vec::with_capacity(512);
+        element.write_to(&mut bytes).context("serialize")?;
+        self.out.write_all(&bytes).await.context("send")?;
+        self.out.flush().await.context("send")
+    }
+
+    async fn send(&mut self, stanza: Stanza) -> Result<()> {
+        let element: Element = match stanza {
+            Stanza::Iq(iq) => iq.into(),
+            Stanza::Message(m) => m.into(),
+            Stanza::Presence(p) => p.into(),
+        };
+        self.send_element(&renamespace(element, NS_CLIENT, NS_COMPONENT))
+            .await
+    }
+}
+
+/// `element` with every element in `from` moved to `to` (the stanza
+/// namespaces of c2s and component streams).
+fn renamespace(element: Element, from: &str, to: &str) -> Element {
+    let ns = element.ns();
+    let name = element.name().to_owned();
+    let mut out = Element::builder(&name, if ns == from { to } else { ns.as_str() }).build();
+    *out.attrs_mut() = element.attrs().clone();
+    let mut element = element;
+    for node in element.take_nodes() {
+        match node {
+            Node::Element(child) => {
+                out.append_child(renamespace(child, from, to));
+            }
+            Node::Text(text) => out.append_text(text),
+        }
+    }
+    out
+}
+
+fn event_len(event: &RawEvent) -> usize {
+    match event {
+        RawEvent::XmlDeclaration(m, _)
+        | RawEvent::ElementHeadOpen(m, _)
+        | RawEvent::Attribute(m, _, _)
+        | RawEvent::ElementHeadClose(m)
+        | RawEvent::ElementFoot(m)
+        | RawEvent::Text(m, _) => m.len(),
+    }
+}
+
+/// Reads the stream: the header's id first (through `header`), then one
+/// element per stanza, until the stream or the connection ends.
+async fn read_stream(
+    read: OwnedReadHalf,
+    header: tokio::sync::oneshot::Sender<Option<String>>,
+    tx: mpsc::Sender<Input>,
+) {
+    let mut reader = AsyncRawReader::new(BufReader::new(read));
+    let mut builder = TreeBuilder::new();
+    let mut header = Some(header);
+    let mut stanza_bytes = 0usize;
+    let end = loop {
+        let event = match reader.read().await {
+            Ok(Some(e)) => e,
+            Ok(None) => break "the server closed the connection".to_owned(),
+            Err(e) => break format!("read: {e}"),
+        };
+        let depth = builder.depth();
+        if depth >= 1 {
+            stanza_bytes += event_len(&event);
+            if stanza_bytes > MAX_STANZA_BYTES {
+                break format!("a stanza over {MAX_STANZA_BYTES} bytes");
+            }
+        }
+        // Whitespace between stanzas (keepalives) is not kept.
+        if depth == 1 && matches!(event, RawEvent::Text(..)) {
+            stanza_bytes = 0;
+            continue;
+        }
+        let foot = matches!(event, RawEvent::ElementFoot(_));
+        let head_close = matches!(event, RawEvent::ElementHeadClose(_));
+        if let Err(e) = builder.process_event(event) {
+            break format!("unreadable XML: {e}");
+        }
+        if head_close && depth == 0 && builder.depth() == 1 {
+            let id = builder.top().and_then(|s| s.attr("id").map(str::to_owned));
+            if let Some(h) = header.take() {
+                let _ = h.send(id);
+            }
+        }
+        if foot {
+            if builder.depth() == 0 {
+                break "the server closed the component stream".to_owned();
+            }
+            if builder.depth() == 1 {
+                stanza_bytes = 0;
+                if let Some(stanza) = builder.unshift_child()
+                    && tx.send(Ok(stanza)).await.is_err()
+                {
+                    return;
+                }
+            }
+        }
+    };
+    let _ = tx.send(Err(end)).await;
+}
+
+/// Connects and authenticates (XEP-0114 handshake).
+async fn login(server: &str, jid: &BareJid, secret: &str) -> Result<Connection> {
+    let tcp = tokio::net::TcpStream::connect(server)
+        .await
+        .with_context(|| format!("cannot connect to {server}"))?;
+    tcp.set_nodelay(true)?;
+    let (read, write) = tcp.into_split();
+    let (header_tx, header_rx) = tokio::sync::oneshot::channel();
+    let (tx, input) = mpsc::channel(64);
+    let reader = tokio::spawn(read_stream(read, header_tx, tx));
+    let mut c = Connection {
+        input,
+        out: BufWriter::new(write),
+        reader,
+    };
+    let open = format!(
+        "<?xml version='1.0'?><stream:stream xmlns='{NS_COMPONENT}' xmlns:stream='{NS_STREAMS}' to='{jid}'>"
+    );
+    c.out.write_all(open.as_bytes()).await?;
+    c.out.flush().await?;
+    let id = match header_rx.await {
+        Ok(Some(id)) => id,
+        Ok(None) => bail!("the server sent no stream id"),
+        Err(_) => match c.input.recv().await {
+            Some(Err(e)) => bail!("stream: {e}"),
+            _ => bail!("the server closed the stream before its header"),
+        },
+    };
+    let handshake: Element = Handshake::from_stream_id_and_password(id, secret).into();
+    c.send_element(&renamespace(handshake, NS_CLIENT, NS_COMPONENT))
+        .await?;
+    match c.input.recv().await {
+        Some(Ok(e)) if e.name() == "handshake" => Ok(c),
+        Some(Ok(e)) if e.name() == "error" && e.ns() == NS_STREAMS => {
+            let condition = e
+                .children()
+                .next()
+                .map(|c| c.name().to_owned())
+                .unwrap_or_default();
+            bail!(
+                "the server refused the component: {condition} (check component_secret and the Component line)"
+            )
+        }
+        Some(Ok(e)) => bail!("unexpected <{}/> during the component handshake", e.name()),
+        Some(Err(e)) => {
+            bail!("handshake: {e} (is {jid} a Component of this server, with this secret?)")
+        }
+        None => bail!("the connection ended during the handshake"),
+    }
+}
+
+/// A stanza element from the component stream as xmpp-parsers' type.
+fn parse_stanza(element: Element) -> Option<Stanza> {
+    let element = renamespace(element, NS_COMPONENT, NS_CLIENT);
+    match element.name() {
+        "iq" => Iq::try_from(element).ok().map(Stanza::Iq),
+        "message" => Message::try_from(element).ok().map(Stanza::Message),
+        "presence" => Presence::try_from(element).ok().map(Stanza::Presence),
+        _ => None,
+    }
+}
+
+/// Serves one connection until it ends; returns why.
+async fn serve(
+    mut conn: Connection,
+    jid: &BareJid,
+    engine: &Arc<Engine>,
+    service: &mut Service,
+    state: &watch::Sender<ComponentState>,
+) -> anyhow::Error {
+    service.connected();
+    let store = engine.store();
+    let metrics = &engine.metrics;
+    // The parent domain answers the keepalive pings.
+    let parent = jid
+        .domain()
+        .as_str()
+        .split_once('.')
+        .and_then(|(_, p)| Jid::new(p).ok())
+        .unwrap_or_else(|| Jid::from(jid.clone()));
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut heard = Instant::now();
+    let mut pinged = false;
+    let mut gaps_logged = false;
+    loop {
+        // Registered before the decisions are read, so that one recorded
+        // in between wakes the wait below.
+        let decided = store.decided().notified();
+        tokio::pin!(decided);
+        decided.as_mut().enable();
+        // Changes first: they are small and time-critical. Then one page
+        // of a push, then input; every turn yields, so a large push never
+        // holds up answers.
+        let (messages, cursor, gap) =
+            match tokio::task::block_in_place(|| service.changes(store, CHANGES_PER_ROUND)) {
+                Ok(c) => c,
+                Err(e) => return anyhow!("decision stream: {e}"),
+            };
+        if gap && !gaps_logged {
+            gaps_logged = true;
+            tracing::warn!(
+                "block lists: more decisions than the stream keeps happened while the component was away; entries removed then stay at consumers until they restart"
+            );
+        }
+        let n = messages.len() as u64;
+        for m in messages {
+            if let Err(e) = conn.send(m.into()).await {
+                return e;
+            }
+        }
+        if n > 0 {
+            metrics.component_sent("change", n);
+        }
+        if let Err(e) = tokio::task::block_in_place(|| service.commit(store, cursor)) {
+            return anyhow!("block lists: {e}");
+        }
+        let push = match tokio::task::block_in_place(|| service.next_push(store)) {
+            Ok(p) => p,
+            Err(e) => return anyhow!("block lists: {e}"),
+        };
+        let busy = push.is_some();
+        if let Some(m) = push {
+            if let Err(e) = conn.send(m.into()).await {
+                return e;
+            }
+            metrics.component_sent("push", 1);
+        }
+        if let Err(e) = tokio::task::block_in_place(|| service.save(store)) {
+            tracing::warn!("block lists: cannot save consumers: {e}");
+        }
+        state.send_if_modified(|s| match s {
+            ComponentState::Online { consumers, .. } => {
+                let n = service.consumers().count();
+                let changed = *consumers != n;
+                *consumers = n;
+                changed
+            }
+            ComponentState::Connecting { .. } => false,
+        });
+        let input = if busy {
+            // Take what has arrived, without waiting.
+            match conn.input.try_recv() {
+                Ok(i) => Some(i),
+                Err(mpsc::error::TryRecvError::Empty) => None,
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    return anyhow!("the reader stopped");
+                }
+            }
+        } else {
+            tokio::select! {
+                i = conn.input.recv() => match i {
+                    Some(i) => Some(i),
+                    None => return anyhow!("the reader stopped"),
+                },
+                () = &mut decided => None,
+                _ = tick.tick() => None,
+            }
+        };
+        let Some(input) = input else {
+            if heard.elapsed() > DEAD_AFTER {
+                return anyhow!("the server stopped answering pings");
+            }
+            if heard.elapsed() > PING_AFTER && !pinged {
+                pinged = true;
+                let ping = Iq::from_get(
+                    format!("ping-{}", crate::now_ms()),
+                    xmpp_parsers::ping::Ping,
+                )
+                .with_from(Jid::from(jid.clone()))
+                .with_to(parent.clone());
+                if let Err(e) = conn.send(ping.into()).await {
+                    return e;
+                }
+            }
+            continue;
+        };
+        heard = Instant::now();
+        pinged = false;
+        let element = match input {
+            Ok(e) => e,
+            Err(e) => return anyhow!("{e}"),
+        };
+        if element.name() == "error" && element.ns() == NS_STREAMS {
+            let condition = element
+                .children()
+                .next()
+                .map(|c| c.name().to_owned())
+                .unwrap_or_default();
+            return anyhow!("stream error from the server: {condition}");
+        }
+        let Some(stanza) = parse_stanza(element) else {
+            metrics.component_refused("unreadable");
+            continue;
+        };
+        if let Some(reply) = handle(stanza, service, engine)
+            && let Err(e) = conn.send(reply).await
+        {
+            return e;
+        }
+    }
+}
+
+fn handle(stanza: Stanza, service: &mut Service, engine: &Engine) -> Option<Stanza> {
+    let metrics = &engine.metrics;
+    match stanza {
+        Stanza::Iq(iq) => {
+            let fallback = iq.clone();
+            let answered = tokio::task::block_in_place(|| {
+                service.handle_iq(engine.store(), iq, Instant::now(), crate::now())
+            });
+            match answered {
+                Ok((reply, handled)) => {
+                    match handled {
+                        Handled::Answered(k) => metrics.component_request(k),
+                        Handled::Refused(r) => metrics.component_refused(r),
+                        Handled::Ignored(_) => {}
+                    }
+                    reply.map(Stanza::from)
+                }
+                Err(e) => {
+                    tracing::warn!("block lists: a request failed on storage: {e}");
+                    metrics.component_refused("storage");
+                    internal_error(fallback).map(Stanza::from)
+                }
+            }
+        }
+        Stanza::Message(m) => {
+            // Consumers' servers bounce notifications they cannot deliver.
+            if m.type_ == MessageType::Error {
+                metrics.component_refused("bounced");
+            } else {
+                metrics.component_refused("message");
+            }
+            None
+        }
+        Stanza::Presence(_) => None,
+    }
+}
+
+fn internal_error(iq: Iq) -> Option<Iq> {
+    match iq {
+        Iq::Get { from, to, id, .. } | Iq::Set { from, to, id, .. } => Some(Iq::Error {
+            from: to,
+            to: from,
+            id,
+            payload: None,
+            error: StanzaError {
+                type_: ErrorType::Wait,
+                by: None,
+                defined_condition: DefinedCondition::InternalServerError,
+                texts: Default::default(),
+                other: None,
+            },
+        }),
+        _ => None,
+    }
+}
