@@ -512,15 +512,26 @@ impl Service {
         let Some(last) = decisions.last().map(|d| d.seq) else {
             return Ok((Vec::new(), self.cursor, gap));
         };
-        let subjects: BTreeSet<&str> = decisions
-            .iter()
-            .map(|d| d.subject.as_str())
-            .filter(|s| s.starts_with("jid:") || s.starts_with("domain:"))
-            .collect();
+        // Per subject: whether any of its decisions here may have taken it
+        // off a list (a block ended, or the previous action is unknown);
+        // flags coming and going never touch the lists.
+        let mut subjects: BTreeMap<&str, bool> = BTreeMap::new();
+        for d in &decisions {
+            if !(d.subject.starts_with("jid:") || d.subject.starts_with("domain:")) {
+                continue;
+            }
+            let was_blocked = d.previous.is_none_or(|p| p == Action::Block);
+            if d.action == Action::Block || was_blocked {
+                *subjects.entry(d.subject.as_str()).or_default() |= was_blocked;
+            }
+        }
         let mut adds: BTreeMap<ListNode, Vec<String>> = BTreeMap::new();
         let mut removes: BTreeMap<ListNode, Vec<String>> = BTreeMap::new();
-        for subject in subjects {
+        for (subject, was_blocked) in subjects {
             let on = listed(store, subject)?;
+            if !on && !was_blocked {
+                continue;
+            }
             for &node in &self.nodes {
                 let ids = node.ids(subject);
                 if ids.is_empty() {

@@ -424,7 +424,10 @@ fn origin_byte(o: Origin) -> u8 {
 /// four bits of its first byte, what decided it in the high four.
 pub fn decision(d: &Decision) -> Vec<u8> {
     let mut out = Vec::with_capacity(56);
-    out.push(action_byte(d.action) | origin_byte(d.origin) << 4);
+    // Bits 2-3: the previous action plus one (0: not recorded, as in
+    // decisions written before it was).
+    let previous = d.previous.map_or(0, |p| action_byte(p) + 1);
+    out.push(action_byte(d.action) | previous << 2 | origin_byte(d.origin) << 4);
     out.extend_from_slice(&d.score.to_le_bytes());
     put_varint(&mut out, d.at);
     put_subject(&mut out, &d.subject);
@@ -441,7 +444,11 @@ pub fn decode_decision(seq: u64, bytes: &[u8]) -> R<Decision> {
         what: "decision",
     };
     let first = r.byte()?;
-    let action = action_of(first & 0x0f).ok_or_else(|| r.err("action"))?;
+    let action = action_of(first & 0x03).ok_or_else(|| r.err("action"))?;
+    let previous = match (first >> 2) & 0x03 {
+        0 => None,
+        p => Some(action_of(p - 1).ok_or_else(|| r.err("previous action"))?),
+    };
     let origin = origin_of(first >> 4).ok_or_else(|| r.err("origin"))?;
     let score = f64::from_le_bytes(r.bytes(8)?.try_into().map_err(|_| r.err("score"))?);
     let at = r.varint()?;
@@ -450,6 +457,7 @@ pub fn decode_decision(seq: u64, bytes: &[u8]) -> R<Decision> {
         seq,
         subject,
         action,
+        previous,
         origin,
         score,
         at,

@@ -165,6 +165,9 @@ pub struct Decision {
     pub subject: String,
     /// New action.
     pub action: Action,
+    /// The action before it (a subject never decided was allowed); `None`
+    /// in decisions recorded before this was kept.
+    pub previous: Option<Action>,
     /// What decided it.
     pub origin: Origin,
     /// Score then.
@@ -1370,6 +1373,7 @@ impl Tx<'_> {
             seq,
             subject: subject.to_owned(),
             action,
+            previous: Some(previous.map_or(Action::Allow, |p| p.action)),
             origin,
             score,
             at: now,
