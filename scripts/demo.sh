@@ -36,9 +36,9 @@ cleanup() {
 trap cleanup EXIT
 
 cat > "$W/hosts" <<HOSTS
-127.0.0.2 a.test pubsub.a.test
-127.0.0.3 b.test pubsub.b.test
-127.0.0.4 c.test pubsub.c.test
+127.0.0.2 a.test pubsub.a.test corvid.a.test
+127.0.0.3 b.test pubsub.b.test corvid.b.test
+127.0.0.4 c.test pubsub.c.test corvid.c.test
 HOSTS
 echo "nameserver 127.0.0.1" > "$W/resolv.conf"
 # The federation's shared secret for IP tokens (members only).
@@ -51,6 +51,9 @@ declare -A API=([a]=127.0.0.1:17781 [b]=127.0.0.1:17782 [c]=127.0.0.1:17783)
 say "Starting three XMPP servers: a.test, b.test, c.test (s2s on port 5269)"
 for s in a b c; do
   d="$W/$s"; mkdir -p "$d/prosody"
+  # corvidd's component secret, shared with Prosody's Component line.
+  head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$d/component.secret"
+  chmod 600 "$d/component.secret"
   cat > "$d/prosody.cfg.lua" <<CFG
 run_as_root = true
 data_path = "$d/prosody"
@@ -62,7 +65,8 @@ c2s_ports = { 5222 }
 s2s_ports = { 5269 }
 http_ports = {}
 https_ports = {}
-component_ports = {}
+component_ports = { 5347 }
+component_interfaces = { "${IP[$s]}" }
 c2s_direct_tls_ports = {}
 s2s_direct_tls_ports = {}
 unbound = { resolvconf = "$W/resolv.conf"; hoststxt = "$W/hosts" }
@@ -80,6 +84,9 @@ unlimited_jids = { "corvidd@$s.test" }
 VirtualHost "$s.test"
 Component "pubsub.$s.test" "pubsub"
     admins = { "corvidd@$s.test" }
+-- corvidd's component: the block lists for mod_anti_spam and mod_muc_rtbl.
+Component "corvid.$s.test"
+    component_secret = "$(cat "$d/component.secret")"
 CFG
   prosodyctl --config "$d/prosody.cfg.lua" register corvidd "$s.test" "demo-password-$s" >/dev/null
   prosody -F --config "$d/prosody.cfg.lua" >/dev/null 2>&1 &
@@ -97,6 +104,7 @@ for s in a b c; do
   cp "$W/federation.secret" "$d/federation.secret"
   # Loopback demo: plaintext c2s, the shared IP secret, and a directory on a.test.
   sed -i 's/^tls = "starttls"/tls = "plaintext"/' "$d/corvidd.toml"
+  sed -i "s/^server = \"127.0.0.1:5347\"/server = \"${IP[$s]}:5347\"/" "$d/corvidd.toml"
   cat >> "$d/corvidd.toml" <<EXTRA
 
 [[keys.federation]]

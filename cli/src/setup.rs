@@ -81,7 +81,7 @@ pub struct InitArgs {
 }
 
 /// What a Prosody operator must set for corvidd (also in the README).
-pub fn prosody_settings(domain: &str) -> String {
+pub fn prosody_settings(domain: &str, secret: Option<&str>) -> String {
     format!(
         r#"-- prosody.cfg.lua: what corvidd needs
 -- 1. An account:  prosodyctl register corvidd {domain} 'a long password'
@@ -99,7 +99,25 @@ modules_enabled = {{ --[[ … ]] "corvid" }}
 corvid_api_url = "http://127.0.0.1:7780"
 corvid_api_token_file = "/etc/prosody/corvid-read.token" -- a copy of corvidd's read token, readable by prosody
 corvid_mode = "observe" -- "enforce" once `corvid status` shows what it would refuse
-"#
+-- 5. corvidd's component: the PubSub service of the block lists that the standard
+--    modules read (global section; the component protocol is plaintext, so loopback):
+component_ports = {{ 5347 }}
+component_interfaces = {{ "127.0.0.1" }}
+Component "corvid.{domain}"
+    component_secret = "{secret}"
+--    Other servers reach it over s2s: give corvid.{domain} a DNS record and
+--    a certificate, as for any component.
+-- 6. Optional, servers without mod_corvid: the standard modules read the lists.
+--    Prosody 13 with prosody-modules (global section):
+--      modules_enabled = {{ --[[ … ]] "anti_spam" }}
+--      anti_spam_services = {{ "corvid.{domain}" }}
+--    A MUC service (0.12 and 13, prosody-modules):
+--      Component "conference.{domain}" "muc"
+--          modules_enabled = {{ "muc_rtbl" }}
+--          muc_rtbl_jid = "corvid.{domain}"
+--    and list each such host in corvidd's [component] list_consumers.
+"#,
+        secret = secret.unwrap_or("the content of corvidd's component.secret"),
     )
 }
 
@@ -194,6 +212,18 @@ listen = "{listen}"
 read_token_file = "{read}"
 write_token_file = "{write}"
 
+[component]
+# corvidd as a component of your server (Prosody: the Component lines above):
+# it serves muc_bans_sha256, spam_source_jids_sha256 and spam_source_domains
+# from your block verdicts, for mod_anti_spam, mod_muc_rtbl and ejabberd.
+jid = "corvid.{domain}"
+secret_file = "{component_secret}"
+server = "127.0.0.1:5347"
+# Your own hosts that read the lists (their start-up fetch can come before
+# corvidd connects): the VirtualHost for mod_anti_spam, the MUC service for
+# mod_muc_rtbl. Other servers are remembered when they fetch or subscribe.
+list_consumers = ["{domain}"]
+
 # To appear in a federation directory:
 # [directory]
 # node = "xmpp:pubsub.example.net?;node=corvid-directory"
@@ -202,7 +232,7 @@ write_token_file = "{write}"
 # delisting_policy = "Write to abuse@{domain}; we answer within two days."
 "#,
         out = a.out.display(),
-        prosody = prosody_settings(&domain)
+        prosody = prosody_settings(&domain, None)
             .lines()
             .map(|l| format!("# {l}"))
             .collect::<Vec<_>>()
@@ -217,12 +247,13 @@ write_token_file = "{write}"
         read = s("read.token"),
         write = s("write.token"),
         rtbls = xmppbl_lines(a.adopt_xmppbl),
+        component_secret = s("component.secret"),
     );
     std::fs::write(&a.out, text).with_context(|| format!("cannot write {}", a.out.display()))?;
     println!("wrote {}", a.out.display());
     if a.tokens {
         std::fs::create_dir_all(&a.secrets_dir)?;
-        for name in ["read.token", "write.token"] {
+        for name in ["read.token", "write.token", "component.secret"] {
             let p = a.secrets_dir.join(name);
             if !p.exists() {
                 let mut t = [0u8; 24];
@@ -238,7 +269,11 @@ write_token_file = "{write}"
         s("signing.key"),
         s("xmpp-password")
     );
-    print!("{}", prosody_settings(&domain));
+    let secret = std::fs::read_to_string(a.secrets_dir.join("component.secret")).ok();
+    print!(
+        "{}",
+        prosody_settings(&domain, secret.as_deref().map(str::trim))
+    );
     Ok(0)
 }
 

@@ -184,6 +184,22 @@ pub fn status(v: &Value) -> String {
     );
     let _ = writeln!(out, "  xmpp:        {}", s(&v["xmpp"]));
     let _ = writeln!(out, "  feed:        {}", s(&v["feed"]));
+    let c = &v["component"];
+    if c.is_object() {
+        let _ = writeln!(
+            out,
+            "  component:   {} {}{}",
+            s(&c["jid"]),
+            s(&c["state"]),
+            match c["list_consumers"].as_u64() {
+                Some(n) => format!(", block lists read by {n}"),
+                None => c["last_error"]
+                    .as_str()
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default(),
+            }
+        );
+    }
     let _ = writeln!(out, "  key:         {}", s(&v["fingerprint"]));
     let counts = &v["subjects_by_action"];
     let _ = writeln!(

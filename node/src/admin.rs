@@ -257,7 +257,7 @@ async fn status(State(s): State<Arc<ApiState>>) -> Result<Json<Value>, ApiError>
                 health.push(Check::ok(
                     "component",
                     format!(
-                        "{} connected for {} s; block lists read by {consumers} servers",
+                        "{} connected for {} s; {consumers} block-list consumers",
                         c.jid,
                         now.saturating_sub(*since)
                     ),
