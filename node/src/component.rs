@@ -37,10 +37,17 @@ use xmpp_parsers::presence::Presence;
 use xmpp_parsers::stanza::Stanza;
 use xmpp_parsers::stanza_error::{DefinedCondition, ErrorType, StanzaError};
 
+use std::collections::HashMap;
+
+use corvid_protocol::feed::LOG_FEATURE;
+use corvid_protocol::item::FeedAddress;
+use corvid_protocol::record::Issuer;
+
 use crate::config::{ComponentConfig, read_secret};
 use crate::engine::Engine;
-use crate::lists::{Handled, Service};
-use crate::xmpp::Backoff;
+use crate::lists::{Handled, NS_DISCO_INFO, NS_PUBSUB, NS_RSM, Service};
+use crate::log::{CHECKPOINT_EVERY, FEED_NODE, FeedLog};
+use crate::xmpp::{Backoff, EventSink, IqError};
 
 const NS_COMPONENT: &str = "jabber:component:accept";
 const NS_CLIENT: &str = "jabber:client";
@@ -72,13 +79,70 @@ pub enum ComponentState {
     },
 }
 
-/// The running component, as `status` sees it.
+/// The running component: its state for `status`, and IQs to other
+/// entities (peers' components) sent from its JID.
 #[derive(Debug, Clone)]
 pub struct ComponentHandle {
     /// The component's domain.
     pub jid: String,
     /// Its state.
     pub state: watch::Receiver<ComponentState>,
+    commands: mpsc::Sender<Request>,
+    timeout: Duration,
+}
+
+/// An IQ to send, and where its reply goes.
+#[derive(Debug)]
+struct Request {
+    iq: Iq,
+    reply: tokio::sync::oneshot::Sender<Iq>,
+}
+
+impl ComponentHandle {
+    /// Sends an IQ from the component's JID and waits for the reply of the
+    /// entity it went to.
+    ///
+    /// # Errors
+    /// [`IqError`] for error replies, timeouts and a lost connection.
+    pub async fn iq(&self, mut iq: Iq) -> std::result::Result<Option<Element>, IqError> {
+        if let Iq::Get { from, .. } | Iq::Set { from, .. } = &mut iq {
+            *from = Jid::new(&self.jid).ok();
+        }
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.commands
+            .send(Request { iq, reply })
+            .await
+            .map_err(|_| IqError::Closed)?;
+        match tokio::time::timeout(self.timeout, rx).await {
+            Err(_) => Err(IqError::Timeout(self.timeout)),
+            Ok(Err(_)) => Err(IqError::Closed),
+            Ok(Ok(Iq::Result { payload, .. })) => Ok(payload),
+            Ok(Ok(Iq::Error { error, .. })) => Err(IqError::Stanza {
+                condition: format!("{:?}", error.defined_condition),
+                text: error
+                    .texts
+                    .values()
+                    .next()
+                    .map(|t| format!(": {t}"))
+                    .unwrap_or_default(),
+                error: Box::new(error),
+            }),
+            Ok(Ok(_)) => Err(IqError::Closed),
+        }
+    }
+
+    /// Whether the component is connected.
+    pub fn online(&self) -> bool {
+        matches!(*self.state.borrow(), ComponentState::Online { .. })
+    }
+}
+
+/// What one connection serves, kept across reconnections.
+struct Parts {
+    service: Service,
+    feed: FeedLog,
+    events: EventSink,
+    commands: mpsc::Receiver<Request>,
 }
 
 /// What the reader task hands over.
@@ -86,26 +150,58 @@ type Input = Result<Element, String>;
 
 /// Decisions read per round of change notifications.
 const CHANGES_PER_ROUND: usize = 500;
+/// Own records read per round of feed notifications.
+const FEED_CHANGES_PER_ROUND: usize = 200;
 
 /// Starts the component task.
 ///
 /// # Errors
 /// A bad JID or an unreadable secret.
-pub fn start(config: &ComponentConfig, engine: Arc<Engine>) -> Result<ComponentHandle> {
+pub fn start(
+    config: &ComponentConfig,
+    engine: Arc<Engine>,
+    events: EventSink,
+) -> Result<ComponentHandle> {
     let jid = BareJid::new(&config.jid).map_err(|e| anyhow!("component.jid: {e}"))?;
     let secret = read_secret(&config.secret_file)?;
     let service = Service::new(engine.store(), config, crate::now())
         .context("component: reading its consumers")?;
+    let feed = FeedLog::new(
+        engine.store(),
+        own_feed(&config.jid)?,
+        Issuer {
+            domain: engine.settings().domain.clone(),
+            key: engine.public_key().key_id(),
+        },
+    )
+    .context("component: reading the feed's subscribers")?;
     let (tx, rx) = watch::channel(ComponentState::Connecting {
         last_error: None,
         since: crate::now(),
     });
+    let (commands_tx, commands) = mpsc::channel(256);
     let server = config.server.clone();
-    tokio::spawn(run(jid, secret, server, engine, service, tx));
+    let parts = Parts {
+        service,
+        feed,
+        events,
+        commands,
+    };
+    tokio::spawn(run(jid, secret, server, engine, parts, tx));
     Ok(ComponentHandle {
         jid: config.jid.clone(),
         state: rx,
+        commands: commands_tx,
+        timeout: Duration::from_secs(30),
     })
+}
+
+/// The feed a component serves: its JID and [`FEED_NODE`].
+///
+/// # Errors
+/// A JID that is not a feed service.
+pub fn own_feed(jid: &str) -> Result<FeedAddress> {
+    FeedAddress::new(jid, FEED_NODE).map_err(|e| anyhow!("component.jid: {e}"))
 }
 
 async fn run(
@@ -113,7 +209,7 @@ async fn run(
     secret: String,
     server: String,
     engine: Arc<Engine>,
-    mut service: Service,
+    mut parts: Parts,
     state: watch::Sender<ComponentState>,
 ) {
     let backoff = Backoff {
@@ -131,12 +227,12 @@ async fn run(
             Ok(Ok(stream)) => {
                 attempt = 0;
                 engine.metrics.component_connected();
-                tracing::info!(component = %jid, server, "component connected; pushing the block lists to {} consumers", service.consumers().count());
+                tracing::info!(component = %jid, server, "component connected; pushing the block lists to {} consumers", parts.service.consumers().count());
                 state.send_replace(ComponentState::Online {
                     since: crate::now(),
-                    consumers: service.consumers().count(),
+                    consumers: parts.service.consumers().count(),
                 });
-                let e = serve(stream, &jid, &engine, &mut service, &state).await;
+                let e = serve(stream, &jid, &engine, &mut parts, &state).await;
                 tracing::warn!(component = %jid, "component connection lost: {e:#}; reconnecting");
                 format!("{e:#}")
             }
@@ -342,12 +438,13 @@ async fn serve(
     mut conn: Connection,
     jid: &BareJid,
     engine: &Arc<Engine>,
-    service: &mut Service,
+    parts: &mut Parts,
     state: &watch::Sender<ComponentState>,
 ) -> anyhow::Error {
-    service.connected();
+    parts.service.connected();
     let store = engine.store();
     let metrics = &engine.metrics;
+    let me = jid.to_string();
     // The parent domain answers the keepalive pings.
     let parent = jid
         .domain()
@@ -356,20 +453,47 @@ async fn serve(
         .and_then(|(_, p)| Jid::new(p).ok())
         .unwrap_or_else(|| Jid::from(jid.clone()));
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut checkpoint = tokio::time::interval(CHECKPOINT_EVERY);
+    checkpoint.tick().await;
     let mut heard = Instant::now();
     let mut pinged = false;
     let mut gaps_logged = false;
+    // IQs sent for callers, by id: the reply must come from where it went.
+    let mut pending: HashMap<String, (Option<Jid>, tokio::sync::oneshot::Sender<Iq>)> =
+        HashMap::new();
     loop {
-        // Registered before the decisions are read, so that one recorded
-        // in between wakes the wait below.
+        // Registered before the store is read, so that a decision or an own
+        // record written in between wakes the wait below.
         let decided = store.decided().notified();
         tokio::pin!(decided);
         decided.as_mut().enable();
-        // Changes first: they are small and time-critical. Then one page
-        // of a push, then input; every turn yields, so a large push never
-        // holds up answers.
+        // New own records first (the feed's subscribers), then changes of
+        // the block lists: both small and time-critical. Then one page of a
+        // push, then input; every turn yields, so a large push never holds
+        // up answers.
+        let signer = engine.signer();
+        let own = tokio::task::block_in_place(|| {
+            parts
+                .feed
+                .changes(store, signer.as_ref(), &me, FEED_CHANGES_PER_ROUND)
+        });
+        match own {
+            Ok((messages, notified)) => {
+                let n = messages.len() as u64;
+                for m in messages {
+                    if let Err(e) = conn.send(m.into()).await {
+                        return e;
+                    }
+                }
+                if n > 0 {
+                    metrics.component_sent("feed", n);
+                }
+                parts.feed.commit(notified);
+            }
+            Err(e) => return anyhow!("own log: {e}"),
+        }
         let (messages, cursor, gap) =
-            match tokio::task::block_in_place(|| service.changes(store, CHANGES_PER_ROUND)) {
+            match tokio::task::block_in_place(|| parts.service.changes(store, CHANGES_PER_ROUND)) {
                 Ok(c) => c,
                 Err(e) => return anyhow!("decision stream: {e}"),
             };
@@ -388,10 +512,10 @@ async fn serve(
         if n > 0 {
             metrics.component_sent("change", n);
         }
-        if let Err(e) = tokio::task::block_in_place(|| service.commit(store, cursor)) {
+        if let Err(e) = tokio::task::block_in_place(|| parts.service.commit(store, cursor)) {
             return anyhow!("block lists: {e}");
         }
-        let push = match tokio::task::block_in_place(|| service.next_push(store)) {
+        let push = match tokio::task::block_in_place(|| parts.service.next_push(store)) {
             Ok(p) => p,
             Err(e) => return anyhow!("block lists: {e}"),
         };
@@ -402,12 +526,15 @@ async fn serve(
             }
             metrics.component_sent("push", 1);
         }
-        if let Err(e) = tokio::task::block_in_place(|| service.save(store)) {
-            tracing::warn!("block lists: cannot save consumers: {e}");
+        if let Err(e) = tokio::task::block_in_place(|| {
+            parts.service.save(store)?;
+            parts.feed.save(store)
+        }) {
+            tracing::warn!("component: cannot save consumers and subscribers: {e}");
         }
         state.send_if_modified(|s| match s {
             ComponentState::Online { consumers, .. } => {
-                let n = service.consumers().count();
+                let n = parts.service.consumers().count();
                 let changed = *consumers != n;
                 *consumers = n;
                 changed
@@ -429,7 +556,35 @@ async fn serve(
                     Some(i) => Some(i),
                     None => return anyhow!("the reader stopped"),
                 },
+                request = parts.commands.recv() => {
+                    if let Some(Request { mut iq, reply }) = request {
+                        let id = crate::xmpp::iq_id();
+                        *iq.id_mut() = id.clone();
+                        pending.insert(id, (iq.to().cloned(), reply));
+                        if let Err(e) = conn.send(iq.into()).await {
+                            return e;
+                        }
+                    }
+                    None
+                }
                 () = &mut decided => None,
+                _ = checkpoint.tick() => {
+                    let signer = engine.signer();
+                    match tokio::task::block_in_place(|| {
+                        parts.feed.checkpoint_notifications(store, signer.as_ref(), &me, crate::now())
+                    }) {
+                        Ok(messages) => {
+                            for m in messages {
+                                if let Err(e) = conn.send(m.into()).await {
+                                    return e;
+                                }
+                            }
+                        }
+                        Err(e) => tracing::warn!("checkpoint not signed: {e}"),
+                    }
+                    pending.retain(|_, (_, reply)| !reply.is_closed());
+                    None
+                }
                 _ = tick.tick() => None,
             }
         };
@@ -469,7 +624,25 @@ async fn serve(
             metrics.component_refused("unreadable");
             continue;
         };
-        if let Some(reply) = handle(stanza, service, engine)
+        // A reply to one of our IQs goes to its caller, if it comes from
+        // where the IQ went.
+        if let Stanza::Iq(iq @ (Iq::Result { .. } | Iq::Error { .. })) = &stanza
+            && let Some((to, _)) = pending.get(iq.id())
+        {
+            let from_ok = match (to, iq.from()) {
+                (Some(to), Some(from)) => to.to_bare() == from.to_bare(),
+                _ => false,
+            };
+            if from_ok {
+                if let Some((_, reply)) = pending.remove(iq.id()) {
+                    let _ = reply.send(iq.clone());
+                }
+            } else {
+                metrics.component_refused("forged-reply");
+            }
+            continue;
+        }
+        if let Some(reply) = handle(stanza, parts, engine)
             && let Err(e) = conn.send(reply).await
         {
             return e;
@@ -477,13 +650,36 @@ async fn serve(
     }
 }
 
-fn handle(stanza: Stanza, service: &mut Service, engine: &Engine) -> Option<Stanza> {
+/// Whether an IQ is about the feed node (a PubSub request or a disco#info
+/// query naming it).
+fn about_feed(payload: &Element) -> bool {
+    if payload.is("pubsub", NS_PUBSUB) {
+        return payload
+            .children()
+            .find(|c| !c.is("set", NS_RSM))
+            .and_then(|op| op.attr("node"))
+            == Some(FEED_NODE);
+    }
+    payload.is("query", NS_DISCO_INFO) && payload.attr("node") == Some(FEED_NODE)
+}
+
+fn handle(stanza: Stanza, parts: &mut Parts, engine: &Engine) -> Option<Stanza> {
     let metrics = &engine.metrics;
     match stanza {
         Stanza::Iq(iq) => {
             let fallback = iq.clone();
+            let feed = match &iq {
+                Iq::Get { payload, .. } | Iq::Set { payload, .. } => about_feed(payload),
+                _ => false,
+            };
             let answered = tokio::task::block_in_place(|| {
-                service.handle_iq(engine.store(), iq, Instant::now(), crate::now())
+                if feed {
+                    feed_iq(parts, engine, iq)
+                } else {
+                    parts
+                        .service
+                        .handle_iq(engine.store(), iq, Instant::now(), crate::now())
+                }
             });
             match answered {
                 Ok((reply, handled)) => {
@@ -495,22 +691,163 @@ fn handle(stanza: Stanza, service: &mut Service, engine: &Engine) -> Option<Stan
                     reply.map(Stanza::from)
                 }
                 Err(e) => {
-                    tracing::warn!("block lists: a request failed on storage: {e}");
+                    tracing::warn!("component: a request failed on storage: {e}");
                     metrics.component_refused("storage");
                     internal_error(fallback).map(Stanza::from)
                 }
             }
         }
         Stanza::Message(m) => {
-            // Consumers' servers bounce notifications they cannot deliver.
             if m.type_ == MessageType::Error {
+                // Consumers' servers bounce notifications they cannot deliver.
                 metrics.component_refused("bounced");
+            } else if m
+                .payloads
+                .iter()
+                .any(|p| p.is("event", xmpp_parsers::ns::PUBSUB_EVENT))
+            {
+                // A followed feed's notification: the sync manager's, behind
+                // the same check of the sender as on the c2s link.
+                crate::xmpp::forward_events(m, &parts.events);
             } else {
                 metrics.component_refused("message");
             }
             None
         }
         Stanza::Presence(_) => None,
+    }
+}
+
+/// A request about the feed node.
+fn feed_iq(
+    parts: &mut Parts,
+    engine: &Engine,
+    iq: Iq,
+) -> crate::store::Result<(Option<Iq>, Handled)> {
+    let store = engine.store();
+    let (from, to, id, payload, set) = match iq {
+        Iq::Get {
+            from,
+            to,
+            id,
+            payload,
+        } => (from, to, id, payload, false),
+        Iq::Set {
+            from,
+            to,
+            id,
+            payload,
+        } => (from, to, id, payload, true),
+        _ => return Ok((None, Handled::Ignored("reply"))),
+    };
+    let Some(from) = from else {
+        return Ok((None, Handled::Refused("no-sender")));
+    };
+    let error = |condition: DefinedCondition, type_: ErrorType| Iq::Error {
+        from: to.clone(),
+        to: Some(from.clone()),
+        id: id.clone(),
+        payload: None,
+        error: StanzaError {
+            type_,
+            by: None,
+            defined_condition: condition,
+            texts: Default::default(),
+            other: None,
+        },
+    };
+    let result = |payload: Option<Element>| Iq::Result {
+        from: to.clone(),
+        to: Some(from.clone()),
+        id: id.clone(),
+        payload,
+    };
+    if !parts.service.allowed(&from, Instant::now()) {
+        return Ok((
+            Some(error(DefinedCondition::ResourceConstraint, ErrorType::Wait)),
+            Handled::Refused("rate-limited"),
+        ));
+    }
+    if payload.is("query", NS_DISCO_INFO) {
+        let q = Element::builder("query", NS_DISCO_INFO)
+            .attr(attr("node"), FEED_NODE)
+            .append(
+                Element::builder("identity", NS_DISCO_INFO)
+                    .attr(attr("category"), "pubsub")
+                    .attr(attr("type"), "leaf")
+                    .attr(attr("name"), "Corvid feed")
+                    .build(),
+            )
+            .append(
+                Element::builder("feature", NS_DISCO_INFO)
+                    .attr(attr("var"), LOG_FEATURE)
+                    .build(),
+            )
+            .build();
+        return Ok((Some(result(Some(q))), Handled::Answered("disco")));
+    }
+    let Some(op) = payload.children().find(|c| !c.is("set", NS_RSM)) else {
+        return Ok((
+            Some(error(DefinedCondition::BadRequest, ErrorType::Modify)),
+            Handled::Refused("bad-request"),
+        ));
+    };
+    match (op.name(), set) {
+        ("items", false) => {
+            let signer = engine.signer();
+            let rsm = payload.get_child("set", NS_RSM);
+            match parts
+                .feed
+                .items(store, signer.as_ref(), op, rsm, crate::now())?
+            {
+                Ok(reply) => Ok((Some(result(Some(reply))), Handled::Answered("feed-items"))),
+                Err(why) => Ok((
+                    Some(error(DefinedCondition::BadRequest, ErrorType::Modify)),
+                    Handled::Refused(why),
+                )),
+            }
+        }
+        ("subscribe" | "unsubscribe", true) => {
+            let jid = op.attr("jid").and_then(|j| Jid::new(j).ok());
+            let Some(jid) = jid.filter(|j| j.to_bare() == from.to_bare()) else {
+                return Ok((
+                    Some(error(DefinedCondition::BadRequest, ErrorType::Modify)),
+                    Handled::Refused("jids-mismatch"),
+                ));
+            };
+            if op.name() == "unsubscribe" {
+                parts.feed.unsubscribe(&jid);
+                return Ok((Some(result(None)), Handled::Answered("feed-unsubscribe")));
+            }
+            if !parts.feed.subscribe(&jid, crate::now()) {
+                return Ok((
+                    Some(error(DefinedCondition::ResourceConstraint, ErrorType::Wait)),
+                    Handled::Refused("too-many-subscribers"),
+                ));
+            }
+            let sub = Element::builder("subscription", NS_PUBSUB)
+                .attr(attr("node"), FEED_NODE)
+                .attr(attr("jid"), jid.to_string())
+                .attr(attr("subscription"), "subscribed")
+                .build();
+            Ok((
+                Some(result(Some(
+                    Element::builder("pubsub", NS_PUBSUB).append(sub).build(),
+                ))),
+                Handled::Answered("feed-subscribe"),
+            ))
+        }
+        _ => Ok((
+            Some(error(DefinedCondition::Forbidden, ErrorType::Auth)),
+            Handled::Refused("forbidden"),
+        )),
+    }
+}
+
+fn attr(name: &'static str) -> xmpp_parsers::minidom::rxml::NcName {
+    match xmpp_parsers::minidom::rxml::NcName::try_from(name) {
+        Ok(n) => n,
+        Err(_) => unreachable!("static attribute names are valid NCNames"),
     }
 }
 

@@ -368,6 +368,9 @@ struct Scratch {
     /// Peers whose items arrived, with the latest time: written once per
     /// transaction.
     seen: BTreeMap<String, u64>,
+    /// Per peer, the newest record id among its live items: a peer whose
+    /// feed is a log resumes after it (spec §4.6).
+    newest: BTreeMap<String, ReportId>,
     /// The verdicts of the touched subjects, computed inside the
     /// transaction: published once it has committed.
     verdicts: Vec<(SubjectKey, Option<SubjectVerdict>)>,
@@ -569,7 +572,21 @@ impl Core {
                 scratch.replies.push((*ticket, out));
             }
             for (source, now) in &scratch.seen {
-                tx.update_peer(source, |p| p.last_item = Some(*now))?;
+                let newest = scratch.newest.get(source).copied();
+                tx.update_peer(source, |p| {
+                    p.last_item = Some(*now);
+                    // Only once a read reached the log's end: before that,
+                    // the cursor marks how far the read got.
+                    if let Some(n) = newest
+                        && p.log_layout
+                        && p.log_complete
+                    {
+                        let cursor = p.log_cursor.as_deref().and_then(|c| c.parse().ok());
+                        if cursor.is_none_or(|c: ReportId| n > c) {
+                            p.log_cursor = Some(n.to_string());
+                        }
+                    }
+                })?;
             }
             settle(&ctx, tx, &mut scratch, now)
         });
@@ -1035,6 +1052,15 @@ fn settle(
     scratch: &mut Scratch,
     now: u64,
 ) -> Result<(), StoreError> {
+    // The sources' record counts change in the same transaction as their
+    // records: a count read back after a crash matches what is stored.
+    for (source, delta) in &scratch.counts {
+        if *delta != 0 {
+            tx.update_peer(source, |p| {
+                p.records = p.records.saturating_add_signed(*delta)
+            })?;
+        }
+    }
     let suspended = |source: &str| {
         !scratch.lift.iter().any(|s| s == source)
             && (ctx.suspended.contains(source) || scratch.suspend.iter().any(|(s, _)| s == source))
@@ -1059,6 +1085,15 @@ fn settle(
     Ok(())
 }
 
+/// `id`, or an id newer than every own record written so far (the
+/// milliseconds after the newest one's) when it is not.
+fn newer_own_id(tx: &mut Tx<'_>, rng: &mut Rng, id: ReportId) -> Result<ReportId, StoreError> {
+    Ok(match tx.last_own_id()? {
+        Some(last) if id <= last => rng.report_id(last.timestamp_ms() + 1),
+        _ => id,
+    })
+}
+
 /// Applies one event inside a transaction. Store errors abort the whole
 /// transaction; everything else is the event's own outcome.
 fn apply(
@@ -1077,11 +1112,11 @@ fn apply(
                 // last record about it, even within the same second (a
                 // report id's milliseconds are spread at random).
                 if let Some(old) = tx.own(&report.subject)? {
-                    if report.id <= old.id() {
-                        report.id = rng.report_id(old.id().timestamp_ms() + 1);
-                    }
                     report.issued_at = report.issued_at.max(old.issued_at());
                 }
+                // Every own record is newer than the last one written, so
+                // that the feed served as a log (spec §4.6) is in id order.
+                report.id = newer_own_id(tx, rng, report.id)?;
                 let record = Record::Report(report.clone());
                 tx.put_own(&record)?;
                 ingest(ctx, tx, scratch, now_ms, &ctx.settings.domain, &record, "")?;
@@ -1094,10 +1129,8 @@ fn apply(
             let Some(Record::Report(old)) = tx.own(subject)? else {
                 return Ok(Outcome::Retracted(None));
             };
-            let mut id = rng.report_id(now * 1000);
-            if id <= old.id {
-                id = rng.report_id(old.id.timestamp_ms() + 1);
-            }
+            let candidate = rng.report_id(now * 1000);
+            let id = newer_own_id(tx, rng, candidate)?;
             let tomb = Retraction {
                 id,
                 subject: subject.clone(),
@@ -1489,6 +1522,11 @@ fn live_items(
         };
         match v.body {
             Body::Delta { record } => {
+                let newest = scratch
+                    .newest
+                    .entry(source.to_owned())
+                    .or_insert(record.id());
+                *newest = (*newest).max(record.id());
                 let what = ingest(
                     ctx,
                     tx,
@@ -1520,7 +1558,7 @@ fn live_items(
                 ring.revoked.push(r.key.fingerprint());
                 scratch.revocations.push((source.to_owned(), r.key));
             }
-            Body::Snapshot { .. } | Body::Card(_) => {}
+            Body::Snapshot { .. } | Body::Card(_) | Body::Checkpoint { .. } => {}
         }
     }
     Ok(out)

@@ -35,4 +35,5 @@ pub mod api;
 pub mod component;
 pub mod federation;
 pub mod lists;
+pub mod log;
 pub mod sync;

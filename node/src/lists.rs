@@ -624,7 +624,8 @@ impl Service {
         }
     }
 
-    fn allowed(&mut self, from: &Jid, now: Instant) -> bool {
+    /// Takes one request from `from`'s domain budget.
+    pub fn allowed(&mut self, from: &Jid, now: Instant) -> bool {
         if self.buckets.len() >= MAX_BUCKETS {
             self.buckets.clear();
         }

@@ -190,7 +190,13 @@ async fn serve(path: PathBuf, config: Config, ready_file: Option<PathBuf>) -> Re
         initial: Duration::from_secs(1),
         max: Duration::from_secs(300),
     };
-    let link = xmpp::start(&config.xmpp, backoff, sink)?;
+    let link = xmpp::start(&config.xmpp, backoff, sink.clone())?;
+    // corvidd as a component: its block lists and its feed as a log, and
+    // the peers' logs read through it.
+    let component = match &config.component {
+        Some(c) => Some(corvid_node::component::start(c, Arc::clone(&engine), sink)?),
+        None => None,
+    };
     let wake = Arc::new(Notify::new());
     let reload = Arc::new(Notify::new());
     let resync = Duration::from_secs(
@@ -209,6 +215,7 @@ async fn serve(path: PathBuf, config: Config, ready_file: Option<PathBuf>) -> Re
     tokio::spawn(sync::run(
         Arc::clone(&engine),
         link.clone(),
+        component.clone(),
         events_rx,
         overflow,
         resync,
@@ -244,8 +251,7 @@ async fn serve(path: PathBuf, config: Config, ready_file: Option<PathBuf>) -> Re
         },
         Arc::clone(&reload),
     ));
-    if let Some(c) = &config.component {
-        let handle = corvid_node::component::start(c, Arc::clone(&engine))?;
+    if let Some(handle) = component {
         let _ = state.component.set(handle);
     }
     spawn_clock_check(Arc::clone(&state), config.server.domain.clone());

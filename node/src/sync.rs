@@ -21,10 +21,13 @@ use tokio::sync::mpsc;
 use xmpp_parsers::jid::BareJid;
 use xmpp_parsers::minidom::Element;
 
+use crate::component::ComponentHandle;
 use crate::engine::{Engine, Ingested, Peer, Rtbl};
 use crate::pubsub::{self, FeedEvent};
 use crate::ratelimit::TokenBucket;
 use crate::xmpp::{Link, LinkEvent};
+use xmpp_parsers::iq::Iq;
+use xmpp_parsers::jid::Jid;
 
 /// How often rejected items are summarised in the log (one line per peer).
 const REJECT_SUMMARY: Duration = Duration::from_secs(60);
@@ -36,6 +39,7 @@ const DELTA_BATCH: usize = 16;
 pub async fn run(
     engine: Arc<Engine>,
     link: Link,
+    component: Option<ComponentHandle>,
     mut events: mpsc::Receiver<LinkEvent>,
     overflow: Arc<tokio::sync::Notify>,
     resync: Duration,
@@ -54,13 +58,26 @@ pub async fn run(
             again.insert(source);
         } else {
             running.insert(source.clone());
-            spawn_backfill(&engine, &link, source, &resync_tx, &done_tx);
+            spawn_backfill(
+                &engine,
+                &link,
+                component.as_ref(),
+                source,
+                &resync_tx,
+                &done_tx,
+            );
         }
     };
     let mut check = tokio::time::interval(resync);
     check.tick().await;
     let mut summary = tokio::time::interval(REJECT_SUMMARY);
     summary.tick().await;
+    // Layout 2: when each log peer was last heard from, and its checkpoint
+    // mismatches.
+    let mut heard: HashMap<String, Instant> = HashMap::new();
+    let mut mismatches: HashMap<String, (u32, Option<Instant>)> = HashMap::new();
+    let mut silence = tokio::time::interval(Duration::from_secs(5));
+    silence.tick().await;
     loop {
         tokio::select! {
             event = events.recv() => {
@@ -73,7 +90,7 @@ pub async fn run(
                     }
                     LinkEvent::PubSub { from, event } => {
                         let from = from.map(|j| j.to_bare().to_string()).unwrap_or_default();
-                        handle_event(&engine, &from, &event, &mut buckets, &resync_tx).await;
+                        handle_event(&engine, &from, &event, &mut buckets, &resync_tx, &mut mismatches, &mut heard).await;
                     }
                 }
             }
@@ -91,7 +108,25 @@ pub async fn run(
             Some(source) = resync_rx.recv() => {
                 start(source, &mut running, &mut again);
             }
+            _ = silence.tick() => {
+                // A log peer sends a checkpoint every 20 s: after 30 s of
+                // silence the subscription or a notification was lost.
+                // Subscribing again and reading on from the cursor (one
+                // small request when nothing is missing) repairs both.
+                let settings = engine.settings();
+                for (domain, _) in settings.peers.iter() {
+                    let is_log = engine.store().peer(domain).is_ok_and(|p| p.log_layout);
+                    let quiet = heard
+                        .get(domain)
+                        .is_none_or(|t| t.elapsed() > crate::log::CHECKPOINT_EVERY * 3 / 2);
+                    if is_log && quiet && component.as_ref().is_some_and(ComponentHandle::online) {
+                        heard.insert(domain.clone(), Instant::now());
+                        start(domain.clone(), &mut running, &mut again);
+                    }
+                }
+            }
             Some(source) = done_rx.recv() => {
+                heard.insert(source.clone(), Instant::now());
                 running.remove(&source);
                 if again.remove(&source) {
                     start(source, &mut running, &mut again);
@@ -101,6 +136,10 @@ pub async fn run(
                 // A peer's server can restart while ours stays up and lose our
                 // subscription: check each one and backfill where it is gone.
                 for source in all_sources(&engine) {
+                    if engine.store().peer(&source).is_ok_and(|p| p.log_layout) {
+                        // Checked by its checkpoints instead.
+                        continue;
+                    }
                     let (engine, link, tx) = (Arc::clone(&engine), link.clone(), resync_tx.clone());
                     tokio::spawn(async move {
                         let Some(feed) = feed_of(&engine, &source) else { return };
@@ -160,13 +199,15 @@ fn feed_of(engine: &Engine, source: &str) -> Option<FeedAddress> {
 fn spawn_backfill(
     engine: &Arc<Engine>,
     link: &Link,
+    component: Option<&ComponentHandle>,
     source: String,
     resync: &mpsc::UnboundedSender<String>,
     done: &mpsc::UnboundedSender<String>,
 ) {
-    let (engine, link, resync, done) = (
+    let (engine, link, component, resync, done) = (
         Arc::clone(engine),
         link.clone(),
+        component.cloned(),
         resync.clone(),
         done.clone(),
     );
@@ -174,7 +215,23 @@ fn spawn_backfill(
         let settings = engine.settings();
         let started = Instant::now();
         let result = if let Some(peer) = settings.peers.get(&source) {
-            backfill_peer(&engine, &link, peer).await
+            // A peer whose service serves its feed as a log is read through
+            // our component; others through the c2s link (layout 1).
+            // Which one is asked of the peer's service through the
+            // component, so nothing is read while it is away: a log read
+            // through the c2s link would find nothing and mark every entry
+            // missing.
+            match &component {
+                Some(c) if !c.online() => Err(anyhow::anyhow!(
+                    "our component is not connected; the peer's feed is read once it is"
+                )),
+                Some(c) => match serves_log(c, &peer.feed).await {
+                    Ok(true) => backfill_log(&engine, c, peer).await,
+                    Ok(false) => backfill_peer(&engine, &link, peer).await,
+                    Err(e) => Err(e),
+                },
+                None => backfill_peer(&engine, &link, peer).await,
+            }
         } else if let Some(rtbl) = settings.rtbls.get(&source) {
             backfill_rtbl(&engine, &link, rtbl).await
         } else {
@@ -491,6 +548,8 @@ async fn handle_event(
     event: &Element,
     buckets: &mut HashMap<String, TokenBucket>,
     resync: &mpsc::UnboundedSender<String>,
+    mismatches: &mut HashMap<String, (u32, Option<Instant>)>,
+    heard: &mut HashMap<String, Instant>,
 ) {
     let parsed = pubsub::parse_event(event);
     let node = match &parsed {
@@ -549,7 +608,16 @@ async fn handle_event(
                 ..
             } => {
                 let mut admitted = Vec::with_capacity(published.len());
+                if let Some(p) = peer {
+                    heard.insert(p.domain.clone(), Instant::now());
+                }
                 for (item_id, payload) in published {
+                    if let Some(p) = peer
+                        && item_id == feed::CHECKPOINT_ITEM
+                    {
+                        on_checkpoint(engine, p, payload.as_ref(), mismatches, resync).await?;
+                        continue;
+                    }
                     let bucket = buckets
                         .entry(source.clone())
                         .or_insert_with(|| TokenBucket::new(rate, Instant::now()));
@@ -620,4 +688,234 @@ async fn handle_event(
     if let Err(e) = result {
         tracing::warn!(source, "event handling failed: {e:#}");
     }
+}
+
+/// Whether a peer's feed service serves it as a log (layout 2): its
+/// disco#info for the feed node lists [`feed::LOG_FEATURE`].
+/// An error when the service did not answer (unreachable, or no such
+/// node): then nothing is read until it does, through either path.
+async fn serves_log(component: &ComponentHandle, feed: &FeedAddress) -> Result<bool> {
+    let to: Jid = feed
+        .service
+        .parse()
+        .map_err(|e| anyhow::anyhow!("feed service: {e}"))?;
+    let query = Element::builder("query", crate::lists::NS_DISCO_INFO)
+        .attr(attr("node"), feed.node.as_str())
+        .build();
+    let iq = Iq::Get {
+        from: None,
+        to: Some(to),
+        id: String::new(),
+        payload: query,
+    };
+    let info = component
+        .iq(iq)
+        .await
+        .map_err(|e| anyhow::anyhow!("the peer's feed service did not answer disco#info: {e}"))?;
+    Ok(info.is_some_and(|info| {
+        info.children().any(|f| {
+            f.is("feature", crate::lists::NS_DISCO_INFO) && f.attr("var") == Some(feed::LOG_FEATURE)
+        })
+    }))
+}
+
+fn attr(name: &'static str) -> xmpp_parsers::minidom::rxml::NcName {
+    match xmpp_parsers::minidom::rxml::NcName::try_from(name) {
+        Ok(n) => n,
+        Err(_) => unreachable!("static attribute names are valid NCNames"),
+    }
+}
+
+/// Records read per page of a log (the publisher caps it at 500).
+const LOG_PAGE: usize = 500;
+
+/// Reads a peer's feed served as a log (layout 2, spec §4.6), from its
+/// component to ours over s2s: subscribe, then pages of records after the
+/// cursor until the end. Without a cursor it is a full read, after which
+/// entries not seen are reconciled as missing. The cursor is saved after
+/// every page, so a read cut by a disconnect on either side resumes where
+/// it stopped.
+async fn backfill_log(engine: &Engine, component: &ComponentHandle, peer: &Peer) -> Result<usize> {
+    let started_ms = crate::now_ms();
+    let feed = &peer.feed;
+    let service: Jid = feed
+        .service
+        .parse()
+        .map_err(|e| anyhow::anyhow!("feed service: {e}"))?;
+    let subscribe = Element::builder("pubsub", crate::lists::NS_PUBSUB)
+        .append(
+            Element::builder("subscribe", crate::lists::NS_PUBSUB)
+                .attr(attr("node"), feed.node.as_str())
+                .attr(attr("jid"), component.jid.as_str())
+                .build(),
+        )
+        .build();
+    component
+        .iq(Iq::Set {
+            from: None,
+            to: Some(service.clone()),
+            id: String::new(),
+            payload: subscribe,
+        })
+        .await?;
+    let state = engine.store().peer(&peer.domain)?;
+    let mut cursor = state.log_cursor.filter(|_| state.log_layout);
+    let full = cursor.is_none();
+    engine.store().update_peer(&peer.domain, |p| {
+        if !p.log_layout {
+            p.log_layout = true;
+            p.log_cursor = None;
+            p.log_complete = false;
+        }
+    })?;
+    let mut present = BTreeSet::new();
+    let mut total = 0;
+    loop {
+        let mut set = Element::builder("set", crate::lists::NS_RSM)
+            .append(
+                Element::builder("max", crate::lists::NS_RSM)
+                    .append(LOG_PAGE.to_string())
+                    .build(),
+            )
+            .build();
+        if let Some(c) = &cursor {
+            set.append_child(
+                Element::builder("after", crate::lists::NS_RSM)
+                    .append(c.as_str())
+                    .build(),
+            );
+        }
+        let request = Element::builder("pubsub", crate::lists::NS_PUBSUB)
+            .append(
+                Element::builder("items", crate::lists::NS_PUBSUB)
+                    .attr(attr("node"), feed.node.as_str())
+                    .build(),
+            )
+            .append(set)
+            .build();
+        let reply = component
+            .iq(Iq::Get {
+                from: None,
+                to: Some(service.clone()),
+                id: String::new(),
+                payload: request,
+            })
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("an empty items result"))?;
+        let items = pubsub::parse_items(&reply);
+        let last = reply
+            .get_child("set", crate::lists::NS_RSM)
+            .and_then(|s| s.get_child("last", crate::lists::NS_RSM))
+            .map(Element::text);
+        let n = items.len();
+        let ring = engine.key_ring(peer)?;
+        let mut records = Vec::with_capacity(n);
+        for (item_id, payload) in items {
+            if let Some((_, v)) =
+                verify(engine, peer, &ring, &feed.node, &item_id, payload.as_ref())
+                && let Body::Delta { record } = v.body
+            {
+                if full {
+                    present.insert(record.subject().to_string());
+                }
+                records.push((record, v.issuer.key.to_string()));
+            }
+        }
+        total += records.len();
+        ingest_records(engine, &peer.domain, records, false).await?;
+        // A page can hold fewer than asked (the publisher keeps results
+        // below the stanza limit): only an empty one is the end.
+        let end = n == 0 || last.is_none();
+        if let Some(l) = last {
+            cursor = Some(l);
+        }
+        // The page's records are on disk before the cursor that skips them.
+        engine.store().flush()?;
+        let saved = cursor.clone();
+        engine.store().update_peer(&peer.domain, |p| {
+            p.log_cursor.clone_from(&saved);
+            if end {
+                p.log_complete = true;
+            }
+        })?;
+        if end {
+            break;
+        }
+    }
+    if full {
+        let missing = engine
+            .reconcile_async(&peer.domain, present, started_ms)
+            .await?;
+        if missing > 0 {
+            tracing::warn!(peer = %peer.domain, missing, "entries missing from the peer's log are unconfirmed until it serves them again (or the grace period ends)");
+        }
+    }
+    Ok(total)
+}
+
+/// A peer's checkpoint (live, or asked for after a silence): behind it,
+/// the log is read on from the cursor; at the same record but with another
+/// number of records than held here, twice in a row, it is read again in
+/// full (a notification was lost, or the publisher served something else).
+async fn on_checkpoint(
+    engine: &Engine,
+    peer: &Peer,
+    payload: Option<&Element>,
+    mismatches: &mut HashMap<String, (u32, Option<Instant>)>,
+    resync: &mpsc::UnboundedSender<String>,
+) -> Result<()> {
+    let ring = engine.key_ring(peer)?;
+    let Some((_, v)) = verify(
+        engine,
+        peer,
+        &ring,
+        &peer.feed.node,
+        feed::CHECKPOINT_ITEM,
+        payload,
+    ) else {
+        return Ok(());
+    };
+    let Body::Checkpoint { last, records, .. } = v.body else {
+        return Ok(());
+    };
+    let state = engine.store().peer(&peer.domain)?;
+    if !state.log_layout {
+        let _ = resync.send(peer.domain.clone());
+        return Ok(());
+    }
+    let cursor: Option<corvid_protocol::record::ReportId> =
+        state.log_cursor.as_deref().and_then(|c| c.parse().ok());
+    if last.is_some() && (cursor.is_none() || last > cursor || !state.log_complete) {
+        mismatches.remove(&peer.domain);
+        let _ = resync.send(peer.domain.clone());
+        return Ok(());
+    }
+    let held = engine.record_count(&peer.domain);
+    let capped = peer.max_reports > 0 && held >= peer.max_reports;
+    let entry = mismatches.entry(peer.domain.clone()).or_default();
+    if held == records || capped {
+        entry.0 = 0;
+        return Ok(());
+    }
+    entry.0 += 1;
+    // At most one full read an hour for this reason: a count that differs
+    // for good (a subject refused here) must not make a loop of them.
+    let recent = entry
+        .1
+        .is_some_and(|t| t.elapsed() < Duration::from_secs(3600));
+    if entry.0 >= 2 && !recent {
+        *entry = (0, Some(Instant::now()));
+        tracing::warn!(
+            peer = %peer.domain,
+            held,
+            records,
+            "the peer's checkpoint counts another number of records than held here: reading its log again in full"
+        );
+        engine.store().update_peer(&peer.domain, |p| {
+            p.log_cursor = None;
+            p.log_complete = false;
+        })?;
+        let _ = resync.send(peer.domain.clone());
+    }
+    Ok(())
 }

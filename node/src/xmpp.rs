@@ -555,7 +555,7 @@ async fn login<C: ServerConnector>(
 
 /// An IQ id nobody can guess: a forged reply must match the id of a
 /// request in flight and come from the entity it was sent to.
-fn iq_id() -> String {
+pub(crate) fn iq_id() -> String {
     let mut b = [0u8; 12];
     // getrandom only fails without any OS entropy source; the link then
     // still matches replies by sender.
@@ -700,7 +700,7 @@ async fn drive(
     stream.close().await;
 }
 
-fn forward_events(message: Message, events: &EventSink) {
+pub(crate) fn forward_events(message: Message, events: &EventSink) {
     let from = message.from.clone();
     let has_event = message
         .payloads

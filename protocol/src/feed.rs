@@ -34,6 +34,10 @@ use crate::time::UnixTime;
 pub const HEAD_ITEM: &str = "head";
 /// The membership card's item id.
 pub const CARD_ITEM: &str = "card";
+/// The checkpoint's item id (layout 2: a feed served as a log).
+pub const CHECKPOINT_ITEM: &str = "checkpoint";
+/// The disco#info feature of a feed served as a log (layout 2).
+pub const LOG_FEATURE: &str = "urn:xmpp:corvid:log:1";
 /// Prefix of snapshot chunk item ids.
 pub const CHUNK_PREFIX: &str = "s/";
 /// Prefix of delta item ids.

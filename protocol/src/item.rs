@@ -205,6 +205,19 @@ pub enum Body {
     KeyRevocation(KeyRevocation),
     /// A federation membership card.
     Card(MembershipCard),
+    /// The state of a feed served as a log (layout 2, spec §4.6): its
+    /// newest record's id and how many records it holds, so that a follower
+    /// knows whether it missed something.
+    Checkpoint {
+        /// The id of the newest record in the log (absent while empty).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        last: Option<crate::record::ReportId>,
+        /// Records in the log (reports and retractions; expired ones are
+        /// dropped).
+        records: u64,
+        /// When it was signed.
+        issued_at: UnixTime,
+    },
 }
 
 impl Body {
@@ -642,6 +655,7 @@ fn check_item_id(body: &Body, item_id: &str) -> Result<(), ItemError> {
         Body::Snapshot { .. } if item_id.starts_with(crate::feed::CHUNK_PREFIX) => return Ok(()),
         Body::Snapshot { .. } => format!("{}N", crate::feed::CHUNK_PREFIX),
         Body::Head { .. } => crate::feed::HEAD_ITEM.to_owned(),
+        Body::Checkpoint { .. } => crate::feed::CHECKPOINT_ITEM.to_owned(),
         Body::KeyRotation(r) => crate::feed::rotation_item_id(&r.new),
         Body::KeyRevocation(r) => crate::feed::revocation_item_id(&r.key),
         Body::Card(card) if item_id == crate::feed::CARD_ITEM || item_id == card.domain => {
@@ -737,6 +751,25 @@ pub fn verify_signed(
                 generation,
                 issued_at,
                 chunks,
+            }
+        }
+        Body::Checkpoint {
+            last,
+            records,
+            issued_at,
+        } => {
+            if issued_at > now.saturating_add(skew) {
+                return Err(RecordError::FromTheFuture {
+                    issued_at,
+                    now,
+                    skew,
+                }
+                .into());
+            }
+            Body::Checkpoint {
+                last,
+                records,
+                issued_at,
             }
         }
         other => other,

@@ -44,11 +44,14 @@ pub enum Table {
     Sources,
     /// Source id (BE u32) → source name.
     SourceNames,
+    /// Own record id (16 bytes, BE) → subject: this server's log, in the
+    /// order its records were written (ids only grow).
+    OwnLog,
 }
 
 impl Table {
     /// Every table.
-    pub const ALL: [Self; 13] = [
+    pub const ALL: [Self; 14] = [
         Self::Meta,
         Self::Own,
         Self::Outbox,
@@ -62,6 +65,7 @@ impl Table {
         Self::Missing,
         Self::Sources,
         Self::SourceNames,
+        Self::OwnLog,
     ];
 
     /// The table's name on disk.
@@ -80,6 +84,7 @@ impl Table {
             Self::Missing => "missing",
             Self::Sources => "sources",
             Self::SourceNames => "source_names",
+            Self::OwnLog => "own_log",
         }
     }
 }

@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use corvid_protocol::aggregate::Action;
-use corvid_protocol::record::Record;
+use corvid_protocol::record::{Record, ReportId};
 use corvid_protocol::subject::SubjectKey;
 use serde::{Deserialize, Serialize};
 
@@ -143,6 +143,18 @@ pub struct PeerState {
     pub pending_rotation: Option<String>,
     /// Revoked key fingerprints.
     pub revoked: Vec<String>,
+    /// The peer serves its feed as a log (layout 2, spec §4.6), as its
+    /// service said at the last backfill.
+    #[serde(default)]
+    pub log_layout: bool,
+    /// Layout 2: the id of the newest record read from the log, where the
+    /// next read resumes (RSM `after`).
+    #[serde(default)]
+    pub log_cursor: Option<String>,
+    /// Layout 2: a read reached the end of the log since the cursor was
+    /// last reset, so live items may move the cursor on.
+    #[serde(default)]
+    pub log_complete: bool,
 }
 
 /// What [`Store::upsert`] did.
@@ -264,6 +276,12 @@ const NEXT_SOURCE: &[u8] = b"next_source";
 const DECISION_SEQ: &[u8] = b"decision_seq";
 const KEY_RECORDS: &[u8] = b"key_records";
 const SCHEMA: &[u8] = b"schema";
+/// The id of the newest own record ever written (16 bytes).
+const LAST_OWN_ID: &[u8] = b"last_own_id";
+/// Own records held (BE u64: reports and retractions), for checkpoints.
+const OWN_RECORDS: &[u8] = b"own_records";
+/// Set once the own log index covers every own record.
+const OWN_LOG_BUILT: &[u8] = b"own_log_built";
 
 impl Store {
     /// Opens (or creates) the default engine's database in `dir`.
@@ -341,11 +359,99 @@ impl Store {
         if let Some(e) = bad {
             return Err(e);
         }
-        Ok(Self {
+        let store = Self {
             kv,
             sources: Arc::new(RwLock::new(sources)),
             decided: Arc::default(),
+        };
+        store.build_own_log()?;
+        Ok(store)
+    }
+
+    /// Indexes own records written before the own log existed (once).
+    fn build_own_log(&self) -> Result<()> {
+        if self.kv.get(Table::Meta, OWN_LOG_BUILT)?.is_some() {
+            return Ok(());
+        }
+        let mut own = Vec::new();
+        self.scan_prefix(Table::Own, &[], &mut |k, v| {
+            let subject = codec::only_subject(k)?;
+            own.push(codec::decode_record(&subject, v)?);
+            Ok(true)
+        })?;
+        self.kv.write(true, &mut |t| {
+            let mut last: Option<ReportId> = None;
+            let mut records = 0u64;
+            for r in &own {
+                t.put(
+                    Table::OwnLog,
+                    &r.id().to_bytes(),
+                    &codec::subject(r.subject().as_str()),
+                )?;
+                last = last.max(Some(r.id()));
+                records += 1;
+            }
+            if let Some(l) = last {
+                t.put(Table::Meta, LAST_OWN_ID, &l.to_bytes())?;
+            }
+            t.put(Table::Meta, OWN_RECORDS, &records.to_be_bytes())?;
+            t.put(Table::Meta, OWN_LOG_BUILT, &[1])
         })
+    }
+
+    /// Up to `limit` own records written after the record `after` (all
+    /// from the start without it), oldest first: the feed as a log.
+    ///
+    /// # Errors
+    /// IO or decode errors.
+    pub fn own_after(&self, after: Option<ReportId>, limit: usize) -> Result<Vec<Record>> {
+        let mut subjects = Vec::new();
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let start = after.map(|a| a.to_bytes().to_vec()).unwrap_or_default();
+        let mut failed = None;
+        self.kv.scan(Table::OwnLog, &start, &mut |k, v| {
+            if !start.is_empty() && k == start.as_slice() {
+                return true;
+            }
+            match codec::only_subject(v) {
+                Ok(subject) => subjects.push(subject),
+                Err(e) => failed = Some(StoreError::from(e)),
+            }
+            failed.is_none() && subjects.len() < limit
+        })?;
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        let mut out = Vec::with_capacity(subjects.len());
+        for subject in subjects {
+            if let Some(v) = self.kv.get(Table::Own, &codec::subject(&subject))? {
+                out.push(codec::decode_record(&subject, &v)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The id of the newest own record ever written, and the own records
+    /// held (reports and retractions): what a checkpoint states.
+    ///
+    /// # Errors
+    /// IO errors.
+    pub fn own_log_state(&self) -> Result<(Option<ReportId>, u64)> {
+        let last = match self.kv.get(Table::Meta, LAST_OWN_ID)? {
+            Some(v) => Some(ReportId::from_bytes(
+                v.as_slice()
+                    .try_into()
+                    .map_err(|_| corrupt("last own id"))?,
+            )),
+            None => None,
+        };
+        let records = match self.kv.get(Table::Meta, OWN_RECORDS)? {
+            Some(v) => be64(&v).ok_or_else(|| corrupt("own record count"))?,
+            None => 0,
+        };
+        Ok((last, records))
     }
 
     /// The engine's name: `redb`, `sled` or `memory`.
@@ -461,9 +567,10 @@ impl Store {
                 t,
                 fresh: &mut fresh,
                 decision_seq: None,
+                own_written: false,
             };
             body(&mut tx)?;
-            decided = false;
+            decided = tx.own_written;
             if let Some((seq, true)) = tx.decision_seq {
                 tx.t.put(Table::Meta, DECISION_SEQ, &seq.to_be_bytes())?;
                 decided = true;
@@ -477,8 +584,9 @@ impl Store {
         Ok(())
     }
 
-    /// Woken after each commit that recorded a decision (for consumers of
-    /// the decision stream waiting for the next one).
+    /// Woken after each commit that recorded a decision or wrote an own
+    /// record (for consumers of the decision stream and of the own log
+    /// waiting for the next one).
     pub fn decided(&self) -> &tokio::sync::Notify {
         &self.decided
     }
@@ -1057,6 +1165,8 @@ pub struct Tx<'a> {
     /// The decision sequence as this transaction has advanced it: read
     /// once, written once when the body is done.
     decision_seq: Option<(u64, bool)>,
+    /// Whether an own record was written (the log moved on).
+    own_written: bool,
 }
 
 impl std::fmt::Debug for Tx<'_> {
@@ -1115,8 +1225,47 @@ impl Tx<'_> {
     /// IO errors.
     pub fn put_own(&mut self, record: &Record) -> Result<()> {
         let key = codec::subject(record.subject().as_str());
+        let mut records = self.own_records()?;
+        if let Some(v) = self.t.get(Table::Own, &key)? {
+            let old = codec::decode_record(record.subject().as_str(), &v)?;
+            self.t.remove(Table::OwnLog, &old.id().to_bytes())?;
+        } else {
+            records += 1;
+        }
+        self.t.put(Table::OwnLog, &record.id().to_bytes(), &key)?;
+        let last = self.last_own_id()?;
+        if last.is_none_or(|l| record.id() > l) {
+            self.t
+                .put(Table::Meta, LAST_OWN_ID, &record.id().to_bytes())?;
+        }
+        self.t
+            .put(Table::Meta, OWN_RECORDS, &records.to_be_bytes())?;
         self.t.put(Table::Own, &key, &codec::record(record))?;
+        self.own_written = true;
         self.t.put(Table::Outbox, &key, &[])
+    }
+
+    fn own_records(&mut self) -> Result<u64> {
+        Ok(match self.t.get(Table::Meta, OWN_RECORDS)? {
+            Some(v) => be64(&v).ok_or_else(|| corrupt("own record count"))?,
+            None => 0,
+        })
+    }
+
+    /// The id of the newest own record ever written: a new one must be
+    /// newer (the log's order is the ids' order).
+    ///
+    /// # Errors
+    /// IO or decode errors.
+    pub fn last_own_id(&mut self) -> Result<Option<ReportId>> {
+        Ok(match self.t.get(Table::Meta, LAST_OWN_ID)? {
+            Some(v) => Some(ReportId::from_bytes(
+                v.as_slice()
+                    .try_into()
+                    .map_err(|_| corrupt("last own id"))?,
+            )),
+            None => None,
+        })
     }
 
     /// This server's record for a subject, as of this transaction.
@@ -1146,11 +1295,16 @@ impl Tx<'_> {
     /// IO or decode errors.
     pub fn drop_own_if_expired(&mut self, subject: &str, now: u64) -> Result<()> {
         let key = codec::subject(subject);
-        if let Some(v) = self.t.get(Table::Own, &key)?
-            && codec::decode_record(subject, &v)?.expires_at() <= now
-        {
-            self.t.remove(Table::Own, &key)?;
-            self.t.remove(Table::Outbox, &key)?;
+        if let Some(v) = self.t.get(Table::Own, &key)? {
+            let old = codec::decode_record(subject, &v)?;
+            if old.expires_at() <= now {
+                self.t.remove(Table::Own, &key)?;
+                self.t.remove(Table::Outbox, &key)?;
+                self.t.remove(Table::OwnLog, &old.id().to_bytes())?;
+                let records = self.own_records()?.saturating_sub(1);
+                self.t
+                    .put(Table::Meta, OWN_RECORDS, &records.to_be_bytes())?;
+            }
         }
         Ok(())
     }

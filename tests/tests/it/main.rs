@@ -7,6 +7,7 @@ mod federation;
 mod hostile;
 mod keys;
 mod lists;
+mod log;
 mod module;
 mod scale;
 

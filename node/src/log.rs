@@ -1,0 +1,380 @@
+//! This server's feed served as a log by its component (layout 2, spec
+//! §4.6).
+//!
+//! The feed node holds one signed item per subject (`d/<subject key>`, the
+//! item format of layout 1), in the order of the records' ids: own record
+//! ids only grow, so the log is the own records sorted by id, and a
+//! follower resumes with RSM `after` the id of the newest record it holds.
+//! A new report or retraction reaches each subscriber once, as one item
+//! notification; a signed checkpoint (the newest id and the number of
+//! reports) follows every [`CHECKPOINT_EVERY`], so a follower that missed
+//! a notification, or lost its subscription, notices within that time and
+//! fetches what it lacks, without polling. Nothing is republished on a
+//! restart: items are signed when they are served.
+//!
+//! Everything here is synchronous and takes the store, the signer and the
+//! time as arguments; the component task does the IO.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use corvid_protocol::feed::{CHECKPOINT_ITEM, LOG_FEATURE, delta_item_id};
+use corvid_protocol::item::{Body, Envelope, FeedAddress, ItemError, SignedItem};
+use corvid_protocol::keys::Signer;
+use corvid_protocol::ns;
+use corvid_protocol::record::{Issuer, Record, ReportId};
+use serde::{Deserialize, Serialize};
+use xmpp_parsers::jid::Jid;
+use xmpp_parsers::message::{Message, MessageType};
+use xmpp_parsers::minidom::Element;
+
+use crate::lists::{NS_PUBSUB, NS_PUBSUB_EVENT, NS_RSM};
+use crate::store::{Result, Store};
+
+/// The feed's node on the component.
+pub const FEED_NODE: &str = "corvid";
+/// Items an RSM page of the log holds at most.
+pub const PAGE_MAX: usize = 500;
+/// Bytes of items a result holds at most (below the 512 KiB stanza limit).
+pub const PAGE_MAX_BYTES: usize = 400 * 1024;
+/// Items one notification message carries at most.
+pub const NOTIFY_MAX: usize = 50;
+/// How often subscribers get a checkpoint.
+pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(20);
+/// Subscribers remembered at most.
+pub const MAX_SUBSCRIBERS: usize = 10_000;
+
+const SUBSCRIBERS_KEY: &str = "feed_subscribers";
+
+/// A subscriber of the feed node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Subscriber {
+    /// The subscribed JID.
+    pub jid: String,
+    /// When it subscribed (Unix seconds).
+    pub since: u64,
+}
+
+/// The feed as a log: its address, its subscribers, and how far they were
+/// notified.
+#[derive(Debug)]
+pub struct FeedLog {
+    feed: FeedAddress,
+    issuer: Issuer,
+    subscribers: BTreeMap<String, Subscriber>,
+    /// The newest own record notified (or present when the log started).
+    notified: Option<ReportId>,
+    dirty: bool,
+}
+
+/// An own record as the log item that carries it.
+///
+/// # Errors
+/// A record too large to sign.
+pub fn log_item(
+    signer: &dyn Signer,
+    issuer: &Issuer,
+    feed: &FeedAddress,
+    record: &Record,
+) -> std::result::Result<(String, SignedItem), ItemError> {
+    let id = delta_item_id(record.subject());
+    let envelope = Envelope {
+        corvid: ns::PROTOCOL_MAJOR,
+        issuer: issuer.clone(),
+        body: Body::Delta {
+            record: record.clone(),
+        },
+    };
+    let item = SignedItem::sign(signer, &envelope, feed, &id)?;
+    Ok((id, item))
+}
+
+fn item_element(ns: &str, id: &str, item: &SignedItem) -> Element {
+    Element::builder("item", ns)
+        .attr(attr("id"), id)
+        .append(item.to_element())
+        .build()
+}
+
+fn attr(name: &'static str) -> xmpp_parsers::minidom::rxml::NcName {
+    match xmpp_parsers::minidom::rxml::NcName::try_from(name) {
+        Ok(n) => n,
+        Err(_) => unreachable!("static attribute names are valid NCNames"),
+    }
+}
+
+impl FeedLog {
+    /// The log of `feed` (the component's JID and [`FEED_NODE`]).
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub fn new(store: &Store, feed: FeedAddress, issuer: Issuer) -> Result<Self> {
+        let saved: Vec<Subscriber> = store.meta_json(SUBSCRIBERS_KEY)?.unwrap_or_default();
+        let (notified, _) = store.own_log_state()?;
+        Ok(Self {
+            feed,
+            issuer,
+            subscribers: saved.into_iter().map(|s| (s.jid.clone(), s)).collect(),
+            notified,
+            dirty: false,
+        })
+    }
+
+    /// The feed's address.
+    pub fn feed(&self) -> &FeedAddress {
+        &self.feed
+    }
+
+    /// The signing identity changed (a key rotation).
+    pub fn set_issuer(&mut self, issuer: Issuer) {
+        self.issuer = issuer;
+    }
+
+    /// Subscribers.
+    pub fn subscribers(&self) -> impl Iterator<Item = &Subscriber> {
+        self.subscribers.values()
+    }
+
+    /// Saves the subscribers if they changed.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub fn save(&mut self, store: &Store) -> Result<()> {
+        if self.dirty {
+            let list: Vec<&Subscriber> = self.subscribers.values().collect();
+            store.batch(true, &mut |tx| tx.put_meta_json(SUBSCRIBERS_KEY, &list))?;
+            self.dirty = false;
+        }
+        Ok(())
+    }
+
+    /// Adds a subscriber; false when the list is full.
+    pub fn subscribe(&mut self, jid: &Jid, now: u64) -> bool {
+        let key = jid.to_string();
+        if self.subscribers.contains_key(&key) {
+            return true;
+        }
+        if self.subscribers.len() >= MAX_SUBSCRIBERS {
+            return false;
+        }
+        self.subscribers.insert(
+            key.clone(),
+            Subscriber {
+                jid: key,
+                since: now,
+            },
+        );
+        self.dirty = true;
+        true
+    }
+
+    /// Removes a subscriber.
+    pub fn unsubscribe(&mut self, jid: &Jid) {
+        if self.subscribers.remove(&jid.to_string()).is_some() {
+            self.dirty = true;
+        }
+    }
+
+    /// A signed checkpoint of the log as it is at `now`.
+    ///
+    /// # Errors
+    /// Storage errors; a signing failure is a storage-independent bug and
+    /// reported as corrupt data.
+    pub fn checkpoint(&self, store: &Store, signer: &dyn Signer, now: u64) -> Result<SignedItem> {
+        let (last, records) = store.own_log_state()?;
+        let envelope = Envelope {
+            corvid: ns::PROTOCOL_MAJOR,
+            issuer: self.issuer.clone(),
+            body: Body::Checkpoint {
+                last,
+                records,
+                issued_at: now,
+            },
+        };
+        SignedItem::sign(signer, &envelope, &self.feed, CHECKPOINT_ITEM)
+            .map_err(|e| crate::store::StoreError::Corrupt(format!("checkpoint: {e}")))
+    }
+
+    /// The checkpoint as a notification to every subscriber.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub fn checkpoint_notifications(
+        &self,
+        store: &Store,
+        signer: &dyn Signer,
+        from: &str,
+        now: u64,
+    ) -> Result<Vec<Message>> {
+        if self.subscribers.is_empty() {
+            return Ok(Vec::new());
+        }
+        let item = self.checkpoint(store, signer, now)?;
+        let event = event(vec![item_element(NS_PUBSUB_EVENT, CHECKPOINT_ITEM, &item)]);
+        Ok(self.to_subscribers(from, &event))
+    }
+
+    /// Own records written since the last call, as notifications to every
+    /// subscriber, with the id to commit once they are sent.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub fn changes(
+        &self,
+        store: &Store,
+        signer: &dyn Signer,
+        from: &str,
+        limit: usize,
+    ) -> Result<(Vec<Message>, Option<ReportId>)> {
+        let records = store.own_after(self.notified, limit)?;
+        let Some(newest) = records.last().map(Record::id) else {
+            return Ok((Vec::new(), self.notified));
+        };
+        if self.subscribers.is_empty() {
+            return Ok((Vec::new(), Some(newest)));
+        }
+        let mut out = Vec::new();
+        for chunk in records.chunks(NOTIFY_MAX) {
+            let mut items = Vec::with_capacity(chunk.len());
+            for r in chunk {
+                match log_item(signer, &self.issuer, &self.feed, r) {
+                    Ok((id, item)) => items.push(item_element(NS_PUBSUB_EVENT, &id, &item)),
+                    Err(e) => tracing::warn!(subject = %r.subject(), "own record not signed: {e}"),
+                }
+            }
+            out.extend(self.to_subscribers(from, &event(items)));
+        }
+        Ok((out, Some(newest)))
+    }
+
+    /// Commits how far subscribers were notified.
+    pub fn commit(&mut self, notified: Option<ReportId>) {
+        self.notified = notified;
+    }
+
+    fn to_subscribers(&self, from: &str, event: &Element) -> Vec<Message> {
+        self.subscribers
+            .values()
+            .filter_map(|s| Jid::new(&s.jid).ok())
+            .map(|to| {
+                let mut m = Message::new_with_type(MessageType::Headline, Some(to))
+                    .with_payloads(vec![event.clone()]);
+                m.from = Jid::new(from).ok();
+                m
+            })
+            .collect()
+    }
+
+    /// An items request on the feed node: particular items by id
+    /// (`checkpoint`, `d/<subject>`), or a page of the log after the RSM
+    /// cursor (the id of a record), oldest first; without RSM, the first
+    /// page.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub fn items(
+        &self,
+        store: &Store,
+        signer: &dyn Signer,
+        op: &Element,
+        rsm: Option<&Element>,
+        now: u64,
+    ) -> Result<std::result::Result<Element, &'static str>> {
+        let mut items = Element::builder("items", NS_PUBSUB)
+            .attr(attr("node"), FEED_NODE)
+            .build();
+        let wanted: Vec<&str> = op
+            .children()
+            .filter(|c| c.is("item", NS_PUBSUB))
+            .filter_map(|c| c.attr("id"))
+            .take(PAGE_MAX)
+            .collect();
+        if !wanted.is_empty() {
+            for id in wanted {
+                if id == CHECKPOINT_ITEM {
+                    let item = self.checkpoint(store, signer, now)?;
+                    items.append_child(item_element(NS_PUBSUB, id, &item));
+                } else if let Some(subject) = id.strip_prefix(corvid_protocol::feed::DELTA_PREFIX)
+                    && let Ok(key) = subject.parse()
+                    && let Some(r) = store.own(&key)?
+                    && let Ok((id, item)) = log_item(signer, &self.issuer, &self.feed, &r)
+                {
+                    items.append_child(item_element(NS_PUBSUB, &id, &item));
+                }
+            }
+            return Ok(Ok(Element::builder("pubsub", NS_PUBSUB)
+                .append(items)
+                .build()));
+        }
+        let max = rsm
+            .and_then(|r| r.get_child("max", NS_RSM))
+            .and_then(|m| m.text().trim().parse::<usize>().ok())
+            .unwrap_or(PAGE_MAX)
+            .clamp(1, PAGE_MAX);
+        let after = match rsm
+            .and_then(|r| r.get_child("after", NS_RSM))
+            .map(|a| a.text().trim().to_owned())
+            .filter(|a| !a.is_empty())
+        {
+            Some(a) => match a.parse::<ReportId>() {
+                Ok(id) => Some(id),
+                Err(_) => return Ok(Err("bad-after")),
+            },
+            None => None,
+        };
+        let records = store.own_after(after, max)?;
+        let mut bytes = 0;
+        let mut first = None;
+        let mut last = None;
+        for r in &records {
+            let Ok((id, item)) = log_item(signer, &self.issuer, &self.feed, r) else {
+                continue;
+            };
+            let el = item_element(NS_PUBSUB, &id, &item);
+            let size = item.payload_len() + id.len() + 64;
+            if bytes + size > PAGE_MAX_BYTES && last.is_some() {
+                break;
+            }
+            bytes += size;
+            items.append_child(el);
+            first.get_or_insert(r.id());
+            last = Some(r.id());
+        }
+        let mut set = Element::builder("set", NS_RSM).build();
+        if let Some(f) = first {
+            set.append_child(
+                Element::builder("first", NS_RSM)
+                    .append(f.to_string())
+                    .build(),
+            );
+        }
+        if let Some(l) = last {
+            set.append_child(
+                Element::builder("last", NS_RSM)
+                    .append(l.to_string())
+                    .build(),
+            );
+        }
+        Ok(Ok(Element::builder("pubsub", NS_PUBSUB)
+            .append(items)
+            .append(set)
+            .build()))
+    }
+
+    /// The disco#info feature that tells followers this feed is a log.
+    pub fn feature() -> &'static str {
+        LOG_FEATURE
+    }
+}
+
+fn event(items: Vec<Element>) -> Element {
+    let mut list = Element::builder("items", NS_PUBSUB_EVENT)
+        .attr(attr("node"), FEED_NODE)
+        .build();
+    for i in items {
+        list.append_child(i);
+    }
+    Element::builder("event", NS_PUBSUB_EVENT)
+        .append(list)
+        .build()
+}

@@ -1,0 +1,240 @@
+//! Feeds served as a log by corvidd's own component (layout 2, issue
+//! "Corvid serves its own feeds"): two servers over s2s, each corvidd the
+//! PubSub service of its feed, following the other's through its own
+//! component, on Prosody 0.12 and 13.
+
+use std::time::{Duration, Instant};
+
+use corvid_tests::node::{Identity, Node};
+use corvid_tests::prosody::{Prosody, ProsodyOptions, Version};
+use corvid_tests::{free_port, wait_for, write_private};
+
+const SECRET: &str = "log-component-secret";
+
+struct Side {
+    prosody: Prosody,
+    node: Option<Node>,
+    port: u16,
+    secret: tempfile::TempDir,
+}
+
+fn prosody(
+    version: Version,
+    ip: &str,
+    domain: &str,
+    hosts: &std::path::Path,
+    port: u16,
+) -> Prosody {
+    let other = if domain == "a.test" {
+        "b.test"
+    } else {
+        "a.test"
+    };
+    Prosody::start(
+        &[domain],
+        &[&format!("corvidd@{domain}")],
+        ProsodyOptions {
+            interface: ip.into(),
+            s2s: true,
+            hosts_file: Some(hosts.to_owned()),
+            version,
+            // The README's line for each trusted peer's component: Debian's
+            // mod_limits throttles its s2s stream to 30 kB/s otherwise.
+            global: format!(
+                "component_ports = {{ {port} }}\ncomponent_interfaces = {{ \"{ip}\" }}\n\
+                 unlimited_jids = {{ \"corvidd@{domain}\", \"corvid.{other}\" }}\n"
+            ),
+            // mod_limits on the component's host too: its unlimited_jids
+            // applies only to streams to a host that loads it.
+            tail: format!(
+                "\nComponent \"corvid.{domain}\"\n    component_secret = \"{SECRET}\"\n    modules_enabled = {{ \"limits\" }}\n"
+            ),
+            ..ProsodyOptions::default()
+        },
+    )
+}
+
+fn node_config(
+    secret: &std::path::Path,
+    ip: &str,
+    port: u16,
+    domain: &str,
+    peer: &Identity,
+) -> String {
+    format!(
+        "\n[[peer]]\ndomain = \"{peer_domain}\"\nfeed = \"xmpp:corvid.{peer_domain}?;node=corvid\"\nkey = \"{key}\"\nweight = 1.0\nmode = \"enforce\"\n\n\
+         [component]\njid = \"corvid.{domain}\"\nsecret_file = \"{secret}\"\nserver = \"{ip}:{port}\"\n",
+        peer_domain = peer.domain,
+        key = peer.public(),
+        secret = secret.display(),
+    )
+}
+
+fn pair(version: Version, ips: (&str, &str)) -> (Side, Side) {
+    let hosts = std::env::temp_dir().join(format!("corvid-hosts-{}", free_port()));
+    std::fs::write(
+        &hosts,
+        format!(
+            "{} a.test pubsub.a.test corvid.a.test\n{} b.test pubsub.b.test corvid.b.test\n",
+            ips.0, ips.1
+        ),
+    )
+    .expect("hosts");
+    let side = |ip: &str, domain: &str| {
+        let port = free_port();
+        let secret = tempfile::tempdir().expect("tempdir");
+        write_private(&secret.path().join("secret"), SECRET);
+        Side {
+            prosody: prosody(version, ip, domain, &hosts, port),
+            node: None,
+            port,
+            secret,
+        }
+    };
+    (side(ips.0, "a.test"), side(ips.1, "b.test"))
+}
+
+fn start_node(side: &mut Side, ip: &str, me: &Identity, peer: &Identity) {
+    let extra = node_config(
+        &side.secret.path().join("secret"),
+        ip,
+        side.port,
+        &me.domain,
+        peer,
+    );
+    side.node = Some(Node::start(&side.prosody, me, &extra));
+}
+
+fn peer_records(n: &Node, domain: &str) -> u64 {
+    let v = n.get("/v1/peers").json;
+    v["peers"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["domain"] == domain))
+        .and_then(|p| p["records"].as_u64())
+        .unwrap_or(0)
+}
+
+fn follows_a_log(version: Version, ips: (&str, &str)) {
+    super::init();
+    let (ia, ib) = (Identity::new("a.test"), Identity::new("b.test"));
+    let (mut a, mut b) = pair(version, ips);
+    start_node(&mut a, ips.0, &ia, &ib);
+    let na = a.node.as_ref().expect("a");
+    // A's log holds 1,200 reports before B follows it: three pages.
+    for i in 0..1200 {
+        na.report(&format!("early{i}@spam.example"), "spam", 90);
+    }
+    start_node(&mut b, ips.1, &ib, &ia);
+    let nb = b.node.as_ref().expect("b");
+    let t = Instant::now();
+    wait_for(Duration::from_secs(60), "B to read A's log", || {
+        (peer_records(nb, "a.test") >= 1200).then_some(())
+    });
+    eprintln!(
+        "{}: 1,200-report log read in {:?}",
+        version.name(),
+        t.elapsed()
+    );
+    nb.wait_action("jid", "early0@spam.example", "flag", Duration::from_secs(5));
+    nb.wait_action(
+        "jid",
+        "early1199@spam.example",
+        "flag",
+        Duration::from_secs(5),
+    );
+
+    // A live report arrives as one notification.
+    let t = Instant::now();
+    na.report("live@spam.example", "spam", 90);
+    nb.wait_action("jid", "live@spam.example", "flag", Duration::from_secs(10));
+    eprintln!(
+        "{}: live report at B after {:?}",
+        version.name(),
+        t.elapsed()
+    );
+    // And a retraction.
+    assert_eq!(na.retract("live@spam.example").status, 200);
+    nb.wait_action("jid", "live@spam.example", "allow", Duration::from_secs(10));
+    assert!(
+        na.counter("corvid_component_sent_total", &["feed"]) >= 2,
+        "{}",
+        na.metrics()
+    );
+
+    // B's corvidd restarts: it resumes after its cursor; a report made
+    // while it was down arrives.
+    b.node.as_mut().expect("b").kill();
+    na.report("while-b-was-down@spam.example", "spam", 90);
+    b.node.as_mut().expect("b").restart();
+    let nb = b.node.as_ref().expect("b");
+    nb.wait_action(
+        "jid",
+        "while-b-was-down@spam.example",
+        "flag",
+        Duration::from_secs(30),
+    );
+    let pages = na.counter("corvid_component_requests_total", &["feed-items"]);
+    assert!(
+        pages <= 8,
+        "B resumed after its cursor, not from the start: {pages} pages served"
+    );
+
+    // A's Prosody restarts (A's component and the s2s streams go): B is
+    // current again within 30 s.
+    a.prosody.restart();
+    let na = a.node.as_ref().expect("a");
+    wait_for(
+        Duration::from_secs(20),
+        "A's component to reconnect",
+        || (na.get("/v1/status").json["component"]["state"] == "online").then_some(()),
+    );
+    let t = Instant::now();
+    na.report("after-a-restart@spam.example", "spam", 90);
+    nb.wait_action(
+        "jid",
+        "after-a-restart@spam.example",
+        "flag",
+        Duration::from_secs(30),
+    );
+    eprintln!(
+        "{}: current {:?} after A's Prosody restarted",
+        version.name(),
+        t.elapsed()
+    );
+
+    // B's Prosody restarts: its subscription and the streams are gone; the
+    // next checkpoint's absence makes B subscribe again and read on.
+    b.prosody.restart();
+    let t = Instant::now();
+    na.report("after-b-restart@spam.example", "spam", 90);
+    nb.wait_action(
+        "jid",
+        "after-b-restart@spam.example",
+        "flag",
+        Duration::from_secs(30),
+    );
+    eprintln!(
+        "{}: current {:?} after B's Prosody restarted",
+        version.name(),
+        t.elapsed()
+    );
+    assert_eq!(
+        nb.counter("corvid_rejected_items_total", &[]),
+        0,
+        "{}",
+        nb.metrics()
+    );
+    // 1,200 early reports, the retraction that replaced the live one,
+    // and three reports made around the restarts.
+    assert_eq!(peer_records(nb, "a.test"), 1204);
+}
+
+#[test]
+fn prosody_0_12_peers_follow_each_others_log_through_their_components() {
+    follows_a_log(Version::Debian12, ("127.0.0.54", "127.0.0.55"));
+}
+
+#[test]
+fn prosody_13_peers_follow_each_others_log_through_their_components() {
+    follows_a_log(Version::Backports13, ("127.0.0.56", "127.0.0.57"));
+}
