@@ -105,8 +105,14 @@ component_ports = {{ 5347 }}
 component_interfaces = {{ "127.0.0.1" }}
 Component "corvid.{domain}"
     component_secret = "{secret}"
+    -- mod_limits here too: its unlimited_jids only applies on hosts that load it
+    modules_enabled = {{ "limits" }}
+--    and list each trusted peer's component in unlimited_jids (global section),
+--    e.g. unlimited_jids = {{ "corvidd@{domain}", "corvid.peer.example" }}:
+--    Debian's mod_limits throttles its s2s stream to 30 kB/s otherwise.
 --    Other servers reach it over s2s: give corvid.{domain} a DNS record and
---    a certificate, as for any component.
+--    a certificate, as for any component. Your feed is then
+--    xmpp:corvid.{domain}?;node=corvid (peers with the component follow that).
 -- 6. Optional, servers without mod_corvid: the standard modules read the lists.
 --    Prosody 13 with prosody-modules (global section):
 --      modules_enabled = {{ --[[ … ]] "anti_spam" }}

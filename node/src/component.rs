@@ -46,7 +46,7 @@ use corvid_protocol::record::Issuer;
 use crate::config::{ComponentConfig, read_secret};
 use crate::engine::Engine;
 use crate::lists::{Handled, NS_DISCO_INFO, NS_PUBSUB, NS_RSM, Service};
-use crate::log::{CHECKPOINT_EVERY, FEED_NODE, FeedLog};
+use crate::log::{CHECKPOINT_EVERY, COMPACT_NODE, FEED_NODE, FeedLog};
 use crate::xmpp::{Backoff, EventSink, IqError};
 
 const NS_COMPONENT: &str = "jabber:component:accept";
@@ -220,7 +220,7 @@ async fn run(
     loop {
         let error = match tokio::time::timeout(
             Duration::from_secs(10),
-            login(&server, &jid, &secret),
+            login(&server, &jid, &secret, Arc::clone(&engine.metrics)),
         )
         .await
         {
@@ -257,6 +257,7 @@ struct Connection {
     input: mpsc::Receiver<Input>,
     out: BufWriter<OwnedWriteHalf>,
     reader: tokio::task::JoinHandle<()>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Drop for Connection {
@@ -269,6 +270,7 @@ impl Connection {
     async fn send_element(&mut self, element: &Element) -> Result<()> {
         let mut bytes = Vec::with_capacity(512);
         element.write_to(&mut bytes).context("serialize")?;
+        self.metrics.component_bytes("out", bytes.len() as u64);
         self.out.write_all(&bytes).await.context("send")?;
         self.out.flush().await.context("send")
     }
@@ -320,6 +322,7 @@ async fn read_stream(
     read: OwnedReadHalf,
     header: tokio::sync::oneshot::Sender<Option<String>>,
     tx: mpsc::Sender<Input>,
+    metrics: Arc<crate::metrics::Metrics>,
 ) {
     let mut reader = AsyncRawReader::new(BufReader::new(read));
     let mut builder = TreeBuilder::new();
@@ -332,6 +335,7 @@ async fn read_stream(
             Err(e) => break format!("read: {e}"),
         };
         let depth = builder.depth();
+        metrics.component_bytes("in", event_len(&event) as u64);
         if depth >= 1 {
             stanza_bytes += event_len(&event);
             if stanza_bytes > MAX_STANZA_BYTES {
@@ -372,7 +376,12 @@ async fn read_stream(
 }
 
 /// Connects and authenticates (XEP-0114 handshake).
-async fn login(server: &str, jid: &BareJid, secret: &str) -> Result<Connection> {
+async fn login(
+    server: &str,
+    jid: &BareJid,
+    secret: &str,
+    metrics: Arc<crate::metrics::Metrics>,
+) -> Result<Connection> {
     let tcp = tokio::net::TcpStream::connect(server)
         .await
         .with_context(|| format!("cannot connect to {server}"))?;
@@ -380,11 +389,12 @@ async fn login(server: &str, jid: &BareJid, secret: &str) -> Result<Connection> 
     let (read, write) = tcp.into_split();
     let (header_tx, header_rx) = tokio::sync::oneshot::channel();
     let (tx, input) = mpsc::channel(64);
-    let reader = tokio::spawn(read_stream(read, header_tx, tx));
+    let reader = tokio::spawn(read_stream(read, header_tx, tx, Arc::clone(&metrics)));
     let mut c = Connection {
         input,
         out: BufWriter::new(write),
         reader,
+        metrics,
     };
     let open = format!(
         "<?xml version='1.0'?><stream:stream xmlns='{NS_COMPONENT}' xmlns:stream='{NS_STREAMS}' to='{jid}'>"
@@ -658,9 +668,12 @@ fn about_feed(payload: &Element) -> bool {
             .children()
             .find(|c| !c.is("set", NS_RSM))
             .and_then(|op| op.attr("node"))
-            == Some(FEED_NODE);
+            .is_some_and(|n| n == FEED_NODE || n == COMPACT_NODE);
     }
-    payload.is("query", NS_DISCO_INFO) && payload.attr("node") == Some(FEED_NODE)
+    payload.is("query", NS_DISCO_INFO)
+        && payload
+            .attr("node")
+            .is_some_and(|n| n == FEED_NODE || n == COMPACT_NODE)
 }
 
 fn handle(stanza: Stanza, parts: &mut Parts, engine: &Engine) -> Option<Stanza> {
@@ -796,10 +809,14 @@ fn feed_iq(
         ("items", false) => {
             let signer = engine.signer();
             let rsm = payload.get_child("set", NS_RSM);
-            match parts
-                .feed
-                .items(store, signer.as_ref(), op, rsm, crate::now())?
-            {
+            let page = if op.attr("node") == Some(COMPACT_NODE) {
+                parts.feed.compact(store, signer.as_ref(), rsm)?
+            } else {
+                parts
+                    .feed
+                    .items(store, signer.as_ref(), op, rsm, crate::now())?
+            };
+            match page {
                 Ok(reply) => Ok((Some(result(Some(reply))), Handled::Answered("feed-items"))),
                 Err(why) => Ok((
                     Some(error(DefinedCondition::BadRequest, ErrorType::Modify)),
@@ -807,7 +824,7 @@ fn feed_iq(
                 )),
             }
         }
-        ("subscribe" | "unsubscribe", true) => {
+        ("subscribe" | "unsubscribe", true) if op.attr("node") == Some(FEED_NODE) => {
             let jid = op.attr("jid").and_then(|j| Jid::new(j).ok());
             let Some(jid) = jid.filter(|j| j.to_bare() == from.to_bare()) else {
                 return Ok((

@@ -33,6 +33,14 @@ use crate::store::{Result, Store};
 
 /// The feed's node on the component.
 pub const FEED_NODE: &str = "corvid";
+/// The node serving the same log in its compact form (for reads): pages of
+/// records signed by the hundred, deflated.
+pub const COMPACT_NODE: &str = "corvid/compact";
+/// Records one compact item holds at most (its payload stays below the
+/// 64 KiB item limit for ordinary records; larger ones are split).
+pub const COMPACT_RECORDS: usize = 400;
+/// Records a compact page holds at most.
+pub const COMPACT_PAGE: usize = 2400;
 /// Items an RSM page of the log holds at most.
 pub const PAGE_MAX: usize = 500;
 /// Bytes of items a result holds at most (below the 512 KiB stanza limit).
@@ -339,6 +347,96 @@ impl FeedLog {
             items.append_child(el);
             first.get_or_insert(r.id());
             last = Some(r.id());
+        }
+        let mut set = Element::builder("set", NS_RSM).build();
+        if let Some(f) = first {
+            set.append_child(
+                Element::builder("first", NS_RSM)
+                    .append(f.to_string())
+                    .build(),
+            );
+        }
+        if let Some(l) = last {
+            set.append_child(
+                Element::builder("last", NS_RSM)
+                    .append(l.to_string())
+                    .build(),
+            );
+        }
+        Ok(Ok(Element::builder("pubsub", NS_PUBSUB)
+            .append(items)
+            .append(set)
+            .build()))
+    }
+
+    /// A page of the log in its compact form: the records after the RSM
+    /// cursor, in id order, as `snapshot` items of up to
+    /// [`COMPACT_RECORDS`] records each, signed for the feed node at ids
+    /// `s/<id of the item's last record>`.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub fn compact(
+        &self,
+        store: &Store,
+        signer: &dyn Signer,
+        rsm: Option<&Element>,
+    ) -> Result<std::result::Result<Element, &'static str>> {
+        let max = rsm
+            .and_then(|r| r.get_child("max", NS_RSM))
+            .and_then(|m| m.text().trim().parse::<usize>().ok())
+            .unwrap_or(COMPACT_PAGE)
+            .clamp(1, COMPACT_PAGE);
+        let after = match rsm
+            .and_then(|r| r.get_child("after", NS_RSM))
+            .map(|a| a.text().trim().to_owned())
+            .filter(|a| !a.is_empty())
+        {
+            Some(a) => match a.parse::<ReportId>() {
+                Ok(id) => Some(id),
+                Err(_) => return Ok(Err("bad-after")),
+            },
+            None => None,
+        };
+        let records = store.own_after(after, max)?;
+        let mut items = Element::builder("items", NS_PUBSUB)
+            .attr(attr("node"), COMPACT_NODE)
+            .build();
+        let (mut bytes, mut first, mut last) = (0, None, None);
+        let mut pending: Vec<&[Record]> = records.chunks(COMPACT_RECORDS).rev().collect();
+        while let Some(chunk) = pending.pop() {
+            let Some(end) = chunk.last() else { continue };
+            let id = format!("{}{}", corvid_protocol::feed::CHUNK_PREFIX, end.id());
+            let envelope = Envelope {
+                corvid: ns::PROTOCOL_MAJOR,
+                issuer: self.issuer.clone(),
+                body: Body::Snapshot {
+                    generation: 0,
+                    records: chunk.to_vec(),
+                },
+            };
+            let item = match SignedItem::sign(signer, &envelope, &self.feed, &id) {
+                Ok(item) => item,
+                // Records with long notes: the chunk is split in halves.
+                Err(ItemError::Oversized { .. }) if chunk.len() > 1 => {
+                    let (a, b) = chunk.split_at(chunk.len() / 2);
+                    pending.push(b);
+                    pending.push(a);
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(record = %end.id(), "own record not signed: {e}");
+                    continue;
+                }
+            };
+            let size = item.payload_len() + id.len() + 64;
+            if bytes + size > PAGE_MAX_BYTES && last.is_some() {
+                break;
+            }
+            bytes += size;
+            items.append_child(item_element(NS_PUBSUB, &id, &item));
+            first = first.or(chunk.first().map(Record::id));
+            last = Some(end.id());
         }
         let mut set = Element::builder("set", NS_RSM).build();
         if let Some(f) = first {

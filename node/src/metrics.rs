@@ -48,6 +48,7 @@ pub struct Metrics {
     component_refused: Family<Fixed, Counter>,
     component_sent: Family<Fixed, Counter>,
     component_connects: Counter,
+    component_bytes: Family<Fixed, Counter>,
 }
 
 impl Default for Metrics {
@@ -73,6 +74,7 @@ impl Default for Metrics {
             component_refused: Family::default(),
             component_sent: Family::default(),
             component_connects: Counter::default(),
+            component_bytes: Family::default(),
             // 1 ms to about 16 s.
             publish_latency: Histogram::new(
                 prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 15),
@@ -181,6 +183,11 @@ impl Default for Metrics {
             "Times the component connection came up",
             m.component_connects.clone(),
         );
+        r.register(
+            "corvid_component_bytes",
+            "Bytes on the component stream, by direction (in, out)",
+            m.component_bytes.clone(),
+        );
         Self { registry: r, ..m }
     }
 }
@@ -262,6 +269,13 @@ impl Metrics {
     pub fn component_sent(&self, kind: &'static str, n: u64) {
         self.component_sent
             .get_or_create(&[("kind", kind)])
+            .inc_by(n);
+    }
+
+    /// Bytes read from (`in`) or written to (`out`) the component stream.
+    pub fn component_bytes(&self, direction: &'static str, n: u64) {
+        self.component_bytes
+            .get_or_create(&[("direction", direction)])
             .inc_by(n);
     }
 

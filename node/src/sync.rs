@@ -726,8 +726,9 @@ fn attr(name: &'static str) -> xmpp_parsers::minidom::rxml::NcName {
     }
 }
 
-/// Records read per page of a log (the publisher caps it at 500).
-const LOG_PAGE: usize = 500;
+/// Records asked for per page of a log's compact form (the publisher
+/// serves at most 2,400, fewer when the page would pass 400 KB).
+const LOG_PAGE: usize = 2400;
 
 /// Reads a peer's feed served as a log (layout 2, spec §4.6), from its
 /// component to ours over s2s: subscribe, then pages of records after the
@@ -785,10 +786,12 @@ async fn backfill_log(engine: &Engine, component: &ComponentHandle, peer: &Peer)
                     .build(),
             );
         }
+        // Reads go to the compact form: records signed by the hundred.
+        let compact = format!("{}/compact", feed.node);
         let request = Element::builder("pubsub", crate::lists::NS_PUBSUB)
             .append(
                 Element::builder("items", crate::lists::NS_PUBSUB)
-                    .attr(attr("node"), feed.node.as_str())
+                    .attr(attr("node"), compact.as_str())
                     .build(),
             )
             .append(set)
@@ -809,16 +812,24 @@ async fn backfill_log(engine: &Engine, component: &ComponentHandle, peer: &Peer)
             .map(Element::text);
         let n = items.len();
         let ring = engine.key_ring(peer)?;
-        let mut records = Vec::with_capacity(n);
+        let mut records = Vec::new();
         for (item_id, payload) in items {
-            if let Some((_, v)) =
-                verify(engine, peer, &ring, &feed.node, &item_id, payload.as_ref())
-                && let Body::Delta { record } = v.body
-            {
+            // Signed for the feed node, whichever node serves them.
+            let Some((_, v)) = verify(engine, peer, &ring, &feed.node, &item_id, payload.as_ref())
+            else {
+                continue;
+            };
+            let key = v.issuer.key.to_string();
+            let got = match v.body {
+                Body::Snapshot { records, .. } => records,
+                Body::Delta { record } => vec![record],
+                _ => Vec::new(),
+            };
+            for record in got {
                 if full {
                     present.insert(record.subject().to_string());
                 }
-                records.push((record, v.issuer.key.to_string()));
+                records.push((record, key.clone()));
             }
         }
         total += records.len();

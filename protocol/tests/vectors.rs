@@ -692,6 +692,56 @@ fn generate() -> BTreeMap<&'static str, Value> {
             ));
         }
     }
+    // Layout 2 (§4.6): a record as a log item of the feed a component
+    // serves, the checkpoint of that log, and a compact page of it.
+    let log_feed: FeedAddress = "xmpp:corvid.a.example?;node=corvid".parse().expect("feed");
+    let log_item_id = feed::delta_item_id(&jid_report.subject);
+    let log_item = signed(
+        &key,
+        Body::Delta {
+            record: Record::Report(jid_report.clone()),
+        },
+        &log_feed,
+        &log_item_id,
+    );
+    items.push(item_vector("log-delta", &log_feed, &log_item_id, &log_item));
+    let checkpoint = signed(
+        &key,
+        Body::Checkpoint {
+            last: Some(jid_report.id),
+            records: 1,
+            issued_at: NOW - 10,
+        },
+        &log_feed,
+        feed::CHECKPOINT_ITEM,
+    );
+    items.push(item_vector(
+        "checkpoint",
+        &log_feed,
+        feed::CHECKPOINT_ITEM,
+        &checkpoint,
+    ));
+    // In id order, at `s/` and the id of its last record.
+    let mut page = vec![
+        Record::Report(jid_report.clone()),
+        Record::Report(ip_report.clone()),
+    ];
+    page.sort_by_key(Record::id);
+    let compact_id = format!(
+        "{}{}",
+        feed::CHUNK_PREFIX,
+        page.last().map(Record::id).expect("records")
+    );
+    let compact = signed(
+        &key,
+        Body::Snapshot {
+            generation: 0,
+            records: page,
+        },
+        &log_feed,
+        &compact_id,
+    );
+    items.push(item_vector("log-compact", &log_feed, &compact_id, &compact));
     files.insert(
         "items.json",
         json!({

@@ -135,6 +135,14 @@ fn follows_a_log(version: Version, ips: (&str, &str)) {
         version.name(),
         t.elapsed()
     );
+    // Read in the compact form: records signed by the hundred, deflated.
+    let read = nb.counter("corvid_component_bytes_total", &["in"]);
+    eprintln!(
+        "{}: {read} bytes in at B's component for the read: {} per record",
+        version.name(),
+        read / 1200
+    );
+    assert!(read / 1200 <= 150, "{read} bytes for 1,200 records");
     nb.wait_action("jid", "early0@spam.example", "flag", Duration::from_secs(5));
     nb.wait_action(
         "jid",
@@ -145,13 +153,17 @@ fn follows_a_log(version: Version, ips: (&str, &str)) {
 
     // A live report arrives as one notification.
     let t = Instant::now();
+    let before = nb.counter("corvid_component_bytes_total", &["in"]);
     na.report("live@spam.example", "spam", 90);
     nb.wait_action("jid", "live@spam.example", "flag", Duration::from_secs(10));
+    let live = nb.counter("corvid_component_bytes_total", &["in"]) - before;
     eprintln!(
-        "{}: live report at B after {:?}",
+        "{}: live report at B after {:?}, {live} bytes in",
         version.name(),
         t.elapsed()
     );
+    // One notification (about 1.1 KB); a checkpoint may fall in the window.
+    assert!(live <= 4000, "{live} bytes for one live report");
     // And a retraction.
     assert_eq!(na.retract("live@spam.example").status, 200);
     nb.wait_action("jid", "live@spam.example", "allow", Duration::from_secs(10));
