@@ -497,6 +497,7 @@ async fn serve(
                 }
                 if n > 0 {
                     metrics.component_sent("feed", n);
+                    tracing::debug!(messages = n, "feed: new records sent to subscribers");
                 }
                 parts.feed.commit(notified);
             }

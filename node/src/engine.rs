@@ -1403,7 +1403,14 @@ fn drive(
                 Job::Stop => stopping = true,
             }
         }
-        for effect in core.step(random_bytes(), events) {
+        let started = std::time::Instant::now();
+        let n = events.len();
+        let effects = core.step(random_bytes(), events);
+        let took = started.elapsed();
+        if took > std::time::Duration::from_millis(5) {
+            tracing::debug!(events = n, ms = took.as_secs_f64() * 1000.0, "core step");
+        }
+        for effect in effects {
             match effect {
                 Effect::Reply(ticket, outcome) => {
                     if let Some(Some(r)) = usize::try_from(ticket)

@@ -121,6 +121,34 @@ impl Version {
     }
 }
 
+/// What the README asks of a server whose corvidd runs as a component
+/// `corvid.DOMAIN`: the component port on the server's loopback address,
+/// the Component with its secret and mod_limits (whose `unlimited_jids`
+/// applies only on hosts that load it), and `unlimited_jids` listing
+/// corvidd's account and the trusted peers' components. Returns the lines
+/// for [`ProsodyOptions::global`] and [`ProsodyOptions::tail`].
+pub fn component_settings(
+    ip: &str,
+    domain: &str,
+    port: u16,
+    secret: &str,
+    unlimited_components: &[&str],
+) -> (String, String) {
+    let unlimited: Vec<String> = std::iter::once(format!("corvidd@{domain}"))
+        .chain(unlimited_components.iter().map(|c| (*c).to_owned()))
+        .map(|j| format!("{j:?}"))
+        .collect();
+    (
+        format!(
+            "component_ports = {{ {port} }}\ncomponent_interfaces = {{ \"{ip}\" }}\nunlimited_jids = {{ {} }}\n",
+            unlimited.join(", ")
+        ),
+        format!(
+            "\nComponent \"corvid.{domain}\"\n    component_secret = \"{secret}\"\n    modules_enabled = {{ \"limits\" }}\n"
+        ),
+    )
+}
+
 /// The directory of mod_corvid and its library, for `plugin_paths`.
 pub fn module_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../hooks/prosody")

@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use corvid_tests::node::{Identity, Node};
-use corvid_tests::prosody::{Prosody, ProsodyOptions, Version};
+use corvid_tests::prosody::{Prosody, ProsodyOptions, Version, component_settings};
 use corvid_tests::{free_port, wait_for, write_private};
 
 const SECRET: &str = "log-component-secret";
@@ -30,6 +30,8 @@ fn prosody(
     } else {
         "a.test"
     };
+    let (global, tail) =
+        component_settings(ip, domain, port, SECRET, &[&format!("corvid.{other}")]);
     Prosody::start(
         &[domain],
         &[&format!("corvidd@{domain}")],
@@ -38,17 +40,8 @@ fn prosody(
             s2s: true,
             hosts_file: Some(hosts.to_owned()),
             version,
-            // The README's line for each trusted peer's component: Debian's
-            // mod_limits throttles its s2s stream to 30 kB/s otherwise.
-            global: format!(
-                "component_ports = {{ {port} }}\ncomponent_interfaces = {{ \"{ip}\" }}\n\
-                 unlimited_jids = {{ \"corvidd@{domain}\", \"corvid.{other}\" }}\n"
-            ),
-            // mod_limits on the component's host too: its unlimited_jids
-            // applies only to streams to a host that loads it.
-            tail: format!(
-                "\nComponent \"corvid.{domain}\"\n    component_secret = \"{SECRET}\"\n    modules_enabled = {{ \"limits\" }}\n"
-            ),
+            global,
+            tail,
             ..ProsodyOptions::default()
         },
     )
