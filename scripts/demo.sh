@@ -80,13 +80,15 @@ authentication = "internal_hashed"
 modules_enabled = { "disco"; "roster"; "saslauth"; "dialback"; "limits"; "pep"; "ping"; "time"; "version" }
 limits = { c2s = { rate = "10kb/s" }; s2sin = { rate = "30kb/s" } }
 -- What corvidd needs (the README lists these for operators):
-unlimited_jids = { "corvidd@$s.test" }
+unlimited_jids = { "corvidd@$s.test", "corvid.a.test", "corvid.b.test", "corvid.c.test" }
 VirtualHost "$s.test"
 Component "pubsub.$s.test" "pubsub"
     admins = { "corvidd@$s.test" }
 -- corvidd's component: the block lists for mod_anti_spam and mod_muc_rtbl.
 Component "corvid.$s.test"
     component_secret = "$(cat "$d/component.secret")"
+    -- mod_limits here too, so that unlimited_jids applies to the peers' feeds
+    modules_enabled = { "limits" }
 CFG
   prosodyctl --config "$d/prosody.cfg.lua" register corvidd "$s.test" "demo-password-$s" >/dev/null
   prosody -F --config "$d/prosody.cfg.lua" >/dev/null 2>&1 &
@@ -122,11 +124,11 @@ done
 key() { grep '^# public-key:' "$W/$1/signing.key" | cut -d' ' -f3; }
 
 # Each trusts the other two. b adds c from the directory later.
-corvid -c "$W/a/corvidd.toml" peer add b.test --feed "xmpp:pubsub.b.test?;node=corvid" --key "$(key b)" --yes 2>/dev/null
-corvid -c "$W/a/corvidd.toml" peer add c.test --feed "xmpp:pubsub.c.test?;node=corvid" --key "$(key c)" --yes 2>/dev/null
-run corvid -c "$W/b/corvidd.toml" peer add a.test --feed "xmpp:pubsub.a.test?;node=corvid" --key "$(key a)" --yes
-corvid -c "$W/c/corvidd.toml" peer add a.test --feed "xmpp:pubsub.a.test?;node=corvid" --key "$(key a)" --yes 2>/dev/null
-corvid -c "$W/c/corvidd.toml" peer add b.test --feed "xmpp:pubsub.b.test?;node=corvid" --key "$(key b)" --yes 2>/dev/null
+corvid -c "$W/a/corvidd.toml" peer add b.test --feed "xmpp:corvid.b.test?;node=corvid" --key "$(key b)" --yes 2>/dev/null
+corvid -c "$W/a/corvidd.toml" peer add c.test --feed "xmpp:corvid.c.test?;node=corvid" --key "$(key c)" --yes 2>/dev/null
+run corvid -c "$W/b/corvidd.toml" peer add a.test --feed "xmpp:corvid.a.test?;node=corvid" --key "$(key a)" --yes
+corvid -c "$W/c/corvidd.toml" peer add a.test --feed "xmpp:corvid.a.test?;node=corvid" --key "$(key a)" --yes 2>/dev/null
+corvid -c "$W/c/corvidd.toml" peer add b.test --feed "xmpp:corvid.b.test?;node=corvid" --key "$(key b)" --yes 2>/dev/null
 
 for s in a b c; do
   corvidd --config "$W/$s/corvidd.toml" --ready-file "$W/$s/ready.json" >/dev/null 2>"$W/$s/corvidd.log" &

@@ -813,9 +813,24 @@ fn feed_iq(
             let page = if op.attr("node") == Some(COMPACT_NODE) {
                 parts.feed.compact(store, signer.as_ref(), rsm)?
             } else {
+                // The membership card, when a directory is configured.
+                let card = op
+                    .children()
+                    .any(|c| c.attr("id") == Some(corvid_protocol::feed::CARD_ITEM))
+                    .then(|| crate::federation::own_card(engine))
+                    .flatten()
+                    .and_then(|card| {
+                        crate::federation::sign_card(
+                            engine,
+                            &card,
+                            parts.feed.feed(),
+                            corvid_protocol::feed::CARD_ITEM,
+                        )
+                        .ok()
+                    });
                 parts
                     .feed
-                    .items(store, signer.as_ref(), op, rsm, crate::now())?
+                    .items(store, signer.as_ref(), op, rsm, crate::now(), card)?
             };
             match page {
                 Ok(reply) => Ok((Some(result(Some(reply))), Handled::Answered("feed-items"))),

@@ -491,6 +491,9 @@ pub struct Engine {
     /// Signalled when our own feed was purged, deleted or had items
     /// retracted behind our back: the publisher reconciles.
     pub own_feed_changed: tokio::sync::Notify,
+    /// The feed is served by corvidd's own component (layout 2), not
+    /// published to a PubSub service.
+    pub feed_served: std::sync::atomic::AtomicBool,
 }
 
 fn stopped() -> anyhow::Error {
@@ -536,6 +539,7 @@ impl Engine {
             thread: Mutex::new(Some(thread)),
             signals,
             own_feed_changed: tokio::sync::Notify::new(),
+            feed_served: std::sync::atomic::AtomicBool::new(false),
         })
     }
 

@@ -34,7 +34,7 @@ pub fn own_card(engine: &Engine) -> Option<MembershipCard> {
     })
 }
 
-fn sign_card(
+pub(crate) fn sign_card(
     engine: &Engine,
     card: &MembershipCard,
     feed: &FeedAddress,
@@ -67,11 +67,24 @@ pub async fn announce(engine: &Engine, link: &Link) -> Result<MembershipCard> {
     let dir = settings.directory.as_ref().context("no directory")?;
     let directory: FeedAddress = dir.node.parse()?;
     let feed = engine.feed().clone();
-    let own = sign_card(engine, &card, &feed, CARD_ITEM)?;
-    pubsub::publish(link, &feed.service, &feed.node, CARD_ITEM, own.to_element())
-        .await
-        .context("publishing the card on the own feed")?;
-    if directory.service == feed.service {
+    // A feed served by the component serves its card itself (item `card`).
+    if !engine
+        .feed_served
+        .load(std::sync::atomic::Ordering::Relaxed)
+    {
+        let own = sign_card(engine, &card, &feed, CARD_ITEM)?;
+        pubsub::publish(link, &feed.service, &feed.node, CARD_ITEM, own.to_element())
+            .await
+            .context("publishing the card on the own feed")?;
+    }
+    // A directory on a service of this server (the feed's, or with a
+    // component feed, the server's PubSub component) is hosted here.
+    let own_service = directory.service == feed.service
+        || directory
+            .service
+            .strip_suffix(settings.domain.as_str())
+            .is_some_and(|p| p.ends_with('.'));
+    if own_service {
         // This member hosts the directory: create it where every member may
         // publish its own (signed) card.
         let mut fields = pubsub::feed_node_config(256, "open");

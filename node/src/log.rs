@@ -274,7 +274,7 @@ impl FeedLog {
     }
 
     /// An items request on the feed node: particular items by id
-    /// (`checkpoint`, `d/<subject>`), or a page of the log after the RSM
+    /// (`checkpoint`, `card` when one is given, `d/<subject>`), or a page of the log after the RSM
     /// cursor (the id of a record), oldest first; without RSM, the first
     /// page.
     ///
@@ -287,6 +287,7 @@ impl FeedLog {
         op: &Element,
         rsm: Option<&Element>,
         now: u64,
+        card: Option<SignedItem>,
     ) -> Result<std::result::Result<Element, &'static str>> {
         let mut items = Element::builder("items", NS_PUBSUB)
             .attr(attr("node"), FEED_NODE)
@@ -302,6 +303,10 @@ impl FeedLog {
                 if id == CHECKPOINT_ITEM {
                     let item = self.checkpoint(store, signer, now)?;
                     items.append_child(item_element(NS_PUBSUB, id, &item));
+                } else if id == corvid_protocol::feed::CARD_ITEM {
+                    if let Some(c) = &card {
+                        items.append_child(item_element(NS_PUBSUB, id, c));
+                    }
                 } else if let Some(subject) = id.strip_prefix(corvid_protocol::feed::DELTA_PREFIX)
                     && let Ok(key) = subject.parse()
                     && let Some(r) = store.own(&key)?

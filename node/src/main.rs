@@ -176,7 +176,12 @@ async fn serve(path: PathBuf, config: Config, ready_file: Option<PathBuf>) -> Re
             config.keys.signing_key_file.display()
         )
     })?;
-    let feed = FeedAddress::new(&config.feed.service, &config.feed.node)?;
+    // With the component, the feed is the log it serves (layout 2);
+    // without, the node on the PubSub service of [feed] (layout 1).
+    let feed = match &config.component {
+        Some(c) => corvid_node::component::own_feed(&c.jid)?,
+        None => FeedAddress::new(&config.feed.service, &config.feed.node)?,
+    };
     let settings = Settings::from_config(&config)?;
     let engine = Arc::new(Engine::new(store, settings, signer, feed.clone())?);
 
@@ -206,12 +211,25 @@ async fn serve(path: PathBuf, config: Config, ready_file: Option<PathBuf>) -> Re
             .unwrap_or(300),
     );
 
-    tokio::spawn(publisher::run(
-        Arc::clone(&engine),
-        link.clone(),
-        config.feed.clone(),
-        Arc::clone(&wake),
-    ));
+    if component.is_some() {
+        engine
+            .feed_served
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        // The component serves own records from the store as they are
+        // written: nothing is published to a PubSub service (whose
+        // whole-node rewrites stall the XMPP server at large feeds).
+        tokio::spawn(publisher::served_by_component(
+            Arc::clone(&engine),
+            Arc::clone(&wake),
+        ));
+    } else {
+        tokio::spawn(publisher::run(
+            Arc::clone(&engine),
+            link.clone(),
+            config.feed.clone(),
+            Arc::clone(&wake),
+        ));
+    }
     tokio::spawn(sync::run(
         Arc::clone(&engine),
         link.clone(),

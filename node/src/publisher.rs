@@ -20,6 +20,32 @@ use crate::xmpp::{Link, LinkState};
 /// Publishes in flight at once (the link pipelines them).
 const IN_FLIGHT: usize = 32;
 
+/// With the component (layout 2): own records are served from the store,
+/// so the outbox only needs emptying as they are written.
+pub async fn served_by_component(engine: Arc<Engine>, wake: Arc<Notify>) {
+    loop {
+        let drained = {
+            let engine = Arc::clone(&engine);
+            tokio::task::spawn_blocking(move || -> Result<()> {
+                for subject in engine.store().outbox()? {
+                    engine.store().published(&subject)?;
+                }
+                Ok(())
+            })
+            .await
+        };
+        match drained {
+            Ok(Ok(())) => engine.set_publish_error(None),
+            Ok(Err(e)) => tracing::warn!("outbox: {e:#}"),
+            Err(e) => tracing::error!("outbox task panicked: {e}"),
+        }
+        tokio::select! {
+            () = wake.notified() => {}
+            () = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+    }
+}
+
 /// Runs for ever: waits for sessions, reconciles, drains the outbox.
 pub async fn run(engine: Arc<Engine>, link: Link, config: FeedConfig, wake: Arc<Notify>) {
     let mut writer: Option<FeedWriter> = None;
