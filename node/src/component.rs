@@ -481,6 +481,15 @@ async fn serve(
         // the block lists: both small and time-critical. Then one page of a
         // push, then input; every turn yields, so a large push never holds
         // up answers.
+        // The trusted peers' feed services receive IP tokens; nobody else.
+        parts.feed.set_members(
+            engine
+                .settings()
+                .peers
+                .values()
+                .map(|p| p.feed.service.clone())
+                .collect(),
+        );
         let signer = engine.signer();
         let own = tokio::task::block_in_place(|| {
             parts
@@ -810,8 +819,9 @@ fn feed_iq(
         ("items", false) => {
             let signer = engine.signer();
             let rsm = payload.get_child("set", NS_RSM);
+            let member = parts.feed.is_member(&from);
             let page = if op.attr("node") == Some(COMPACT_NODE) {
-                parts.feed.compact(store, signer.as_ref(), rsm)?
+                parts.feed.compact(store, signer.as_ref(), rsm, member)?
             } else {
                 // The membership card, when a directory is configured.
                 let card = op
@@ -828,9 +838,14 @@ fn feed_iq(
                         )
                         .ok()
                     });
-                parts
-                    .feed
-                    .items(store, signer.as_ref(), op, rsm, crate::now(), card)?
+                parts.feed.items(
+                    store,
+                    signer.as_ref(),
+                    op,
+                    rsm,
+                    crate::now(),
+                    crate::log::Asker { member, card },
+                )?
             };
             match page {
                 Ok(reply) => Ok((Some(result(Some(reply))), Handled::Answered("feed-items"))),

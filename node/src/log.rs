@@ -51,6 +51,8 @@ pub const NOTIFY_MAX: usize = 50;
 pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(20);
 /// Subscribers remembered at most.
 pub const MAX_SUBSCRIBERS: usize = 10_000;
+/// Subscribers one domain may have.
+pub const SUBSCRIBERS_PER_DOMAIN: usize = 4;
 
 const SUBSCRIBERS_KEY: &str = "feed_subscribers";
 
@@ -73,6 +75,24 @@ pub struct FeedLog {
     /// The newest own record notified (or present when the log started).
     notified: Option<ReportId>,
     dirty: bool,
+    /// The trusted peers' feed services (their components): only they get
+    /// records about IP tokens (spec §19).
+    members: std::collections::BTreeSet<String>,
+}
+
+/// Who asks for items, as far as the answer depends on it.
+#[derive(Debug, Default)]
+pub struct Asker {
+    /// A member (a trusted peer's feed service): IP tokens included.
+    pub member: bool,
+    /// The membership card to serve as `card`, if one is configured.
+    pub card: Option<SignedItem>,
+}
+
+/// Whether a record may go to someone who is not a federation member: IP
+/// tokens go to members only.
+fn public(record: &Record) -> bool {
+    !record.subject().as_str().starts_with("ip:")
 }
 
 /// An own record as the log item that carries it.
@@ -125,6 +145,7 @@ impl FeedLog {
             subscribers: saved.into_iter().map(|s| (s.jid.clone(), s)).collect(),
             notified,
             dirty: false,
+            members: std::collections::BTreeSet::new(),
         })
     }
 
@@ -136,6 +157,16 @@ impl FeedLog {
     /// The signing identity changed (a key rotation).
     pub fn set_issuer(&mut self, issuer: Issuer) {
         self.issuer = issuer;
+    }
+
+    /// Sets the members: the trusted peers' feed services.
+    pub fn set_members(&mut self, members: std::collections::BTreeSet<String>) {
+        self.members = members;
+    }
+
+    /// Whether `jid` is a member's service.
+    pub fn is_member(&self, jid: &Jid) -> bool {
+        self.members.contains(jid.domain().as_str())
     }
 
     /// Subscribers.
@@ -162,7 +193,14 @@ impl FeedLog {
         if self.subscribers.contains_key(&key) {
             return true;
         }
-        if self.subscribers.len() >= MAX_SUBSCRIBERS {
+        let same_domain = self
+            .subscribers
+            .values()
+            .filter(|s| Jid::new(&s.jid).is_ok_and(|j| j.domain() == jid.domain()))
+            .count();
+        // One domain cannot fill the list (each subscriber costs a message
+        // per new record).
+        if self.subscribers.len() >= MAX_SUBSCRIBERS || same_domain >= SUBSCRIBERS_PER_DOMAIN {
             return false;
         }
         self.subscribers.insert(
@@ -243,14 +281,34 @@ impl FeedLog {
         }
         let mut out = Vec::new();
         for chunk in records.chunks(NOTIFY_MAX) {
-            let mut items = Vec::with_capacity(chunk.len());
+            let (mut all, mut open) = (Vec::with_capacity(chunk.len()), Vec::new());
             for r in chunk {
                 match log_item(signer, &self.issuer, &self.feed, r) {
-                    Ok((id, item)) => items.push(item_element(NS_PUBSUB_EVENT, &id, &item)),
+                    Ok((id, item)) => {
+                        let el = item_element(NS_PUBSUB_EVENT, &id, &item);
+                        if public(r) {
+                            open.push(el.clone());
+                        }
+                        all.push(el);
+                    }
                     Err(e) => tracing::warn!(subject = %r.subject(), "own record not signed: {e}"),
                 }
             }
-            out.extend(self.to_subscribers(from, &event(items)));
+            let (all, open) = (event(all), (!open.is_empty()).then(|| event(open)));
+            for s in self.subscribers.values() {
+                let Ok(to) = Jid::new(&s.jid) else { continue };
+                let payload = if self.is_member(&to) {
+                    &all
+                } else if let Some(o) = &open {
+                    o
+                } else {
+                    continue;
+                };
+                let mut m = Message::new_with_type(MessageType::Headline, Some(to))
+                    .with_payloads(vec![payload.clone()]);
+                m.from = Jid::new(from).ok();
+                out.push(m);
+            }
         }
         Ok((out, Some(newest)))
     }
@@ -287,8 +345,9 @@ impl FeedLog {
         op: &Element,
         rsm: Option<&Element>,
         now: u64,
-        card: Option<SignedItem>,
+        asker: Asker,
     ) -> Result<std::result::Result<Element, &'static str>> {
+        let Asker { member, card } = asker;
         let mut items = Element::builder("items", NS_PUBSUB)
             .attr(attr("node"), FEED_NODE)
             .build();
@@ -310,6 +369,7 @@ impl FeedLog {
                 } else if let Some(subject) = id.strip_prefix(corvid_protocol::feed::DELTA_PREFIX)
                     && let Ok(key) = subject.parse()
                     && let Some(r) = store.own(&key)?
+                    && (member || public(&r))
                     && let Ok((id, item)) = log_item(signer, &self.issuer, &self.feed, &r)
                 {
                     items.append_child(item_element(NS_PUBSUB, &id, &item));
@@ -340,7 +400,13 @@ impl FeedLog {
         let mut first = None;
         let mut last = None;
         for r in &records {
+            // Skipped for non-members, but the cursor moves past it.
+            if !member && !public(r) {
+                last = Some(r.id());
+                continue;
+            }
             let Ok((id, item)) = log_item(signer, &self.issuer, &self.feed, r) else {
+                last = Some(r.id());
                 continue;
             };
             let el = item_element(NS_PUBSUB, &id, &item);
@@ -386,6 +452,7 @@ impl FeedLog {
         store: &Store,
         signer: &dyn Signer,
         rsm: Option<&Element>,
+        member: bool,
     ) -> Result<std::result::Result<Element, &'static str>> {
         let max = rsm
             .and_then(|r| r.get_child("max", NS_RSM))
@@ -403,11 +470,18 @@ impl FeedLog {
             },
             None => None,
         };
-        let records = store.own_after(after, max)?;
+        let scanned = store.own_after(after, max)?;
+        // IP tokens go to members only; the cursor still moves past them.
+        let scanned_last = scanned.last().map(Record::id);
+        let records: Vec<Record> = scanned
+            .into_iter()
+            .filter(|r| member || public(r))
+            .collect();
         let mut items = Element::builder("items", NS_PUBSUB)
             .attr(attr("node"), COMPACT_NODE)
             .build();
         let (mut bytes, mut first, mut last) = (0, None, None);
+        let mut cut = false;
         let mut pending: Vec<&[Record]> = records.chunks(COMPACT_RECORDS).rev().collect();
         while let Some(chunk) = pending.pop() {
             let Some(end) = chunk.last() else { continue };
@@ -436,12 +510,16 @@ impl FeedLog {
             };
             let size = item.payload_len() + id.len() + 64;
             if bytes + size > PAGE_MAX_BYTES && last.is_some() {
+                cut = true;
                 break;
             }
             bytes += size;
             items.append_child(item_element(NS_PUBSUB, &id, &item));
             first = first.or(chunk.first().map(Record::id));
             last = Some(end.id());
+        }
+        if !cut {
+            last = scanned_last;
         }
         let mut set = Element::builder("set", NS_RSM).build();
         if let Some(f) = first {

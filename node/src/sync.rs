@@ -810,7 +810,6 @@ async fn backfill_log(engine: &Engine, component: &ComponentHandle, peer: &Peer)
             .get_child("set", crate::lists::NS_RSM)
             .and_then(|s| s.get_child("last", crate::lists::NS_RSM))
             .map(Element::text);
-        let n = items.len();
         let ring = engine.key_ring(peer)?;
         let mut records = Vec::new();
         for (item_id, payload) in items {
@@ -834,9 +833,10 @@ async fn backfill_log(engine: &Engine, component: &ComponentHandle, peer: &Peer)
         }
         total += records.len();
         ingest_records(engine, &peer.domain, records, false).await?;
-        // A page can hold fewer than asked (the publisher keeps results
-        // below the stanza limit): only an empty one is the end.
-        let end = n == 0 || last.is_none();
+        // A page can hold fewer records than asked (the publisher keeps
+        // results below the stanza limit, and skips what is for members
+        // only): the read ends with a page that names no last record.
+        let end = last.is_none();
         if let Some(l) = last {
             cursor = Some(l);
         }

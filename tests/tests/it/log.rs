@@ -5,9 +5,11 @@
 
 use std::time::{Duration, Instant};
 
+use corvid_tests::client::Client;
 use corvid_tests::node::{Identity, Node};
 use corvid_tests::prosody::{Prosody, ProsodyOptions, Version, component_settings};
 use corvid_tests::{free_port, wait_for, write_private};
+use xmpp_parsers::minidom::Element;
 
 const SECRET: &str = "log-component-secret";
 
@@ -232,6 +234,79 @@ fn follows_a_log(version: Version, ips: (&str, &str)) {
     // 1,200 early reports, the retraction that replaced the live one,
     // and three reports made around the restarts.
     assert_eq!(peer_records(nb, "a.test"), 1204);
+
+    // IP tokens go to members only: B (a trusted peer's component) gets an
+    // IP report; anyone else reading A's log gets everything but it.
+    let r = na.post(
+        "/v1/reports",
+        &serde_json::json!({"subject": "ip:192.0.2.7/24", "category": "open-proxy", "confidence": 90}),
+    );
+    assert_eq!(r.status, 201, "{}", r.text);
+    let token = r.json["subject"].as_str().expect("token").to_owned();
+    assert!(token.starts_with("ip:"), "{token}");
+    wait_for(Duration::from_secs(10), "B to hold the IP report", || {
+        (peer_records(nb, "a.test") == 1205).then_some(())
+    });
+    let stranger = Client::login(&a.prosody, "corvidd", "a.test");
+    let mut seen = 0;
+    let mut after: Option<String> = None;
+    loop {
+        let mut set = Element::builder("set", "http://jabber.org/protocol/rsm").append(
+            Element::builder("max", "http://jabber.org/protocol/rsm")
+                .append("2400")
+                .build(),
+        );
+        if let Some(a) = &after {
+            set = set.append(
+                Element::builder("after", "http://jabber.org/protocol/rsm")
+                    .append(a.as_str())
+                    .build(),
+            );
+        }
+        let request = Element::builder("pubsub", "http://jabber.org/protocol/pubsub")
+            .append(
+                Element::builder("items", "http://jabber.org/protocol/pubsub")
+                    .attr(
+                        xmpp_parsers::minidom::rxml::NcName::try_from("node").expect("name"),
+                        "corvid/compact",
+                    )
+                    .build(),
+            )
+            .append(set.build())
+            .build();
+        let reply = stranger
+            .run(stranger.link().iq(xmpp_parsers::iq::Iq::Get {
+                from: None,
+                to: Some("corvid.a.test".parse().expect("jid")),
+                id: String::new(),
+                payload: request,
+            }))
+            .expect("a page")
+            .expect("payload");
+        // The compact items are deflated: each is opened to look inside.
+        let items = reply
+            .get_child("items", "http://jabber.org/protocol/pubsub")
+            .expect("items");
+        for item in items.children() {
+            let payload = item.children().next().expect("payload");
+            let signed = corvid_protocol::item::SignedItem::from_element(payload).expect("item");
+            let json = signed.json().as_str();
+            assert!(
+                !json.contains("\"ip:"),
+                "a non-member was served an IP token"
+            );
+            seen += json.matches("\"subject\":").count();
+        }
+        after = reply
+            .get_child("set", "http://jabber.org/protocol/rsm")
+            .and_then(|s| s.get_child("last", "http://jabber.org/protocol/rsm"))
+            .map(Element::text);
+        if after.is_none() {
+            break;
+        }
+    }
+    // Everything else: 1,200 early reports, the retraction, three reports.
+    assert_eq!(seen, 1204);
 }
 
 #[test]
