@@ -491,6 +491,14 @@ async fn publish_own(
     item_id: &str,
     item: &corvid_protocol::item::SignedItem,
 ) -> Result<(), crate::xmpp::IqError> {
+    // A feed served by the component serves the stored key record itself
+    // and notifies its subscribers: nothing to publish.
+    if s.engine
+        .feed_served
+        .load(std::sync::atomic::Ordering::Relaxed)
+    {
+        return Ok(());
+    }
     let feed = s.engine.feed();
     crate::pubsub::publish(
         &s.link,

@@ -490,7 +490,13 @@ async fn serve(
                 .map(|p| p.feed.service.clone())
                 .collect(),
         );
+        // The signing key changes on a rotation: the issuer's key id
+        // follows the key that signs.
         let signer = engine.signer();
+        parts.feed.set_issuer(Issuer {
+            domain: engine.settings().domain.clone(),
+            key: corvid_protocol::keys::Signer::public_key(signer.as_ref()).key_id(),
+        });
         let own = tokio::task::block_in_place(|| {
             parts
                 .feed
@@ -511,6 +517,17 @@ async fn serve(
                 parts.feed.commit(notified);
             }
             Err(e) => return anyhow!("own log: {e}"),
+        }
+        match tokio::task::block_in_place(|| parts.feed.key_changes(store, &me)) {
+            Ok((messages, n)) => {
+                for m in messages {
+                    if let Err(e) = conn.send(m.into()).await {
+                        return e;
+                    }
+                }
+                parts.feed.commit_keys(n);
+            }
+            Err(e) => return anyhow!("key records: {e}"),
         }
         let (messages, cursor, gap) =
             match tokio::task::block_in_place(|| parts.service.changes(store, CHANGES_PER_ROUND)) {

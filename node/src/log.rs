@@ -74,6 +74,8 @@ pub struct FeedLog {
     subscribers: BTreeMap<String, Subscriber>,
     /// The newest own record notified (or present when the log started).
     notified: Option<ReportId>,
+    /// Key records notified (or present when the log started).
+    keys_notified: usize,
     dirty: bool,
     /// The trusted peers' feed services (their components): only they get
     /// records about IP tokens (spec §19).
@@ -139,11 +141,13 @@ impl FeedLog {
     pub fn new(store: &Store, feed: FeedAddress, issuer: Issuer) -> Result<Self> {
         let saved: Vec<Subscriber> = store.meta_json(SUBSCRIBERS_KEY)?.unwrap_or_default();
         let (notified, _) = store.own_log_state()?;
+        let keys_notified = store.key_records()?.len();
         Ok(Self {
             feed,
             issuer,
             subscribers: saved.into_iter().map(|s| (s.jid.clone(), s)).collect(),
             notified,
+            keys_notified,
             dirty: false,
             members: std::collections::BTreeSet::new(),
         })
@@ -228,12 +232,14 @@ impl FeedLog {
     /// reported as corrupt data.
     pub fn checkpoint(&self, store: &Store, signer: &dyn Signer, now: u64) -> Result<SignedItem> {
         let (last, records) = store.own_log_state()?;
+        let keys = store.key_records()?.into_iter().map(|(id, _)| id).collect();
         let envelope = Envelope {
             corvid: ns::PROTOCOL_MAJOR,
             issuer: self.issuer.clone(),
             body: Body::Checkpoint {
                 last,
                 records,
+                keys,
                 issued_at: now,
             },
         };
@@ -313,6 +319,33 @@ impl FeedLog {
         Ok((out, Some(newest)))
     }
 
+    /// Key records made since the last call (a rotation, a revocation), as
+    /// notifications to every subscriber: they change what verifies, so
+    /// followers apply them at once. Returns the count to commit.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub fn key_changes(&self, store: &Store, from: &str) -> Result<(Vec<Message>, usize)> {
+        let keys = store.key_records()?;
+        if keys.len() <= self.keys_notified {
+            return Ok((Vec::new(), keys.len()));
+        }
+        let items: Vec<Element> = keys[self.keys_notified..]
+            .iter()
+            .filter_map(|(id, xml)| {
+                SignedItem::from_xml(xml)
+                    .ok()
+                    .map(|item| item_element(NS_PUBSUB_EVENT, id, &item))
+            })
+            .collect();
+        Ok((self.to_subscribers(from, &event(items)), keys.len()))
+    }
+
+    /// Commits how many key records were notified.
+    pub fn commit_keys(&mut self, n: usize) {
+        self.keys_notified = n;
+    }
+
     /// Commits how far subscribers were notified.
     pub fn commit(&mut self, notified: Option<ReportId>) {
         self.notified = notified;
@@ -362,6 +395,16 @@ impl FeedLog {
                 if id == CHECKPOINT_ITEM {
                     let item = self.checkpoint(store, signer, now)?;
                     items.append_child(item_element(NS_PUBSUB, id, &item));
+                } else if id.starts_with("key/") {
+                    // Key records, as signed when they were made.
+                    if let Some(item) = store
+                        .key_records()?
+                        .into_iter()
+                        .find(|(k, _)| k == id)
+                        .and_then(|(_, xml)| SignedItem::from_xml(&xml).ok())
+                    {
+                        items.append_child(item_element(NS_PUBSUB, id, &item));
+                    }
                 } else if id == corvid_protocol::feed::CARD_ITEM {
                     if let Some(c) = &card {
                         items.append_child(item_element(NS_PUBSUB, id, c));

@@ -759,6 +759,37 @@ async fn backfill_log(engine: &Engine, component: &ComponentHandle, peer: &Peer)
             payload: subscribe,
         })
         .await?;
+    // Key records first (a rotation or a revocation changes what verifies):
+    // the checkpoint names them.
+    let checkpoint = fetch_items(component, &service, &feed.node, &[feed::CHECKPOINT_ITEM]).await?;
+    let ring = engine.key_ring(peer)?;
+    let mut keys = Vec::new();
+    for (item_id, payload) in checkpoint {
+        if let Some((_, v)) = verify(engine, peer, &ring, &feed.node, &item_id, payload.as_ref())
+            && let Body::Checkpoint { keys: k, .. } = v.body
+        {
+            keys = k;
+        }
+    }
+    let applied = engine.store().peer(&peer.domain)?.log_keys;
+    let new: Vec<&str> = keys
+        .iter()
+        .filter(|k| !applied.contains(k))
+        .map(String::as_str)
+        .collect();
+    if !new.is_empty() {
+        for (item_id, payload) in fetch_items(component, &service, &feed.node, &new).await? {
+            let ring = engine.key_ring(peer)?;
+            if let Some((_, v)) =
+                verify(engine, peer, &ring, &feed.node, &item_id, payload.as_ref())
+            {
+                apply_key_record(engine, peer, &v.body).await?;
+            }
+        }
+        engine
+            .store()
+            .update_peer(&peer.domain, |p| p.log_keys.clone_from(&keys))?;
+    }
     let state = engine.store().peer(&peer.domain)?;
     let mut cursor = state.log_cursor.filter(|_| state.log_layout);
     let full = cursor.is_none();
@@ -886,10 +917,21 @@ async fn on_checkpoint(
     ) else {
         return Ok(());
     };
-    let Body::Checkpoint { last, records, .. } = v.body else {
+    let Body::Checkpoint {
+        last,
+        records,
+        keys,
+        ..
+    } = v.body
+    else {
         return Ok(());
     };
     let state = engine.store().peer(&peer.domain)?;
+    if keys.iter().any(|k| !state.log_keys.contains(k)) {
+        // A key record this reader has not applied: the read fetches it.
+        let _ = resync.send(peer.domain.clone());
+        return Ok(());
+    }
     if !state.log_layout {
         let _ = resync.send(peer.domain.clone());
         return Ok(());
@@ -929,4 +971,34 @@ async fn on_checkpoint(
         let _ = resync.send(peer.domain.clone());
     }
     Ok(())
+}
+
+/// Items of a peer's feed node by id, through the component.
+async fn fetch_items(
+    component: &ComponentHandle,
+    service: &Jid,
+    node: &str,
+    ids: &[&str],
+) -> Result<Vec<(String, Option<Element>)>> {
+    let mut items = Element::builder("items", crate::lists::NS_PUBSUB)
+        .attr(attr("node"), node)
+        .build();
+    for id in ids {
+        items.append_child(
+            Element::builder("item", crate::lists::NS_PUBSUB)
+                .attr(attr("id"), *id)
+                .build(),
+        );
+    }
+    let reply = component
+        .iq(Iq::Get {
+            from: None,
+            to: Some(service.clone()),
+            id: String::new(),
+            payload: Element::builder("pubsub", crate::lists::NS_PUBSUB)
+                .append(items)
+                .build(),
+        })
+        .await?;
+    Ok(reply.as_ref().map(pubsub::parse_items).unwrap_or_default())
 }

@@ -215,6 +215,10 @@ pub enum Body {
         /// Records in the log (reports and retractions; expired ones are
         /// dropped).
         records: u64,
+        /// The item ids of the key records (rotations, revocations) the
+        /// feed node serves.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        keys: Vec<String>,
         /// When it was signed.
         issued_at: UnixTime,
     },
@@ -756,6 +760,7 @@ pub fn verify_signed(
         Body::Checkpoint {
             last,
             records,
+            keys,
             issued_at,
         } => {
             if issued_at > now.saturating_add(skew) {
@@ -769,6 +774,7 @@ pub fn verify_signed(
             Body::Checkpoint {
                 last,
                 records,
+                keys,
                 issued_at,
             }
         }

@@ -710,6 +710,7 @@ fn generate() -> BTreeMap<&'static str, Value> {
         Body::Checkpoint {
             last: Some(jid_report.id),
             records: 1,
+            keys: Vec::new(),
             issued_at: NOW - 10,
         },
         &log_feed,

@@ -155,6 +155,9 @@ pub struct PeerState {
     /// last reset, so live items may move the cursor on.
     #[serde(default)]
     pub log_complete: bool,
+    /// Layout 2: the key record items read and applied from the log.
+    #[serde(default)]
+    pub log_keys: Vec<String>,
 }
 
 /// What [`Store::upsert`] did.
@@ -1544,6 +1547,7 @@ impl Tx<'_> {
     /// # Errors
     /// IO errors.
     pub fn add_key_record(&mut self, item_id: &str, xml: &str) -> Result<()> {
+        self.own_written = true;
         let mut list: Vec<(String, String)> = match self.t.get(Table::Meta, KEY_RECORDS)? {
             Some(v) => serde_json::from_slice(&v)?,
             None => Vec::new(),

@@ -57,7 +57,7 @@ fn node_config(
     peer: &Identity,
 ) -> String {
     format!(
-        "\n[[peer]]\ndomain = \"{peer_domain}\"\nfeed = \"xmpp:corvid.{peer_domain}?;node=corvid\"\nkey = \"{key}\"\nweight = 1.0\nmode = \"enforce\"\n\n\
+        "\n[[peer]]\ndomain = \"{peer_domain}\"\nfeed = \"xmpp:corvid.{peer_domain}?;node=corvid\"\nkey = \"{key}\"\nweight = 1.0\nmode = \"enforce\"\naccept_rotations = true\n\n\
          [component]\njid = \"corvid.{domain}\"\nsecret_file = \"{secret}\"\nserver = \"{ip}:{port}\"\n",
         peer_domain = peer.domain,
         key = peer.public(),
@@ -307,6 +307,36 @@ fn follows_a_log(version: Version, ips: (&str, &str)) {
     }
     // Everything else: 1,200 early reports, the retraction, three reports.
     assert_eq!(seen, 1204);
+
+    // A rotates its key: B (accept_rotations) takes it from the log, as a
+    // notification, and A's next report counts; then A revokes the new
+    // key: its reports stop counting at B.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let new_key = dir.path().join("new.key");
+    write_private(
+        &new_key,
+        &corvid_protocol::keys::SecretKey::from_seed([5; 32]).to_key_file(),
+    );
+    let r = na.post(
+        "/v1/keys/rotate",
+        &serde_json::json!({"new_key_file": new_key.display().to_string()}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text);
+    na.report("after-rotation@spam.example", "spam", 90);
+    nb.wait_action(
+        "jid",
+        "after-rotation@spam.example",
+        "flag",
+        Duration::from_secs(10),
+    );
+    let r = na.post("/v1/keys/revoke", &serde_json::json!({"reason": "test"}));
+    assert_eq!(r.status, 200, "{}", r.text);
+    nb.wait_action(
+        "jid",
+        "after-rotation@spam.example",
+        "allow",
+        Duration::from_secs(10),
+    );
 }
 
 #[test]
