@@ -116,18 +116,7 @@ impl ComponentHandle {
         match tokio::time::timeout(self.timeout, rx).await {
             Err(_) => Err(IqError::Timeout(self.timeout)),
             Ok(Err(_)) => Err(IqError::Closed),
-            Ok(Ok(Iq::Result { payload, .. })) => Ok(payload),
-            Ok(Ok(Iq::Error { error, .. })) => Err(IqError::Stanza {
-                condition: format!("{:?}", error.defined_condition),
-                text: error
-                    .texts
-                    .values()
-                    .next()
-                    .map(|t| format!(": {t}"))
-                    .unwrap_or_default(),
-                error: Box::new(error),
-            }),
-            Ok(Ok(_)) => Err(IqError::Closed),
+            Ok(Ok(reply)) => crate::xmpp::iq_outcome(reply),
         }
     }
 
@@ -765,44 +754,14 @@ fn feed_iq(
     iq: Iq,
 ) -> crate::store::Result<(Option<Iq>, Handled)> {
     let store = engine.store();
-    let (from, to, id, payload, set) = match iq {
-        Iq::Get {
-            from,
-            to,
-            id,
-            payload,
-        } => (from, to, id, payload, false),
-        Iq::Set {
-            from,
-            to,
-            id,
-            payload,
-        } => (from, to, id, payload, true),
-        _ => return Ok((None, Handled::Ignored("reply"))),
+    let req = match crate::lists::Request::of(iq) {
+        Ok(r) => r,
+        Err(h) => return Ok((None, h)),
     };
-    let Some(from) = from else {
-        return Ok((None, Handled::Refused("no-sender")));
-    };
-    let error = |condition: DefinedCondition, type_: ErrorType| Iq::Error {
-        from: to.clone(),
-        to: Some(from.clone()),
-        id: id.clone(),
-        payload: None,
-        error: StanzaError {
-            type_,
-            by: None,
-            defined_condition: condition,
-            texts: Default::default(),
-            other: None,
-        },
-    };
-    let result = |payload: Option<Element>| Iq::Result {
-        from: to.clone(),
-        to: Some(from.clone()),
-        id: id.clone(),
-        payload,
-    };
-    if !parts.service.allowed(&from, Instant::now()) {
+    let (from, payload, set) = (&req.from, &req.payload, req.set);
+    let error = |condition, type_| req.error(condition, type_, None);
+    let result = |payload| req.result(payload);
+    if !parts.service.allowed(from, Instant::now()) {
         return Ok((
             Some(error(DefinedCondition::ResourceConstraint, ErrorType::Wait)),
             Handled::Refused("rate-limited"),
@@ -836,7 +795,7 @@ fn feed_iq(
         ("items", false) => {
             let signer = engine.signer();
             let rsm = payload.get_child("set", NS_RSM);
-            let member = parts.feed.is_member(&from);
+            let member = parts.feed.is_member(from);
             let page = if op.attr("node") == Some(COMPACT_NODE) {
                 parts.feed.compact(store, signer.as_ref(), rsm, member)?
             } else {

@@ -369,6 +369,87 @@ pub enum Handled {
     Ignored(&'static str),
 }
 
+/// An IQ get or set addressed to the component, and how to answer it.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// The sender.
+    pub from: Jid,
+    /// Where it was sent (the component, or a JID at it).
+    pub to: Option<Jid>,
+    /// Its id.
+    pub id: String,
+    /// Its payload.
+    pub payload: Element,
+    /// A set (not a get).
+    pub set: bool,
+}
+
+impl Request {
+    /// The request in an IQ; what to count it as when it is none (a reply,
+    /// or no sender).
+    ///
+    /// # Errors
+    /// The [`Handled`] of an IQ that is not a request to answer.
+    pub fn of(iq: Iq) -> std::result::Result<Self, Handled> {
+        let (from, to, id, payload, set) = match iq {
+            Iq::Get {
+                from,
+                to,
+                id,
+                payload,
+            } => (from, to, id, payload, false),
+            Iq::Set {
+                from,
+                to,
+                id,
+                payload,
+            } => (from, to, id, payload, true),
+            Iq::Result { .. } => return Err(Handled::Ignored("result")),
+            Iq::Error { .. } => return Err(Handled::Ignored("error")),
+        };
+        let from = from.ok_or(Handled::Refused("no-sender"))?;
+        Ok(Self {
+            from,
+            to,
+            id,
+            payload,
+            set,
+        })
+    }
+
+    /// An error reply.
+    pub fn error(
+        &self,
+        condition: DefinedCondition,
+        type_: ErrorType,
+        extra: Option<Element>,
+    ) -> Iq {
+        Iq::Error {
+            from: self.to.clone(),
+            to: Some(self.from.clone()),
+            id: self.id.clone(),
+            payload: None,
+            error: StanzaError {
+                type_,
+                by: None,
+                defined_condition: condition,
+                texts: Default::default(),
+                other: extra,
+            },
+        }
+    }
+
+    /// A result reply.
+    pub fn result(&self, payload: Option<Element>) -> Iq {
+        Iq::Result {
+            from: self.to.clone(),
+            to: Some(self.from.clone()),
+            id: self.id.clone(),
+            payload,
+        }
+    }
+}
+
 /// The block-list service: consumers, the decision cursor, pushes under
 /// way, and the per-domain request budget.
 #[derive(Debug)]
@@ -648,47 +729,14 @@ impl Service {
         now: Instant,
         unix: u64,
     ) -> Result<(Option<Iq>, Handled)> {
-        let (from, to, id, payload, set) = match iq {
-            Iq::Get {
-                from,
-                to,
-                id,
-                payload,
-            } => (from, to, id, payload, false),
-            Iq::Set {
-                from,
-                to,
-                id,
-                payload,
-            } => (from, to, id, payload, true),
-            Iq::Result { .. } => return Ok((None, Handled::Ignored("result"))),
-            Iq::Error { .. } => return Ok((None, Handled::Ignored("error"))),
+        let req = match Request::of(iq) {
+            Ok(r) => r,
+            Err(h) => return Ok((None, h)),
         };
-        let Some(from) = from else {
-            return Ok((None, Handled::Refused("no-sender")));
-        };
-        let reply_to = from.clone();
-        let me = to.clone();
-        let error =
-            |condition: DefinedCondition, type_: ErrorType, extra: Option<Element>| Iq::Error {
-                from: me.clone(),
-                to: Some(reply_to.clone()),
-                id: id.clone(),
-                payload: None,
-                error: StanzaError {
-                    type_,
-                    by: None,
-                    defined_condition: condition,
-                    texts: Default::default(),
-                    other: extra,
-                },
-            };
-        let result = |payload: Option<Element>| Iq::Result {
-            from: me.clone(),
-            to: Some(reply_to.clone()),
-            id: id.clone(),
-            payload,
-        };
+        let (from, payload, set) = (req.from.clone(), &req.payload, req.set);
+        let to = req.to.clone();
+        let error = |condition, type_, extra| req.error(condition, type_, extra);
+        let result = |payload| req.result(payload);
         if !self.allowed(&from, now) {
             return Ok((
                 Some(error(
@@ -783,36 +831,32 @@ impl Service {
             .attr("node")
             .and_then(ListNode::parse)
             .filter(|n| self.nodes.contains(n));
+        let unknown_node = || {
+            (
+                Some(error(
+                    DefinedCondition::ItemNotFound,
+                    ErrorType::Cancel,
+                    None,
+                )),
+                Handled::Refused("unknown-node"),
+            )
+        };
         match (op.name(), set) {
             ("items", false) => {
                 let Some(node) = node else {
-                    return Ok((
-                        Some(error(
-                            DefinedCondition::ItemNotFound,
-                            ErrorType::Cancel,
-                            None,
-                        )),
-                        Handled::Refused("unknown-node"),
-                    ));
+                    return Ok(unknown_node());
                 };
                 let rsm = payload.get_child("set", NS_RSM);
                 let (reply, handled) = self.items(store, &from, node, op, rsm, unix)?;
                 Ok((Some(result(Some(reply))), handled))
             }
-            ("subscribe", true) => {
+            ("subscribe" | "unsubscribe", true) => {
                 let Some(node) = node else {
-                    return Ok((
-                        Some(error(
-                            DefinedCondition::ItemNotFound,
-                            ErrorType::Cancel,
-                            None,
-                        )),
-                        Handled::Refused("unknown-node"),
-                    ));
+                    return Ok(unknown_node());
                 };
                 // XEP-0060 §6.1.3.1: the JID subscribed must be the sender's.
                 let jid = op.attr("jid").and_then(|j| Jid::new(j).ok());
-                if jid.as_ref().map(|j| j.to_bare()) != Some(from.to_bare()) {
+                let Some(jid) = jid.filter(|j| j.to_bare() == from.to_bare()) else {
                     let extra = Element::builder("invalid-jid", NS_PUBSUB_ERRORS).build();
                     return Ok((
                         Some(error(
@@ -822,8 +866,11 @@ impl Service {
                         )),
                         Handled::Refused("jids-mismatch"),
                     ));
+                };
+                if op.name() == "unsubscribe" {
+                    self.forget(&jid, node);
+                    return Ok((Some(result(None)), Handled::Answered("unsubscribe")));
                 }
-                let jid = jid.unwrap_or_else(|| from.clone());
                 self.remember(&jid, node, Some(true), unix);
                 let sub = Element::builder("subscription", NS_PUBSUB)
                     .attr(a("node"), node.name())
@@ -832,32 +879,6 @@ impl Service {
                     .build();
                 let reply = Element::builder("pubsub", NS_PUBSUB).append(sub).build();
                 Ok((Some(result(Some(reply))), Handled::Answered("subscribe")))
-            }
-            ("unsubscribe", true) => {
-                let Some(node) = node else {
-                    return Ok((
-                        Some(error(
-                            DefinedCondition::ItemNotFound,
-                            ErrorType::Cancel,
-                            None,
-                        )),
-                        Handled::Refused("unknown-node"),
-                    ));
-                };
-                let jid = op.attr("jid").and_then(|j| Jid::new(j).ok());
-                if jid.as_ref().map(|j| j.to_bare()) != Some(from.to_bare()) {
-                    let extra = Element::builder("invalid-jid", NS_PUBSUB_ERRORS).build();
-                    return Ok((
-                        Some(error(
-                            DefinedCondition::BadRequest,
-                            ErrorType::Modify,
-                            Some(extra),
-                        )),
-                        Handled::Refused("jids-mismatch"),
-                    ));
-                }
-                self.forget(&jid.unwrap_or_else(|| from.clone()), node);
-                Ok((Some(result(None)), Handled::Answered("unsubscribe")))
             }
             ("subscriptions", false) => {
                 let mut subs = Element::builder("subscriptions", NS_PUBSUB).build();

@@ -422,21 +422,8 @@ impl FeedLog {
                 .append(items)
                 .build()));
         }
-        let max = rsm
-            .and_then(|r| r.get_child("max", NS_RSM))
-            .and_then(|m| m.text().trim().parse::<usize>().ok())
-            .unwrap_or(PAGE_MAX)
-            .clamp(1, PAGE_MAX);
-        let after = match rsm
-            .and_then(|r| r.get_child("after", NS_RSM))
-            .map(|a| a.text().trim().to_owned())
-            .filter(|a| !a.is_empty())
-        {
-            Some(a) => match a.parse::<ReportId>() {
-                Ok(id) => Some(id),
-                Err(_) => return Ok(Err("bad-after")),
-            },
-            None => None,
+        let Some((max, after)) = rsm_request(rsm, PAGE_MAX) else {
+            return Ok(Err("bad-after"));
         };
         let records = store.own_after(after, max)?;
         let mut bytes = 0;
@@ -462,21 +449,7 @@ impl FeedLog {
             first.get_or_insert(r.id());
             last = Some(r.id());
         }
-        let mut set = Element::builder("set", NS_RSM).build();
-        if let Some(f) = first {
-            set.append_child(
-                Element::builder("first", NS_RSM)
-                    .append(f.to_string())
-                    .build(),
-            );
-        }
-        if let Some(l) = last {
-            set.append_child(
-                Element::builder("last", NS_RSM)
-                    .append(l.to_string())
-                    .build(),
-            );
-        }
+        let set = rsm_result(first, last);
         Ok(Ok(Element::builder("pubsub", NS_PUBSUB)
             .append(items)
             .append(set)
@@ -497,21 +470,8 @@ impl FeedLog {
         rsm: Option<&Element>,
         member: bool,
     ) -> Result<std::result::Result<Element, &'static str>> {
-        let max = rsm
-            .and_then(|r| r.get_child("max", NS_RSM))
-            .and_then(|m| m.text().trim().parse::<usize>().ok())
-            .unwrap_or(COMPACT_PAGE)
-            .clamp(1, COMPACT_PAGE);
-        let after = match rsm
-            .and_then(|r| r.get_child("after", NS_RSM))
-            .map(|a| a.text().trim().to_owned())
-            .filter(|a| !a.is_empty())
-        {
-            Some(a) => match a.parse::<ReportId>() {
-                Ok(id) => Some(id),
-                Err(_) => return Ok(Err("bad-after")),
-            },
-            None => None,
+        let Some((max, after)) = rsm_request(rsm, COMPACT_PAGE) else {
+            return Ok(Err("bad-after"));
         };
         let scanned = store.own_after(after, max)?;
         // IP tokens go to members only; the cursor still moves past them.
@@ -564,21 +524,7 @@ impl FeedLog {
         if !cut {
             last = scanned_last;
         }
-        let mut set = Element::builder("set", NS_RSM).build();
-        if let Some(f) = first {
-            set.append_child(
-                Element::builder("first", NS_RSM)
-                    .append(f.to_string())
-                    .build(),
-            );
-        }
-        if let Some(l) = last {
-            set.append_child(
-                Element::builder("last", NS_RSM)
-                    .append(l.to_string())
-                    .build(),
-            );
-        }
+        let set = rsm_result(first, last);
         Ok(Ok(Element::builder("pubsub", NS_PUBSUB)
             .append(items)
             .append(set)
@@ -589,6 +535,40 @@ impl FeedLog {
     pub fn feature() -> &'static str {
         LOG_FEATURE
     }
+}
+
+/// An RSM request's `max` (at most `cap`, `cap` without one) and `after`
+/// (a record id); `None` when `after` is not one.
+fn rsm_request(rsm: Option<&Element>, cap: usize) -> Option<(usize, Option<ReportId>)> {
+    let max = rsm
+        .and_then(|r| r.get_child("max", NS_RSM))
+        .and_then(|m| m.text().trim().parse::<usize>().ok())
+        .unwrap_or(cap)
+        .clamp(1, cap);
+    let after = match rsm
+        .and_then(|r| r.get_child("after", NS_RSM))
+        .map(|a| a.text().trim().to_owned())
+        .filter(|a| !a.is_empty())
+    {
+        Some(a) => Some(a.parse::<ReportId>().ok()?),
+        None => None,
+    };
+    Some((max, after))
+}
+
+/// A result's `<set/>`: the first and last record ids of the page.
+fn rsm_result(first: Option<ReportId>, last: Option<ReportId>) -> Element {
+    let mut set = Element::builder("set", NS_RSM).build();
+    for (name, id) in [("first", first), ("last", last)] {
+        if let Some(id) = id {
+            set.append_child(
+                Element::builder(name, NS_RSM)
+                    .append(id.to_string())
+                    .build(),
+            );
+        }
+    }
+    set
 }
 
 fn event(items: Vec<Element>) -> Element {

@@ -275,18 +275,7 @@ impl Link {
         match tokio::time::timeout(self.iq_timeout, rx).await {
             Err(_) => Err(IqError::Timeout(self.iq_timeout)),
             Ok(Err(_)) => Err(IqError::Closed),
-            Ok(Ok(Iq::Result { payload, .. })) => Ok(payload),
-            Ok(Ok(Iq::Error { error, .. })) => Err(IqError::Stanza {
-                condition: format!("{:?}", error.defined_condition),
-                text: error
-                    .texts
-                    .values()
-                    .next()
-                    .map(|t| format!(": {t}"))
-                    .unwrap_or_default(),
-                error: Box::new(error),
-            }),
-            Ok(Ok(_)) => Err(IqError::Closed),
+            Ok(Ok(reply)) => iq_outcome(reply),
         }
     }
 }
@@ -551,6 +540,28 @@ async fn login<C: ServerConnector>(
         features,
         identity: full,
     })
+}
+
+/// What an IQ's reply means to its caller: the result's payload, or the
+/// error with its condition.
+///
+/// # Errors
+/// An error reply, or a reply that is not one.
+pub fn iq_outcome(reply: Iq) -> Result<Option<Element>, IqError> {
+    match reply {
+        Iq::Result { payload, .. } => Ok(payload),
+        Iq::Error { error, .. } => Err(IqError::Stanza {
+            condition: format!("{:?}", error.defined_condition),
+            text: error
+                .texts
+                .values()
+                .next()
+                .map(|t| format!(": {t}"))
+                .unwrap_or_default(),
+            error: Box::new(error),
+        }),
+        _ => Err(IqError::Closed),
+    }
 }
 
 /// An IQ id nobody can guess: a forged reply must match the id of a

@@ -677,6 +677,20 @@ fn check_item_id(body: &Body, item_id: &str) -> Result<(), ItemError> {
     }
 }
 
+/// A head or checkpoint issued after `now` plus the allowed skew is
+/// `clock-skew`.
+fn not_from_the_future(issued_at: UnixTime, now: UnixTime, skew: u64) -> Result<(), ItemError> {
+    if issued_at > now.saturating_add(skew) {
+        return Err(RecordError::FromTheFuture {
+            issued_at,
+            now,
+            skew,
+        }
+        .into());
+    }
+    Ok(())
+}
+
 /// Full verification of a received payload: size, structure, canonical
 /// JSON, version, key, signature binding to `feed` and `item_id`, item id,
 /// record validity at `now` with clock-skew bound `skew`.
@@ -743,14 +757,7 @@ pub fn verify_signed(
             issued_at,
             chunks,
         } => {
-            if issued_at > now.saturating_add(skew) {
-                return Err(RecordError::FromTheFuture {
-                    issued_at,
-                    now,
-                    skew,
-                }
-                .into());
-            }
+            not_from_the_future(issued_at, now, skew)?;
             Body::Head {
                 generation,
                 issued_at,
@@ -763,14 +770,7 @@ pub fn verify_signed(
             keys,
             issued_at,
         } => {
-            if issued_at > now.saturating_add(skew) {
-                return Err(RecordError::FromTheFuture {
-                    issued_at,
-                    now,
-                    skew,
-                }
-                .into());
-            }
+            not_from_the_future(issued_at, now, skew)?;
             Body::Checkpoint {
                 last,
                 records,

@@ -38,15 +38,6 @@ struct Pair {
     _dirs: Vec<tempfile::TempDir>,
 }
 
-fn peer_records(n: &Node, domain: &str) -> u64 {
-    let v = n.get("/v1/peers").json;
-    v["peers"]
-        .as_array()
-        .and_then(|ps| ps.iter().find(|p| p["domain"] == domain))
-        .and_then(|p| p["records"].as_u64())
-        .unwrap_or(0)
-}
-
 fn bytes_in(n: &Node) -> u64 {
     n.counter("corvid_component_bytes_total", &["in"])
 }
@@ -69,16 +60,6 @@ fn fill(dir: &Path, n: u64) {
         i = end;
     }
     store.shut_down().expect("close");
-}
-
-fn component_block(secret: &Path, ip: &str, port: u16, domain: &str, peer: &Identity) -> String {
-    format!(
-        "\n[[peer]]\ndomain = \"{pd}\"\nfeed = \"xmpp:corvid.{pd}?;node=corvid\"\nkey = \"{key}\"\nweight = 1.0\nmode = \"enforce\"\nmax_reports = 2000000\n\n\
-         [component]\njid = \"corvid.{domain}\"\nsecret_file = \"{secret}\"\nserver = \"{ip}:{port}\"\n",
-        pd = peer.domain,
-        key = peer.public(),
-        secret = secret.display(),
-    )
 }
 
 /// A with `n` records running; B's Prosody (listing A's component in
@@ -126,7 +107,7 @@ fn pair(n: u64, ips: (&str, &str), unlimited: bool) -> Pair {
     let na = Node::start_with_data(
         &a,
         &ia,
-        &component_block(&secret, ips.0, pa, "a.test", &ib),
+        &corvid_tests::node::component_config(&secret, ips.0, pa, "a.test", &ib),
         Some(data.path()),
     );
     Pair {
@@ -176,10 +157,10 @@ fn run_size(n: u64, ips: (&str, &str), unlimited: bool) {
     let nb = Node::start(
         &p.b,
         &Identity::new("b.test"),
-        &component_block(&p.secret, ips.1, p.b_port, "b.test", &ia),
+        &corvid_tests::node::component_config(&p.secret, ips.1, p.b_port, "b.test", &ia),
     );
     wait_for(Duration::from_secs(900), "B to hold A's log", || {
-        (peer_records(&nb, "a.test") >= n).then_some(())
+        (nb.peer_records("a.test") >= n).then_some(())
     });
     let took = t.elapsed().as_secs_f64();
     let bytes = bytes_in(&nb);

@@ -336,6 +336,16 @@ write_token_file = "write.token"
         );
     }
 
+    /// Records stored from a peer, as `/v1/peers` shows them.
+    pub fn peer_records(&self, domain: &str) -> u64 {
+        let v = self.get("/v1/peers").json;
+        v["peers"]
+            .as_array()
+            .and_then(|ps| ps.iter().find(|p| p["domain"] == domain))
+            .and_then(|p| p["records"].as_u64())
+            .unwrap_or(0)
+    }
+
     /// The metrics text.
     pub fn metrics(&self) -> String {
         self.get("/metrics").text
@@ -354,6 +364,25 @@ write_token_file = "write.token"
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("corvidd.log")).unwrap_or_default()
     }
+}
+
+/// Config lines for a corvidd that runs as the component `corvid.DOMAIN`
+/// (at `ip:port`, with the secret in `secret`) and follows `peer`'s feed
+/// served by its component (layout 2), accepting its key rotations.
+pub fn component_config(
+    secret: &Path,
+    ip: &str,
+    port: u16,
+    domain: &str,
+    peer: &Identity,
+) -> String {
+    format!(
+        "\n[[peer]]\ndomain = \"{pd}\"\nfeed = \"xmpp:corvid.{pd}?;node=corvid\"\nkey = \"{key}\"\nweight = 1.0\nmode = \"enforce\"\naccept_rotations = true\nmax_reports = 2000000\n\n\
+         [component]\njid = \"corvid.{domain}\"\nsecret_file = \"{secret}\"\nserver = \"{ip}:{port}\"\n",
+        pd = peer.domain,
+        key = peer.public(),
+        secret = secret.display(),
+    )
 }
 
 /// Splits `extra` into lines for `[policy]` (prefixed `policy.`), for

@@ -49,22 +49,6 @@ fn prosody(
     )
 }
 
-fn node_config(
-    secret: &std::path::Path,
-    ip: &str,
-    port: u16,
-    domain: &str,
-    peer: &Identity,
-) -> String {
-    format!(
-        "\n[[peer]]\ndomain = \"{peer_domain}\"\nfeed = \"xmpp:corvid.{peer_domain}?;node=corvid\"\nkey = \"{key}\"\nweight = 1.0\nmode = \"enforce\"\naccept_rotations = true\n\n\
-         [component]\njid = \"corvid.{domain}\"\nsecret_file = \"{secret}\"\nserver = \"{ip}:{port}\"\n",
-        peer_domain = peer.domain,
-        key = peer.public(),
-        secret = secret.display(),
-    )
-}
-
 fn pair(version: Version, ips: (&str, &str)) -> (Side, Side) {
     let hosts = std::env::temp_dir().join(format!("corvid-hosts-{}", free_port()));
     std::fs::write(
@@ -90,7 +74,7 @@ fn pair(version: Version, ips: (&str, &str)) -> (Side, Side) {
 }
 
 fn start_node(side: &mut Side, ip: &str, me: &Identity, peer: &Identity) {
-    let extra = node_config(
+    let extra = corvid_tests::node::component_config(
         &side.secret.path().join("secret"),
         ip,
         side.port,
@@ -98,15 +82,6 @@ fn start_node(side: &mut Side, ip: &str, me: &Identity, peer: &Identity) {
         peer,
     );
     side.node = Some(Node::start(&side.prosody, me, &extra));
-}
-
-fn peer_records(n: &Node, domain: &str) -> u64 {
-    let v = n.get("/v1/peers").json;
-    v["peers"]
-        .as_array()
-        .and_then(|ps| ps.iter().find(|p| p["domain"] == domain))
-        .and_then(|p| p["records"].as_u64())
-        .unwrap_or(0)
 }
 
 fn follows_a_log(version: Version, ips: (&str, &str)) {
@@ -123,7 +98,7 @@ fn follows_a_log(version: Version, ips: (&str, &str)) {
     let nb = b.node.as_ref().expect("b");
     let t = Instant::now();
     wait_for(Duration::from_secs(60), "B to read A's log", || {
-        (peer_records(nb, "a.test") >= 1200).then_some(())
+        (nb.peer_records("a.test") >= 1200).then_some(())
     });
     eprintln!(
         "{}: 1,200-report log read in {:?}",
@@ -233,7 +208,7 @@ fn follows_a_log(version: Version, ips: (&str, &str)) {
     );
     // 1,200 early reports, the retraction that replaced the live one,
     // and three reports made around the restarts.
-    assert_eq!(peer_records(nb, "a.test"), 1204);
+    assert_eq!(nb.peer_records("a.test"), 1204);
 
     // IP tokens go to members only: B (a trusted peer's component) gets an
     // IP report; anyone else reading A's log gets everything but it.
@@ -245,7 +220,7 @@ fn follows_a_log(version: Version, ips: (&str, &str)) {
     let token = r.json["subject"].as_str().expect("token").to_owned();
     assert!(token.starts_with("ip:"), "{token}");
     wait_for(Duration::from_secs(10), "B to hold the IP report", || {
-        (peer_records(nb, "a.test") == 1205).then_some(())
+        (nb.peer_records("a.test") == 1205).then_some(())
     });
     let stranger = Client::login(&a.prosody, "corvidd", "a.test");
     let mut seen = 0;

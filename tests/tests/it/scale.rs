@@ -15,15 +15,6 @@ fn records(n: u32, now: u64) -> impl Iterator<Item = Record> {
     (0..n).map(move |i| numbered_report("bulk", Category::BulkRegistration, u64::from(i), now))
 }
 
-fn peer_records(n: &Node, domain: &str) -> u64 {
-    let v = n.get("/v1/peers").json;
-    v["peers"]
-        .as_array()
-        .and_then(|ps| ps.iter().find(|p| p["domain"] == domain))
-        .and_then(|p| p["records"].as_u64())
-        .unwrap_or(0)
-}
-
 #[test]
 fn a_100k_report_feed_backfills_completely() {
     crate::init();
@@ -70,14 +61,14 @@ fn a_100k_report_feed_backfills_completely() {
     wait_for(
         Duration::from_secs(180),
         "B to hold all 100k reports",
-        || (peer_records(&b, "a.test") >= 100_000).then_some(()),
+        || (b.peer_records("a.test") >= 100_000).then_some(()),
     );
     let took = started.elapsed();
     eprintln!(
         "BACKFILL 100k reports: {:.1} s (start of corvidd to last record stored)",
         took.as_secs_f64()
     );
-    assert_eq!(peer_records(&b, "a.test"), 100_000);
+    assert_eq!(b.peer_records("a.test"), 100_000);
     for i in [0u32, 4_242, 99_999] {
         assert_eq!(b.action("jid", &format!("bulk{i}@spam.example")), "flag");
     }
@@ -120,7 +111,7 @@ fn pipelined_publishes_while_events_arrive_never_hang() {
         Duration::from_secs(120),
         "all reports to cross both ways",
         || {
-            (peer_records(&b, "a.test") >= N as u64 && peer_records(&a, "b.test") >= N as u64)
+            (b.peer_records("a.test") >= N as u64 && a.peer_records("b.test") >= N as u64)
                 .then_some(())
         },
     );
