@@ -45,7 +45,7 @@ use corvid_protocol::record::Issuer;
 
 use crate::config::{ComponentConfig, read_secret};
 use crate::engine::Engine;
-use crate::lists::{Handled, NS_DISCO_INFO, NS_PUBSUB, NS_RSM, Service};
+use crate::lists::{Handled, NS_DISCO_INFO, NS_PUBSUB, NS_RSM, Service, attr};
 use crate::log::{CHECKPOINT_EVERY, COMPACT_NODE, FEED_NODE, FeedLog};
 use crate::xmpp::{Backoff, EventSink, IqError};
 
@@ -865,13 +865,6 @@ fn feed_iq(
             Some(error(DefinedCondition::Forbidden, ErrorType::Auth)),
             Handled::Refused("forbidden"),
         )),
-    }
-}
-
-fn attr(name: &'static str) -> xmpp_parsers::minidom::rxml::NcName {
-    match xmpp_parsers::minidom::rxml::NcName::try_from(name) {
-        Ok(n) => n,
-        Err(_) => unreachable!("static attribute names are valid NCNames"),
     }
 }
 

@@ -28,8 +28,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::Instant;
 
 use corvid_protocol::aggregate::Action;
+use corvid_protocol::subject::jid_hash;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest as _, Sha256};
 use xmpp_parsers::iq::Iq;
 use xmpp_parsers::jid::Jid;
 use xmpp_parsers::message::{Message, MessageType};
@@ -39,22 +39,12 @@ use xmpp_parsers::stanza_error::{DefinedCondition, ErrorType, StanzaError};
 use crate::ratelimit::TokenBucket;
 use crate::store::{Result, Store};
 
-/// XEP-0060.
-pub const NS_PUBSUB: &str = "http://jabber.org/protocol/pubsub";
-/// XEP-0060 events.
-pub const NS_PUBSUB_EVENT: &str = "http://jabber.org/protocol/pubsub#event";
-/// XEP-0060 errors.
-pub const NS_PUBSUB_ERRORS: &str = "http://jabber.org/protocol/pubsub#errors";
-/// XEP-0059.
-pub const NS_RSM: &str = "http://jabber.org/protocol/rsm";
-/// XEP-0030.
-pub const NS_DISCO_INFO: &str = "http://jabber.org/protocol/disco#info";
-/// XEP-0030.
-pub const NS_DISCO_ITEMS: &str = "http://jabber.org/protocol/disco#items";
-/// XEP-0377, the payload of every entry.
-pub const NS_REPORTING: &str = "urn:xmpp:reporting:1";
-/// XEP-0199.
-pub const NS_PING: &str = "urn:xmpp:ping";
+// The namespaces, as xmpp-parsers names them.
+pub use xmpp_parsers::ns::{
+    DISCO_INFO as NS_DISCO_INFO, DISCO_ITEMS as NS_DISCO_ITEMS, PING as NS_PING,
+    PUBSUB as NS_PUBSUB, PUBSUB_ERRORS as NS_PUBSUB_ERRORS, PUBSUB_EVENT as NS_PUBSUB_EVENT,
+    RSM as NS_RSM, SPAM_REPORTING as NS_REPORTING,
+};
 
 /// Entries in one notification message (a consumer's server handles each
 /// in one go; 250 JID entries are about 40 KB).
@@ -136,7 +126,7 @@ impl ListNode {
         match self {
             Self::SpamJids => Vec::new(),
             Self::SpamDomains => forms,
-            Self::MucBans => forms.iter().map(|d| sha256_hex(d)).collect(),
+            Self::MucBans => forms.iter().map(|d| jid_hash(d)).collect(),
         }
     }
 }
@@ -159,15 +149,11 @@ fn domain_forms(domain: &str) -> Vec<String> {
 }
 
 /// An attribute name known valid at compile time.
-fn a(name: &'static str) -> xmpp_parsers::minidom::rxml::NcName {
+pub(crate) fn attr(name: &'static str) -> xmpp_parsers::minidom::rxml::NcName {
     match xmpp_parsers::minidom::rxml::NcName::try_from(name) {
         Ok(n) => n,
         Err(_) => unreachable!("static attribute names are valid NCNames"),
     }
-}
-
-fn sha256_hex(s: &str) -> String {
-    hex::encode(Sha256::digest(s.as_bytes()))
 }
 
 /// The subjects whose `block` puts `subject`'s ids on a list: a domain is
@@ -284,19 +270,19 @@ pub fn page(
 /// The payload every entry carries.
 fn report() -> Element {
     Element::builder("report", NS_REPORTING)
-        .attr(a("reason"), "urn:xmpp:reporting:spam")
+        .attr(attr("reason"), "urn:xmpp:reporting:spam")
         .build()
 }
 
 /// `<items node='…'>` of an items result.
 fn items_element(node: ListNode, ids: &[String], ns: &str) -> Element {
     let mut items = Element::builder("items", ns)
-        .attr(a("node"), node.name())
+        .attr(attr("node"), node.name())
         .build();
     for id in ids {
         items.append_child(
             Element::builder("item", ns)
-                .attr(a("id"), id.as_str())
+                .attr(attr("id"), id.as_str())
                 .append(report())
                 .build(),
         );
@@ -313,16 +299,16 @@ pub fn notification(
     retract: bool,
 ) -> Message {
     let mut items = Element::builder("items", NS_PUBSUB_EVENT)
-        .attr(a("node"), node.name())
+        .attr(attr("node"), node.name())
         .build();
     for id in ids {
         let child = if retract {
             Element::builder("retract", NS_PUBSUB_EVENT)
-                .attr(a("id"), id.as_str())
+                .attr(attr("id"), id.as_str())
                 .build()
         } else {
             Element::builder("item", NS_PUBSUB_EVENT)
-                .attr(a("id"), id.as_str())
+                .attr(attr("id"), id.as_str())
                 .append(report())
                 .build()
         };
@@ -792,9 +778,9 @@ impl Service {
                 for n in &self.nodes {
                     q.append_child(
                         Element::builder("item", NS_DISCO_ITEMS)
-                            .attr(a("jid"), self.jid.as_str())
-                            .attr(a("node"), n.name())
-                            .attr(a("name"), n.name())
+                            .attr(attr("jid"), self.jid.as_str())
+                            .attr(attr("node"), n.name())
+                            .attr(attr("name"), n.name())
                             .build(),
                     );
                 }
@@ -813,7 +799,7 @@ impl Service {
         }
         let unsupported = |feature: &str| {
             let extra = Element::builder("unsupported", NS_PUBSUB_ERRORS)
-                .attr(a("feature"), feature)
+                .attr(attr("feature"), feature)
                 .build();
             error(
                 DefinedCondition::FeatureNotImplemented,
@@ -873,9 +859,9 @@ impl Service {
                 }
                 self.remember(&jid, node, Some(true), unix);
                 let sub = Element::builder("subscription", NS_PUBSUB)
-                    .attr(a("node"), node.name())
-                    .attr(a("jid"), jid.to_string())
-                    .attr(a("subscription"), "subscribed")
+                    .attr(attr("node"), node.name())
+                    .attr(attr("jid"), jid.to_string())
+                    .attr(attr("subscription"), "subscribed")
                     .build();
                 let reply = Element::builder("pubsub", NS_PUBSUB).append(sub).build();
                 Ok((Some(result(Some(reply))), Handled::Answered("subscribe")))
@@ -886,9 +872,9 @@ impl Service {
                     for n in &c.subscribed {
                         subs.append_child(
                             Element::builder("subscription", NS_PUBSUB)
-                                .attr(a("node"), n.as_str())
-                                .attr(a("jid"), c.jid.as_str())
-                                .attr(a("subscription"), "subscribed")
+                                .attr(attr("node"), n.as_str())
+                                .attr(attr("jid"), c.jid.as_str())
+                                .attr(attr("subscription"), "subscribed")
                                 .build(),
                         );
                     }
@@ -1001,7 +987,7 @@ impl Service {
 
     fn disco_info(&self, node: Option<ListNode>) -> Element {
         let mut q = match node {
-            Some(n) => Element::builder("query", NS_DISCO_INFO).attr(a("node"), n.name()),
+            Some(n) => Element::builder("query", NS_DISCO_INFO).attr(attr("node"), n.name()),
             None => Element::builder("query", NS_DISCO_INFO),
         }
         .build();
@@ -1011,9 +997,9 @@ impl Service {
         };
         q.append_child(
             Element::builder("identity", NS_DISCO_INFO)
-                .attr(a("category"), category)
-                .attr(a("type"), type_)
-                .attr(a("name"), name)
+                .attr(attr("category"), category)
+                .attr(attr("type"), type_)
+                .attr(attr("name"), name)
                 .build(),
         );
         for f in [
@@ -1029,7 +1015,7 @@ impl Service {
         ] {
             q.append_child(
                 Element::builder("feature", NS_DISCO_INFO)
-                    .attr(a("var"), f)
+                    .attr(attr("var"), f)
                     .build(),
             );
         }
@@ -1061,7 +1047,7 @@ mod tests {
         // printf spam.example | sha256sum
         assert_eq!(
             ListNode::MucBans.ids("domain:spam.example"),
-            vec![sha256_hex("spam.example")]
+            vec![jid_hash("spam.example")]
         );
         assert!(ListNode::SpamJids.ids("domain:spam.example").is_empty());
         assert_eq!(
@@ -1077,6 +1063,6 @@ mod tests {
 
     #[test]
     fn the_sha256_of_a_jid_matches_the_substrate_note() {
-        assert!(sha256_hex("sales@stolen-cardz.example").starts_with("7583a9b3"));
+        assert!(jid_hash("sales@stolen-cardz.example").starts_with("7583a9b3"));
     }
 }

@@ -28,7 +28,7 @@ use xmpp_parsers::jid::Jid;
 use xmpp_parsers::message::{Message, MessageType};
 use xmpp_parsers::minidom::Element;
 
-use crate::lists::{NS_PUBSUB, NS_PUBSUB_EVENT, NS_RSM};
+use crate::lists::{NS_PUBSUB, NS_PUBSUB_EVENT, NS_RSM, attr};
 use crate::store::{Result, Store};
 
 /// The feed's node on the component.
@@ -124,13 +124,6 @@ fn item_element(ns: &str, id: &str, item: &SignedItem) -> Element {
         .attr(attr("id"), id)
         .append(item.to_element())
         .build()
-}
-
-fn attr(name: &'static str) -> xmpp_parsers::minidom::rxml::NcName {
-    match xmpp_parsers::minidom::rxml::NcName::try_from(name) {
-        Ok(n) => n,
-        Err(_) => unreachable!("static attribute names are valid NCNames"),
-    }
 }
 
 impl FeedLog {

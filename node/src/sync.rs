@@ -23,6 +23,7 @@ use xmpp_parsers::minidom::Element;
 
 use crate::component::ComponentHandle;
 use crate::engine::{Engine, Ingested, Peer, Rtbl};
+use crate::lists::attr;
 use crate::pubsub::{self, FeedEvent};
 use crate::ratelimit::TokenBucket;
 use crate::xmpp::{Link, LinkEvent};
@@ -717,13 +718,6 @@ async fn serves_log(component: &ComponentHandle, feed: &FeedAddress) -> Result<b
             f.is("feature", crate::lists::NS_DISCO_INFO) && f.attr("var") == Some(feed::LOG_FEATURE)
         })
     }))
-}
-
-fn attr(name: &'static str) -> xmpp_parsers::minidom::rxml::NcName {
-    match xmpp_parsers::minidom::rxml::NcName::try_from(name) {
-        Ok(n) => n,
-        Err(_) => unreachable!("static attribute names are valid NCNames"),
-    }
 }
 
 /// Records asked for per page of a log's compact form (the publisher

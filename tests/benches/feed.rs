@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use corvid_node::store::Store;
 use corvid_protocol::record::Category;
 use corvid_tests::node::{Identity, Node};
-use corvid_tests::prosody::{Prosody, ProsodyOptions, component_settings};
+use corvid_tests::prosody::{Prosody, Version, hosts_file, start_with_component};
 use corvid_tests::{free_port, numbered_report, wait_for, write_private};
 
 const SECRET: &str = "bench-component-secret";
@@ -65,31 +65,14 @@ fn fill(dir: &Path, n: u64) {
 /// A with `n` records running; B's Prosody (listing A's component in
 /// unlimited_jids when `unlimited`) running, B's corvidd not yet.
 fn pair(n: u64, ips: (&str, &str), unlimited: bool) -> Pair {
-    let hosts = std::env::temp_dir().join(format!("corvid-hosts-{}", free_port()));
-    std::fs::write(
-        &hosts,
-        format!(
-            "{} a.test pubsub.a.test corvid.a.test\n{} b.test pubsub.b.test corvid.b.test\n",
-            ips.0, ips.1
-        ),
-    )
-    .expect("hosts");
+    let hosts = hosts_file(&format!(
+        "{} a.test pubsub.a.test corvid.a.test\n{} b.test pubsub.b.test corvid.b.test\n",
+        ips.0, ips.1
+    ));
     let (pa, pb) = (free_port(), free_port());
     let start = |ip: &str, domain: &str, port: u16, peer: Option<&str>| {
         let peers: Vec<&str> = peer.into_iter().collect();
-        let (global, tail) = component_settings(ip, domain, port, SECRET, &peers);
-        Prosody::start(
-            &[domain],
-            &[&format!("corvidd@{domain}")],
-            ProsodyOptions {
-                interface: ip.into(),
-                s2s: true,
-                hosts_file: Some(hosts.clone()),
-                global,
-                tail,
-                ..ProsodyOptions::default()
-            },
-        )
+        start_with_component(Version::Debian12, ip, domain, &hosts, port, SECRET, &peers)
     };
     let a = start(ips.0, "a.test", pa, Some("corvid.b.test"));
     let b = start(ips.1, "b.test", pb, unlimited.then_some("corvid.a.test"));

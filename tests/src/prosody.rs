@@ -149,6 +149,41 @@ pub fn component_settings(
     )
 }
 
+/// A hosts file (`IP NAMES…` per line) for federating servers on loopback,
+/// kept in the temp dir for the servers' lifetime (their configs name it).
+pub fn hosts_file(lines: &str) -> PathBuf {
+    let path = std::env::temp_dir().join(format!("corvid-hosts-{}", free_port()));
+    std::fs::write(&path, lines).expect("hosts");
+    path
+}
+
+/// A server for `domain` on `ip` (s2s, names from `hosts`) whose corvidd
+/// runs as its component, set up by [`component_settings`].
+pub fn start_with_component(
+    version: Version,
+    ip: &str,
+    domain: &str,
+    hosts: &Path,
+    port: u16,
+    secret: &str,
+    unlimited_components: &[&str],
+) -> Prosody {
+    let (global, tail) = component_settings(ip, domain, port, secret, unlimited_components);
+    Prosody::start(
+        &[domain],
+        &[&format!("corvidd@{domain}")],
+        ProsodyOptions {
+            interface: ip.into(),
+            s2s: true,
+            hosts_file: Some(hosts.to_owned()),
+            version,
+            global,
+            tail,
+            ..ProsodyOptions::default()
+        },
+    )
+}
+
 /// The directory of mod_corvid and its library, for `plugin_paths`.
 pub fn module_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../hooks/prosody")

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use corvid_tests::client::Client;
 use corvid_tests::node::{Identity, Node};
-use corvid_tests::prosody::{Prosody, ProsodyOptions, Version};
+use corvid_tests::prosody::{Prosody, ProsodyOptions, Version, hosts_file};
 use corvid_tests::{free_port, wait_for, write_private};
 use xmpp_parsers::iq::Iq;
 use xmpp_parsers::jid::Jid;
@@ -29,15 +29,10 @@ struct Servers {
 }
 
 fn servers(version: Version, ips: (&str, &str), anti_spam: bool) -> Servers {
-    let hosts = std::env::temp_dir().join(format!("corvid-hosts-{}", free_port()));
-    std::fs::write(
-        &hosts,
-        format!(
-            "{} a.test pubsub.a.test rooms.a.test corvid.a.test\n{} b.test pubsub.b.test rooms.b.test\n",
-            ips.0, ips.1
-        ),
-    )
-    .expect("hosts");
+    let hosts = hosts_file(&format!(
+        "{} a.test pubsub.a.test rooms.a.test corvid.a.test\n{} b.test pubsub.b.test rooms.b.test\n",
+        ips.0, ips.1
+    ));
     let port = free_port();
     let spam = if anti_spam {
         "anti_spam_services = { \"corvid.a.test\" }\n"

@@ -3,11 +3,12 @@
 //! PubSub service of its feed, following the other's through its own
 //! component, on Prosody 0.12 and 13.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use corvid_tests::client::Client;
 use corvid_tests::node::{Identity, Node};
-use corvid_tests::prosody::{Prosody, ProsodyOptions, Version, component_settings};
+use corvid_tests::prosody::{Prosody, Version, hosts_file, start_with_component};
 use corvid_tests::{free_port, wait_for, write_private};
 use xmpp_parsers::minidom::Element;
 
@@ -20,45 +21,28 @@ struct Side {
     secret: tempfile::TempDir,
 }
 
-fn prosody(
-    version: Version,
-    ip: &str,
-    domain: &str,
-    hosts: &std::path::Path,
-    port: u16,
-) -> Prosody {
+fn prosody(version: Version, ip: &str, domain: &str, hosts: &Path, port: u16) -> Prosody {
     let other = if domain == "a.test" {
         "b.test"
     } else {
         "a.test"
     };
-    let (global, tail) =
-        component_settings(ip, domain, port, SECRET, &[&format!("corvid.{other}")]);
-    Prosody::start(
-        &[domain],
-        &[&format!("corvidd@{domain}")],
-        ProsodyOptions {
-            interface: ip.into(),
-            s2s: true,
-            hosts_file: Some(hosts.to_owned()),
-            version,
-            global,
-            tail,
-            ..ProsodyOptions::default()
-        },
+    start_with_component(
+        version,
+        ip,
+        domain,
+        hosts,
+        port,
+        SECRET,
+        &[&format!("corvid.{other}")],
     )
 }
 
 fn pair(version: Version, ips: (&str, &str)) -> (Side, Side) {
-    let hosts = std::env::temp_dir().join(format!("corvid-hosts-{}", free_port()));
-    std::fs::write(
-        &hosts,
-        format!(
-            "{} a.test pubsub.a.test corvid.a.test\n{} b.test pubsub.b.test corvid.b.test\n",
-            ips.0, ips.1
-        ),
-    )
-    .expect("hosts");
+    let hosts = hosts_file(&format!(
+        "{} a.test pubsub.a.test corvid.a.test\n{} b.test pubsub.b.test corvid.b.test\n",
+        ips.0, ips.1
+    ));
     let side = |ip: &str, domain: &str| {
         let port = free_port();
         let secret = tempfile::tempdir().expect("tempdir");
