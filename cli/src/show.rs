@@ -30,6 +30,14 @@ fn ago(t: &Value) -> String {
     }
 }
 
+/// An age in seconds as `ago` prints one.
+fn ago_secs(d: &Value) -> String {
+    match d.as_u64() {
+        None => "never".into(),
+        Some(d) => ago(&Value::from(corvid_api::now().saturating_sub(d))),
+    }
+}
+
 fn age(secs: u64) -> String {
     if secs < 3600 {
         format!("{}m", secs / 60)
@@ -141,22 +149,33 @@ pub fn peers(v: &Value) -> String {
     }
     let _ = writeln!(
         out,
-        "{:<24} {:<8} {:>6} {:>8} {:<12} {:<12} REJECTED / PENDING",
-        "PEER", "MODE", "WEIGHT", "RECORDS", "LAST SYNC", "LAST ITEM"
+        "{:<24} {:<8} {:>6} {:>8} {:>7} {:<12} {:<12} ERRORS / REJECTED / PENDING",
+        "PEER", "MODE", "WEIGHT", "RECORDS", "BACKLOG", "LAST SYNC", "NEWEST ITEM"
     );
     for p in list {
         let rejected: Vec<String> = p["rejected"]
             .as_object()
             .map(|m| m.iter().map(|(k, v)| format!("{k}={v}")).collect())
             .unwrap_or_default();
-        let mut notes = rejected.join(" ");
+        let mut notes = String::new();
+        if let Some(e) = p["last_error"].as_str() {
+            notes.push_str(&format!(
+                "read failing ({}x, last {}): {e}; ",
+                s(&p["failures"]),
+                ago_secs(&p["last_error_age"])
+            ));
+        }
+        if let Some(t) = p["reading_for"].as_u64() {
+            notes.push_str(&format!("reading for {t}s; "));
+        }
+        notes.push_str(&rejected.join(" "));
         if let Some(k) = p["pending_rotation"].as_str() {
             notes.push_str(&format!(" rotation pending: {k}"));
         }
         let mode = s(&p["mode"]);
         let _ = writeln!(
             out,
-            "{:<24} {:<8} {:>6.2} {:>8} {:<12} {:<12} {}",
+            "{:<24} {:<8} {:>6.2} {:>8} {:>7} {:<12} {:<12} {}",
             s(&p["domain"]),
             if mode.starts_with("observe (") {
                 "SUSPEND"
@@ -165,8 +184,12 @@ pub fn peers(v: &Value) -> String {
             },
             p["weight"].as_f64().unwrap_or(0.0),
             s(&p["records"]),
+            match p["backlog"].as_u64() {
+                Some(n) => n.to_string(),
+                None => "-".into(),
+            },
             ago(&p["last_sync"]),
-            ago(&p["last_item"]),
+            ago_secs(&p["newest_item_age"]),
             notes.trim()
         );
     }

@@ -43,6 +43,32 @@ pub fn routes() -> Router<Arc<ApiState>> {
 fn peer_json(s: &ApiState, domain: &str, p: &crate::engine::Peer) -> Result<Value, ApiError> {
     let state = s.engine.peer_state(domain)?;
     let rejected = s.engine.rejects().totals(domain);
+    let sync = s.engine.sync.get(domain);
+    let now = crate::now();
+    let now_ms = crate::now_ms();
+    let id_ms = |id: Option<&str>| {
+        id.and_then(|i| i.parse::<corvid_protocol::record::ReportId>().ok())
+            .map(|i| i.timestamp_ms())
+    };
+    let cursor_ms = id_ms(state.log_cursor.as_deref()).filter(|_| state.log_layout);
+    // The newest record read from the peer: its log cursor, or (a feed read
+    // as layout 1) when an item last arrived.
+    let newest_item_age = match cursor_ms {
+        Some(ms) => Some(now_ms.saturating_sub(ms) / 1000),
+        None => state.last_item.map(|t| now.saturating_sub(t)),
+    };
+    // Records the peer's latest checkpoint counts that are not held here
+    // (a non-member is not served those for members only), and how far
+    // the newest record it names is ahead of the cursor.
+    let backlog = sync.checkpoint_records.map(|n| {
+        n.saturating_sub(sync.checkpoint_members_only)
+            .saturating_sub(state.records)
+    });
+    let behind_secs = match (id_ms(sync.checkpoint_last.as_deref()), cursor_ms) {
+        (Some(last), Some(cursor)) => Some(last.saturating_sub(cursor) / 1000),
+        (Some(last), None) => Some(now_ms.saturating_sub(last) / 1000),
+        _ => None,
+    };
     let mode = if s.engine.is_suspended(domain) {
         "observe (suspended: reported a canary)"
     } else if p.trust.mode == corvid_protocol::aggregate::Mode::Observe {
@@ -63,6 +89,15 @@ fn peer_json(s: &ApiState, domain: &str, p: &crate::engine::Peer) -> Result<Valu
         "pending_rotation": state.pending_rotation,
         "suspended": state.suspended_for_canary,
         "rejected": rejected,
+        "layout": if state.log_layout { 2 } else { 1 },
+        "last_error": sync.last_error,
+        "last_error_age": sync.error_at.map(|t| now.saturating_sub(t)),
+        "failures": sync.failures,
+        "reading_for": sync.reading_since.map(|t| now.saturating_sub(t)),
+        "newest_item_age": newest_item_age,
+        "backlog": backlog,
+        "behind_secs": behind_secs,
+        "checkpoint_age": sync.checkpoint_at.map(|t| now.saturating_sub(t)),
     }))
 }
 
@@ -176,6 +211,34 @@ async fn status(State(s): State<Arc<ApiState>>) -> Result<Json<Value>, ApiError>
                 },
                 format!("is its feed reachable? corvid peer show {domain}"),
             )),
+        }
+        if let Some(error) = v["last_error"].as_str() {
+            let failures = v["failures"].as_u64().unwrap_or(0);
+            let detail = format!(
+                "its last {failures} read(s) failed, the last {} s ago: {error}",
+                v["last_error_age"].as_u64().unwrap_or(0)
+            );
+            let hint = format!(
+                "retried every 10 s; corvid peer list, and journalctl -u corvidd for {domain}"
+            );
+            health.push(if failures >= 3 {
+                Check::fail(format!("{name}.read"), detail, hint)
+            } else {
+                Check::warn(format!("{name}.read"), detail, hint)
+            });
+        }
+        if let Some(behind) = v["behind_secs"].as_u64()
+            && behind > 120
+            && v["reading_for"].is_null()
+        {
+            health.push(Check::warn(
+                format!("{name}.backlog"),
+                format!(
+                    "{behind} s behind the peer's checkpoint ({} records not held)",
+                    v["backlog"].as_u64().unwrap_or(0)
+                ),
+                "a read follows at the next checkpoint; if this stays, check the s2s link and unlimited_jids (corvid doctor)",
+            ));
         }
         if v["pending_rotation"].is_string() {
             health.push(Check::warn(

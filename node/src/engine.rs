@@ -494,6 +494,8 @@ pub struct Engine {
     /// The feed is served by corvidd's own component (layout 2), not
     /// published to a PubSub service.
     pub feed_served: std::sync::atomic::AtomicBool,
+    /// Each source's read errors and latest checkpoint, for `status`.
+    pub sync: crate::sync::Board,
 }
 
 fn stopped() -> anyhow::Error {
@@ -539,6 +541,7 @@ impl Engine {
             thread: Mutex::new(Some(thread)),
             signals,
             own_feed_changed: tokio::sync::Notify::new(),
+            sync: crate::sync::Board::default(),
             feed_served: std::sync::atomic::AtomicBool::new(false),
         })
     }

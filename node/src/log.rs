@@ -133,7 +133,7 @@ impl FeedLog {
     /// Storage errors.
     pub fn new(store: &Store, feed: FeedAddress, issuer: Issuer) -> Result<Self> {
         let saved: Vec<Subscriber> = store.meta_json(SUBSCRIBERS_KEY)?.unwrap_or_default();
-        let (notified, _) = store.own_log_state()?;
+        let (notified, _, _) = store.own_log_state()?;
         let keys_notified = store.key_records()?.len();
         Ok(Self {
             feed,
@@ -224,7 +224,7 @@ impl FeedLog {
     /// Storage errors; a signing failure is a storage-independent bug and
     /// reported as corrupt data.
     pub fn checkpoint(&self, store: &Store, signer: &dyn Signer, now: u64) -> Result<SignedItem> {
-        let (last, records) = store.own_log_state()?;
+        let (last, records, members_only) = store.own_log_state()?;
         let keys = store.key_records()?.into_iter().map(|(id, _)| id).collect();
         let envelope = Envelope {
             corvid: ns::PROTOCOL_MAJOR,
@@ -232,6 +232,7 @@ impl FeedLog {
             body: Body::Checkpoint {
                 last,
                 records,
+                members_only,
                 keys,
                 issued_at: now,
             },

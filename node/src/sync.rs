@@ -36,6 +36,103 @@ const REJECT_SUMMARY: Duration = Duration::from_secs(60);
 /// Delta items fetched per request (each well under the stanza limits).
 const DELTA_BATCH: usize = 16;
 
+/// What the sync manager knows of each source beyond the store: its last
+/// error and since when reads fail, its latest checkpoint, and the read in
+/// progress. `status` shows it, so that a peer that cannot be read is
+/// named with the reason rather than looking synced.
+#[derive(Debug, Default)]
+pub struct Board(std::sync::Mutex<HashMap<String, SourceSync>>);
+
+/// One source's entry on the [`Board`] (times in Unix seconds).
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct SourceSync {
+    /// The last read's error, while reads fail.
+    pub last_error: Option<String>,
+    /// When the last read failed.
+    pub error_at: Option<u64>,
+    /// Reads failed in a row.
+    pub failures: u32,
+    /// When the read in progress started.
+    pub reading_since: Option<u64>,
+    /// The newest record id named by the peer's latest checkpoint.
+    pub checkpoint_last: Option<String>,
+    /// The number of records the peer's latest checkpoint counts.
+    pub checkpoint_records: Option<u64>,
+    /// How many of those go to federation members only.
+    pub checkpoint_members_only: u64,
+    /// When that checkpoint arrived.
+    pub checkpoint_at: Option<u64>,
+}
+
+impl Board {
+    fn with(&self, source: &str, f: impl FnOnce(&mut SourceSync)) {
+        let mut map = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        f(map.entry(source.to_owned()).or_default());
+    }
+
+    /// A read of `source` started.
+    pub fn started(&self, source: &str, now: u64) {
+        self.with(source, |s| s.reading_since = Some(now));
+    }
+
+    /// A read of `source` completed.
+    pub fn succeeded(&self, source: &str) {
+        self.with(source, |s| {
+            s.reading_since = None;
+            s.last_error = None;
+            s.failures = 0;
+        });
+    }
+
+    /// A read of `source` failed with `error`.
+    pub fn failed(&self, source: &str, error: String, now: u64) {
+        self.with(source, |s| {
+            s.reading_since = None;
+            s.last_error = Some(error);
+            s.error_at = Some(now);
+            s.failures = s.failures.saturating_add(1);
+        });
+    }
+
+    /// A verified checkpoint from `source`.
+    pub fn checkpoint(
+        &self,
+        source: &str,
+        last: Option<String>,
+        records: u64,
+        members_only: u64,
+        now: u64,
+    ) {
+        self.with(source, |s| {
+            s.checkpoint_last = last;
+            s.checkpoint_records = Some(records);
+            s.checkpoint_members_only = members_only;
+            s.checkpoint_at = Some(now);
+        });
+    }
+
+    /// A copy of `source`'s entry.
+    pub fn get(&self, source: &str) -> SourceSync {
+        let map = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.get(source).cloned().unwrap_or_default()
+    }
+
+    /// Forgets sources no longer configured.
+    pub fn retain(&self, keep: impl Fn(&str) -> bool) {
+        let mut map = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.retain(|k, _| keep(k));
+    }
+}
+
 /// Runs the sync manager: consumes link events, backfills, re-checks.
 pub async fn run(
     engine: Arc<Engine>,
@@ -215,6 +312,7 @@ fn spawn_backfill(
     tokio::spawn(async move {
         let settings = engine.settings();
         let started = Instant::now();
+        engine.sync.started(&source, crate::now());
         let result = if let Some(peer) = settings.peers.get(&source) {
             // A peer whose service serves its feed as a log is read through
             // our component; others through the c2s link (layout 1).
@@ -242,6 +340,7 @@ fn spawn_backfill(
         let _ = done.send(source.clone());
         match result {
             Ok(n) => {
+                engine.sync.succeeded(&source);
                 engine.metrics.peer_synced(&source, n as u64, crate::now());
                 tracing::info!(
                     source,
@@ -251,6 +350,7 @@ fn spawn_backfill(
                 );
             }
             Err(e) => {
+                engine.sync.failed(&source, format!("{e:#}"), crate::now());
                 tracing::warn!(source, "backfill failed: {e:#}; retrying in 10 s");
                 tokio::time::sleep(Duration::from_secs(10)).await;
                 let _ = resync.send(source);
@@ -760,8 +860,21 @@ async fn backfill_log(engine: &Engine, component: &ComponentHandle, peer: &Peer)
     let mut keys = Vec::new();
     for (item_id, payload) in checkpoint {
         if let Some((_, v)) = verify(engine, peer, &ring, &feed.node, &item_id, payload.as_ref())
-            && let Body::Checkpoint { keys: k, .. } = v.body
+            && let Body::Checkpoint {
+                last,
+                records,
+                members_only,
+                keys: k,
+                ..
+            } = v.body
         {
+            engine.sync.checkpoint(
+                &peer.domain,
+                last.map(|l| l.to_string()),
+                records,
+                members_only,
+                crate::now(),
+            );
             keys = k;
         }
     }
@@ -914,12 +1027,20 @@ async fn on_checkpoint(
     let Body::Checkpoint {
         last,
         records,
+        members_only,
         keys,
         ..
     } = v.body
     else {
         return Ok(());
     };
+    engine.sync.checkpoint(
+        &peer.domain,
+        last.map(|l| l.to_string()),
+        records,
+        members_only,
+        crate::now(),
+    );
     let state = engine.store().peer(&peer.domain)?;
     if keys.iter().any(|k| !state.log_keys.contains(k)) {
         // A key record this reader has not applied: the read fetches it.
@@ -940,7 +1061,8 @@ async fn on_checkpoint(
     let held = engine.record_count(&peer.domain);
     let capped = peer.max_reports > 0 && held >= peer.max_reports;
     let entry = mismatches.entry(peer.domain.clone()).or_default();
-    if held == records || capped {
+    // A non-member is served every record but those for members only.
+    if held == records || held == records - members_only || capped {
         entry.0 = 0;
         return Ok(());
     }

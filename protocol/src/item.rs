@@ -215,6 +215,11 @@ pub enum Body {
         /// Records in the log (reports and retractions; expired ones are
         /// dropped).
         records: u64,
+        /// How many of `records` are served to federation members only
+        /// (records about IP tokens): a non-member holds `records` minus
+        /// these.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        members_only: u64,
         /// The item ids of the key records (rotations, revocations) the
         /// feed node serves.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -679,6 +684,11 @@ fn check_item_id(body: &Body, item_id: &str) -> Result<(), ItemError> {
 
 /// A head or checkpoint issued after `now` plus the allowed skew is
 /// `clock-skew`.
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 fn not_from_the_future(issued_at: UnixTime, now: UnixTime, skew: u64) -> Result<(), ItemError> {
     if issued_at > now.saturating_add(skew) {
         return Err(RecordError::FromTheFuture {
@@ -767,13 +777,22 @@ pub fn verify_signed(
         Body::Checkpoint {
             last,
             records,
+            members_only,
             keys,
             issued_at,
         } => {
             not_from_the_future(issued_at, now, skew)?;
+            if members_only > records {
+                return Err(ItemError::Malformed {
+                    reason: format!(
+                        "checkpoint: members_only {members_only} exceeds records {records}"
+                    ),
+                });
+            }
             Body::Checkpoint {
                 last,
                 records,
+                members_only,
                 keys,
                 issued_at,
             }

@@ -708,8 +708,9 @@ fn generate() -> BTreeMap<&'static str, Value> {
     let checkpoint = signed(
         &key,
         Body::Checkpoint {
-            last: Some(jid_report.id),
-            records: 1,
+            last: Some(jid_report.id.max(ip_report.id)),
+            records: 2,
+            members_only: 1,
             keys: Vec::new(),
             issued_at: NOW - 10,
         },
@@ -1016,6 +1017,30 @@ fn generate() -> BTreeMap<&'static str, Value> {
         false,
         NOW,
         "unknown-key",
+    );
+    // Layout 2: a checkpoint counting more members-only records than
+    // records (§5.11).
+    let log_feed: FeedAddress = "xmpp:corvid.a.example?;node=corvid".parse().expect("feed");
+    fail(
+        "checkpoint-members-only-over-records",
+        signed(
+            &key,
+            Body::Checkpoint {
+                last: Some(jid_report.id),
+                records: 1,
+                members_only: 2,
+                keys: Vec::new(),
+                issued_at: NOW - 10,
+            },
+            &log_feed,
+            feed::CHECKPOINT_ITEM,
+        )
+        .to_xml(),
+        &log_feed,
+        feed::CHECKPOINT_ITEM,
+        false,
+        NOW,
+        "malformed",
     );
     fail(
         "not-a-report",

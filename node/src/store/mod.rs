@@ -283,6 +283,13 @@ const SCHEMA: &[u8] = b"schema";
 const LAST_OWN_ID: &[u8] = b"last_own_id";
 /// Own records held (BE u64: reports and retractions), for checkpoints.
 const OWN_RECORDS: &[u8] = b"own_records";
+/// How many of the own records are for federation members only (`ip:`).
+const OWN_MEMBERS_ONLY: &[u8] = b"own_members_only";
+
+/// Whether an own record goes to federation members only (spec §4.6).
+fn members_only(subject: &str) -> bool {
+    subject.starts_with("ip:")
+}
 /// Set once the own log index covers every own record.
 const OWN_LOG_BUILT: &[u8] = b"own_log_built";
 
@@ -374,6 +381,19 @@ impl Store {
     /// Indexes own records written before the own log existed (once).
     fn build_own_log(&self) -> Result<()> {
         if self.kv.get(Table::Meta, OWN_LOG_BUILT)?.is_some() {
+            if self.kv.get(Table::Meta, OWN_MEMBERS_ONLY)?.is_none() {
+                // A log built before the count existed.
+                let mut n = 0u64;
+                self.scan_prefix(Table::Own, &[], &mut |k, _| {
+                    if members_only(&codec::only_subject(k)?) {
+                        n += 1;
+                    }
+                    Ok(true)
+                })?;
+                self.kv.write(true, &mut |t| {
+                    t.put(Table::Meta, OWN_MEMBERS_ONLY, &n.to_be_bytes())
+                })?;
+            }
             return Ok(());
         }
         let mut own = Vec::new();
@@ -385,7 +405,11 @@ impl Store {
         self.kv.write(true, &mut |t| {
             let mut last: Option<ReportId> = None;
             let mut records = 0u64;
+            let mut members = 0u64;
             for r in &own {
+                if members_only(r.subject().as_str()) {
+                    members += 1;
+                }
                 t.put(
                     Table::OwnLog,
                     &r.id().to_bytes(),
@@ -398,6 +422,7 @@ impl Store {
                 t.put(Table::Meta, LAST_OWN_ID, &l.to_bytes())?;
             }
             t.put(Table::Meta, OWN_RECORDS, &records.to_be_bytes())?;
+            t.put(Table::Meta, OWN_MEMBERS_ONLY, &members.to_be_bytes())?;
             t.put(Table::Meta, OWN_LOG_BUILT, &[1])
         })
     }
@@ -436,12 +461,13 @@ impl Store {
         Ok(out)
     }
 
-    /// The id of the newest own record ever written, and the own records
-    /// held (reports and retractions): what a checkpoint states.
+    /// The id of the newest own record ever written, the own records held
+    /// (reports and retractions), and how many of those are for federation
+    /// members only: what a checkpoint states.
     ///
     /// # Errors
     /// IO errors.
-    pub fn own_log_state(&self) -> Result<(Option<ReportId>, u64)> {
+    pub fn own_log_state(&self) -> Result<(Option<ReportId>, u64, u64)> {
         let last = match self.kv.get(Table::Meta, LAST_OWN_ID)? {
             Some(v) => Some(ReportId::from_bytes(
                 v.as_slice()
@@ -454,7 +480,11 @@ impl Store {
             Some(v) => be64(&v).ok_or_else(|| corrupt("own record count"))?,
             None => 0,
         };
-        Ok((last, records))
+        let members = match self.kv.get(Table::Meta, OWN_MEMBERS_ONLY)? {
+            Some(v) => be64(&v).ok_or_else(|| corrupt("own members-only count"))?,
+            None => 0,
+        };
+        Ok((last, records, members))
     }
 
     /// The engine's name: `redb`, `sled` or `memory`.
@@ -1234,6 +1264,9 @@ impl Tx<'_> {
             self.t.remove(Table::OwnLog, &old.id().to_bytes())?;
         } else {
             records += 1;
+            if members_only(record.subject().as_str()) {
+                self.add_members_only(1)?;
+            }
         }
         self.t.put(Table::OwnLog, &record.id().to_bytes(), &key)?;
         let last = self.last_own_id()?;
@@ -1246,6 +1279,15 @@ impl Tx<'_> {
         self.t.put(Table::Own, &key, &codec::record(record))?;
         self.own_written = true;
         self.t.put(Table::Outbox, &key, &[])
+    }
+
+    fn add_members_only(&mut self, delta: i64) -> Result<()> {
+        let n = match self.t.get(Table::Meta, OWN_MEMBERS_ONLY)? {
+            Some(v) => be64(&v).ok_or_else(|| corrupt("own members-only count"))?,
+            None => 0,
+        }
+        .saturating_add_signed(delta);
+        self.t.put(Table::Meta, OWN_MEMBERS_ONLY, &n.to_be_bytes())
     }
 
     fn own_records(&mut self) -> Result<u64> {
@@ -1307,6 +1349,9 @@ impl Tx<'_> {
                 let records = self.own_records()?.saturating_sub(1);
                 self.t
                     .put(Table::Meta, OWN_RECORDS, &records.to_be_bytes())?;
+                if members_only(subject) {
+                    self.add_members_only(-1)?;
+                }
             }
         }
         Ok(())

@@ -193,6 +193,56 @@ fn follows_a_log(version: Version, ips: (&str, &str)) {
     // 1,200 early reports, the retraction that replaced the live one,
     // and three reports made around the restarts.
     assert_eq!(nb.peer_records("a.test"), 1204);
+    // Nothing is owed: B's status counts no backlog behind A's checkpoint.
+    let peer_a = |v: &serde_json::Value| {
+        v["peers"]
+            .as_array()
+            .and_then(|p| p.iter().find(|p| p["domain"] == "a.test"))
+            .cloned()
+            .unwrap_or_default()
+    };
+    wait_for(
+        Duration::from_secs(30),
+        "B's status to show A's log read",
+        || {
+            let p = peer_a(&nb.get("/v1/status").json);
+            (p["layout"] == 2 && p["backlog"] == 0 && p["last_error"].is_null()).then_some(())
+        },
+    );
+
+    // A's corvidd stops: after a checkpoint interval and a half of silence
+    // B reads, fails, and its status names the peer and the reason; once A
+    // is back the error clears.
+    a.node.as_mut().expect("a").kill();
+    let t = Instant::now();
+    let error = wait_for(
+        Duration::from_secs(60),
+        "B's status to name the failing reads",
+        || {
+            let v = nb.get("/v1/status").json;
+            let check = v["checks"]
+                .as_array()?
+                .iter()
+                .any(|c| c["name"] == "peer.a.test.read");
+            let p = peer_a(&v);
+            check.then(|| p["last_error"].as_str().map(str::to_owned))?
+        },
+    );
+    eprintln!(
+        "{}: B's status named A's failing reads after {:?}: {error}",
+        version.name(),
+        t.elapsed()
+    );
+    a.node.as_mut().expect("a").restart();
+    let na = a.node.as_ref().expect("a");
+    wait_for(Duration::from_secs(30), "B's reads of A to recover", || {
+        let v = nb.get("/v1/status").json;
+        let p = peer_a(&v);
+        let check = v["checks"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|c| c["name"] == "peer.a.test.read"));
+        (p["last_error"].is_null() && !check && p["backlog"] == 0).then_some(())
+    });
 
     // IP tokens go to members only: B (a trusted peer's component) gets an
     // IP report; anyone else reading A's log gets everything but it.
