@@ -219,7 +219,7 @@ async fn status(State(s): State<Arc<ApiState>>) -> Result<Json<Value>, ApiError>
                 v["last_error_age"].as_u64().unwrap_or(0)
             );
             let hint = format!(
-                "retried every 10 s; corvid peer list, and journalctl -u corvidd for {domain}"
+                "retried after 10 s, 20 s, then every 40 s; corvid peer list, and journalctl -u corvidd for {domain}"
             );
             health.push(if failures >= 3 {
                 Check::fail(format!("{name}.read"), detail, hint)

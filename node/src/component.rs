@@ -275,6 +275,51 @@ impl Connection {
     }
 }
 
+/// A bare component stream (XEP-0114), logged in, without corvidd's
+/// services: for tools that talk to an XMPP server as a component, such as
+/// the test writers of other feed layouts.
+pub struct RawStream(Connection);
+
+impl std::fmt::Debug for RawStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawStream").finish_non_exhaustive()
+    }
+}
+
+impl RawStream {
+    /// Connects to `server` (host:port) and logs in as `jid` with `secret`.
+    ///
+    /// # Errors
+    /// Connection, stream or handshake failures.
+    pub async fn connect(server: &str, jid: &str, secret: &str) -> Result<Self> {
+        let jid = BareJid::new(jid).map_err(|e| anyhow!("component jid: {e}"))?;
+        let metrics = Arc::new(crate::metrics::Metrics::default());
+        Ok(Self(login(server, &jid, secret, metrics).await?))
+    }
+
+    /// The next stanza, in the `jabber:client` namespace.
+    ///
+    /// # Errors
+    /// The stream ended, with why.
+    pub async fn next(&mut self) -> Result<Element> {
+        match self.0.input.recv().await {
+            Some(Ok(e)) => Ok(renamespace(e, NS_COMPONENT, NS_CLIENT)),
+            Some(Err(e)) => bail!("{e}"),
+            None => bail!("the stream ended"),
+        }
+    }
+
+    /// Sends a stanza given in the `jabber:client` namespace.
+    ///
+    /// # Errors
+    /// Write failures.
+    pub async fn send(&mut self, stanza: Element) -> Result<()> {
+        self.0
+            .send_element(&renamespace(stanza, NS_CLIENT, NS_COMPONENT))
+            .await
+    }
+}
+
 /// `element` with every element in `from` moved to `to` (the stanza
 /// namespaces of c2s and component streams).
 fn renamespace(element: Element, from: &str, to: &str) -> Element {

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use crate::core::{Event, Outcome, verify_peer_item};
 use anyhow::{Result, bail};
-use corvid_protocol::feed::{self, FeedReader};
+use corvid_protocol::feed::{self, FeedReader, LayoutChoice};
 use corvid_protocol::item::{Body, FeedAddress, KeyRing, SignedItem};
 use corvid_protocol::record::{Category, Record};
 use corvid_protocol::subject::{IpPrefix, SubjectKey};
@@ -324,9 +324,9 @@ fn spawn_backfill(
                 Some(c) if !c.online() => Err(anyhow::anyhow!(
                     "our component is not connected; the peer's feed is read once it is"
                 )),
-                Some(c) => match serves_log(c, &peer.feed).await {
-                    Ok(true) => backfill_log(&engine, c, peer).await,
-                    Ok(false) => backfill_peer(&engine, &link, peer).await,
+                Some(c) => match feed_layout(c, &peer.feed).await {
+                    Ok(LayoutChoice::Log(_)) => backfill_log(&engine, c, peer).await,
+                    Ok(_) => backfill_peer(&engine, &link, peer).await,
                     Err(e) => Err(e),
                 },
                 None => backfill_peer(&engine, &link, peer).await,
@@ -351,8 +351,11 @@ fn spawn_backfill(
             }
             Err(e) => {
                 engine.sync.failed(&source, format!("{e:#}"), crate::now());
-                tracing::warn!(source, "backfill failed: {e:#}; retrying in 10 s");
-                tokio::time::sleep(Duration::from_secs(10)).await;
+                // 10 s, 20 s, then every 40 s while reads keep failing.
+                let failures = engine.sync.get(&source).failures.clamp(1, 3);
+                let delay = Duration::from_secs((10u64 << (failures - 1)).min(60));
+                tracing::warn!(source, "backfill failed: {e:#}; retrying in {delay:?}");
+                tokio::time::sleep(delay).await;
                 let _ = resync.send(source);
             }
         }
@@ -791,11 +794,13 @@ async fn handle_event(
     }
 }
 
-/// Whether a peer's feed service serves it as a log (layout 2): its
-/// disco#info for the feed node lists [`feed::LOG_FEATURE`].
-/// An error when the service did not answer (unreachable, or no such
-/// node): then nothing is read until it does, through either path.
-async fn serves_log(component: &ComponentHandle, feed: &FeedAddress) -> Result<bool> {
+/// How a peer's feed service serves its feed: the log versions its
+/// disco#info for the feed node announces (`urn:xmpp:corvid:log:N`), and
+/// the one this reader picks (spec §13.1). An error when the service did
+/// not answer (unreachable, or no such node), or offers only log versions
+/// this corvidd does not read: then nothing is read, through either path,
+/// and nothing held is touched.
+async fn feed_layout(component: &ComponentHandle, feed: &FeedAddress) -> Result<LayoutChoice> {
     let to: Jid = feed
         .service
         .parse()
@@ -813,11 +818,18 @@ async fn serves_log(component: &ComponentHandle, feed: &FeedAddress) -> Result<b
         .iq(iq)
         .await
         .map_err(|e| anyhow::anyhow!("the peer's feed service did not answer disco#info: {e}"))?;
-    Ok(info.is_some_and(|info| {
-        info.children().any(|f| {
-            f.is("feature", crate::lists::NS_DISCO_INFO) && f.attr("var") == Some(feed::LOG_FEATURE)
-        })
-    }))
+    let offered = feed::log_versions(info.iter().flat_map(|info| {
+        info.children()
+            .filter(|f| f.is("feature", crate::lists::NS_DISCO_INFO))
+            .filter_map(|f| f.attr("var"))
+    }));
+    match feed::choose_layout(&offered, feed::LOG_VERSIONS) {
+        LayoutChoice::Unsupported(v) => bail!(
+            "unsupported-layout: the peer serves its feed only as log version(s) {v:?}, and this corvidd reads {:?}; nothing is read and what is held stays until corvidd is upgraded",
+            feed::LOG_VERSIONS
+        ),
+        choice => Ok(choice),
+    }
 }
 
 /// Records asked for per page of a log's compact form (the publisher

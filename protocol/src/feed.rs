@@ -36,8 +36,53 @@ pub const HEAD_ITEM: &str = "head";
 pub const CARD_ITEM: &str = "card";
 /// The checkpoint's item id (layout 2: a feed served as a log).
 pub const CHECKPOINT_ITEM: &str = "checkpoint";
-/// The disco#info feature of a feed served as a log (layout 2).
+/// The disco#info feature of a feed served as a log (layout 2, log
+/// version 1).
 pub const LOG_FEATURE: &str = "urn:xmpp:corvid:log:1";
+/// The prefix of the disco#info features that announce the log versions a
+/// feed node serves (spec §13.1): the version follows as a decimal number.
+pub const LOG_FEATURE_PREFIX: &str = "urn:xmpp:corvid:log:";
+/// The log versions this implementation reads and writes.
+pub const LOG_VERSIONS: &[u32] = &[1];
+
+/// The log versions announced by a feed node's disco#info features
+/// (`urn:xmpp:corvid:log:N`), ascending; features that do not parse as a
+/// version are ignored.
+pub fn log_versions<'a>(features: impl IntoIterator<Item = &'a str>) -> Vec<u32> {
+    let mut out: Vec<u32> = features
+        .into_iter()
+        .filter_map(|f| f.strip_prefix(LOG_FEATURE_PREFIX))
+        .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) && !v.starts_with('0'))
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+/// How a reader that implements `known` reads a feed node announcing the
+/// log versions `offered` (spec §13.1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LayoutChoice {
+    /// No log version announced: layout 1 on an ordinary PubSub service.
+    PubSub,
+    /// The highest version both sides know.
+    Log(u32),
+    /// Only versions this reader does not implement: it reads nothing and
+    /// keeps what it holds.
+    Unsupported(Vec<u32>),
+}
+
+/// Picks the layout to read (spec §13.1).
+pub fn choose_layout(offered: &[u32], known: &[u32]) -> LayoutChoice {
+    if offered.is_empty() {
+        return LayoutChoice::PubSub;
+    }
+    match offered.iter().rev().find(|v| known.contains(v)) {
+        Some(v) => LayoutChoice::Log(*v),
+        None => LayoutChoice::Unsupported(offered.to_vec()),
+    }
+}
 /// Prefix of snapshot chunk item ids.
 pub const CHUNK_PREFIX: &str = "s/";
 /// Prefix of delta item ids.
@@ -627,5 +672,31 @@ impl FeedReader {
             merge_newest(&mut all, r);
         }
         Ok(all)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reader_picks_the_highest_log_version_it_knows() {
+        let offered = log_versions([
+            "http://jabber.org/protocol/pubsub",
+            "urn:xmpp:corvid:log:2",
+            "urn:xmpp:corvid:log:1",
+            "urn:xmpp:corvid:log:01",
+            "urn:xmpp:corvid:log:",
+            "urn:xmpp:corvid:log:x",
+            "urn:xmpp:corvid:log:2",
+        ]);
+        assert_eq!(offered, vec![1, 2]);
+        assert_eq!(choose_layout(&offered, &[1]), LayoutChoice::Log(1));
+        assert_eq!(choose_layout(&offered, &[1, 2]), LayoutChoice::Log(2));
+        assert_eq!(choose_layout(&[], &[1]), LayoutChoice::PubSub);
+        assert_eq!(
+            choose_layout(&[2, 3], &[1]),
+            LayoutChoice::Unsupported(vec![2, 3])
+        );
     }
 }

@@ -6,6 +6,7 @@ pub mod client;
 pub mod http;
 pub mod node;
 pub mod prosody;
+pub mod writer;
 
 use corvid_protocol::record::{Category, Evidence, Record, Report, ReportId};
 use corvid_protocol::subject::SubjectKey;

@@ -6,6 +6,7 @@ mod durability;
 mod federation;
 mod hostile;
 mod keys;
+mod layouts;
 mod lists;
 mod log;
 mod module;
