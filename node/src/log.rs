@@ -15,6 +15,7 @@
 //! Everything here is synchronous and takes the store, the signer and the
 //! time as arguments; the component task does the IO.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -95,6 +96,29 @@ pub struct Asker {
 /// tokens go to members only.
 fn public(record: &Record) -> bool {
     !record.subject().as_str().starts_with("ip:")
+}
+
+/// A record as served: to a member as issued; to anyone else not at all
+/// for an IP token, and a report without its free text (its note and
+/// sample message), which may quote what a user received. Everything a
+/// verdict depends on is kept, so members and non-members reach the same
+/// verdicts.
+fn served(record: &Record, member: bool) -> Option<Cow<'_, Record>> {
+    if member {
+        return Some(Cow::Borrowed(record));
+    }
+    if !public(record) {
+        return None;
+    }
+    match record {
+        Record::Report(r) if r.evidence.note.is_some() || r.evidence.message_text.is_some() => {
+            let mut r = r.clone();
+            r.evidence.note = None;
+            r.evidence.message_text = None;
+            Some(Cow::Owned(Record::Report(r)))
+        }
+        _ => Some(Cow::Borrowed(record)),
+    }
 }
 
 /// An own record as the log item that carries it.
@@ -286,8 +310,19 @@ impl FeedLog {
                 match log_item(signer, &self.issuer, &self.feed, r) {
                     Ok((id, item)) => {
                         let el = item_element(NS_PUBSUB_EVENT, &id, &item);
-                        if public(r) {
-                            open.push(el.clone());
+                        match served(r, false) {
+                            Some(Cow::Borrowed(_)) => open.push(el.clone()),
+                            Some(Cow::Owned(p)) => {
+                                match log_item(signer, &self.issuer, &self.feed, &p) {
+                                    Ok((id, item)) => {
+                                        open.push(item_element(NS_PUBSUB_EVENT, &id, &item));
+                                    }
+                                    Err(e) => {
+                                        tracing::warn!(subject = %r.subject(), "own record not signed: {e}")
+                                    }
+                                }
+                            }
+                            None => {}
                         }
                         all.push(el);
                     }
@@ -406,7 +441,7 @@ impl FeedLog {
                 } else if let Some(subject) = id.strip_prefix(corvid_protocol::feed::DELTA_PREFIX)
                     && let Ok(key) = subject.parse()
                     && let Some(r) = store.own(&key)?
-                    && (member || public(&r))
+                    && let Some(r) = served(&r, member)
                     && let Ok((id, item)) = log_item(signer, &self.issuer, &self.feed, &r)
                 {
                     items.append_child(item_element(NS_PUBSUB, &id, &item));
@@ -425,11 +460,11 @@ impl FeedLog {
         let mut last = None;
         for r in &records {
             // Skipped for non-members, but the cursor moves past it.
-            if !member && !public(r) {
+            let Some(r) = served(r, member) else {
                 last = Some(r.id());
                 continue;
-            }
-            let Ok((id, item)) = log_item(signer, &self.issuer, &self.feed, r) else {
+            };
+            let Ok((id, item)) = log_item(signer, &self.issuer, &self.feed, &r) else {
                 last = Some(r.id());
                 continue;
             };
@@ -471,8 +506,8 @@ impl FeedLog {
         // IP tokens go to members only; the cursor still moves past them.
         let scanned_last = scanned.last().map(Record::id);
         let records: Vec<Record> = scanned
-            .into_iter()
-            .filter(|r| member || public(r))
+            .iter()
+            .filter_map(|r| served(r, member).map(Cow::into_owned))
             .collect();
         let mut items = Element::builder("items", NS_PUBSUB)
             .attr(attr("node"), COMPACT_NODE)
