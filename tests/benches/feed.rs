@@ -18,90 +18,11 @@
 //! cores. Run: `cargo bench -p corvid-tests --bench feed`;
 //! `CORVID_BENCH_SIZES=10000,100000` picks the sizes.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-use corvid_node::store::Store;
-use corvid_protocol::record::Category;
-use corvid_tests::node::{Identity, Node};
-use corvid_tests::prosody::{Prosody, Version, hosts_file, start_with_component};
-use corvid_tests::{free_port, numbered_report, wait_for, write_private};
-
-const SECRET: &str = "bench-component-secret";
-
-struct Pair {
-    a: Prosody,
-    b: Prosody,
-    b_port: u16,
-    na: Node,
-    secret: std::path::PathBuf,
-    _dirs: Vec<tempfile::TempDir>,
-}
-
-fn bytes_in(n: &Node) -> u64 {
-    n.counter("corvid_component_bytes_total", &["in"])
-}
-
-/// A's store with `n` own reports, written straight into the store.
-fn fill(dir: &Path, n: u64) {
-    let store = Store::open(dir, 64 << 20).expect("store");
-    let now = corvid_node::now();
-    let mut i = 0;
-    while i < n {
-        let end = (i + 10_000).min(n);
-        store
-            .batch(false, &mut |tx| {
-                for j in i..end {
-                    tx.put_own(&numbered_report("log", Category::Spam, j, now))?;
-                }
-                Ok(())
-            })
-            .expect("fill");
-        i = end;
-    }
-    store.shut_down().expect("close");
-}
-
-/// A with `n` records running; B's Prosody (listing A's component in
-/// unlimited_jids when `unlimited`) running, B's corvidd not yet.
-fn pair(n: u64, ips: (&str, &str), unlimited: bool) -> Pair {
-    let hosts = hosts_file(&format!(
-        "{} a.test pubsub.a.test corvid.a.test\n{} b.test pubsub.b.test corvid.b.test\n",
-        ips.0, ips.1
-    ));
-    let (pa, pb) = (free_port(), free_port());
-    let start = |ip: &str, domain: &str, port: u16, peer: Option<&str>| {
-        let peers: Vec<&str> = peer.into_iter().collect();
-        start_with_component(Version::Debian12, ip, domain, &hosts, port, SECRET, &peers)
-    };
-    let a = start(ips.0, "a.test", pa, Some("corvid.b.test"));
-    let b = start(ips.1, "b.test", pb, unlimited.then_some("corvid.a.test"));
-    let secrets = tempfile::tempdir().expect("tempdir");
-    let secret = secrets.path().join("secret");
-    write_private(&secret, SECRET);
-    let data = tempfile::tempdir().expect("tempdir");
-    let t = Instant::now();
-    fill(data.path(), n);
-    eprintln!(
-        "  (A's store filled with {n} records in {:.1} s)",
-        t.elapsed().as_secs_f64()
-    );
-    let (ia, ib) = (Identity::new("a.test"), Identity::new("b.test"));
-    let na = Node::start_with_data(
-        &a,
-        &ia,
-        &corvid_tests::node::component_config(&secret, ips.0, pa, "a.test", &ib),
-        Some(data.path()),
-    );
-    Pair {
-        b_port: pb,
-        a,
-        b,
-        na,
-        secret,
-        _dirs: vec![secrets, data],
-    }
-}
+use corvid_tests::pair::{Pair, bytes_in};
+use corvid_tests::prosody::Version;
+use corvid_tests::wait_for;
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
@@ -134,14 +55,9 @@ fn main() {
 }
 
 fn run_size(n: u64, ips: (&str, &str), unlimited: bool) {
-    let p = pair(n, ips, unlimited);
-    let ia = Identity::new("a.test");
+    let p = Pair::start(Version::Debian12, n, ips, unlimited);
     let t = Instant::now();
-    let nb = Node::start(
-        &p.b,
-        &Identity::new("b.test"),
-        &corvid_tests::node::component_config(&p.secret, ips.1, p.b_port, "b.test", &ia),
-    );
+    let nb = p.follower();
     wait_for(Duration::from_secs(900), "B to hold A's log", || {
         (nb.peer_records("a.test") >= n).then_some(())
     });

@@ -5,6 +5,7 @@
 pub mod client;
 pub mod http;
 pub mod node;
+pub mod pair;
 pub mod prosody;
 pub mod writer;
 
