@@ -397,11 +397,12 @@ async fn read_stream(
                 break "the server closed the component stream".to_owned();
             }
             if builder.depth() == 1 {
-                stanza_bytes = 0;
-                if let Some(stanza) = builder.unshift_child()
-                    && tx.send(Ok(stanza)).await.is_err()
-                {
-                    return;
+                let bytes = std::mem::take(&mut stanza_bytes);
+                if let Some(stanza) = builder.unshift_child() {
+                    tracing::trace!(bytes, stanza = %String::from(&stanza).chars().take(400).collect::<String>(), "component stanza in");
+                    if tx.send(Ok(stanza)).await.is_err() {
+                        return;
+                    }
                 }
             }
         }

@@ -169,3 +169,57 @@ fn non_members_get_neither_ip_tokens_nor_free_text() {
     assert!(by_id(true).contains("cheap pills"));
     assert!(!by_id(false).contains("cheap pills") && !by_id(false).contains("40 users"));
 }
+
+#[test]
+fn a_notification_is_its_item_plus_at_most_400_bytes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path(), 1 << 20).expect("open");
+    let key = SecretKey::from_seed([7; 32]);
+    let record = report(
+        1,
+        SubjectKey::for_jid("live17-100000@spam.example").expect("jid"),
+        None,
+        None,
+    );
+    store.put_own_durable(&record).expect("own");
+    let feed: FeedAddress = "xmpp:corvid.jabber.example.net?;node=corvid"
+        .parse()
+        .expect("feed");
+    let mut log = FeedLog::new(
+        &store,
+        feed,
+        Issuer {
+            domain: "jabber.example.net".into(),
+            key: key.public_key().key_id(),
+        },
+    )
+    .expect("log");
+    log.commit(None);
+    let to: xmpp_parsers::jid::Jid = "corvid.xmpp.example.org".parse().expect("jid");
+    assert!(log.subscribe(&to, NOW));
+    let (messages, _) = log
+        .changes(&store, &key, "corvid.jabber.example.net", 10)
+        .expect("changes");
+    assert_eq!(messages.len(), 1);
+    let element: Element = messages[0].clone().into();
+    let mut wire = Vec::new();
+    element.write_to(&mut wire).expect("xml");
+    let item = element
+        .get_child("event", "http://jabber.org/protocol/pubsub#event")
+        .and_then(|e| e.get_child("items", "http://jabber.org/protocol/pubsub#event"))
+        .and_then(|i| i.children().next())
+        .and_then(|i| i.children().next())
+        .expect("the signed item");
+    let mut signed = Vec::new();
+    item.write_to(&mut signed).expect("xml");
+    // On a component stream the server adds xml:lang='en' and the
+    // namespace is jabber:component:accept (23 bytes more); it also
+    // escapes the JSON's quotes, which is the item's own size on the wire.
+    let envelope = wire.len() - signed.len() + 23;
+    eprintln!(
+        "notification {} B, signed item {} B, envelope on a component stream {envelope} B",
+        wire.len(),
+        signed.len(),
+    );
+    assert!(envelope <= 400, "{}", String::from_utf8_lossy(&wire));
+}
