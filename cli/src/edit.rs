@@ -109,3 +109,32 @@ pub fn date(unix: u64) -> String {
     chrono::DateTime::from_timestamp(i64::try_from(unix).unwrap_or(i64::MAX), 0)
         .map_or_else(|| unix.to_string(), |d| d.format("%Y-%m-%d").to_string())
 }
+
+/// Prosody's `unlimited_jids` line for this config: corvidd's account (when
+/// it has one) and every peer's feed service (Debian's `mod_limits`
+/// throttles each peer's s2s stream to 30 kB/s unless its JID is listed).
+pub fn unlimited_jids_line(doc: &DocumentMut) -> String {
+    let mut jids: Vec<String> = doc
+        .get("xmpp")
+        .and_then(|x| x.get("jid"))
+        .and_then(Item::as_str)
+        .map(str::to_owned)
+        .into_iter()
+        .collect();
+    if let Some(list) = doc.get("peer").and_then(Item::as_array_of_tables) {
+        for t in list {
+            let service = t
+                .get("feed")
+                .and_then(Item::as_str)
+                .and_then(|f| f.parse::<corvid_protocol::item::FeedAddress>().ok())
+                .map(|f| f.service);
+            if let Some(s) = service
+                && !jids.contains(&s)
+            {
+                jids.push(s);
+            }
+        }
+    }
+    let quoted: Vec<String> = jids.iter().map(|j| format!("\"{j}\"")).collect();
+    format!("unlimited_jids = {{ {} }}", quoted.join(", "))
+}

@@ -5,6 +5,7 @@
 //! works offline for `keygen`, `init` and `check-config`.
 
 use corvid_api::client as api;
+mod doctor;
 mod edit;
 mod lists;
 mod setup;
@@ -89,6 +90,12 @@ enum Command {
     Export(lists::ExportArgs),
     /// Health, peers, freshness, counts and warnings.
     Status,
+    /// Checks the XMPP link now: the component, a ping of every peer's feed service over s2s (which also proves they reach this server back), and Prosody's settings for it (the Component, mod_limits on it, unlimited_jids for each peer's component).
+    Doctor {
+        /// Prosody's config file (its Include'd files are read too).
+        #[arg(long, default_value = "/etc/prosody/prosody.cfg.lua")]
+        prosody_config: PathBuf,
+    },
     /// The federation directory.
     #[command(subcommand)]
     Federation(FederationCommand),
@@ -298,6 +305,7 @@ fn run(cli: &Cli) -> Result<u8> {
                 0
             })
         }
+        Command::Doctor { prosody_config } => doctor::run(&node(cli)?, prosody_config, cli.json),
         Command::Federation(FederationCommand::Announce) => {
             let v = node(cli)?
                 .post("/v1/federation/announce", &json!({}))?
@@ -503,6 +511,10 @@ fn peer(cli: &Cli, p: &PeerCommand) -> Result<u8> {
             println!(
                 "{domain} added ({mode}, weight {weight}, key {})",
                 public.fingerprint()
+            );
+            println!(
+                "In Prosody's global section, so that Debian's mod_limits does not throttle its feed to 30 kB/s:\n    {}\nthen `prosodyctl reload`; `corvid doctor` checks it.",
+                edit::unlimited_jids_line(&doc)
             );
         }
         PeerCommand::Remove { domain } => {

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use axum::extract::{Path, Query as QueryParams, State};
 use axum::routing::{get, post};
@@ -19,6 +20,8 @@ use crate::engine::SubmitError;
 use crate::subjects::{ReportSubject, parse_report_subject};
 use crate::xmpp::LinkState;
 use corvid_api::health::{Check, Health, Severity};
+use xmpp_parsers::iq::Iq;
+use xmpp_parsers::jid::Jid;
 
 /// Admin routes.
 pub fn routes() -> Router<Arc<ApiState>> {
@@ -32,6 +35,7 @@ pub fn routes() -> Router<Arc<ApiState>> {
         .route("/v1/admin/reload", post(reload))
         .route("/v1/admin/brake", post(brake))
         .route("/v1/status", get(status))
+        .route("/v1/doctor", post(doctor))
         .route("/v1/import", post(import))
         .route("/v1/export", get(export))
         .route("/v1/federation/announce", post(announce))
@@ -172,6 +176,157 @@ async fn brake(
         tracing::info!("emergency brake released: mod_corvid enforces again where configured");
     }
     Ok(Json(json!(brake)))
+}
+
+/// What a ping's outcome says about the link to a peer's feed service.
+fn link_check(
+    domain: &str,
+    service: &str,
+    me: &str,
+    took: Duration,
+    outcome: &Result<(), crate::xmpp::IqError>,
+) -> Check {
+    use crate::xmpp::IqError;
+    use xmpp_parsers::stanza_error::DefinedCondition as C;
+    let name = format!("link.{domain}");
+    // Prosody answers for a component of its own that is not connected
+    // with remote-server-timeout and the text "Component unavailable".
+    let condition = match outcome {
+        Ok(()) => None,
+        Err(IqError::Stanza { error, text, .. }) => Some(match error.defined_condition {
+            C::FeatureNotImplemented | C::BadRequest => "answered",
+            C::ServiceUnavailable => "service-unavailable",
+            C::RemoteServerTimeout if text.contains("Component unavailable") => {
+                "service-unavailable"
+            }
+            C::RemoteServerTimeout => "remote-server-timeout",
+            C::RemoteServerNotFound => "remote-server-not-found",
+            _ => "other",
+        }),
+        Err(_) => Some(""),
+    };
+    match condition {
+        // A reply (or an error from the service itself) crossed both
+        // servers: theirs reached ours back.
+        None | Some("answered") => Check::ok(
+            name,
+            format!(
+                "{service} answered through the s2s links in {} ms",
+                took.as_millis()
+            ),
+        ),
+        Some("service-unavailable") => Check::fail(
+            name,
+            format!(
+                "{service}'s server answers for it, but nothing serves it: their corvidd's component is not connected"
+            ),
+            format!(
+                "ask the operator of {domain} to check `corvid status` there; reads retry on their own"
+            ),
+        ),
+        Some("remote-server-not-found") => Check::fail(
+            name,
+            format!("our server cannot reach {service}, or was refused by its server"),
+            format!(
+                "check that {service} resolves (DNS A/AAAA or SRV _xmpp-server._tcp) and the XMPP server's log for certificate or dialback errors about {service} or {me}"
+            ),
+        ),
+        Some("remote-server-timeout") => Check::fail(
+            name,
+            format!("no answer from {service} crossed the s2s links"),
+            format!(
+                "their server is down or unreachable, or it cannot reach {me} back: {me} needs a DNS record (A/AAAA or SRV) and a certificate naming it, as any domain peers reach over s2s"
+            ),
+        ),
+        Some("") => Check::fail(
+            name,
+            format!(
+                "no answer from {service}: {}",
+                outcome
+                    .as_ref()
+                    .err()
+                    .map(ToString::to_string)
+                    .unwrap_or_default()
+            ),
+            format!(
+                "the s2s link to {domain} or back to {me} does not carry stanzas; see the XMPP server's log"
+            ),
+        ),
+        Some(_) => Check::warn(
+            name,
+            format!(
+                "{service} answered a ping with {}",
+                outcome
+                    .as_ref()
+                    .err()
+                    .map(ToString::to_string)
+                    .unwrap_or_default()
+            ),
+            "an answer crossed the links, but not the expected one: check their setup",
+        ),
+    }
+}
+
+/// Live checks of the XMPP link (`corvid doctor`): the component, and a
+/// ping of every peer's feed service through it, at once. A reply
+/// proves both directions: the request crossed our server's s2s link to
+/// theirs, and the reply theirs to ours (their server resolved our
+/// component's name and accepted its certificate or dialback).
+async fn doctor(State(s): State<Arc<ApiState>>) -> Result<Json<Value>, ApiError> {
+    let settings = s.engine.settings();
+    let mut health = Health::default();
+    let Some(c) = s.component.get() else {
+        health.push(Check::warn(
+            "component",
+            "no [component]: peers read this server's feed from its PubSub service (layout 1) and no block lists are served",
+            "add [component] and the Component lines that corvid init prints",
+        ));
+        return Ok(Json(json!({ "checks": health.checks })));
+    };
+    if !c.online() {
+        let error = match &*c.state.borrow() {
+            ComponentState::Connecting { last_error, .. } => last_error.clone(),
+            ComponentState::Online { .. } => None,
+        };
+        health.push(Check::fail(
+            "component",
+            format!(
+                "{} is not connected: {}",
+                c.jid,
+                error.as_deref().unwrap_or("connecting")
+            ),
+            "check [component] (server, secret_file) against the XMPP server's Component line, component_secret and component_ports (loopback)",
+        ));
+        return Ok(Json(json!({ "checks": health.checks })));
+    }
+    health.push(Check::ok("component", format!("{} connected", c.jid)));
+    let mut pings = tokio::task::JoinSet::new();
+    for (domain, p) in &settings.peers {
+        let (c, domain, service) = (c.clone(), domain.clone(), p.feed.service.clone());
+        pings.spawn(async move {
+            let started = Instant::now();
+            // Feed addresses are checked when the config is read.
+            let to = Jid::new(&service).ok()?;
+            let outcome = c
+                .iq(Iq::from_get(String::new(), xmpp_parsers::ping::Ping).with_to(to))
+                .await
+                .map(drop);
+            Some((domain, service, started.elapsed(), outcome))
+        });
+    }
+    let mut checks = Vec::new();
+    while let Some(done) = pings.join_next().await {
+        if let Ok(Some((domain, service, took, outcome))) = done {
+            checks.push(link_check(&domain, &service, &c.jid, took, &outcome));
+        }
+    }
+    checks.sort_by(|a, b| a.name.cmp(&b.name));
+    for check in checks {
+        health.push(check);
+    }
+    Ok(Json(
+        json!({ "checks": health.checks, "worst": health.worst() }),
+    ))
 }
 
 async fn status(State(s): State<Arc<ApiState>>) -> Result<Json<Value>, ApiError> {

@@ -188,7 +188,7 @@ pub enum IqError {
     /// The entity answered with an error.
     #[error("{condition}{text}")]
     Stanza {
-        /// The defined condition (e.g. `item-not-found`).
+        /// The defined condition, as its Rust name (e.g. `ItemNotFound`).
         condition: String,
         /// Any text.
         text: String,

@@ -233,8 +233,35 @@ fn follows_a_log(version: Version, ips: (&str, &str)) {
         version.name(),
         t.elapsed()
     );
+    // `corvid doctor`'s live check says why: A's server answers for its
+    // component, which is gone.
+    let link_a = |nb: &Node| {
+        let d = nb.post("/v1/doctor", &serde_json::json!({}));
+        assert_eq!(d.status, 200, "{}", d.text);
+        d.json["checks"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["name"] == "link.a.test"))
+            .cloned()
+            .unwrap_or_default()
+    };
+    let link = link_a(nb);
+    assert_eq!(link["severity"], "fail", "{link}");
+    assert!(
+        link["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("component is not connected")),
+        "{link}"
+    );
     a.node.as_mut().expect("a").restart();
     let na = a.node.as_ref().expect("a");
+    wait_for(
+        Duration::from_secs(20),
+        "A's component to reconnect",
+        || (na.get("/v1/status").json["component"]["state"] == "online").then_some(()),
+    );
+    let link = link_a(nb);
+    assert_eq!(link["severity"], "ok", "{link}");
+    eprintln!("{}: doctor: {}", version.name(), link["message"]);
     wait_for(Duration::from_secs(30), "B's reads of A to recover", || {
         let v = nb.get("/v1/status").json;
         let p = peer_a(&v);
