@@ -119,9 +119,11 @@ pub struct ComponentConfig {
     #[serde(default = "default_lists")]
     pub lists: Vec<String>,
     /// JIDs that always receive the lists' changes, whether or not they
-    /// subscribed (e.g. `rooms.example.org` for mod_muc_rtbl, the
-    /// VirtualHost for mod_anti_spam). Others are remembered when they
-    /// subscribe or fetch a list.
+    /// subscribed (e.g. `rooms.example.org` for Prosody's mod_muc_rtbl, the
+    /// VirtualHost for mod_anti_spam, `example.org/rtbl-corvid` for
+    /// ejabberd's mod_muc_rtbl, which takes notifications at its host's
+    /// `rtbl-*` resources). Others are remembered when they subscribe or
+    /// fetch a list.
     #[serde(default)]
     pub list_consumers: Vec<String>,
     /// How many consumers are remembered at most (default 1,000); beyond

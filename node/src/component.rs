@@ -139,6 +139,10 @@ type Input = Result<Element, String>;
 
 /// Decisions read per round of change notifications.
 const CHANGES_PER_ROUND: usize = 500;
+/// Pages of block-list pushes sent per round (250 items each): the rest
+/// of a round reads the store, so a page per round would make a 10k-entry
+/// list take seconds.
+const PUSH_PAGES_PER_ROUND: usize = 16;
 /// Own records read per round of feed notifications.
 const FEED_CHANGES_PER_ROUND: usize = 200;
 
@@ -487,6 +491,9 @@ async fn serve(
     state: &watch::Sender<ComponentState>,
 ) -> anyhow::Error {
     parts.service.connected();
+    // The push of every list to every consumer, under way: when it started
+    // and how many messages it sent.
+    let mut pushing = Some((Instant::now(), 0u64));
     let store = engine.store();
     let metrics = &engine.metrics;
     let me = jid.to_string();
@@ -513,9 +520,9 @@ async fn serve(
         tokio::pin!(decided);
         decided.as_mut().enable();
         // New own records first (the feed's subscribers), then changes of
-        // the block lists: both small and time-critical. Then one page of a
-        // push, then input; every turn yields, so a large push never holds
-        // up answers.
+        // the block lists: both small and time-critical. Then a few pages of
+        // a push, then input; every turn yields, so a large push never
+        // holds up answers.
         // The trusted peers' feed services receive IP tokens; nobody else.
         parts.feed.set_members(
             engine
@@ -587,16 +594,30 @@ async fn serve(
         if let Err(e) = tokio::task::block_in_place(|| parts.service.commit(store, cursor)) {
             return anyhow!("block lists: {e}");
         }
-        let push = match tokio::task::block_in_place(|| parts.service.next_push(store)) {
-            Ok(p) => p,
-            Err(e) => return anyhow!("block lists: {e}"),
-        };
-        let busy = push.is_some();
-        if let Some(m) = push {
+        let mut busy = false;
+        for _ in 0..PUSH_PAGES_PER_ROUND {
+            let push = match tokio::task::block_in_place(|| parts.service.next_push(store)) {
+                Ok(p) => p,
+                Err(e) => return anyhow!("block lists: {e}"),
+            };
+            let Some(m) = push else {
+                if let Some((started, n)) = pushing.take() {
+                    tracing::info!(
+                        messages = n,
+                        ms = started.elapsed().as_millis(),
+                        "block lists pushed to their consumers"
+                    );
+                }
+                break;
+            };
+            busy = true;
             if let Err(e) = conn.send(m.into()).await {
                 return e;
             }
             metrics.component_sent("push", 1);
+            if let Some((_, n)) = &mut pushing {
+                *n += 1;
+            }
         }
         if let Err(e) = tokio::task::block_in_place(|| {
             parts.service.save(store)?;

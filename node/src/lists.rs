@@ -616,7 +616,10 @@ impl Service {
                         continue;
                     }
                     let Ok(to) = Jid::new(&c.jid) else { continue };
-                    for chunk in ids.chunks(ITEMS_PER_MESSAGE) {
+                    // One retraction per message: ejabberd's mod_muc_rtbl
+                    // (24.12) applies only the last <retract/> of one.
+                    let per = if retract { 1 } else { ITEMS_PER_MESSAGE };
+                    for chunk in ids.chunks(per) {
                         out.push(notification(&self.jid, &to, *node, chunk, retract));
                     }
                 }

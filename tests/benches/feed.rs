@@ -63,6 +63,20 @@ fn run_size(n: u64, ips: (&str, &str), unlimited: bool) {
     });
     let took = t.elapsed().as_secs_f64();
     let bytes = bytes_in(&nb);
+    // What B's corvidd wrote to disk for it (the store), from /proc.
+    let written = nb
+        .pid()
+        .and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/io")).ok())
+        .and_then(|io| {
+            io.lines()
+                .find_map(|l| l.strip_prefix("write_bytes: ")?.trim().parse::<u64>().ok())
+        });
+    if let Some(w) = written {
+        println!(
+            "  {n:>9} records: B's corvidd wrote {w} bytes to disk during the backfill ({:.0} B per record)",
+            w as f64 / n as f64
+        );
+    }
     println!(
         "  {n:>9} records: backfill {took:.2} s ({:.0} records/s), {} bytes in at B, {:.1} B/record{}",
         n as f64 / took,

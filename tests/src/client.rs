@@ -29,13 +29,22 @@ impl Client {
     /// # Panics
     /// If the login fails.
     pub fn login(prosody: &Prosody, user: &str, host: &str) -> Self {
+        Self::login_at(prosody.c2s_addr(), user, host)
+    }
+
+    /// Logs in as `user@host` at a server's c2s address (`ip:port`),
+    /// plaintext, with the harness's password for the account.
+    ///
+    /// # Panics
+    /// If the login fails.
+    pub fn login_at(server: String, user: &str, host: &str) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let pw = dir.path().join("pw");
         write_private(&pw, &password(user, host));
         let config = XmppConfig {
             jid: format!("{user}@{host}"),
             password_file: pw,
-            server: Some(prosody.c2s_addr()),
+            server: Some(server),
             tls: TlsMode::Plaintext,
             login_timeout_secs: 10,
             iq_timeout_secs: 20,

@@ -3,6 +3,7 @@
 //! printed when a test fails.
 
 pub mod client;
+pub mod ejabberd;
 pub mod http;
 pub mod node;
 pub mod pair;

@@ -111,6 +111,15 @@ impl Node {
         extra: &str,
         data_dir: Option<&Path>,
     ) -> Self {
+        Self::start_at(&prosody.c2s_addr(), id, extra, data_dir)
+    }
+
+    /// As [`Node::start_with_data`], with its XMPP account `corvidd@DOMAIN`
+    /// on the server at `c2s` (`ip:port`, plaintext), of any kind.
+    ///
+    /// # Panics
+    /// When corvidd does not become ready.
+    pub fn start_at(c2s: &str, id: &Identity, extra: &str, data_dir: Option<&Path>) -> Self {
         let dir = tempfile::Builder::new()
             .prefix(&format!("corvidd-{}-", id.domain))
             .tempdir()
@@ -181,7 +190,7 @@ write_token_file = "write.token"
 {rest}
 "#,
             domain = id.domain,
-            server = prosody.c2s_addr(),
+            server = c2s,
         );
         let config_path = d.join("corvidd.toml");
         std::fs::write(&config_path, config).expect("config");
