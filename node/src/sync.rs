@@ -97,19 +97,21 @@ impl Board {
         });
     }
 
-    /// A verified checkpoint from `source`.
-    pub fn checkpoint(
-        &self,
-        source: &str,
-        last: Option<String>,
-        records: u64,
-        members_only: u64,
-        now: u64,
-    ) {
+    /// A verified checkpoint from `source` (other bodies are ignored).
+    pub fn checkpoint(&self, source: &str, body: &Body, now: u64) {
+        let Body::Checkpoint {
+            last,
+            records,
+            members_only,
+            ..
+        } = body
+        else {
+            return;
+        };
         self.with(source, |s| {
-            s.checkpoint_last = last;
-            s.checkpoint_records = Some(records);
-            s.checkpoint_members_only = members_only;
+            s.checkpoint_last = last.map(|l| l.to_string());
+            s.checkpoint_records = Some(*records);
+            s.checkpoint_members_only = *members_only;
             s.checkpoint_at = Some(now);
         });
     }
@@ -891,22 +893,10 @@ async fn backfill_log(engine: &Engine, component: &ComponentHandle, peer: &Peer)
     let mut keys = Vec::new();
     for (item_id, payload) in checkpoint {
         if let Some((_, v)) = verify(engine, peer, &ring, &feed.node, &item_id, payload.as_ref())
-            && let Body::Checkpoint {
-                last,
-                records,
-                members_only,
-                keys: k,
-                ..
-            } = v.body
+            && let Body::Checkpoint { keys: k, .. } = &v.body
         {
-            engine.sync.checkpoint(
-                &peer.domain,
-                last.map(|l| l.to_string()),
-                records,
-                members_only,
-                crate::now(),
-            );
-            keys = k;
+            engine.sync.checkpoint(&peer.domain, &v.body, crate::now());
+            keys.clone_from(k);
         }
     }
     let applied = engine.store().peer(&peer.domain)?.log_keys;
@@ -1071,6 +1061,7 @@ async fn on_checkpoint(
     ) else {
         return Ok(());
     };
+    engine.sync.checkpoint(&peer.domain, &v.body, crate::now());
     let Body::Checkpoint {
         last,
         records,
@@ -1081,13 +1072,6 @@ async fn on_checkpoint(
     else {
         return Ok(());
     };
-    engine.sync.checkpoint(
-        &peer.domain,
-        last.map(|l| l.to_string()),
-        records,
-        members_only,
-        crate::now(),
-    );
     let state = engine.store().peer(&peer.domain)?;
     if keys.iter().any(|k| !state.log_keys.contains(k)) {
         // A key record this reader has not applied: the read fetches it.

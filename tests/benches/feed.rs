@@ -97,15 +97,7 @@ fn run_size(n: u64, ips: (&str, &str), unlimited: bool) {
     }
     // Live reports: A's acknowledgement to B's decision stream.
     // The decision stream's end, where the live phase starts.
-    let mut cursor = 0;
-    loop {
-        let r = nb.get(&format!("/v1/decisions/stream?since={cursor}"));
-        let empty = r.json["decisions"].as_array().is_none_or(Vec::is_empty);
-        cursor = r.json["next"].as_u64().unwrap_or(cursor);
-        if empty {
-            break;
-        }
-    }
+    let mut cursor = nb.decisions_end();
     let before = bytes_in(&nb);
     let mut latencies = Vec::new();
     let start = Instant::now();

@@ -194,15 +194,7 @@ fn live(listed: bool, ips: (&str, &str)) {
         t.elapsed().as_secs_f64(),
         bytes_in(&nb)
     );
-    let mut cursor = 0;
-    loop {
-        let r = nb.get(&format!("/v1/decisions/stream?since={cursor}"));
-        let empty = r.json["decisions"].as_array().is_none_or(Vec::is_empty);
-        cursor = r.json["next"].as_u64().unwrap_or(cursor);
-        if empty {
-            break;
-        }
-    }
+    let mut cursor = nb.decisions_end();
     let tag = if listed { "listed" } else { "throttled" };
     let keys: HashMap<String, usize> = (0..REPORTS)
         .map(|i| {

@@ -200,23 +200,8 @@ impl Ejabberd {
 
     /// Stops it (SIGTERM) and waits for the exit.
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(child.id().to_string())
-                .status();
-            let start = Instant::now();
-            loop {
-                if let Ok(Some(_)) = child.try_wait() {
-                    break;
-                }
-                if start.elapsed() > Duration::from_secs(10) {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
+        if let Some(child) = self.child.take() {
+            crate::terminate(child, Duration::from_secs(10));
         }
     }
 

@@ -345,6 +345,20 @@ write_token_file = "write.token"
         );
     }
 
+    /// The decision stream's cursor at its end (where a measurement of
+    /// new decisions starts).
+    pub fn decisions_end(&self) -> u64 {
+        let mut cursor = 0;
+        loop {
+            let r = self.get(&format!("/v1/decisions/stream?since={cursor}"));
+            let empty = r.json["decisions"].as_array().is_none_or(Vec::is_empty);
+            cursor = r.json["next"].as_u64().unwrap_or(cursor);
+            if empty {
+                return cursor;
+            }
+        }
+    }
+
     /// Records stored from a peer, as `/v1/peers` shows them.
     pub fn peer_records(&self, domain: &str) -> u64 {
         let v = self.get("/v1/peers").json;

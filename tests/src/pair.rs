@@ -43,7 +43,7 @@ pub fn fill(dir: &Path, n: u64) {
     let now = corvid_node::now();
     let mut i = 0;
     while i < n {
-        let end = (i + 10_000).min(n);
+        let end = (i + 100_000).min(n);
         store
             .batch(false, &mut |tx| {
                 for j in i..end {

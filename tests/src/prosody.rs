@@ -390,19 +390,8 @@ unlimited_jids = {{ {unlimited} }}
 
     /// Stops the server (SIGTERM, then SIGKILL after 5 s).
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(child.id().to_string())
-                .status();
-            for _ in 0..100 {
-                if child.try_wait().ok().flatten().is_some() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+        if let Some(child) = self.child.take() {
+            crate::terminate(child, Duration::from_secs(5));
         }
     }
 

@@ -528,6 +528,13 @@ fn prosody_0_12_muc_rtbl_reads_corvid_block_lists_across_restarts() {
     );
 }
 
+/// Until rooms.a.test refuses each of `clients` (bot, friend, bob).
+fn all_refused(clients: &[Client], within: Duration, what: &str) {
+    for (c, u) in clients.iter().zip(["bot", "friend", "bob"]) {
+        until_join(c, &format!("room@rooms.a.test/{u}"), false, within, what);
+    }
+}
+
 #[test]
 fn prosody_0_12_a_10k_entry_list_is_pushed_again_when_the_component_reconnects() {
     super::init();
@@ -552,15 +559,11 @@ fn prosody_0_12_a_10k_entry_list_is_pushed_again_when_the_component_reconnects()
         .collect();
     let alice = Client::login(&s.a, "alice", "a.test");
     enter(&alice, "room@rooms.a.test/alice");
-    for (c, u) in clients.iter().zip(["bot", "friend", "bob"]) {
-        until_join(
-            c,
-            &format!("room@rooms.a.test/{u}"),
-            false,
-            Duration::from_secs(30),
-            "rooms.a.test with the 10k list",
-        );
-    }
+    all_refused(
+        &clients,
+        Duration::from_secs(30),
+        "rooms.a.test with the 10k list",
+    );
 
     // a.test's Prosody restarts: rooms.a.test starts empty (its fetch at
     // start comes before the component is back), and the component pushes
@@ -572,15 +575,11 @@ fn prosody_0_12_a_10k_entry_list_is_pushed_again_when_the_component_reconnects()
     let t = Instant::now();
     let alice = Client::login(&s.a, "alice", "a.test");
     enter(&alice, "room@rooms.a.test/alice");
-    for (c, u) in clients.iter().zip(["bot", "friend", "bob"]) {
-        until_join(
-            c,
-            &format!("room@rooms.a.test/{u}"),
-            false,
-            Duration::from_secs(10),
-            "rooms.a.test after the component reconnected",
-        );
-    }
+    all_refused(
+        &clients,
+        Duration::from_secs(10),
+        "rooms.a.test after the component reconnected",
+    );
     let held = t.elapsed();
     let pushed_in = s
         .node
