@@ -31,6 +31,51 @@ pub struct WriterState {
     pub other_version_requests: u64,
     /// Requests for the version-1 nodes.
     pub v1_requests: u64,
+    /// Hostile items served in the first compact page beside the records:
+    /// see [`hostile_items`].
+    pub hostile: bool,
+}
+
+/// Three items a reader must reject and count, never store: one whose
+/// JSON was altered after signing (`bad-signature`), one signed for
+/// another feed and replayed here (`bad-signature`), and one over the
+/// 64 KiB item limit (`oversized`).
+pub fn hostile_items(
+    key: &SecretKey,
+    issuer: &Issuer,
+    feed: &FeedAddress,
+    record: &Record,
+) -> Vec<Element> {
+    let body = || Body::Snapshot {
+        generation: 0,
+        records: vec![record.clone()],
+    };
+    let id = format!("{CHUNK_PREFIX}{}", record.id());
+    let tampered = {
+        let item = signed(key, issuer, feed, &id, body());
+        let xml = String::from(&item).replacen("\"confidence\":", "\"confidence\":1", 1);
+        xml.parse::<Element>().expect("tampered item")
+    };
+    let elsewhere: FeedAddress = "xmpp:corvid.elsewhere.test?;node=corvid"
+        .parse()
+        .expect("feed");
+    let replayed = signed(key, issuer, &elsewhere, &id, body());
+    let oversized = Element::builder("item", NS_PUBSUB)
+        .attr(name("id"), id.as_str())
+        .append(
+            Element::builder("report", "urn:xmpp:reporting:1")
+                .attr(name("reason"), "urn:xmpp:reporting:spam")
+                .append(
+                    Element::builder("signed", "urn:x-corvid:1")
+                        .attr(name("encoding"), "json")
+                        .attr(name("sig"), "A".repeat(86))
+                        .append(format!("{{\"pad\":\"{}\"}}", "x".repeat(70_000)))
+                        .build(),
+                )
+                .build(),
+        )
+        .build();
+    vec![tampered, replayed, oversized]
 }
 
 /// A running writer: its state, shared with the test.
@@ -231,6 +276,11 @@ fn answer(
                     records: st.records.clone(),
                 };
                 items.append_child(signed(key, issuer, feed, &id, body));
+                if st.hostile {
+                    for item in hostile_items(key, issuer, feed, last) {
+                        items.append_child(item);
+                    }
+                }
                 set.append_child(
                     Element::builder("last", NS_RSM)
                         .append(last.id().to_string())

@@ -59,6 +59,8 @@ fn reads_the_log_version_it_knows(version: Version, ip: &str) {
     {
         let mut st = writer.state.lock().expect("state");
         st.versions = vec![1, 2];
+        // Beside the records, a tampered, a replayed and an oversized item.
+        st.hostile = true;
         st.records = (0..50)
             .map(|i| numbered_report("v1-", Category::Spam, i, now))
             .collect();
@@ -82,7 +84,12 @@ fn reads_the_log_version_it_knows(version: Version, ip: &str) {
         );
         assert!(st.v1_requests >= 3, "subscribe, checkpoint, a page");
     }
-    assert_eq!(nb.counter("corvid_rejected_items_total", &[]), 0);
+    // The hostile items were counted by reason and dropped; nothing else
+    // was refused, and the reader went on.
+    let rejected = |reason: &str| nb.counter("corvid_rejected_items_total", &[reason]);
+    assert_eq!(rejected("bad-signature"), 2, "{}", nb.metrics());
+    assert_eq!(rejected("oversized"), 1, "{}", nb.metrics());
+    assert_eq!(nb.counter("corvid_rejected_items_total", &[]), 3);
 
     // The writer offers only version 2: B reads nothing, keeps its 50
     // records, and its status names the layout error.
