@@ -409,6 +409,11 @@ struct Ctx<'a> {
     suspended: &'a BTreeSet<String>,
 }
 
+/// Meta key: the newest own record known to be among the contributions.
+const OWN_INGESTED_KEY: &str = "own_ingested_through";
+/// Own records ingested per transaction when a start restores them.
+const OWN_RESTORE_PAGE: usize = 20_000;
+
 /// The core.
 #[derive(Debug)]
 pub struct Core {
@@ -460,33 +465,53 @@ impl Core {
             warm: Some(None),
         };
         core.load_sources()?;
-        let now = now_ms / 1000;
-        let domain = core.settings.domain.clone();
-        let own: Vec<(Record, String)> = core
-            .store
-            .own_records()?
-            .into_iter()
-            .filter(|r| r.expires_at() > now)
-            .map(|r| (r, String::new()))
-            .collect();
-        if !own.is_empty() {
-            let mut effects = Vec::new();
-            core.segment(
-                &[(
-                    0,
-                    now_ms,
-                    Event::Records {
-                        source: domain,
-                        records: own,
-                    },
-                )],
-                &mut effects,
-            );
-            if let Some(Effect::Reply(_, Outcome::Failed(e))) = effects.first() {
-                return Err(e.clone());
-            }
-        }
+        core.restore_own(now_ms)?;
         Ok(core)
+    }
+
+    /// Own records become this server's contributions in the transaction
+    /// that writes them; those written otherwise (an imported or migrated
+    /// store, or a crash between releases) are ingested here at start.
+    /// Only records after the mark of the last pass are read, a page at a
+    /// time, so a start costs what was written since, not the whole log.
+    fn restore_own(&mut self, now_ms: u64) -> Result<(), CoreError> {
+        let now = now_ms / 1000;
+        let domain = self.settings.domain.clone();
+        let mut after: Option<ReportId> = self.store.meta_json(OWN_INGESTED_KEY)?;
+        loop {
+            let page = self.store.own_after(after, OWN_RESTORE_PAGE)?;
+            let Some(last) = page.last().map(Record::id) else {
+                break;
+            };
+            let records: Vec<(Record, String)> = page
+                .into_iter()
+                .filter(|r| r.expires_at() > now)
+                .map(|r| (r, String::new()))
+                .collect();
+            if !records.is_empty() {
+                let mut effects = Vec::new();
+                self.segment(
+                    &[(
+                        0,
+                        now_ms,
+                        Event::Records {
+                            source: domain.clone(),
+                            records,
+                        },
+                    )],
+                    &mut effects,
+                );
+                if let Some(Effect::Reply(_, Outcome::Failed(e))) = effects.first() {
+                    return Err(e.clone());
+                }
+            }
+            after = Some(last);
+        }
+        if let Some(mark) = after {
+            self.store
+                .batch(true, &mut |tx| tx.put_meta_json(OWN_INGESTED_KEY, &mark))?;
+        }
+        Ok(())
     }
 
     fn load_sources(&mut self) -> Result<(), CoreError> {

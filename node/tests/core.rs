@@ -664,3 +664,53 @@ fn a_report_supersedes_the_last_one_within_the_same_second() {
         }
     }
 }
+
+#[test]
+fn own_records_written_outside_the_core_become_contributions_at_the_next_start() {
+    // A store that holds own records but not their contributions (an
+    // imported or migrated store): the start ingests them, then marks how
+    // far it got, so that the next start reads nothing before the mark.
+    let store = Store::in_memory();
+    let own: Vec<Record> = (0..3u64)
+        .map(|i| report(&jid(i as usize), i + 1, NOW + 86_400))
+        .collect();
+    for r in &own {
+        store.put_own_durable(r).expect("own");
+    }
+    let start = |store: &Store| {
+        Core::new(
+            store.clone(),
+            settings(),
+            SecretKey::from_seed([1; 32]),
+            "xmpp:pubsub.a.example?;node=corvid".parse().expect("feed"),
+            NOW * 1000,
+        )
+        .expect("core")
+    };
+    let domain = settings().domain.clone();
+    let core = start(&store);
+    for r in &own {
+        let got = core
+            .store()
+            .get(r.subject().as_str(), &domain)
+            .expect("read")
+            .map(|s| s.record);
+        assert_eq!(got.as_ref(), Some(r));
+    }
+    drop(core);
+    // Written outside the core after the mark: only that one is read.
+    let late = report(&jid(9), 9, NOW + 86_400);
+    store.put_own_durable(&late).expect("own");
+    let core = start(&store);
+    assert!(
+        core.store()
+            .get(late.subject().as_str(), &domain)
+            .expect("read")
+            .is_some()
+    );
+    let mark: Option<ReportId> = core
+        .store()
+        .meta_json("own_ingested_through")
+        .expect("meta");
+    assert_eq!(mark, Some(late.id()));
+}

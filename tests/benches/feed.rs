@@ -55,7 +55,7 @@ fn main() {
 }
 
 fn run_size(n: u64, ips: (&str, &str), unlimited: bool) {
-    let p = Pair::start(Version::Debian12, n, ips, unlimited);
+    let p = Pair::start(Version::Debian12, n, ips, unlimited, true);
     let t = Instant::now();
     let nb = p.follower();
     wait_for(Duration::from_secs(900), "B to hold A's log", || {

@@ -92,7 +92,7 @@ fn peer_a(nb: &Node) -> serde_json::Value {
 fn restarts(what: Restart, ips: (&str, &str)) {
     const N: u64 = 1_000_000;
     println!("restarts: 1M-record backfill, {what:?} restarted at a third");
-    let mut p = Pair::start(Version::Debian12, N, ips, true);
+    let mut p = Pair::start(Version::Debian12, N, ips, true, false);
     let t = Instant::now();
     let nb = p.follower();
     wait_for(Duration::from_secs(600), "B to hold a third", || {
@@ -183,7 +183,7 @@ fn live(listed: bool, ips: (&str, &str)) {
         "live: B follows a 100k-record feed, A reports 5/s for 2 min, A's component {} B's unlimited_jids",
         if listed { "in" } else { "not in" }
     );
-    let p = Pair::start(Version::Debian12, N, ips, listed);
+    let p = Pair::start(Version::Debian12, N, ips, listed, false);
     let t = Instant::now();
     let nb = p.follower();
     wait_for(Duration::from_secs(900), "B to hold A's feed", || {
@@ -255,7 +255,7 @@ fn live(listed: bool, ips: (&str, &str)) {
 fn capacity(ips: (&str, &str)) {
     const N: u64 = 10_000_000;
     println!("capacity: a 10M-record feed");
-    let mut p = Pair::start(Version::Debian12, N, ips, true);
+    let mut p = Pair::start(Version::Debian12, N, ips, true, false);
     let t = Instant::now();
     let nb = p.follower();
     let done = {

@@ -10,7 +10,7 @@ use corvid_node::store::Store;
 use corvid_protocol::record::Category;
 
 use crate::node::{Identity, Node, component_config};
-use crate::prosody::{Prosody, Version, hosts_file, start_with_component};
+use crate::prosody::{Prosody, Version, hosts_file, start_with_component_tls};
 use crate::{free_port, numbered_report, write_private};
 
 const SECRET: &str = "pair-component-secret";
@@ -61,7 +61,8 @@ impl Pair {
     /// A with `n` records running; B's Prosody (listing A's component in
     /// `unlimited_jids` when `unlimited`, else throttled by Debian's
     /// `mod_limits`) running, B's corvidd not yet.
-    pub fn start(version: Version, n: u64, ips: (&str, &str), unlimited: bool) -> Self {
+    /// With `tls`, s2s runs over TLS (self-signed certificates, dialback).
+    pub fn start(version: Version, n: u64, ips: (&str, &str), unlimited: bool, tls: bool) -> Self {
         let hosts = hosts_file(&format!(
             "{} a.test pubsub.a.test corvid.a.test\n{} b.test pubsub.b.test corvid.b.test\n",
             ips.0, ips.1
@@ -69,7 +70,7 @@ impl Pair {
         let (pa, pb) = (free_port(), free_port());
         let start = |ip: &str, domain: &str, port: u16, peer: Option<&str>| {
             let peers: Vec<&str> = peer.into_iter().collect();
-            start_with_component(version, ip, domain, &hosts, port, SECRET, &peers)
+            start_with_component_tls(version, ip, domain, &hosts, port, SECRET, &peers, tls)
         };
         let a = start(ips.0, "a.test", pa, Some("corvid.b.test"));
         let b = start(ips.1, "b.test", pb, unlimited.then_some("corvid.a.test"));

@@ -37,6 +37,10 @@ pub struct ProsodyOptions {
     /// The release's community modules (prosody-modules: mod_anti_spam,
     /// mod_muc_rtbl) on the plugin path.
     pub community_modules: bool,
+    /// s2s over TLS (required), with a self-signed certificate naming every
+    /// host and its subdomains (authenticated by dialback, as between
+    /// servers without a CA-signed certificate).
+    pub s2s_tls: bool,
 }
 
 /// A Prosody release.
@@ -168,6 +172,30 @@ pub fn start_with_component(
     secret: &str,
     unlimited_components: &[&str],
 ) -> Prosody {
+    start_with_component_tls(
+        version,
+        ip,
+        domain,
+        hosts,
+        port,
+        secret,
+        unlimited_components,
+        false,
+    )
+}
+
+/// As [`start_with_component`], with s2s over TLS when `s2s_tls`.
+#[allow(clippy::too_many_arguments)]
+pub fn start_with_component_tls(
+    version: Version,
+    ip: &str,
+    domain: &str,
+    hosts: &Path,
+    port: u16,
+    secret: &str,
+    unlimited_components: &[&str],
+    s2s_tls: bool,
+) -> Prosody {
     let (global, tail) = component_settings(ip, domain, port, secret, unlimited_components);
     Prosody::start(
         &[domain],
@@ -179,6 +207,7 @@ pub fn start_with_component(
             version,
             global,
             tail,
+            s2s_tls,
             ..ProsodyOptions::default()
         },
     )
@@ -202,6 +231,7 @@ impl Default for ProsodyOptions {
             tail: String::new(),
             limits: true,
             community_modules: false,
+            s2s_tls: false,
         }
     }
 }
@@ -273,7 +303,7 @@ unbound = {{ resolvconf = "{dir}/resolv.conf"; hoststxt = "{hosts}" }}
 network_settings = {{ nagle = false }}
 c2s_require_encryption = false
 allow_unencrypted_plain_auth = true
-s2s_require_encryption = false
+s2s_require_encryption = {s2s_tls}
 s2s_secure_auth = false
 authentication = "internal_hashed"
 modules_enabled = {{ "disco"; "roster"; "saslauth"; "dialback"; {limits}"pep"; "private"; "smacks"; "ping"; "time"; "uptime"; "version"{modules} }}
@@ -292,6 +322,7 @@ unlimited_jids = {{ {unlimited} }}
             modules = options
                 .modules
                 .iter()
+                .chain(options.s2s_tls.then(|| "tls".to_owned()).iter())
                 .map(|m| format!("; {m:?}"))
                 .collect::<String>(),
             plugins = module_dir().display(),
@@ -308,7 +339,38 @@ unlimited_jids = {{ {unlimited} }}
                 String::new()
             },
             limits = if options.limits { "\"limits\"; " } else { "" },
+            s2s_tls = options.s2s_tls,
         );
+        if options.s2s_tls {
+            let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+            let names: Vec<String> = hosts
+                .iter()
+                .flat_map(|h| [format!("DNS:{h}"), format!("DNS:*.{h}")])
+                .collect();
+            let status = Command::new("openssl")
+                .args([
+                    "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30",
+                ])
+                .arg("-keyout")
+                .arg(&key)
+                .arg("-out")
+                .arg(&cert)
+                .args([
+                    "-subj",
+                    &format!("/CN={}", hosts.first().copied().unwrap_or("test")),
+                ])
+                .args(["-addext", &format!("subjectAltName={}", names.join(","))])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .expect("openssl");
+            assert!(status.success(), "openssl could not make a certificate");
+            text.push_str(&format!(
+                "ssl = {{ certificate = \"{}\"; key = \"{}\" }}\n",
+                cert.display(),
+                key.display()
+            ));
+        }
         text.push_str(&options.global);
         text.push('\n');
         if options.memory_pubsub {

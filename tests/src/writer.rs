@@ -111,9 +111,17 @@ impl Writer {
                 .build()
                 .expect("runtime");
             rt.block_on(async move {
-                let mut stream = RawStream::connect(&server, &jid, &secret)
-                    .await
-                    .expect("the test writer logs in as a component");
+                // The server may not listen for components yet.
+                let started = std::time::Instant::now();
+                let mut stream = loop {
+                    match RawStream::connect(&server, &jid, &secret).await {
+                        Ok(s) => break s,
+                        Err(e) if started.elapsed() > std::time::Duration::from_secs(15) => {
+                            panic!("the test writer cannot log in as a component: {e:#}")
+                        }
+                        Err(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+                    }
+                };
                 let _ = ready_tx.send(());
                 let feed: FeedAddress = format!("xmpp:{jid}?;node=corvid").parse().expect("feed");
                 let issuer = Issuer {
@@ -132,7 +140,7 @@ impl Writer {
             });
         });
         ready_rx
-            .recv_timeout(std::time::Duration::from_secs(10))
+            .recv_timeout(std::time::Duration::from_secs(20))
             .expect("the test writer connected");
         writer
     }
