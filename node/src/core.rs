@@ -411,8 +411,9 @@ struct Ctx<'a> {
 
 /// Meta key: the newest own record known to be among the contributions.
 const OWN_INGESTED_KEY: &str = "own_ingested_through";
-/// Own records ingested per transaction when a start restores them.
-const OWN_RESTORE_PAGE: usize = 20_000;
+/// Own records ingested per transaction when a start restores them (large:
+/// they land at random keys, and fewer, larger transactions write less).
+const OWN_RESTORE_PAGE: usize = 250_000;
 
 /// The core.
 #[derive(Debug)]
@@ -483,11 +484,14 @@ impl Core {
             let Some(last) = page.last().map(Record::id) else {
                 break;
             };
-            let records: Vec<(Record, String)> = page
+            let mut records: Vec<(Record, String)> = page
                 .into_iter()
                 .filter(|r| r.expires_at() > now)
                 .map(|r| (r, String::new()))
                 .collect();
+            // In key order: stored in order, the records fill storage pages
+            // one after another instead of rewriting one page each.
+            records.sort_by(|a, b| a.0.subject().as_str().cmp(b.0.subject().as_str()));
             if !records.is_empty() {
                 let mut effects = Vec::new();
                 self.segment(
