@@ -10,7 +10,7 @@ use corvid_node::store::Store;
 use corvid_protocol::record::Category;
 
 use crate::node::{Identity, Node, component_config};
-use crate::prosody::{Prosody, Version, hosts_file, start_with_component_tls};
+use crate::prosody::{Prosody, Version, hosts_file, start_with_component};
 use crate::{free_port, numbered_report, write_private};
 
 const SECRET: &str = "pair-component-secret";
@@ -70,7 +70,7 @@ impl Pair {
         let (pa, pb) = (free_port(), free_port());
         let start = |ip: &str, domain: &str, port: u16, peer: Option<&str>| {
             let peers: Vec<&str> = peer.into_iter().collect();
-            start_with_component_tls(version, ip, domain, &hosts, port, SECRET, &peers, tls)
+            start_with_component(version, ip, domain, &hosts, port, SECRET, &peers, tls)
         };
         let a = start(ips.0, "a.test", pa, Some("corvid.b.test"));
         let b = start(ips.1, "b.test", pb, unlimited.then_some("corvid.a.test"));

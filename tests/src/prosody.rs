@@ -161,32 +161,11 @@ pub fn hosts_file(lines: &str) -> PathBuf {
     path
 }
 
-/// A server for `domain` on `ip` (s2s, names from `hosts`) whose corvidd
-/// runs as its component, set up by [`component_settings`].
-pub fn start_with_component(
-    version: Version,
-    ip: &str,
-    domain: &str,
-    hosts: &Path,
-    port: u16,
-    secret: &str,
-    unlimited_components: &[&str],
-) -> Prosody {
-    start_with_component_tls(
-        version,
-        ip,
-        domain,
-        hosts,
-        port,
-        secret,
-        unlimited_components,
-        false,
-    )
-}
-
-/// As [`start_with_component`], with s2s over TLS when `s2s_tls`.
+/// A server for `domain` on `ip` (s2s, names from `hosts`; over TLS when
+/// `s2s_tls`) whose corvidd runs as its component, set up by
+/// [`component_settings`].
 #[allow(clippy::too_many_arguments)]
-pub fn start_with_component_tls(
+pub fn start_with_component(
     version: Version,
     ip: &str,
     domain: &str,

@@ -35,6 +35,7 @@ fn prosody(version: Version, ip: &str, domain: &str, hosts: &Path, port: u16) ->
         port,
         SECRET,
         &[&format!("corvid.{other}")],
+        false,
     )
 }
 
