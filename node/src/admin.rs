@@ -178,6 +178,34 @@ async fn brake(
     Ok(Json(json!(brake)))
 }
 
+/// The `component` check of `status` and `doctor`.
+fn component_check(
+    c: &crate::component::ComponentHandle,
+    state: &ComponentState,
+    now: u64,
+) -> Check {
+    match state {
+        ComponentState::Online { since, consumers } => Check::ok(
+            "component",
+            format!(
+                "{} connected for {} s; {consumers} block-list consumers",
+                c.jid,
+                now.saturating_sub(*since)
+            ),
+        ),
+        ComponentState::Connecting { last_error, since } => Check::fail(
+            "component",
+            format!(
+                "{} not connected for {} s: {}",
+                c.jid,
+                now.saturating_sub(*since),
+                last_error.as_deref().unwrap_or("connecting")
+            ),
+            "check [component] (server, secret_file) against the XMPP server's Component line, component_secret and component_ports (loopback)",
+        ),
+    }
+}
+
 /// What a ping's outcome says about the link to a peer's feed service.
 fn link_check(
     domain: &str,
@@ -283,23 +311,14 @@ async fn doctor(State(s): State<Arc<ApiState>>) -> Result<Json<Value>, ApiError>
         ));
         return Ok(Json(json!({ "checks": health.checks })));
     };
-    if !c.online() {
-        let error = match &*c.state.borrow() {
-            ComponentState::Connecting { last_error, .. } => last_error.clone(),
-            ComponentState::Online { .. } => None,
-        };
-        health.push(Check::fail(
-            "component",
-            format!(
-                "{} is not connected: {}",
-                c.jid,
-                error.as_deref().unwrap_or("connecting")
-            ),
-            "check [component] (server, secret_file) against the XMPP server's Component line, component_secret and component_ports (loopback)",
+    let check = component_check(c, &c.state.borrow().clone(), crate::now());
+    let online = check.severity == Severity::Ok;
+    health.push(check);
+    if !online {
+        return Ok(Json(
+            json!({ "checks": health.checks, "worst": health.worst() }),
         ));
-        return Ok(Json(json!({ "checks": health.checks })));
     }
-    health.push(Check::ok("component", format!("{} connected", c.jid)));
     let mut pings = tokio::task::JoinSet::new();
     for (domain, p) in &settings.peers {
         let (c, domain, service) = (c.clone(), domain.clone(), p.feed.service.clone());
@@ -469,30 +488,13 @@ async fn status(State(s): State<Arc<ApiState>>) -> Result<Json<Value>, ApiError>
     let mut list_consumers = 0;
     let component = s.component.get().map(|c| {
         let state = c.state.borrow().clone();
+        health.push(component_check(c, &state, now));
         match &state {
             ComponentState::Online { since, consumers } => {
                 list_consumers = *consumers;
-                health.push(Check::ok(
-                    "component",
-                    format!(
-                        "{} connected for {} s; {consumers} block-list consumers",
-                        c.jid,
-                        now.saturating_sub(*since)
-                    ),
-                ));
                 json!({ "jid": c.jid, "state": "online", "since": since, "list_consumers": consumers })
             }
             ComponentState::Connecting { last_error, since } => {
-                health.push(Check::fail(
-                    "component",
-                    format!(
-                        "{} not connected for {} s: {}",
-                        c.jid,
-                        now.saturating_sub(*since),
-                        last_error.as_deref().unwrap_or("connecting")
-                    ),
-                    "check [component] (server, secret_file) against the XMPP server's Component line, component_secret and component_ports (loopback)",
-                ));
                 json!({ "jid": c.jid, "state": "connecting", "since": since, "last_error": last_error })
             }
         }

@@ -19,7 +19,7 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use corvid_protocol::feed::{CHECKPOINT_ITEM, LOG_FEATURE, delta_item_id};
+use corvid_protocol::feed::{CHECKPOINT_ITEM, delta_item_id};
 use corvid_protocol::item::{Body, Envelope, FeedAddress, ItemError, SignedItem};
 use corvid_protocol::keys::Signer;
 use corvid_protocol::ns;
@@ -558,11 +558,6 @@ impl FeedLog {
             .append(items)
             .append(set)
             .build()))
-    }
-
-    /// The disco#info feature that tells followers this feed is a log.
-    pub fn feature() -> &'static str {
-        LOG_FEATURE
     }
 }
 

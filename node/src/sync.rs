@@ -44,7 +44,7 @@ const DELTA_BATCH: usize = 16;
 pub struct Board(std::sync::Mutex<HashMap<String, SourceSync>>);
 
 /// One source's entry on the [`Board`] (times in Unix seconds).
-#[derive(Debug, Default, Clone, serde::Serialize)]
+#[derive(Debug, Default, Clone)]
 pub struct SourceSync {
     /// The last read's error, while reads fail.
     pub last_error: Option<String>,
@@ -123,15 +123,6 @@ impl Board {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         map.get(source).cloned().unwrap_or_default()
-    }
-
-    /// Forgets sources no longer configured.
-    pub fn retain(&self, keep: impl Fn(&str) -> bool) {
-        let mut map = self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        map.retain(|k, _| keep(k));
     }
 }
 

@@ -65,9 +65,7 @@ fn main() {
         &Identity::new("a.test"),
         &component_config(&secret, ip, port, "a.test", &Identity::new("b.test")),
     );
-    wait_for(Duration::from_secs(30), "A's component", || {
-        (na.get("/v1/status").json["component"]["state"] == "online").then_some(())
-    });
+    na.wait_component_online(Duration::from_secs(30));
     let received = Arc::new(AtomicU64::new(0));
     let subscribed = Arc::new(AtomicU64::new(0));
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -81,14 +81,6 @@ enum Restart {
     PublishersCorvidd,
 }
 
-fn peer_a(nb: &Node) -> serde_json::Value {
-    nb.get("/v1/peers").json["peers"]
-        .as_array()
-        .and_then(|p| p.iter().find(|p| p["domain"] == "a.test"))
-        .cloned()
-        .unwrap_or_default()
-}
-
 fn restarts(what: Restart, ips: (&str, &str)) {
     const N: u64 = 1_000_000;
     println!("restarts: 1M-record backfill, {what:?} restarted at a third");
@@ -117,7 +109,7 @@ fn restarts(what: Restart, ips: (&str, &str)) {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    let peer = peer_a(&nb);
+    let peer = nb.peer("a.test");
     println!(
         "    B: {} records, {} bytes in, failures {}, last error {}",
         peer["records"],
@@ -271,7 +263,7 @@ fn capacity(ips: (&str, &str)) {
             std::thread::sleep(Duration::from_secs(1));
         }
     };
-    let peer = peer_a(&nb);
+    let peer = nb.peer("a.test");
     println!(
         "    B: {} records, {} bytes in ({:.1} B/record), failures {}",
         peer["records"],
@@ -292,9 +284,7 @@ fn capacity(ips: (&str, &str)) {
     );
     // A restart republishes nothing: B receives checkpoints only.
     p.na.restart();
-    wait_for(Duration::from_secs(120), "A's component online", || {
-        (p.na.get("/v1/status").json["component"]["state"] == "online").then_some(())
-    });
+    p.na.wait_component_online(Duration::from_secs(120));
     let before = bytes_in(&nb);
     std::thread::sleep(Duration::from_secs(60));
     let quiet = bytes_in(&nb) - before;

@@ -361,12 +361,30 @@ write_token_file = "write.token"
 
     /// Records stored from a peer, as `/v1/peers` shows them.
     pub fn peer_records(&self, domain: &str) -> u64 {
-        let v = self.get("/v1/peers").json;
-        v["peers"]
+        self.peer(domain)["records"].as_u64().unwrap_or(0)
+    }
+
+    /// A peer's entry in `/v1/peers` (null when it is not configured).
+    pub fn peer(&self, domain: &str) -> Value {
+        find_peer(&self.get("/v1/peers").json, domain)
+    }
+
+    /// A peer's entry in `/v1/status`, and whether the status raises the
+    /// check on its reads (`peer.DOMAIN.read`), from one request.
+    pub fn peer_status(&self, domain: &str) -> (Value, bool) {
+        let v = self.get("/v1/status").json;
+        let name = format!("peer.{domain}.read");
+        let check = v["checks"]
             .as_array()
-            .and_then(|ps| ps.iter().find(|p| p["domain"] == domain))
-            .and_then(|p| p["records"].as_u64())
-            .unwrap_or(0)
+            .is_some_and(|c| c.iter().any(|c| c["name"] == name.as_str()));
+        (find_peer(&v, domain), check)
+    }
+
+    /// Waits until the node's component is connected.
+    pub fn wait_component_online(&self, timeout: Duration) {
+        wait_for(timeout, "the component to connect", || {
+            (self.get("/v1/status").json["component"]["state"] == "online").then_some(())
+        });
     }
 
     /// The metrics text.
@@ -406,6 +424,15 @@ pub fn component_config(
         key = peer.public(),
         secret = secret.display(),
     )
+}
+
+/// The entry of `domain` in a response's `peers` list.
+fn find_peer(v: &Value, domain: &str) -> Value {
+    v["peers"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["domain"] == domain))
+        .cloned()
+        .unwrap_or_default()
 }
 
 /// Splits `extra` into lines for `[policy]` (prefixed `policy.`), for

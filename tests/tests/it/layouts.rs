@@ -14,19 +14,6 @@ use corvid_tests::{free_port, numbered_report, wait_for, write_private};
 
 const SECRET: &str = "layout-component-secret";
 
-fn peer_a(nb: &Node) -> (serde_json::Value, bool) {
-    let v = nb.get("/v1/status").json;
-    let check = v["checks"]
-        .as_array()
-        .is_some_and(|c| c.iter().any(|c| c["name"] == "peer.a.test.read"));
-    let p = v["peers"]
-        .as_array()
-        .and_then(|p| p.iter().find(|p| p["domain"] == "a.test"))
-        .cloned()
-        .unwrap_or_default();
-    (p, check)
-}
-
 fn reads_the_log_version_it_knows(version: Version, ip: &str) {
     super::init();
     let (ia, ib) = (Identity::new("a.test"), Identity::new("b.test"));
@@ -71,7 +58,7 @@ fn reads_the_log_version_it_knows(version: Version, ip: &str) {
     wait_for(Duration::from_secs(60), "B to read A's log", || {
         (nb.peer_records("a.test") == 50).then_some(())
     });
-    let (p, check) = peer_a(&nb);
+    let (p, check) = nb.peer_status("a.test");
     assert_eq!(p["layout"], 2, "{p}");
     assert!(p["last_error"].is_null() && !check, "{p}");
     {
@@ -103,7 +90,7 @@ fn reads_the_log_version_it_knows(version: Version, ip: &str) {
             Duration::from_secs(90),
             "B's status to name the unsupported layout",
             || {
-                let (p, check) = peer_a(&nb);
+                let (p, check) = nb.peer_status("a.test");
                 let e = p["last_error"].as_str().unwrap_or_default().to_owned();
                 (check && e.contains("unsupported-layout")).then_some(e)
             },
@@ -115,7 +102,7 @@ fn reads_the_log_version_it_knows(version: Version, ip: &str) {
     // A retry in between (10 s after the failure) finds the same.
     std::thread::sleep(Duration::from_secs(12).saturating_sub(t.elapsed()));
     assert_eq!(nb.peer_records("a.test"), 50, "B kept what it held");
-    let (p, _) = peer_a(&nb);
+    let (p, _) = nb.peer_status("a.test");
     assert!(p["failures"].as_u64().unwrap_or(0) >= 2, "{p}");
     {
         let st = writer.state.lock().expect("state");
@@ -128,7 +115,7 @@ fn reads_the_log_version_it_knows(version: Version, ip: &str) {
     // clears.
     writer.state.lock().expect("state").versions = vec![1, 2];
     wait_for(Duration::from_secs(60), "B's reads of A to recover", || {
-        let (p, check) = peer_a(&nb);
+        let (p, check) = nb.peer_status("a.test");
         (p["last_error"].is_null() && !check).then_some(())
     });
     assert_eq!(nb.peer_records("a.test"), 50);

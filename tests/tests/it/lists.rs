@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use corvid_tests::client::Client;
 use corvid_tests::node::{Identity, Node};
 use corvid_tests::prosody::{Prosody, ProsodyOptions, Version, hosts_file};
-use corvid_tests::{free_port, wait_for, write_private};
+use corvid_tests::{free_port, write_private};
 use xmpp_parsers::iq::Iq;
 use xmpp_parsers::jid::Jid;
 use xmpp_parsers::minidom::Element;
@@ -98,7 +98,7 @@ fn servers_with(version: Version, ips: (&str, &str), anti_spam: bool, extra: &st
     // The other server starts once the component is up: its modules fetch
     // the lists once at start and never retry, so a server that started
     // while the component was away learns nothing until it restarts.
-    component_online(&node);
+    node.wait_component_online(Duration::from_secs(20));
     let b = Prosody::start(
         &["b.test"],
         &["bot@b.test", "bob@b.test", "friend@b.test"],
@@ -110,13 +110,6 @@ fn servers_with(version: Version, ips: (&str, &str), anti_spam: bool, extra: &st
         node,
         _secret: secret,
     }
-}
-
-fn component_online(node: &Node) {
-    wait_for(Duration::from_secs(20), "the component to connect", || {
-        let s = node.get("/v1/status");
-        (s.json["component"]["state"] == "online").then_some(())
-    });
 }
 
 fn is_error(stanza: &Element, name: &str, condition: &str) -> bool {
@@ -244,7 +237,7 @@ fn pubsub_get(c: &Client, to: &str, payload: Element) -> Result<Option<Element>,
 fn prosody_13_anti_spam_and_muc_rtbl_enforce_corvid_block_lists() {
     super::init();
     let s = servers(Version::Backports13, ("127.0.0.50", "127.0.0.51"), true);
-    component_online(&s.node);
+    s.node.wait_component_online(Duration::from_secs(20));
     let alice = Client::login(&s.a, "alice", "a.test");
     let bob = Client::login(&s.b, "bob", "b.test");
     let bot = Client::login(&s.b, "bot", "b.test");
@@ -446,7 +439,7 @@ fn prosody_13_anti_spam_and_muc_rtbl_enforce_corvid_block_lists() {
 fn prosody_0_12_muc_rtbl_reads_corvid_block_lists_across_restarts() {
     super::init();
     let mut s = servers(Version::Debian12, ("127.0.0.52", "127.0.0.53"), false);
-    component_online(&s.node);
+    s.node.wait_component_online(Duration::from_secs(20));
     let bob = Client::login(&s.b, "bob", "b.test");
     let bot = Client::login(&s.b, "bot", "b.test");
     enter(&bob, "room@rooms.b.test/bob");
@@ -550,7 +543,7 @@ fn prosody_0_12_a_10k_entry_list_is_pushed_again_when_the_component_reconnects()
         false,
         &format!("policy.deny = [{}]\n", quoted.join(", ")),
     );
-    component_online(&s.node);
+    s.node.wait_component_online(Duration::from_secs(20));
     s.node
         .wait_action("jid", "bob@b.test", "block", Duration::from_secs(30));
     let clients: Vec<Client> = ["bot", "friend", "bob"]
@@ -571,7 +564,7 @@ fn prosody_0_12_a_10k_entry_list_is_pushed_again_when_the_component_reconnects()
     drop(alice);
     let pushed = s.node.counter("corvid_component_sent_total", &["push"]);
     s.a.restart();
-    component_online(&s.node);
+    s.node.wait_component_online(Duration::from_secs(20));
     let t = Instant::now();
     let alice = Client::login(&s.a, "alice", "a.test");
     enter(&alice, "room@rooms.a.test/alice");
@@ -643,7 +636,7 @@ fn ejabberd_24_12_muc_rtbl_enforces_corvid_block_lists() {
         ),
         None,
     );
-    component_online(&node);
+    node.wait_component_online(Duration::from_secs(20));
     let c2s = ej.c2s_addr();
     let login = |user: &str| Client::login_at(c2s.clone(), user, "e.test");
     let (owner, bad, good) = (login("owner"), login("bad"), login("good"));
@@ -679,7 +672,7 @@ fn ejabberd_24_12_muc_rtbl_enforces_corvid_block_lists() {
     drop((owner, bad, good));
     ej.restart();
     let t = Instant::now();
-    component_online(&node);
+    node.wait_component_online(Duration::from_secs(20));
     let (owner, bad) = (login("owner"), login("bad"));
     enter(&owner, "room@conference.e.test/owner");
     until_join(

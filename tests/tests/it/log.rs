@@ -150,11 +150,7 @@ fn follows_a_log(version: Version, ips: (&str, &str)) {
     // current again within 30 s.
     a.prosody.restart();
     let na = a.node.as_ref().expect("a");
-    wait_for(
-        Duration::from_secs(20),
-        "A's component to reconnect",
-        || (na.get("/v1/status").json["component"]["state"] == "online").then_some(()),
-    );
+    na.wait_component_online(Duration::from_secs(20));
     let t = Instant::now();
     na.report("after-a-restart@spam.example", "spam", 90);
     nb.wait_action(
@@ -195,18 +191,11 @@ fn follows_a_log(version: Version, ips: (&str, &str)) {
     // and three reports made around the restarts.
     assert_eq!(nb.peer_records("a.test"), 1204);
     // Nothing is owed: B's status counts no backlog behind A's checkpoint.
-    let peer_a = |v: &serde_json::Value| {
-        v["peers"]
-            .as_array()
-            .and_then(|p| p.iter().find(|p| p["domain"] == "a.test"))
-            .cloned()
-            .unwrap_or_default()
-    };
     wait_for(
         Duration::from_secs(30),
         "B's status to show A's log read",
         || {
-            let p = peer_a(&nb.get("/v1/status").json);
+            let (p, _) = nb.peer_status("a.test");
             (p["layout"] == 2 && p["backlog"] == 0 && p["last_error"].is_null()).then_some(())
         },
     );
@@ -220,12 +209,7 @@ fn follows_a_log(version: Version, ips: (&str, &str)) {
         Duration::from_secs(60),
         "B's status to name the failing reads",
         || {
-            let v = nb.get("/v1/status").json;
-            let check = v["checks"]
-                .as_array()?
-                .iter()
-                .any(|c| c["name"] == "peer.a.test.read");
-            let p = peer_a(&v);
+            let (p, check) = nb.peer_status("a.test");
             check.then(|| p["last_error"].as_str().map(str::to_owned))?
         },
     );
@@ -255,20 +239,12 @@ fn follows_a_log(version: Version, ips: (&str, &str)) {
     );
     a.node.as_mut().expect("a").restart();
     let na = a.node.as_ref().expect("a");
-    wait_for(
-        Duration::from_secs(20),
-        "A's component to reconnect",
-        || (na.get("/v1/status").json["component"]["state"] == "online").then_some(()),
-    );
+    na.wait_component_online(Duration::from_secs(20));
     let link = link_a(nb);
     assert_eq!(link["severity"], "ok", "{link}");
     eprintln!("{}: doctor: {}", version.name(), link["message"]);
     wait_for(Duration::from_secs(30), "B's reads of A to recover", || {
-        let v = nb.get("/v1/status").json;
-        let p = peer_a(&v);
-        let check = v["checks"]
-            .as_array()
-            .is_some_and(|c| c.iter().any(|c| c["name"] == "peer.a.test.read"));
+        let (p, check) = nb.peer_status("a.test");
         (p["last_error"].is_null() && !check && p["backlog"] == 0).then_some(())
     });
 
