@@ -22,6 +22,8 @@ if ! command -v prosody >/dev/null 2>&1 || ! dpkg -s lua-unbound >/dev/null 2>&1
 fi
 say "Building corvidd and corvid (release)"
 cargo build --release --quiet -p corvid-node -p corvid-cli
+# A small XMPP client that plays a spammer and a user in step 8.
+cargo build --release --quiet -p corvid-tests --bin corvid-demo-client
 BIN="$PWD/target/release"
 export PATH="$BIN:$PATH"
 
@@ -39,6 +41,7 @@ cat > "$W/hosts" <<HOSTS
 127.0.0.2 a.test pubsub.a.test corvid.a.test
 127.0.0.3 b.test pubsub.b.test corvid.b.test
 127.0.0.4 c.test pubsub.c.test corvid.c.test
+127.0.0.5 spam.test
 HOSTS
 echo "nameserver 127.0.0.1" > "$W/resolv.conf"
 # The federation's shared secret for IP tokens (members only).
@@ -48,7 +51,7 @@ chmod 600 "$W/federation.secret"
 declare -A IP=([a]=127.0.0.2 [b]=127.0.0.3 [c]=127.0.0.4)
 declare -A API=([a]=127.0.0.1:17781 [b]=127.0.0.1:17782 [c]=127.0.0.1:17783)
 
-say "Starting three XMPP servers: a.test, b.test, c.test (s2s on port 5269)"
+say "Starting three XMPP servers: a.test, b.test, c.test (s2s on port 5269), each with mod_corvid"
 for s in a b c; do
   d="$W/$s"; mkdir -p "$d/prosody"
   # corvidd's component secret, shared with Prosody's Component line.
@@ -77,8 +80,15 @@ allow_unencrypted_plain_auth = true
 s2s_require_encryption = false
 s2s_secure_auth = false
 authentication = "internal_hashed"
-modules_enabled = { "disco"; "roster"; "saslauth"; "dialback"; "limits"; "pep"; "ping"; "time"; "version" }
+modules_enabled = { "disco"; "roster"; "saslauth"; "dialback"; "limits"; "pep"; "ping"; "time"; "version";
+  "offline"; "adhoc"; "corvid" }
 limits = { c2s = { rate = "10kb/s" }; s2sin = { rate = "30kb/s" } }
+-- mod_corvid (hooks/prosody/README.md): Prosody refuses what the federation
+-- blocks and keeps what it flags in a spam folder.
+plugin_paths = { "$PWD/hooks/prosody" }
+corvid_api_url = "http://${API[$s]}"
+corvid_api_token_file = "$d/read.token"
+corvid_mode = "enforce"
 -- What corvidd needs (the README lists these for operators):
 unlimited_jids = { "corvidd@$s.test", "corvid.a.test", "corvid.b.test", "corvid.c.test" }
 VirtualHost "$s.test"
@@ -91,9 +101,40 @@ Component "corvid.$s.test"
     modules_enabled = { "limits" }
 CFG
   prosodyctl --config "$d/prosody.cfg.lua" register corvidd "$s.test" "demo-password-$s" >/dev/null
-  prosody -F --config "$d/prosody.cfg.lua" >/dev/null 2>&1 &
-  PIDS+=($!)
+  prosodyctl --config "$d/prosody.cfg.lua" register carol "$s.test" "carol-password" >/dev/null
 done
+# A fourth server, spam.test, with open registration and no Corvid: the
+# spammers' home in step 8.
+d="$W/spam"; mkdir -p "$d/prosody"
+cat > "$d/prosody.cfg.lua" <<CFG
+run_as_root = true
+data_path = "$d/prosody"
+pidfile = "$d/prosody.pid"
+log = { { levels = { min = "warn" }, to = "file", filename = "$d/prosody.log" } }
+interfaces = { "127.0.0.5" }
+local_interfaces = { "127.0.0.5" }
+c2s_ports = { 5222 }
+s2s_ports = { 5269 }
+http_ports = {}
+https_ports = {}
+c2s_direct_tls_ports = {}
+s2s_direct_tls_ports = {}
+unbound = { resolvconf = "$W/resolv.conf"; hoststxt = "$W/hosts" }
+c2s_require_encryption = false
+allow_unencrypted_plain_auth = true
+s2s_require_encryption = false
+s2s_secure_auth = false
+authentication = "internal_hashed"
+modules_enabled = { "disco"; "roster"; "saslauth"; "dialback"; "ping" }
+VirtualHost "spam.test"
+CFG
+for u in bot pusher; do
+  prosodyctl --config "$d/prosody.cfg.lua" register "$u" spam.test spam-password >/dev/null
+done
+printf 'spam-password\n' > "$W/spam.password"
+printf 'carol-password\n' > "$W/carol.password"
+prosody -F --config "$d/prosody.cfg.lua" >/dev/null 2>&1 &
+PIDS+=($!)
 sleep 1
 
 say "Setting up three Corvid nodes with the operator's commands"
@@ -121,6 +162,12 @@ delisting_policy = "Write to abuse@$s.test; we answer within two days."
 EXTRA
   run corvid check-config "$d/corvidd.toml"
 done
+# Prosody starts once corvidd's read token exists (mod_corvid reads it).
+for s in a b c; do
+  prosody -F --config "$W/$s/prosody.cfg.lua" >/dev/null 2>&1 &
+  PIDS+=($!)
+done
+sleep 1
 key() { grep '^# public-key:' "$W/$1/signing.key" | cut -d' ' -f3; }
 
 # Each trusts the other two. b adds c from the directory later.
@@ -147,6 +194,9 @@ wait_for() { # wait_for "description" command...: retries up to 20 s
 action_is() { local node=$1 subject=$2 want=$3; corvid -c "$W/$node/corvidd.toml" --json verdict "$subject" | grep -q "\"action\": \"$want\""; }
 wait_for "a.test online" sh -c "corvid -c '$W/a/corvidd.toml' status | grep -q 'xmpp:        online'"
 wait_for "b.test online" sh -c "corvid -c '$W/b/corvidd.toml' status | grep -q 'xmpp:        online'"
+for s in a b c; do
+  wait_for "mod_corvid at $s.test to read the verdicts" sh -c "corvid -c '$W/$s/corvidd.toml' status | grep -q 'ok    enforcement.prosody:$s.test'"
+done
 
 say "The federation directory: every node announces a signed card; b.test adds c.test from it"
 for s in a b c; do corvid -c "$W/$s/corvidd.toml" federation announce; done
@@ -190,6 +240,26 @@ wait_for "B to block the domain" action_is b abusive-server.example block
 run "${B[@]}" export --format blacklist
 run "${B[@]}" export --format html --out "$W/shame-list.html"
 grep -o '<tr><td>abusive-server.example</td>.*</tr>' "$W/shame-list.html"
+
+say "8. Prosody acts on the verdicts: mod_corvid at C refuses a blocked stranger"
+DEMO=(corvid-demo-client)
+run "${A[@]}" report bot@spam.test --category spam --confidence 90 --note "the same link to 40 strangers"
+run "${B[@]}" report bot@spam.test --category spam --confidence 90
+wait_for "C to block bot@spam.test" action_is c bot@spam.test block
+run "${C[@]}" verdict bot@spam.test
+sleep 1 # one stream round trip to mod_corvid's copy
+run "${DEMO[@]}" 127.0.0.5:5222 bot@spam.test "$W/spam.password" send carol@c.test "cheap pills at spam.test"
+
+say "9. A flagged stranger's message waits in carol's spam folder; she releases it"
+run "${A[@]}" report pusher@spam.test --category spam --confidence 60 --note "one complaint so far"
+wait_for "C to flag pusher@spam.test" action_is c pusher@spam.test flag
+run "${C[@]}" verdict pusher@spam.test
+sleep 1
+run "${DEMO[@]}" 127.0.0.5:5222 pusher@spam.test "$W/spam.password" send carol@c.test "hi carol, are we still meeting?"
+run "${DEMO[@]}" 127.0.0.4:5222 carol@c.test "$W/carol.password" folder
+run "${DEMO[@]}" 127.0.0.4:5222 carol@c.test "$W/carol.password" release
+printf 'What mod_corvid at c.test counted (corvid status):\n'
+"${C[@]}" status | grep -E 'enforcement|refused|prosody' || true
 
 say "Status of B"
 run "${B[@]}" status

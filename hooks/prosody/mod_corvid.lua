@@ -178,6 +178,9 @@ local function get(path, callback)
 		local data;
 		if code == 200 then
 			data = json.decode(body);
+		elseif code == 401 or code == 403 then
+			-- The token may have been created or rotated since: read it again.
+			token = read_token() or token;
 		end
 		callback(data, code, body);
 	end);

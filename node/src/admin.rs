@@ -511,10 +511,12 @@ async fn status(State(s): State<Arc<ApiState>>) -> Result<Json<Value>, ApiError>
         let age = now.saturating_sub(c.last_seen);
         let behind = seq.saturating_sub(c.cursor);
         let message = format!(
-            "{} on {}: {}; last asked {age} s ago, {behind} decisions behind; fail-open {}",
+            "{} on {}: {}; last asked {age} s ago, {behind} decisions behind; refused {}, would refuse {} (observing), fail-open {}",
             about("software"),
             about("hosts"),
             about("mode"),
+            about("refused"),
+            about("would_refuse"),
             about("fail_open")
         );
         let check_name = format!("enforcement.{name}");

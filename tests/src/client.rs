@@ -11,6 +11,25 @@ use xmpp_parsers::minidom::Element;
 use crate::prosody::{Prosody, password};
 use crate::write_private;
 
+const COMMANDS: &str = "http://jabber.org/protocol/commands";
+/// mod_corvid's ad-hoc command node for the spam folder.
+pub const SPAM_FOLDER: &str = "urn:x-corvid:spam-folder";
+
+fn attr(name: &'static str) -> xmpp_parsers::minidom::rxml::NcName {
+    xmpp_parsers::minidom::rxml::NcName::try_from(name).expect("attribute name")
+}
+
+/// One opened session of mod_corvid's "Spam folder" command.
+#[derive(Debug)]
+pub struct SpamFolder {
+    /// The ad-hoc session to complete.
+    pub session: String,
+    /// The form's instructions (how many are held).
+    pub instructions: String,
+    /// The held messages, newest last: (label, id).
+    pub messages: Vec<(String, String)>,
+}
+
 /// A logged-in client with its own runtime.
 #[derive(Debug)]
 pub struct Client {
@@ -38,11 +57,20 @@ impl Client {
     /// # Panics
     /// If the login fails.
     pub fn login_at(server: String, user: &str, host: &str) -> Self {
+        Self::login_with(server, &format!("{user}@{host}"), &password(user, host))
+    }
+
+    /// Logs in as `jid` with `secret` at a server's c2s address
+    /// (`ip:port`), plaintext.
+    ///
+    /// # Panics
+    /// If the login fails.
+    pub fn login_with(server: String, jid: &str, secret: &str) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let pw = dir.path().join("pw");
-        write_private(&pw, &password(user, host));
+        write_private(&pw, secret);
         let config = XmppConfig {
-            jid: format!("{user}@{host}"),
+            jid: jid.to_owned(),
             password_file: pw,
             server: Some(server),
             tls: TlsMode::Plaintext,
@@ -148,6 +176,106 @@ impl Client {
         m.bodies
             .insert(xmpp_parsers::message::Lang::default(), body.to_owned());
         self.send(m.into());
+    }
+
+    /// Runs one step of an ad-hoc command (XEP-0050) at `to`; the reply's
+    /// `<command/>`.
+    ///
+    /// # Panics
+    /// If the server answers with an error or without a command.
+    pub fn command(&self, to: &str, payload: Element) -> Element {
+        let iq = xmpp_parsers::iq::Iq::Set {
+            from: None,
+            to: Some(to.parse().expect("jid")),
+            id: String::new(),
+            payload,
+        };
+        self.run(self.link.iq(iq))
+            .expect("ad-hoc command")
+            .expect("a command element")
+    }
+
+    /// Opens mod_corvid's "Spam folder" command at `host`: the session and
+    /// the held messages, each as (label, id).
+    ///
+    /// # Panics
+    /// If the command is missing or its form is not mod_corvid's.
+    pub fn spam_folder(&self, host: &str) -> SpamFolder {
+        let reply = self.command(
+            host,
+            Element::builder("command", COMMANDS)
+                .attr(attr("node"), SPAM_FOLDER)
+                .attr(attr("action"), "execute")
+                .build(),
+        );
+        let session = reply.attr("sessionid").expect("session").to_owned();
+        let form = reply.get_child("x", "jabber:x:data").expect("form");
+        let instructions = form
+            .get_child("instructions", "jabber:x:data")
+            .map(Element::text)
+            .unwrap_or_default();
+        let field = form
+            .children()
+            .find(|c| c.attr("var") == Some("messages"))
+            .expect("messages field");
+        let messages = field
+            .children()
+            .filter(|c| c.name() == "option")
+            .map(|o| {
+                (
+                    o.attr("label").unwrap_or_default().to_owned(),
+                    o.get_child("value", "jabber:x:data")
+                        .map(Element::text)
+                        .unwrap_or_default(),
+                )
+            })
+            .collect();
+        SpamFolder {
+            session,
+            instructions,
+            messages,
+        }
+    }
+
+    /// Completes a spam folder session: `action` ("release" or "delete")
+    /// on the messages `ids`, and the choice for flagged messages from now
+    /// on ("folder", "deliver" or "refuse"). The reply's `<command/>`.
+    pub fn spam_folder_submit(
+        &self,
+        host: &str,
+        folder: &SpamFolder,
+        ids: &[&str],
+        action: &str,
+        flagged: &str,
+    ) -> Element {
+        let field = |var: &str, values: &[&str]| {
+            let mut f = Element::builder("field", "jabber:x:data").attr(attr("var"), var);
+            for v in values {
+                f = f.append(
+                    Element::builder("value", "jabber:x:data")
+                        .append((*v).to_owned())
+                        .build(),
+                );
+            }
+            f.build()
+        };
+        self.command(
+            host,
+            Element::builder("command", COMMANDS)
+                .attr(attr("node"), SPAM_FOLDER)
+                .attr(attr("sessionid"), folder.session.clone())
+                .attr(attr("action"), "complete")
+                .append(
+                    Element::builder("x", "jabber:x:data")
+                        .attr(attr("type"), "submit")
+                        .append(field("FORM_TYPE", &[SPAM_FOLDER]))
+                        .append(field("messages", ids))
+                        .append(field("action", &[action]))
+                        .append(field("flagged", &[flagged]))
+                        .build(),
+                )
+                .build(),
+        )
     }
 
     /// The first stanza received within `timeout` that `want` accepts;

@@ -87,7 +87,10 @@ fn federation_with(
         hosts_file: Some(hosts.clone()),
         version,
         modules: if module {
-            vec!["corvid".into()]
+            // MAM, carbons and offline storage too: nothing refused may reach them.
+            ["corvid", "mam", "carbons", "offline"]
+                .map(String::from)
+                .to_vec()
         } else {
             Vec::new()
         },
@@ -107,7 +110,7 @@ fn federation_with(
     };
     let a = Prosody::start(
         &["a.test"],
-        &["corvidd@a.test", "alice@a.test"],
+        &["corvidd@a.test", "alice@a.test", "carol@a.test"],
         opts(ips.0, true),
     );
     let b = Prosody::start(
@@ -301,7 +304,62 @@ fn refuses_a_blocked_stranger(version: Version, ips: (&str, &str)) {
         "{}",
         f.a.log()
     );
+
+    // Carol has not logged in: the friend's message waits in offline
+    // storage, the bot's is refused and stored nowhere. (A client that only
+    // drops its connection leaves a hibernating stream-management session,
+    // which takes messages instead of offline storage.)
+    bot.message("carol@a.test", "spam while carol is offline");
+    assert!(
+        bot.wait_stanza(Duration::from_secs(5), |s| is_error(
+            s,
+            "message",
+            "policy-violation"
+        ))
+        .is_some(),
+        "bounce of the message to an offline user"
+    );
+    friend.message("carol@a.test", "hello while you were away");
+    wait_for(
+        Duration::from_secs(10),
+        "the friend's offline message",
+        || {
+            stored(&f.a, "offline", "carol")
+                .contains("hello while you were away")
+                .then_some(())
+        },
+    );
+    let offline = stored(&f.a, "offline", "carol");
+    let archive = stored(&f.a, "archive", "alice");
+    // MAM archived what was delivered, so its absence below means something.
+    assert!(
+        archive.contains("hello from a friend"),
+        "{}: MAM archived nothing: {archive}",
+        version.name()
+    );
+    for (store, text) in [("offline", &offline), ("archive", &archive)] {
+        assert!(
+            !text.contains("spam to the") && !text.contains("spam while"),
+            "{}: a refused message reached {store}: {text}",
+            version.name()
+        );
+        assert!(
+            !text.contains(&format!("probe {probes}")),
+            "{}: the bounced probe reached {store}",
+            version.name()
+        );
+    }
     let _ = (&f.b, f.api_port);
+}
+
+/// What Prosody's file storage holds in `store` for `user@a.test` (empty
+/// when nothing).
+fn stored(a: &Prosody, store: &str, user: &str) -> String {
+    let dir = a.dir().join("data").join("a%2etest").join(store);
+    ["list", "dat"]
+        .iter()
+        .filter_map(|ext| std::fs::read_to_string(dir.join(format!("{user}.{ext}"))).ok())
+        .collect()
 }
 
 #[test]
@@ -384,24 +442,86 @@ fn observe_mode_and_a_missing_corvidd_never_stop_messages() {
     );
 }
 
-const COMMANDS: &str = "http://jabber.org/protocol/commands";
-
-fn attr(name: &'static str) -> xmpp_parsers::minidom::rxml::NcName {
-    xmpp_parsers::minidom::rxml::NcName::try_from(name).expect("attribute name")
-}
-const FOLDER: &str = "urn:x-corvid:spam-folder";
-
-/// Runs one step of an ad-hoc command at `a.test`; the reply's `<command/>`.
-fn command(c: &Client, payload: Element) -> Element {
-    let iq = xmpp_parsers::iq::Iq::Set {
-        from: None,
-        to: Some("a.test".parse().expect("jid")),
-        id: String::new(),
-        payload,
+/// corvidd frozen (SIGSTOP), then killed: every stranger's message still
+/// arrives, none waits longer than its digest timeout, and the copy in
+/// memory keeps refusing what it blocked.
+#[test]
+fn prosody_13_a_frozen_then_killed_corvidd_never_holds_messages() {
+    super::init();
+    let mut f = federation(
+        Version::Backports13,
+        ("127.0.0.83", "127.0.0.84"),
+        "corvid_mode = \"enforce\"\ncorvid_digest_timeout = 0.5",
+        true,
+    );
+    let node = f.node.as_ref().expect("node");
+    block(node, "bot@b.test");
+    let alice = Client::login(&f.a, "alice", "a.test");
+    let bot = Client::login(&f.b, "bot", "b.test");
+    let friend = Client::login(&f.b, "friend", "b.test");
+    copy_loaded(&f);
+    until_bounced(&bot, "alice@a.test");
+    // A stranger's message waits for its digest at most 0.5 s; over s2s
+    // on loopback the rest of the trip takes milliseconds.
+    let limit = Duration::from_millis(1500);
+    let deliver = |label: &str| {
+        let mut slowest = Duration::ZERO;
+        for i in 0..5 {
+            let body = format!("{label} {i}");
+            let sent = Instant::now();
+            friend.message("alice@a.test", &body);
+            assert!(
+                alice
+                    .wait_stanza(limit, |s| body_of(s).as_deref() == Some(body.as_str()))
+                    .is_some(),
+                "{body:?} did not arrive within {limit:?}"
+            );
+            eprintln!("{body:?} arrived after {:?}", sent.elapsed());
+            slowest = slowest.max(sent.elapsed());
+        }
+        slowest
     };
-    c.run(c.link().iq(iq))
-        .expect("ad-hoc command")
-        .expect("a command element")
+    deliver("while corvidd runs");
+
+    let pid = node.pid().expect("corvidd's pid");
+    let stop = |signal: &str| {
+        let ok = Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill {signal} {pid}");
+    };
+    stop("-STOP");
+    // Each waited for its digest until the timeout: the digest path was on.
+    let slowest = deliver("while corvidd is frozen");
+    assert!(slowest >= Duration::from_millis(450), "{slowest:?}");
+    bot.message("alice@a.test", "spam while corvidd is frozen");
+    assert!(
+        bot.wait_stanza(Duration::from_secs(5), |s| is_error(
+            s,
+            "message",
+            "policy-violation"
+        ))
+        .is_some(),
+        "the copy in memory stopped refusing while corvidd was frozen"
+    );
+    stop("-CONT");
+    f.node.as_mut().expect("node").kill();
+    deliver("after corvidd was killed");
+    bot.message("alice@a.test", "spam after corvidd was killed");
+    assert!(
+        bot.wait_stanza(Duration::from_secs(5), |s| is_error(
+            s,
+            "message",
+            "policy-violation"
+        ))
+        .is_some(),
+        "the copy in memory stopped refusing once corvidd was gone"
+    );
+    // The frozen corvidd's digests timed out and were counted as such.
+    let log = f.a.log();
+    assert!(!log.contains("Traceback"), "{log}");
 }
 
 fn flagged_messages_wait_in_the_spam_folder(version: Version, ips: (&str, &str)) {
@@ -451,63 +571,14 @@ fn flagged_messages_wait_in_the_spam_folder(version: Version, ips: (&str, &str))
     );
 
     // The folder lists both; release the first, and choose to refuse.
-    let first = command(
-        &alice,
-        Element::builder("command", COMMANDS)
-            .attr(attr("node"), FOLDER)
-            .attr(attr("action"), "execute")
-            .build(),
-    );
-    let session = first.attr("sessionid").expect("session").to_owned();
-    let form = first.get_child("x", "jabber:x:data").expect("form");
-    let field = form
-        .children()
-        .find(|c| c.attr("var") == Some("messages"))
-        .expect("messages field");
-    let options: Vec<(String, String)> = field
-        .children()
-        .filter(|c| c.name() == "option")
-        .map(|o| {
-            (
-                o.attr("label").unwrap_or_default().to_owned(),
-                o.get_child("value", "jabber:x:data")
-                    .map(Element::text)
-                    .unwrap_or_default(),
-            )
-        })
-        .collect();
+    let folder = alice.spam_folder("a.test");
+    let options = &folder.messages;
     assert_eq!(options.len(), 2, "{options:?}");
     assert!(
         options[0].0.contains(&held) && options[0].0.contains("spammy@b.test"),
         "{options:?}"
     );
-    let value = |var: &str, v: &str| {
-        Element::builder("field", "jabber:x:data")
-            .attr(attr("var"), var)
-            .append(
-                Element::builder("value", "jabber:x:data")
-                    .append(v.to_owned())
-                    .build(),
-            )
-            .build()
-    };
-    let done = command(
-        &alice,
-        Element::builder("command", COMMANDS)
-            .attr(attr("node"), FOLDER)
-            .attr(attr("sessionid"), session)
-            .attr(attr("action"), "complete")
-            .append(
-                Element::builder("x", "jabber:x:data")
-                    .attr(attr("type"), "submit")
-                    .append(value("FORM_TYPE", FOLDER))
-                    .append(value("messages", &options[0].1))
-                    .append(value("action", "release"))
-                    .append(value("flagged", "refuse"))
-                    .build(),
-            )
-            .build(),
-    );
+    let done = alice.spam_folder_submit("a.test", &folder, &[&options[0].1], "release", "refuse");
     assert_eq!(
         done.attr("status"),
         Some("completed"),
@@ -543,19 +614,16 @@ fn flagged_messages_wait_in_the_spam_folder(version: Version, ips: (&str, &str))
         "{}: the user's choice to refuse was not honoured",
         version.name()
     );
-    // One message is left in the folder.
-    let again = command(
-        &alice,
-        Element::builder("command", COMMANDS)
-            .attr(attr("node"), FOLDER)
-            .attr(attr("action"), "execute")
-            .build(),
+    // One message is left in the folder, and MAM never saw it (nor the
+    // refused one); it archived the released one.
+    assert_eq!(alice.spam_folder("a.test").messages.len(), 1);
+    let archive = stored(&f.a, "archive", "alice");
+    assert!(archive.contains(&held), "{}: {archive}", version.name());
+    assert!(
+        !archive.contains("buy now, second") && !archive.contains("buy now, refused"),
+        "{}: a held or refused message reached MAM: {archive}",
+        version.name()
     );
-    let left = again
-        .get_child("x", "jabber:x:data")
-        .and_then(|x| x.children().find(|c| c.attr("var") == Some("messages")))
-        .map(|f| f.children().filter(|c| c.name() == "option").count());
-    assert_eq!(left, Some(1));
 }
 
 #[test]
