@@ -278,6 +278,21 @@ impl Client {
         )
     }
 
+    /// Sends a chat message with `body` and the stanza id `id` to `to`.
+    pub fn message_with_id(&self, to: &str, id: &str, body: &str) {
+        let mut m = xmpp_parsers::message::Message::chat(Some(to.parse().expect("jid")));
+        m.id = id.parse().ok();
+        m.bodies
+            .insert(xmpp_parsers::message::Lang::default(), body.to_owned());
+        self.send(m.into());
+    }
+
+    /// Every stanza received so far, without waiting.
+    pub fn drain(&self) -> Vec<Element> {
+        let mut rx = self.stanzas.lock().expect("stanzas");
+        std::iter::from_fn(|| rx.try_recv().ok()).collect()
+    }
+
     /// The first stanza received within `timeout` that `want` accepts;
     /// stanzas before it are dropped.
     pub fn wait_stanza(

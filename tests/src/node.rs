@@ -417,13 +417,30 @@ pub fn component_config(
     domain: &str,
     peer: &Identity,
 ) -> String {
-    format!(
-        "\n[[peer]]\ndomain = \"{pd}\"\nfeed = \"xmpp:corvid.{pd}?;node=corvid\"\nkey = \"{key}\"\nweight = 1.0\nmode = \"enforce\"\naccept_rotations = true\nmax_reports = 2000000\n\n\
-         [component]\njid = \"corvid.{domain}\"\nsecret_file = \"{secret}\"\nserver = \"{ip}:{port}\"\n",
-        pd = peer.domain,
-        key = peer.public(),
+    component_config_peers(secret, ip, port, domain, &[peer])
+}
+
+/// As [`component_config`], following each of `peers`.
+pub fn component_config_peers(
+    secret: &Path,
+    ip: &str,
+    port: u16,
+    domain: &str,
+    peers: &[&Identity],
+) -> String {
+    let mut out = String::new();
+    for peer in peers {
+        out.push_str(&format!(
+            "\n[[peer]]\ndomain = \"{pd}\"\nfeed = \"xmpp:corvid.{pd}?;node=corvid\"\nkey = \"{key}\"\nweight = 1.0\nmode = \"enforce\"\naccept_rotations = true\nmax_reports = 2000000\n",
+            pd = peer.domain,
+            key = peer.public(),
+        ));
+    }
+    out.push_str(&format!(
+        "\n[component]\njid = \"corvid.{domain}\"\nsecret_file = \"{secret}\"\nserver = \"{ip}:{port}\"\n",
         secret = secret.display(),
-    )
+    ));
+    out
 }
 
 /// The entry of `domain` in a response's `peers` list.

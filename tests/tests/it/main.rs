@@ -11,6 +11,7 @@ mod lists;
 mod log;
 mod module;
 mod scale;
+mod wave;
 
 /// Points the harness at the freshly built daemon.
 pub fn init() {
