@@ -259,11 +259,12 @@ fn a_spam_wave_is_held_or_refused_at_the_third_server(version: Version, ips: [&s
                 b_reported = true;
                 eprintln!("B reported the bots at {:?}", start.elapsed());
             }
-            let last_block = t_block.iter().copied().collect::<Option<Vec<_>>>();
-            if let Some(blocks) = last_block {
-                if blocks.iter().all(|t| t.elapsed() >= Duration::from_secs(8)) {
-                    break;
-                }
+            // Eight seconds after the last bot turned `block`, the wave ends.
+            if t_block
+                .iter()
+                .all(|t| t.is_some_and(|t| t.elapsed() >= Duration::from_secs(8)))
+            {
+                break;
             }
             assert!(
                 start.elapsed() < Duration::from_secs(120),
