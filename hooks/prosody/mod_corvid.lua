@@ -98,6 +98,7 @@ local m_diverted = module:metric("counter", "diverted", "", "Flagged messages fr
 local m_would_divert = module:metric("counter", "would_divert", "", "Flagged messages observe mode delivered that enforcement would have put in the spam folder.", { "host" });
 local m_released = module:metric("counter", "released", "", "Messages users released from their spam folder.", { "host" });
 local m_deleted = module:metric("counter", "deleted", "", "Messages users deleted from their spam folder.", { "host" });
+local m_vetoed = module:metric("counter", "vetoed", "", "Refusals by mod_anti_spam overridden because a local allow entry at corvidd lets the sender through.", { "host" });
 local m_digests = module:metric("counter", "digests", "", "Strangers' message bodies digested by corvidd, by the digest's verdict (timeout: delivered unchecked).", { "host", "result" });
 local m_entries = module:metric("gauge", "mirror_entries", "", "Subjects in the copy of Corvid's verdicts.", {});
 local m_age = module:metric("gauge", "mirror_age", "seconds", "Seconds since the copy of the verdicts was last confirmed current by corvidd.", {});
@@ -287,44 +288,57 @@ restart();
 
 -- Verdicts ------------------------------------------------------------------
 
---- The action for a bare JID from the copy: spec §15.4's precedence of
--- local lists, then the most severe action among the exact and covering
--- subjects (§15.5).
-local function verdict_for(bare)
+--- The entries of the copy that concern a bare JID: its exact subject (the
+-- JID, or for a server's own address its domain) and the covering domains.
+local function entries_for(bare)
 	local node, host = jid_split(bare);
-	if not host then return ALLOW; end
+	if not host then return nil; end
 	local domain = keys.normalize_domain(host);
-	if not domain then return ALLOW; end
-	local domain_keys = keys.domain_keys(domain);
+	if not domain then return nil; end
 	local exact, covering = nil, {};
 	if node then
 		local digest = keys.jid_digest(node, host);
 		local shard = digest and jid_shard(mirror.jids, digest, false);
 		exact = shard and shard[digest];
 	else
-		-- A server's own address: its domain is the exact subject.
 		exact = mirror.domains[domain];
 	end
-	for i, k in ipairs(domain_keys) do
+	for i, k in ipairs(keys.domain_keys(domain)) do
 		local v = mirror.domains[k];
 		if v and (node or i > 1) then covering[#covering + 1] = v; end
 	end
+	return exact, covering;
+end
+
+--- The action for a bare JID from the copy, and whether a local list
+-- decided it: spec §15.4's precedence of local lists (exact allow, exact
+-- deny, covering allow, covering deny), then the most severe action among
+-- the exact and covering subjects (§15.5).
+local function verdict_for(bare)
+	local exact, covering = entries_for(bare);
+	if not covering then return ALLOW, false; end
 	if exact then
 		local o = origin_of(exact);
-		if o == LOCAL_ALLOW then return ALLOW; end
-		if o == LOCAL_DENY then return BLOCK; end
+		if o == LOCAL_ALLOW then return ALLOW, true; end
+		if o == LOCAL_DENY then return BLOCK, true; end
 	end
 	for _, v in ipairs(covering) do
-		if origin_of(v) == LOCAL_ALLOW then return ALLOW; end
+		if origin_of(v) == LOCAL_ALLOW then return ALLOW, true; end
 	end
 	for _, v in ipairs(covering) do
-		if origin_of(v) == LOCAL_DENY then return BLOCK; end
+		if origin_of(v) == LOCAL_DENY then return BLOCK, true; end
 	end
 	local worst = exact and action_of(exact) or ALLOW;
 	for _, v in ipairs(covering) do
 		worst = math.max(worst, action_of(v));
 	end
-	return worst;
+	return worst, false;
+end
+
+--- Whether a local allow entry at corvidd lets `bare` through.
+local function allowed_locally(bare)
+	local action, by_list = verdict_for(bare);
+	return by_list and action == ALLOW;
 end
 
 local function current()
@@ -641,7 +655,7 @@ function module.add_host(module)
 			end
 			if not mirror.loaded then return; end
 		end
-		local action = verdict_for(sender);
+		local action, by_list = verdict_for(sender);
 		m_checked:with_labels(host_name, kind, action_name[action]):add(1);
 		if action == BLOCK then
 			if enforcing() then
@@ -661,10 +675,24 @@ function module.add_host(module)
 			elseif choice == "folder" then
 				return divert(event, user, host);
 			end
-		elseif action == ALLOW and kind == "message" and current() then
+		elseif action == ALLOW and not by_list and kind == "message" and current() then
+			-- (A local allow entry wins over content digests too.)
 			return check_digest(event, user, host);
 		end
 	end
+
+	-- mod_anti_spam (prosody-modules) fires spam-blocked before it bounces
+	-- or drops a stanza, and a handler returning false vetoes that: a local
+	-- allow entry at corvidd wins there too.
+	module:hook("spam-blocked", function (event)
+		local from = event.stanza and event.stanza.attr.from;
+		local sender = from and jid_bare(from);
+		if not sender or not allowed_locally(sender) then return; end
+		m_vetoed:with_labels(host_name):add(1);
+		module:log("debug", "mod_anti_spam's refusal of %s from %s (%s) overridden: a local allow entry at corvidd",
+			event.stanza.name, sender, tostring(event.spam_reason));
+		return false;
+	end, 1000);
 
 	local function on_message(event)
 		local stanza = event.stanza;

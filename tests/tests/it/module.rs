@@ -88,12 +88,16 @@ fn federation_with(
         version,
         modules: if module {
             // MAM, carbons and offline storage too: nothing refused may reach them.
+            // mod_anti_spam beside it when its options are given.
             ["corvid", "mam", "carbons", "offline"]
+                .into_iter()
+                .chain(module_options.contains("anti_spam_").then_some("anti_spam"))
                 .map(String::from)
-                .to_vec()
+                .collect()
         } else {
             Vec::new()
         },
+        community_modules: module && module_options.contains("anti_spam_"),
         global: if module {
             format!(
                 "corvid_api_url = \"http://127.0.0.1:{api_port}\"\ncorvid_api_token = \"read-a.test\"\n{module_options}\n"
@@ -522,6 +526,90 @@ fn prosody_13_a_frozen_then_killed_corvidd_never_holds_messages() {
     // The frozen corvidd's digests timed out and were counted as such.
     let log = f.a.log();
     assert!(!log.contains("Traceback"), "{log}");
+}
+
+/// The error text of a bounce.
+fn error_text(e: &Element) -> String {
+    e.get_child("error", "jabber:client")
+        .and_then(|e| e.get_child("text", "urn:ietf:params:xml:ns:xmpp-stanzas"))
+        .map(Element::text)
+        .unwrap_or_default()
+}
+
+/// An exact local allow entry beats a covering block, in mod_corvid and in
+/// mod_anti_spam loaded beside it (through its spam-blocked veto).
+#[test]
+fn prosody_13_an_exact_allow_beats_a_covering_block_and_mod_anti_spam() {
+    super::init();
+    let f = federation(
+        Version::Backports13,
+        ("127.0.0.93", "127.0.0.94"),
+        "corvid_mode = \"enforce\"\nanti_spam_block_strings = { \"cheap pills\" }",
+        true,
+    );
+    let node = f.node.as_ref().expect("node");
+    let alice = Client::login(&f.a, "alice", "a.test");
+    let bot = Client::login(&f.b, "bot", "b.test");
+    let buddy = Client::login(&f.b, "buddy", "b.test");
+    copy_loaded(&f);
+    // mod_anti_spam works on its own: it bounces the text it is told to.
+    bot.message("alice@a.test", "cheap pills, first try");
+    let e = bot
+        .wait_stanza(Duration::from_secs(10), |s| {
+            is_error(s, "message", "policy-violation")
+        })
+        .expect("mod_anti_spam's bounce");
+    assert!(
+        error_text(&e).contains("Rejected as spam"),
+        "{}",
+        error_text(&e)
+    );
+
+    // The operator allows bot@b.test; the federation blocks b.test (below
+    // the s2s threshold, so the stream stays).
+    let config = std::fs::read_to_string(node.config_path()).expect("config");
+    std::fs::write(
+        node.config_path(),
+        config.replacen("[policy]\n", "[policy]\nallow = [\"bot@b.test\"]\n", 1),
+    )
+    .expect("config");
+    node.reload();
+    node.report("b.test", "spam", 80);
+    node.wait_action("domain", "b.test", "block", Duration::from_secs(10));
+    node.wait_action("jid", "bot@b.test", "allow", Duration::from_secs(10));
+    until_bounced(&buddy, "alice@a.test");
+    buddy.message("alice@a.test", "hello, I am covered by the block");
+    let e = buddy
+        .wait_stanza(Duration::from_secs(5), |s| {
+            is_error(s, "message", "policy-violation")
+        })
+        .expect("Corvid's bounce");
+    assert!(error_text(&e).contains("Corvid"), "{}", error_text(&e));
+
+    // The exact allow wins in mod_corvid, and over mod_anti_spam's content
+    // rule through its veto.
+    bot.message("alice@a.test", "hello from an allowed sender");
+    bot.message("alice@a.test", "cheap pills, allowed");
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while seen.len() < 2 && Instant::now() < deadline {
+        if let Some(s) = alice.wait_stanza(Duration::from_millis(200), |s| {
+            body_of(s).is_some_and(|b| b.contains("allowed"))
+        }) {
+            seen.push(body_of(&s).expect("body"));
+        }
+    }
+    seen.sort();
+    assert_eq!(
+        seen,
+        ["cheap pills, allowed", "hello from an allowed sender"],
+        "the allowed sender's messages"
+    );
+    assert!(
+        bot.wait_stanza(Duration::from_millis(500), |s| s.attr("type") == Some("error"))
+            .is_none(),
+        "the allowed sender was bounced"
+    );
 }
 
 fn flagged_messages_wait_in_the_spam_folder(version: Version, ips: (&str, &str)) {
