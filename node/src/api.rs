@@ -853,7 +853,18 @@ async fn digest(
             &corvid_api::subjects::Query::Digest(key.clone()),
             |v| (v.action, v.score),
         )?;
-        Ok(json!({"digest": key.as_str(), "action": action, "score": body}))
+        // What the digest was reported for, as the decision stream says.
+        let category = if action == corvid_protocol::aggregate::Action::Allow {
+            None
+        } else {
+            engine
+                .store()
+                .last_action(key.as_str())
+                .ok()
+                .flatten()
+                .and_then(|l| l.category)
+        };
+        Ok(json!({"digest": key.as_str(), "action": action, "score": body, "category": category}))
     })
     .await
     .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("digest: {e}")))??;
@@ -890,7 +901,7 @@ async fn mirror(
         .iter()
         .map(|(subject, last)| {
             json!({"subject": subject, "action": last.action, "origin": last.origin,
-                   "score": f64::from(last.percent) / 100.0})
+                   "score": f64::from(last.percent) / 100.0, "category": last.category})
         })
         .collect();
     s.saw_consumer(&headers, cursor);

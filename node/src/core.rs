@@ -793,8 +793,8 @@ impl Core {
         // transaction per chunk, written only where the action changed.
         if !decided.is_empty() {
             self.store.batch(false, &mut |tx| {
-                for (key, (action, score, due)) in &decided {
-                    tx.record_decision(key.as_str(), *action, *score, now, *due)?;
+                for (key, d) in &decided {
+                    d.record(tx, key, now)?;
                 }
                 Ok(())
             })?;
@@ -1042,16 +1042,22 @@ fn decision_of(
     contributions: &[Contribution],
     now: u64,
     precise: bool,
-) -> ((Action, Origin), f64, Option<u64>) {
+) -> Decided {
     let score = verdict.map_or(0.0, |v| v.score);
+    let decided = |now, due| Decided {
+        now,
+        category: None,
+        score,
+        due,
+    };
     if settings.allows(subject) {
-        return ((Action::Allow, Origin::LocalAllow), score, None);
+        return decided((Action::Allow, Origin::LocalAllow), None);
     }
     if settings.denies(subject) {
-        return ((Action::Block, Origin::LocalDeny), score, None);
+        return decided((Action::Block, Origin::LocalDeny), None);
     }
     let Some(v) = verdict.filter(|v| v.action != Action::Allow) else {
-        return ((Action::Allow, Origin::Federation), score, None);
+        return decided((Action::Allow, Origin::Federation), None);
     };
     let due = if v.valid_until < now + crate::verdicts::SCORE_REFRESH_SECS {
         v.valid_until
@@ -1068,7 +1074,58 @@ fn decision_of(
     } else {
         now + RECHECK_SECS
     };
-    ((v.action, Origin::Federation), score, Some(due))
+    Decided {
+        category: leading_category(contributions),
+        ..decided((v.action, Origin::Federation), Some(due))
+    }
+}
+
+/// A subject's action and what decided it, for the decision stream.
+#[derive(Debug, Clone, Copy)]
+struct Decided {
+    now: (Action, Origin),
+    /// What a federation `flag` or `block` is for: see [`leading_category`].
+    category: Option<Category>,
+    score: f64,
+    /// When it is due for a recheck.
+    due: Option<u64>,
+}
+
+impl Decided {
+    fn record(&self, tx: &mut Tx<'_>, subject: &SubjectKey, now: u64) -> Result<(), StoreError> {
+        tx.record_decision_in(
+            subject.as_str(),
+            self.now,
+            self.category,
+            self.score,
+            now,
+            self.due,
+        )?;
+        Ok(())
+    }
+}
+
+/// The category with the most weight (trust weight times confidence)
+/// among the enforcing, confirmed reports about a subject: what a user's
+/// per-category choice applies to. Ties go to the first in
+/// [`Category::ALL`].
+fn leading_category(contributions: &[Contribution]) -> Option<Category> {
+    let mut weights = [0.0f64; Category::ALL.len()];
+    for c in contributions {
+        if c.mode != corvid_protocol::aggregate::Mode::Enforce || !c.confirmed {
+            continue;
+        }
+        if let Record::Report(r) = &c.record {
+            if let Some(i) = Category::ALL.iter().position(|&x| x == r.category) {
+                weights[i] += c.weight * f64::from(r.confidence);
+            }
+        }
+    }
+    let (best, weight) = weights
+        .iter()
+        .enumerate()
+        .fold((0, 0.0), |best, (i, &w)| if w > best.1 { (i, w) } else { best });
+    (weight > 0.0).then(|| Category::ALL[best])
 }
 
 /// Computes the verdict of every subject the transaction touched, from the
@@ -1099,15 +1156,15 @@ fn settle(
         let contributions = trusted(ctx.settings, suspended, tx.about(subject.as_str())?);
         let verdict = verdict_of(ctx.settings, now, subject, &contributions);
         let precise = scratch.rechecked.contains(subject);
-        let (decided, score, due) = decision_of(
+        decision_of(
             ctx.settings,
             subject,
             verdict.as_ref(),
             &contributions,
             now,
             precise,
-        );
-        tx.record_decision(subject.as_str(), decided, score, now, due)?;
+        )
+        .record(tx, subject, now)?;
         verdicts.push((subject.clone(), verdict));
     }
     scratch.verdicts = verdicts;
@@ -1591,4 +1648,64 @@ fn live_items(
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use corvid_protocol::aggregate::{Mode, SourceKind};
+
+    use super::*;
+
+    fn contribution(category: Category, confidence: u8, weight: f64, mode: Mode) -> Contribution {
+        let subject = SubjectKey::for_jid("bot@spam.example").expect("jid");
+        Contribution {
+            source: format!("{category}-{confidence}"),
+            kind: SourceKind::Peer,
+            weight,
+            alone: false,
+            mode,
+            confirmed: true,
+            record: Record::Report(Report {
+                id: ReportId::new(1_700_000_000_000, [1; 10]),
+                subject,
+                category,
+                confidence,
+                issued_at: 1_700_000_000,
+                expires_at: 1_700_086_400,
+                evidence: Evidence {
+                    count: 1,
+                    first_seen: 1_700_000_000,
+                    last_seen: 1_700_000_000,
+                    note: None,
+                    abuse_contacted_at: None,
+                    message_text: None,
+                },
+            }),
+        }
+    }
+
+    #[test]
+    fn the_leading_category_weighs_trust_and_confidence_of_counted_reports() {
+        assert_eq!(leading_category(&[]), None);
+        let spam = contribution(Category::Spam, 60, 1.0, Mode::Enforce);
+        let phishing = contribution(Category::Phishing, 90, 1.0, Mode::Enforce);
+        assert_eq!(
+            leading_category(&[spam.clone(), phishing.clone()]),
+            Some(Category::Phishing)
+        );
+        // A less trusted source weighs less.
+        let weak_phishing = contribution(Category::Phishing, 90, 0.5, Mode::Enforce);
+        assert_eq!(
+            leading_category(&[spam.clone(), weak_phishing]),
+            Some(Category::Spam)
+        );
+        // Observed or unconfirmed reports do not count.
+        let observed = contribution(Category::Malware, 100, 1.0, Mode::Observe);
+        let mut unconfirmed = contribution(Category::Abuse, 100, 1.0, Mode::Enforce);
+        unconfirmed.confirmed = false;
+        assert_eq!(
+            leading_category(&[spam, observed, unconfirmed]),
+            Some(Category::Spam)
+        );
+    }
 }

@@ -188,6 +188,10 @@ fn category_byte(c: Category) -> u8 {
     Category::ALL.iter().position(|&x| x == c).unwrap_or(0) as u8
 }
 
+fn category_of(b: u8) -> Option<Category> {
+    Category::ALL.get(usize::from(b)).copied()
+}
+
 fn put_record(out: &mut Vec<u8>, record: &Record) {
     match record {
         Record::Report(r) => {
@@ -236,9 +240,7 @@ fn read_record(r: &mut Reader<'_>, subject: &str) -> R<Record> {
     match r.byte()? {
         REPORT => {
             let id = r.id()?;
-            let category = *Category::ALL
-                .get(usize::from(r.byte()?))
-                .ok_or_else(|| r.err("category"))?;
+            let category = category_of(r.byte()?).ok_or_else(|| r.err("category"))?;
             let confidence = r.byte()?;
             let issued_at = r.varint()?;
             let expires_at = r.varint()?;
@@ -420,14 +422,20 @@ fn origin_byte(o: Origin) -> u8 {
     }
 }
 
-/// A decision without its sequence number (the key): the action in the low
-/// four bits of its first byte, what decided it in the high four.
+/// A decision without its sequence number (the key): the action in bits
+/// 0-1 of its first byte, the previous action in bits 2-3, what decided it
+/// in bits 4-5; bit 7 says that a category byte follows (decisions written
+/// before categories were kept have none).
 pub fn decision(d: &Decision) -> Vec<u8> {
     let mut out = Vec::with_capacity(56);
     // Bits 2-3: the previous action plus one (0: not recorded, as in
     // decisions written before it was).
     let previous = d.previous.map_or(0, |p| action_byte(p) + 1);
-    out.push(action_byte(d.action) | previous << 2 | origin_byte(d.origin) << 4);
+    let has_category = if d.category.is_some() { 0x80 } else { 0 };
+    out.push(action_byte(d.action) | previous << 2 | origin_byte(d.origin) << 4 | has_category);
+    if let Some(c) = d.category {
+        out.push(category_byte(c));
+    }
     out.extend_from_slice(&d.score.to_le_bytes());
     put_varint(&mut out, d.at);
     put_subject(&mut out, &d.subject);
@@ -449,7 +457,15 @@ pub fn decode_decision(seq: u64, bytes: &[u8]) -> R<Decision> {
         0 => None,
         p => Some(action_of(p - 1).ok_or_else(|| r.err("previous action"))?),
     };
-    let origin = origin_of(first >> 4).ok_or_else(|| r.err("origin"))?;
+    let origin = origin_of((first >> 4) & 0x03).ok_or_else(|| r.err("origin"))?;
+    if first & 0x40 != 0 {
+        return Err(r.err("flags"));
+    }
+    let category = if first & 0x80 != 0 {
+        Some(category_of(r.byte()?).ok_or_else(|| r.err("category"))?)
+    } else {
+        None
+    };
     let score = f64::from_le_bytes(r.bytes(8)?.try_into().map_err(|_| r.err("score"))?);
     let at = r.varint()?;
     let subject = only_subject(r.b)?;
@@ -459,17 +475,22 @@ pub fn decode_decision(seq: u64, bytes: &[u8]) -> R<Decision> {
         action,
         previous,
         origin,
+        category,
         score,
         at,
     })
 }
 
-/// A subject's last recorded action: action, origin, and the time it is
-/// due for a recheck (0: none).
+/// A subject's last recorded action: action, origin, the time it is due
+/// for a recheck (0: none), a domain's percent and, when known, the
+/// category behind it.
 pub fn last_action(l: &LastAction) -> Vec<u8> {
     let mut out = vec![action_byte(l.action), origin_byte(l.origin)];
     put_varint(&mut out, l.due.unwrap_or(0));
     out.push(l.percent);
+    if let Some(c) = l.category {
+        out.push(category_byte(c));
+    }
     out
 }
 
@@ -490,16 +511,23 @@ pub fn decode_last_action(bytes: &[u8]) -> R<LastAction> {
             origin: Origin::Federation,
             due: None,
             percent: 0,
+            category: None,
         });
     }
     let origin = origin_of(r.byte()?).ok_or_else(|| r.err("origin"))?;
     let due = r.varint()?;
     let percent = if r.b.is_empty() { 0 } else { r.byte()? };
+    let category = if r.b.is_empty() {
+        None
+    } else {
+        Some(category_of(r.byte()?).ok_or_else(|| r.err("category"))?)
+    };
     Ok(LastAction {
         action,
         origin,
         due: (due != 0).then_some(due),
         percent,
+        category,
     })
 }
 
@@ -533,6 +561,53 @@ mod tests {
         // Uppercase hex keeps its text form, so it round-trips exactly.
         let upper = format!("jid:{}", "AB".repeat(32));
         assert_eq!(only_subject(&subject(&upper)).expect("text"), upper);
+    }
+
+    #[test]
+    fn decisions_and_last_actions_keep_their_category() {
+        use corvid_protocol::aggregate::Action;
+
+        use crate::store::{Decision, LastAction, Origin};
+        for category in [None, Some(Category::Spam), Some(Category::Phishing)] {
+            let d = Decision {
+                seq: 7,
+                subject: "domain:example.org".into(),
+                action: Action::Flag,
+                previous: Some(Action::Allow),
+                origin: Origin::Federation,
+                category,
+                score: 0.5,
+                at: 1_700_000_000,
+            };
+            assert_eq!(decode_decision(7, &decision(&d)).expect("decodes"), d);
+            let l = LastAction {
+                action: Action::Block,
+                origin: Origin::Federation,
+                due: Some(1_700_000_100),
+                percent: 93,
+                category,
+            };
+            assert_eq!(decode_last_action(&last_action(&l)).expect("decodes"), l);
+        }
+        // A decision written before categories were kept reads back without one.
+        let old = Decision {
+            seq: 1,
+            subject: "domain:example.org".into(),
+            action: Action::Block,
+            previous: None,
+            origin: Origin::LocalDeny,
+            category: None,
+            score: 0.0,
+            at: 5,
+        };
+        assert_eq!(decision(&old)[0] & 0xc0, 0);
+        // An unknown category byte is an error.
+        let mut bad = decision(&Decision {
+            category: Some(Category::Spam),
+            ..old.clone()
+        });
+        bad[1] = 200;
+        assert!(decode_decision(1, &bad).is_err());
     }
 
     #[test]

@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use corvid_protocol::aggregate::Action;
-use corvid_protocol::record::{Record, ReportId};
+use corvid_protocol::record::{Category, Record, ReportId};
 use corvid_protocol::subject::SubjectKey;
 use serde::{Deserialize, Serialize};
 
@@ -185,6 +185,10 @@ pub struct Decision {
     pub previous: Option<Action>,
     /// What decided it.
     pub origin: Origin,
+    /// The category that weighs most among the reports behind a federation
+    /// `flag` or `block` (what a user's per-category choice applies to).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub category: Option<Category>,
     /// Score then.
     pub score: f64,
     /// When.
@@ -218,6 +222,8 @@ pub struct LastAction {
     /// where a consumer applies its own, stricter threshold to it, as a
     /// server does before refusing a whole domain's s2s stream).
     pub percent: u8,
+    /// As [`Decision::category`].
+    pub category: Option<Category>,
 }
 
 /// A scan's visitor: `Ok(false)` stops it, an error ends it.
@@ -1518,7 +1524,26 @@ impl Tx<'_> {
         now: u64,
         due: Option<u64>,
     ) -> Result<Option<u64>> {
+        self.record_decision_in(subject, now_action, None, score, now, due)
+    }
+
+    /// As [`Tx::record_decision`], with the category that weighs most
+    /// behind it: a change of category alone is a new decision too.
+    ///
+    /// # Errors
+    /// IO errors.
+    pub fn record_decision_in(
+        &mut self,
+        subject: &str,
+        now_action: (Action, Origin),
+        category: Option<Category>,
+        score: f64,
+        now: u64,
+        due: Option<u64>,
+    ) -> Result<Option<u64>> {
         let (action, origin) = now_action;
+        // Only a federation flag or block has a category that matters.
+        let category = category.filter(|_| action != Action::Allow && origin == Origin::Federation);
         let t = &mut *self.t;
         let key = codec::subject(subject);
         let previous = match t.get(Table::LastAction, &key)? {
@@ -1537,6 +1562,7 @@ impl Tx<'_> {
             origin,
             due,
             percent,
+            category,
         };
         if previous == Some(next) {
             return Ok(None);
@@ -1551,7 +1577,12 @@ impl Tx<'_> {
             }
         }
         let unchanged = match previous {
-            Some(p) => p.action == action && p.origin == origin && p.percent == percent,
+            Some(p) => {
+                p.action == action
+                    && p.origin == origin
+                    && p.percent == percent
+                    && p.category == category
+            }
             // A subject never decided was allowed by the federation.
             None => action == Action::Allow && origin == Origin::Federation,
         };
@@ -1577,6 +1608,7 @@ impl Tx<'_> {
             action,
             previous: Some(previous.map_or(Action::Allow, |p| p.action)),
             origin,
+            category,
             score,
             at: now,
         };
