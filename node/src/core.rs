@@ -1115,10 +1115,10 @@ fn leading_category(contributions: &[Contribution]) -> Option<Category> {
         if c.mode != corvid_protocol::aggregate::Mode::Enforce || !c.confirmed {
             continue;
         }
-        if let Record::Report(r) = &c.record {
-            if let Some(i) = Category::ALL.iter().position(|&x| x == r.category) {
-                weights[i] += c.weight * f64::from(r.confidence);
-            }
+        if let Record::Report(r) = &c.record
+            && let Some(i) = Category::ALL.iter().position(|&x| x == r.category)
+        {
+            weights[i] += c.weight * f64::from(r.confidence);
         }
     }
     let (best, weight) = weights
