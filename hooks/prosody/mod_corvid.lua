@@ -127,10 +127,25 @@ local function decode_key(subject)
 	return nil;
 end
 
+-- The categories of reports (spec §5), numbered for the copy (0: not
+-- known), and the three groups a user chooses for: phishing and malware
+-- are dangerous, abuse is harassment, the rest is spam.
+local category_code = {
+	spam = 1, abuse = 2, phishing = 3, malware = 4, ["bulk-registration"] = 5,
+	["muc-spam"] = 6, ["open-relay"] = 7, ["tor-exit"] = 8, ["open-proxy"] = 9,
+};
+local GROUPS = { "spam", "abuse", "dangerous" };
+local function group_of(code)
+	if code == 2 then return "abuse"; end
+	if code == 3 or code == 4 then return "dangerous"; end
+	return "spam";
+end
+
 -- Applies one entry to `jids`/`domains` (the live copy or a snapshot being
 -- built); returns the change in the number of entries. A value is
--- action * 4 + origin, plus 16 * a domain's score in whole percent.
-local function apply(jids, domains, subject, action, origin, score)
+-- action * 4 + origin, plus 16 * the category's code, plus 256 * a
+-- domain's score in whole percent.
+local function apply(jids, domains, subject, action, origin, score, category)
 	local a, o = action_code[action], origin_code[origin];
 	if not a or not o then return 0; end
 	local tbl, key = decode_key(subject);
@@ -146,14 +161,15 @@ local function apply(jids, domains, subject, action, origin, score)
 	if is_domain and type(score) == "number" then
 		pct = math.max(0, math.min(100, math.floor(score * 100 + 1e-9)));
 	end
-	tbl[key] = a * 4 + o + 16 * pct;
+	tbl[key] = a * 4 + o + 16 * (category_code[category] or 0) + 256 * pct;
 	if is_domain then mirror.domains_changed = true; end
 	return before and 0 or 1;
 end
 
 local function action_of(v) return (v % 16) // 4; end
 local function origin_of(v) return v % 4; end
-local function percent_of(v) return v // 16; end
+local function category_of(v) return (v % 256) // 16; end
+local function percent_of(v) return v // 256; end
 
 local function set_peers(list)
 	if type(list) ~= "table" then return; end
@@ -216,7 +232,7 @@ function snapshot(gen, after, jids, domains, count, cursor)
 		set_peers(data.peers);
 		set_brake(data.brake);
 		for _, e in ipairs(data.entries or {}) do
-			count = count + apply(jids, domains, e.subject, e.action, e.origin, e.score);
+			count = count + apply(jids, domains, e.subject, e.action, e.origin, e.score, e.category);
 		end
 		if data.after and data.after ~= json.null then
 			-- The next page after this one has let the event loop run.
@@ -249,7 +265,7 @@ function stream(gen, since)
 		set_brake(data.brake);
 		local count = mirror.entries;
 		for _, d in ipairs(data.decisions or {}) do
-			count = count + apply(mirror.jids, mirror.domains, d.subject, d.action, d.origin, d.score);
+			count = count + apply(mirror.jids, mirror.domains, d.subject, d.action, d.origin, d.score, d.category);
 		end
 		mirror.entries = count;
 		mirror.cursor = data.next or since;
@@ -310,29 +326,33 @@ local function entries_for(bare)
 	return exact, covering;
 end
 
---- The action for a bare JID from the copy, and whether a local list
--- decided it: spec §15.4's precedence of local lists (exact allow, exact
+--- The action for a bare JID from the copy, whether a local list decided
+-- it, and the group of the category behind it (spam, abuse, dangerous): spec §15.4's precedence of local lists (exact allow, exact
 -- deny, covering allow, covering deny), then the most severe action among
 -- the exact and covering subjects (§15.5).
 local function verdict_for(bare)
 	local exact, covering = entries_for(bare);
-	if not covering then return ALLOW, false; end
+	if not covering then return ALLOW, false, "spam"; end
 	if exact then
 		local o = origin_of(exact);
-		if o == LOCAL_ALLOW then return ALLOW, true; end
-		if o == LOCAL_DENY then return BLOCK, true; end
+		if o == LOCAL_ALLOW then return ALLOW, true, "spam"; end
+		if o == LOCAL_DENY then return BLOCK, true, "spam"; end
 	end
 	for _, v in ipairs(covering) do
-		if origin_of(v) == LOCAL_ALLOW then return ALLOW, true; end
+		if origin_of(v) == LOCAL_ALLOW then return ALLOW, true, "spam"; end
 	end
 	for _, v in ipairs(covering) do
-		if origin_of(v) == LOCAL_DENY then return BLOCK, true; end
+		if origin_of(v) == LOCAL_DENY then return BLOCK, true, "spam"; end
 	end
-	local worst = exact and action_of(exact) or ALLOW;
+	-- The most severe action; its category is the one the user's choice
+	-- applies to (the JID's own first).
+	local worst, category = exact and action_of(exact) or ALLOW, exact and category_of(exact) or 0;
 	for _, v in ipairs(covering) do
-		worst = math.max(worst, action_of(v));
+		if action_of(v) > worst then
+			worst, category = action_of(v), category_of(v);
+		end
 	end
-	return worst, false;
+	return worst, false, group_of(category);
 end
 
 --- Whether a local allow entry at corvidd lets `bare` through.
@@ -455,9 +475,13 @@ function module.add_host(module)
 	local prefs = module:open_store("corvid_spam_prefs");
 	local choices = { folder = true, deliver = true, refuse = true };
 
-	local function preference(user)
+	--- What `user` chose for flagged messages of `group` (spam, abuse or
+	-- dangerous); a choice saved before groups existed applies to all.
+	local function preference(user, group)
 		local p = prefs:get(user);
-		return p and choices[p.flagged] and p.flagged or "folder";
+		if not p then return "folder"; end
+		local choice = p[group or "spam"] or p.flagged;
+		return choices[choice] and choice or "folder";
 	end
 
 	local function expire(user)
@@ -519,7 +543,7 @@ function module.add_host(module)
 					label = ("%s, from %s: %s"):format(datetime.datetime(when), tostring(with), excerpt(stanza));
 				};
 			end
-			local form = dataforms.new {
+			local layout = {
 				title = "Spam folder";
 				instructions = #options == 0 and "Your spam folder is empty."
 					or ("%d held message(s). Release the ones you want delivered (they arrive with their original time), or delete them. Held messages are deleted after %d days."):format(#options, retention // 86400);
@@ -527,18 +551,33 @@ function module.add_host(module)
 				{ name = "messages", type = "list-multi", label = "Messages", options = options };
 				{ name = "action", type = "list-single", label = "Do with the selected messages", value = "release",
 					options = { { label = "Release into my inbox", value = "release" }, { label = "Delete", value = "delete" } } };
-				{ name = "flagged", type = "list-single", label = "From now on, flagged messages from strangers",
-					value = preference(user),
+			};
+			local what = {
+				spam = "flagged as spam (or a suspicious sender)",
+				abuse = "flagged for abuse or harassment",
+				dangerous = "flagged for phishing or malware",
+			};
+			for _, group in ipairs(GROUPS) do
+				layout[#layout + 1] = { name = "flagged_" .. group, type = "list-single",
+					label = "From now on, messages from strangers " .. what[group],
+					value = preference(user, group),
 					options = { { label = "Go to this spam folder", value = "folder" },
 						{ label = "Are delivered", value = "deliver" }, { label = "Are refused", value = "refuse" } } };
-			};
+			end
+			local form = dataforms.new(layout);
 			return { status = "executing", actions = { "complete", default = "complete" }, form = form }, { form = form };
 		end
 		local fields, err = state.form:data(data.form);
 		if err then
 			return { status = "completed", info = "The form was not understood (" .. tostring(next(err)) .. "): nothing changed." };
 		end
-		if choices[fields.flagged] then prefs:set(user, { flagged = fields.flagged }); end
+		local chosen, changed = {}, false;
+		for _, group in ipairs(GROUPS) do
+			local c = fields["flagged_" .. group];
+			chosen[group] = choices[c] and c or preference(user, group);
+			changed = changed or (choices[c] and c ~= preference(user, group));
+		end
+		if changed then prefs:set(user, chosen); end
 		local wanted = {};
 		for _, id in ipairs(fields.messages or {}) do wanted[id] = true; end
 		local released, deleted = 0, 0;
@@ -557,7 +596,8 @@ function module.add_host(module)
 		end
 		m_released:with_labels(host_name):add(released);
 		m_deleted:with_labels(host_name):add(deleted);
-		return { status = "completed", info = ("Released %d, deleted %d. Flagged messages now: %s."):format(released, deleted, preference(user)) };
+		return { status = "completed", info = ("Released %d, deleted %d. Flagged messages now: spam %s, abuse %s, phishing and malware %s.")
+			:format(released, deleted, preference(user, "spam"), preference(user, "abuse"), preference(user, "dangerous")) };
 	end
 	module:depends("adhoc");
 	local adhoc_new = module:require "adhoc".new;
@@ -612,7 +652,7 @@ function module.add_host(module)
 				m_would_divert:with_labels(host_name):add(1);
 				return deliver("flag");
 			end
-			local choice = preference(user);
+			local choice = preference(user, group_of(category_code[data.category] or 0));
 			if choice == "deliver" then return deliver("flag"); end
 			done = true;
 			m_digests:with_labels(host_name, "flag"):add(1);
@@ -655,7 +695,7 @@ function module.add_host(module)
 			end
 			if not mirror.loaded then return; end
 		end
-		local action, by_list = verdict_for(sender);
+		local action, by_list, group = verdict_for(sender);
 		m_checked:with_labels(host_name, kind, action_name[action]):add(1);
 		if action == BLOCK then
 			if enforcing() then
@@ -669,7 +709,7 @@ function module.add_host(module)
 				m_would_divert:with_labels(host_name):add(1);
 				return;
 			end
-			local choice = preference(user);
+			local choice = preference(user, group);
 			if choice == "refuse" then
 				return refuse(event, kind, "flag");
 			elseif choice == "folder" then

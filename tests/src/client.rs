@@ -238,15 +238,16 @@ impl Client {
     }
 
     /// Completes a spam folder session: `action` ("release" or "delete")
-    /// on the messages `ids`, and the choice for flagged messages from now
-    /// on ("folder", "deliver" or "refuse"). The reply's `<command/>`.
+    /// on the messages `ids`, and choices for flagged messages from now on,
+    /// each a field (`flagged_spam`, `flagged_abuse`, `flagged_dangerous`)
+    /// and "folder", "deliver" or "refuse". The reply's `<command/>`.
     pub fn spam_folder_submit(
         &self,
         host: &str,
         folder: &SpamFolder,
         ids: &[&str],
         action: &str,
-        flagged: &str,
+        choices: &[(&str, &str)],
     ) -> Element {
         let field = |var: &str, values: &[&str]| {
             let mut f = Element::builder("field", "jabber:x:data").attr(attr("var"), var);
@@ -259,21 +260,21 @@ impl Client {
             }
             f.build()
         };
+        let mut form = Element::builder("x", "jabber:x:data")
+            .attr(attr("type"), "submit")
+            .append(field("FORM_TYPE", &[SPAM_FOLDER]))
+            .append(field("messages", ids))
+            .append(field("action", &[action]));
+        for (var, choice) in choices {
+            form = form.append(field(var, &[choice]));
+        }
         self.command(
             host,
             Element::builder("command", COMMANDS)
                 .attr(attr("node"), SPAM_FOLDER)
                 .attr(attr("sessionid"), folder.session.clone())
                 .attr(attr("action"), "complete")
-                .append(
-                    Element::builder("x", "jabber:x:data")
-                        .attr(attr("type"), "submit")
-                        .append(field("FORM_TYPE", &[SPAM_FOLDER]))
-                        .append(field("messages", ids))
-                        .append(field("action", &[action]))
-                        .append(field("flagged", &[flagged]))
-                        .build(),
-                )
+                .append(form.build())
                 .build(),
         )
     }

@@ -57,7 +57,7 @@ fn main() -> ExitCode {
         ("release", []) => {
             let folder = client.spam_folder(host);
             let ids: Vec<&str> = folder.messages.iter().map(|(_, id)| id.as_str()).collect();
-            let done = client.spam_folder_submit(host, &folder, &ids, "release", "folder");
+            let done = client.spam_folder_submit(host, &folder, &ids, "release", &[]);
             let info = done
                 .get_child("note", "http://jabber.org/protocol/commands")
                 .map(Element::text)

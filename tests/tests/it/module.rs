@@ -124,6 +124,7 @@ fn federation_with(
             "friend@b.test",
             "buddy@b.test",
             "spammy@b.test",
+            "phishy@b.test",
         ],
         opts(ips.1, false),
     );
@@ -666,7 +667,13 @@ fn flagged_messages_wait_in_the_spam_folder(version: Version, ips: (&str, &str))
         options[0].0.contains(&held) && options[0].0.contains("spammy@b.test"),
         "{options:?}"
     );
-    let done = alice.spam_folder_submit("a.test", &folder, &[&options[0].1], "release", "refuse");
+    let done = alice.spam_folder_submit(
+        "a.test",
+        &folder,
+        &[&options[0].1],
+        "release",
+        &[("flagged_spam", "refuse")],
+    );
     assert_eq!(
         done.attr("status"),
         Some("completed"),
@@ -702,9 +709,47 @@ fn flagged_messages_wait_in_the_spam_folder(version: Version, ips: (&str, &str))
         "{}: the user's choice to refuse was not honoured",
         version.name()
     );
+    // The choice was for spam: a sender flagged for phishing still goes to
+    // the folder, silently.
+    node.report("phishy@b.test", "phishing", 50);
+    node.wait_action("jid", "phishy@b.test", "flag", Duration::from_secs(10));
+    let phishy = Client::login(&f.b, "phishy", "b.test");
+    let start = Instant::now();
+    let mut n = 0;
+    loop {
+        n += 1;
+        phishy.message("alice@a.test", &format!("verify your account {n}"));
+        // Until the copy has the flag the message may be delivered.
+        if alice
+            .wait_stanza(Duration::from_millis(500), |s| {
+                body_of(s).is_some_and(|b| b.starts_with("verify your account"))
+            })
+            .is_none()
+        {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{}: the phishing sender was never held",
+            version.name()
+        );
+    }
+    assert!(
+        phishy
+            .wait_stanza(Duration::from_millis(300), |s| s.attr("type") == Some("error"))
+            .is_none(),
+        "{}: a phishing-flagged message was refused though only spam is refused",
+        version.name()
+    );
     // One message is left in the folder, and MAM never saw it (nor the
     // refused one); it archived the released one.
-    assert_eq!(alice.spam_folder("a.test").messages.len(), 1);
+    let left = alice.spam_folder("a.test");
+    assert_eq!(left.messages.len(), 2, "{:?}", left.messages);
+    assert!(
+        left.messages[1].0.contains(&format!("verify your account {n}")),
+        "{:?}",
+        left.messages
+    );
     let archive = stored(&f.a, "archive", "alice");
     assert!(archive.contains(&held), "{}: {archive}", version.name());
     assert!(
