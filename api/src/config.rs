@@ -309,6 +309,12 @@ pub struct PeerConfig {
     /// Most reports stored from this peer (default 200000).
     #[serde(default = "default_max_reports")]
     pub max_reports: u64,
+    /// Most new blocks this peer's reports may cause in an hour (default
+    /// 1000; 0: no cap). A block it would cause beyond that is held at
+    /// `flag` until the hour has room, and `status` warns: a peer that
+    /// misbehaves or is compromised cannot block the world at once.
+    #[serde(default = "default_max_new_blocks")]
+    pub max_new_blocks_per_hour: u32,
     /// Adopt this peer's reports as your own: full weight, and `block`
     /// without waiting for a second peer (default false).
     #[serde(default)]
@@ -318,6 +324,10 @@ pub struct PeerConfig {
 fn one() -> f64 {
     1.0
 }
+fn default_max_new_blocks() -> u32 {
+    1000
+}
+
 fn default_max_reports() -> u64 {
     200_000
 }

@@ -136,6 +136,7 @@ fn reason(r: &Value) -> String {
         "abuse-contact-missing" => {
             "block held back: no report says the domain's abuse contact was tried".into()
         }
+        "peer-cap" => "block held back: a peer it needs has caused its most new blocks for the hour (max_new_blocks_per_hour); it blocks once the hour has room".into(),
         other => format!("{other}: {r}"),
     }
 }

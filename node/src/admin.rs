@@ -102,6 +102,8 @@ fn peer_json(s: &ApiState, domain: &str, p: &crate::engine::Peer) -> Result<Valu
         "backlog": backlog,
         "behind_secs": behind_secs,
         "checkpoint_age": sync.checkpoint_at.map(|t| now.saturating_sub(t)),
+        "max_new_blocks_per_hour": p.max_new_blocks_per_hour,
+        "cap": s.engine.shared().cap(domain),
     }))
 }
 
@@ -412,6 +414,21 @@ async fn status(State(s): State<Arc<ApiState>>) -> Result<Json<Value>, ApiError>
                     v["backlog"].as_u64().unwrap_or(0)
                 ),
                 "a read follows at the next checkpoint; if this stays, check the s2s link and unlimited_jids (corvid doctor)",
+            ));
+        }
+        let held_at = v["cap"]["last_held_at"].as_u64();
+        if let Some(at) = held_at.filter(|t| now.saturating_sub(*t) < 3600) {
+            health.push(Check::warn(
+                format!("{name}.cap"),
+                format!(
+                    "it reached its cap of {} new blocks per hour: {} block(s) held at flag since start, the last {} s ago",
+                    v["max_new_blocks_per_hour"],
+                    v["cap"]["held"],
+                    now.saturating_sub(at)
+                ),
+                format!(
+                    "see what it reports (corvid why SUBJECT); if it is right, raise max_new_blocks_per_hour in its [[peer]]; if not, corvid peer observe {domain}"
+                ),
             ));
         }
         if v["pending_rotation"].is_string() {

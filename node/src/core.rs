@@ -256,7 +256,23 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// Rejected items since the last summary.
     pub rejects: RejectLog,
+    /// Per peer, what its hourly cap on new blocks did.
+    caps: RwLock<BTreeMap<String, CapState>>,
 }
+
+/// What a peer's cap on new blocks per hour did (`max_new_blocks_per_hour`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct CapState {
+    /// New blocks its reports caused in the last hour.
+    pub caused_last_hour: usize,
+    /// Subjects held at `flag` now because it had reached its cap.
+    pub held: usize,
+    /// When the last one was held.
+    pub last_held_at: Option<u64>,
+}
+
+/// How long a peer's new blocks count against its cap.
+const CAP_WINDOW_SECS: u64 = 3600;
 
 fn read<T: Clone>(l: &RwLock<T>) -> T {
     l.read()
@@ -277,6 +293,16 @@ impl Shared {
     /// The signing key.
     pub fn signer(&self) -> Arc<SecretKey> {
         read(&self.signer)
+    }
+
+    /// What a peer's cap on new blocks per hour did.
+    pub fn cap(&self, source: &str) -> CapState {
+        self.caps
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(source)
+            .copied()
+            .unwrap_or_default()
     }
 
     /// Whether a source is suspended (canary).
@@ -377,6 +403,10 @@ struct Scratch {
     /// Touched subjects that were due for a recheck: the time their action
     /// next changes by decay is searched for precisely.
     rechecked: BTreeSet<SubjectKey>,
+    /// Peers whose reports caused a new block, and peers at their cap that
+    /// held one back, with the time.
+    caused: Vec<(String, SubjectKey, u64)>,
+    held: Vec<(String, SubjectKey, u64)>,
 }
 
 impl Scratch {
@@ -407,6 +437,7 @@ struct Ctx<'a> {
     feed: &'a FeedAddress,
     counts: &'a BTreeMap<String, u64>,
     suspended: &'a BTreeSet<String>,
+    block_windows: &'a BTreeMap<String, std::collections::VecDeque<u64>>,
 }
 
 /// Meta key: the newest own record known to be among the contributions.
@@ -427,6 +458,12 @@ pub struct Core {
     shared: Arc<Shared>,
     /// Where the warm-up continues: `None` once everything is published.
     warm: Option<Option<String>>,
+    /// Per peer, when its reports caused each new block in the last hour
+    /// (in memory: a restart forgets them).
+    block_windows: BTreeMap<String, std::collections::VecDeque<u64>>,
+    /// Per peer, the subjects held at `flag` by its cap.
+    held: BTreeMap<String, BTreeSet<SubjectKey>>,
+    caps: BTreeMap<String, CapState>,
 }
 
 impl Core {
@@ -454,6 +491,7 @@ impl Core {
             publish_error: Mutex::new(None),
             metrics: Arc::new(Metrics::default()),
             rejects: RejectLog::default(),
+            caps: RwLock::default(),
         });
         let mut core = Self {
             store,
@@ -464,6 +502,9 @@ impl Core {
             suspended: BTreeSet::new(),
             shared,
             warm: Some(None),
+            block_windows: BTreeMap::new(),
+            held: BTreeMap::new(),
+            caps: BTreeMap::new(),
         };
         core.load_sources()?;
         core.restore_own(now_ms)?;
@@ -687,6 +728,53 @@ impl Core {
         for (subject, verdict) in scratch.verdicts.drain(..) {
             self.shared.published.put(&subject, verdict);
         }
+        if !scratch.caused.is_empty() || !scratch.held.is_empty() {
+            self.count_caps(&std::mem::take(&mut scratch.caused), &std::mem::take(&mut scratch.held));
+        }
+    }
+
+    /// Counts the new blocks peers caused and held back, and publishes
+    /// what the caps did.
+    fn count_caps(&mut self, caused: &[(String, SubjectKey, u64)], held: &[(String, SubjectKey, u64)]) {
+        let mut newest = 0;
+        for (source, subject, at) in caused {
+            self.block_windows.entry(source.clone()).or_default().push_back(*at);
+            if let Some(h) = self.held.get_mut(source) {
+                h.remove(subject);
+            }
+            newest = newest.max(*at);
+        }
+        for (source, subject, at) in held {
+            let c = self.caps.entry(source.clone()).or_default();
+            if c.last_held_at.is_none_or(|t| *at >= t + CAP_WINDOW_SECS) {
+                tracing::warn!(
+                    peer = source,
+                    "new blocks this peer's reports would cause are held at flag: it reached its max_new_blocks_per_hour"
+                );
+            }
+            c.last_held_at = Some(*at);
+            self.held.entry(source.clone()).or_default().insert(subject.clone());
+            newest = newest.max(*at);
+        }
+        self.held.retain(|_, h| !h.is_empty());
+        for (source, c) in &mut self.caps {
+            c.held = self.held.get(source).map_or(0, BTreeSet::len);
+        }
+        self.block_windows.retain(|_, w| {
+            while w.front().is_some_and(|t| t + CAP_WINDOW_SECS <= newest) {
+                w.pop_front();
+            }
+            !w.is_empty()
+        });
+        for (source, w) in &self.block_windows {
+            self.caps.entry(source.clone()).or_default().caused_last_hour = w.len();
+        }
+        for (source, c) in &mut self.caps {
+            if !self.block_windows.contains_key(source) {
+                c.caused_last_hour = 0;
+            }
+        }
+        write(&self.shared.caps, self.caps.clone());
     }
 
     fn restart_warm(&mut self) {
@@ -702,6 +790,7 @@ impl Core {
             feed: &self.feed,
             counts: &self.counts,
             suspended: &self.suspended,
+            block_windows: &self.block_windows,
         }
     }
 
@@ -768,36 +857,57 @@ impl Core {
             .contributions_after(cursor.as_deref(), WARM_CHUNK)?;
         let last = chunk.last().map(|(subject, _)| subject.clone());
         let full = chunk.len() >= WARM_CHUNK;
-        let mut decided = Vec::with_capacity(chunk.len());
+        let mut found = Vec::with_capacity(chunk.len());
         for (subject, about) in chunk {
             let Ok(key) = subject.parse::<SubjectKey>() else {
                 continue;
             };
             let contributions = trusted(&self.settings, |s| self.suspended.contains(s), about);
             let verdict = verdict_of(&self.settings, now, &key, &contributions);
-            decided.push((
-                key.clone(),
-                decision_of(
-                    &self.settings,
-                    &key,
-                    verdict.as_ref(),
-                    &contributions,
-                    now,
-                    false,
-                ),
-            ));
-            self.shared.published.put(&key, verdict);
+            found.push((key, contributions, verdict));
         }
         // What changed while the node was down, or with the new settings
         // or a source's new mode, enters the decision stream: one
-        // transaction per chunk, written only where the action changed.
-        if !decided.is_empty() {
+        // transaction per chunk, written only where the action changed. A
+        // new block counts against the peers it needs, as in `settle`.
+        let (mut caused, mut held) = (Vec::new(), Vec::new());
+        if !found.is_empty() {
+            let ctx = self.ctx();
             self.store.batch(false, &mut |tx| {
-                for (key, d) in &decided {
-                    d.record(tx, key, now)?;
+                caused.clear();
+                held.clear();
+                for (key, contributions, verdict) in &mut found {
+                    let free_at = match verdict.as_mut() {
+                        Some(v) if v.action == Action::Block => cap_new_block(
+                            &ctx,
+                            tx,
+                            key,
+                            v,
+                            contributions,
+                            now,
+                            &mut caused,
+                            &mut held,
+                        )?,
+                        _ => None,
+                    };
+                    let mut decided =
+                        decision_of(&self.settings, key, verdict.as_ref(), contributions, now, false);
+                    if let Some(at) = free_at {
+                        decided.due = Some(decided.due.map_or(at, |d| d.min(at)));
+                    }
+                    decided.record(tx, key, now)?;
                 }
                 Ok(())
             })?;
+        }
+        for (key, _, verdict) in found {
+            self.shared.published.put(&key, verdict);
+        }
+        if !caused.is_empty() || !held.is_empty() {
+            let stamp = |v: Vec<(String, SubjectKey)>| {
+                v.into_iter().map(|(s, k)| (s, k, now)).collect::<Vec<_>>()
+            };
+            self.count_caps(&stamp(caused), &stamp(held));
         }
         if !full {
             self.settle_listed(now)?;
@@ -1152,23 +1262,123 @@ fn settle(
             && (ctx.suspended.contains(source) || scratch.suspend.iter().any(|(s, _)| s == source))
     };
     let mut verdicts = Vec::with_capacity(scratch.touched.len());
+    let (mut caused, mut held) = (Vec::new(), Vec::new());
     for subject in &scratch.touched {
         let contributions = trusted(ctx.settings, suspended, tx.about(subject.as_str())?);
-        let verdict = verdict_of(ctx.settings, now, subject, &contributions);
+        let mut verdict = verdict_of(ctx.settings, now, subject, &contributions);
+        let free_at = match verdict.as_mut() {
+            Some(v) if v.action == Action::Block => {
+                cap_new_block(ctx, tx, subject, v, &contributions, now, &mut caused, &mut held)?
+            }
+            _ => None,
+        };
         let precise = scratch.rechecked.contains(subject);
-        decision_of(
+        let mut decided = decision_of(
             ctx.settings,
             subject,
             verdict.as_ref(),
             &contributions,
             now,
             precise,
-        )
-        .record(tx, subject, now)?;
+        );
+        if let Some(at) = free_at {
+            // Rechecked when the peer's hour has room.
+            decided.due = Some(decided.due.map_or(at, |d| d.min(at)));
+        }
+        decided.record(tx, subject, now)?;
         verdicts.push((subject.clone(), verdict));
     }
     scratch.verdicts = verdicts;
+    scratch.caused.extend(caused.into_iter().map(|(s, k)| (s, k, now)));
+    scratch.held.extend(held.into_iter().map(|(s, k)| (s, k, now)));
     Ok(())
+}
+
+/// A federation block about to be new (the subject was not blocked) that
+/// needs the reports of a peer which has caused its most new blocks in the
+/// last hour (`max_new_blocks_per_hour`) is held at `flag`: the time the
+/// peer's hour has room again is returned, for a recheck. Otherwise the
+/// peers it needs (those without whose reports it would not block) count
+/// it in `caused`.
+#[allow(clippy::too_many_arguments)]
+fn cap_new_block(
+    ctx: &Ctx<'_>,
+    tx: &mut Tx<'_>,
+    subject: &SubjectKey,
+    verdict: &mut SubjectVerdict,
+    contributions: &[Contribution],
+    now: u64,
+    caused: &mut Vec<(String, SubjectKey)>,
+    held: &mut Vec<(String, SubjectKey)>,
+) -> Result<Option<u64>, StoreError> {
+    if ctx.settings.allows(subject) || ctx.settings.denies(subject) {
+        return Ok(None);
+    }
+    if tx
+        .last_action(subject.as_str())?
+        .is_some_and(|l| l.action == Action::Block)
+    {
+        return Ok(None);
+    }
+    let peers: BTreeSet<&str> = contributions
+        .iter()
+        .filter(|c| {
+            c.kind == corvid_protocol::aggregate::SourceKind::Peer
+                && c.mode == corvid_protocol::aggregate::Mode::Enforce
+                && c.confirmed
+        })
+        .map(|c| c.source.as_str())
+        .collect();
+    let mut needed = Vec::new();
+    for source in peers {
+        let Some(cap) = ctx
+            .settings
+            .peers
+            .get(source)
+            .map(|p| p.max_new_blocks_per_hour)
+            .filter(|&c| c > 0)
+        else {
+            continue;
+        };
+        let without: Vec<Contribution> = contributions
+            .iter()
+            .filter(|c| c.source != source)
+            .cloned()
+            .collect();
+        if verdict_of(ctx.settings, now, subject, &without).is_some_and(|v| v.action == Action::Block) {
+            continue;
+        }
+        needed.push((source, cap));
+    }
+    let mut free_at = None;
+    for &(source, cap) in &needed {
+        let recent: Vec<u64> = ctx
+            .block_windows
+            .get(source)
+            .into_iter()
+            .flatten()
+            .copied()
+            .filter(|&t| t + CAP_WINDOW_SECS > now)
+            .collect();
+        let in_tx = caused.iter().filter(|(s, _)| s == source).count();
+        if recent.len() + in_tx >= cap as usize {
+            // Room again once enough of its blocks are an hour old.
+            let excess = recent.len() + in_tx + 1 - cap as usize;
+            let at = recent
+                .get(excess - 1)
+                .map_or(now + CAP_WINDOW_SECS, |t| t + CAP_WINDOW_SECS);
+            free_at = Some(free_at.map_or(at, |f: u64| f.max(at)));
+            held.push((source.to_owned(), subject.clone()));
+        }
+    }
+    if let Some(at) = free_at {
+        verdict.action = Action::Flag;
+        verdict.hold = crate::verdicts::Hold::PeerCap;
+        verdict.valid_until = verdict.valid_until.min(at);
+        return Ok(Some(at));
+    }
+    caused.extend(needed.into_iter().map(|(s, _)| (s.to_owned(), subject.clone())));
+    Ok(None)
 }
 
 /// `id`, or an id newer than every own record written so far (the

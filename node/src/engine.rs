@@ -52,6 +52,8 @@ pub struct Peer {
     pub accept_rotations: bool,
     /// Stored-report cap.
     pub max_reports: u64,
+    /// Most new blocks its reports may cause in an hour (0: no cap).
+    pub max_new_blocks_per_hour: u32,
 }
 
 /// A configured RTBL source.
@@ -128,6 +130,7 @@ impl Settings {
                     },
                     accept_rotations: p.accept_rotations,
                     max_reports: p.max_reports,
+                    max_new_blocks_per_hour: p.max_new_blocks_per_hour,
                 },
             );
         }

@@ -61,6 +61,9 @@ pub enum Hold {
     Quorum,
     /// No report says the domain's abuse contact was tried.
     AbuseContact,
+    /// A peer whose reports it needs has caused its most new blocks for
+    /// the hour (`max_new_blocks_per_hour`).
+    PeerCap,
 }
 
 /// One subject's verdict on its own (no local lists, no covering subjects),
@@ -106,6 +109,9 @@ impl SubjectVerdict {
                 quorum: policy.quorum,
             }),
             Hold::AbuseContact => out.push(Reason::AbuseContactMissing {
+                subject: subject.clone(),
+            }),
+            Hold::PeerCap => out.push(Reason::PeerCap {
                 subject: subject.clone(),
             }),
         }
@@ -270,6 +276,7 @@ impl Packed {
             Hold::Digest => 2,
             Hold::Quorum => 3,
             Hold::AbuseContact => 4,
+            Hold::PeerCap => 5,
         };
         let computed_at = u32::try_from(v.computed_at).unwrap_or(u32::MAX);
         Self {
@@ -297,6 +304,7 @@ impl Packed {
                 2 => Hold::Digest,
                 3 => Hold::Quorum,
                 4 => Hold::AbuseContact,
+                5 => Hold::PeerCap,
                 _ => Hold::None,
             },
             computed_at: u64::from(self.computed_at),

@@ -714,3 +714,67 @@ fn own_records_written_outside_the_core_become_contributions_at_the_next_start()
         .expect("meta");
     assert_eq!(mark, Some(late.id()));
 }
+
+/// Issue "Prosody protects its users", safety before enforcement: one peer
+/// causes at most `max_new_blocks_per_hour` new blocks in an hour; the rest
+/// are held at `flag` (with the reason), and block once the hour has room,
+/// at the first sweep after it.
+#[test]
+fn a_peer_causes_at_most_its_cap_of_new_blocks_an_hour() {
+    let capped = || settings_with("", "block_alone = true\nmax_new_blocks_per_hour = 3\n");
+    let core = Core::new(
+        Store::in_memory(),
+        capped(),
+        SecretKey::from_seed([1; 32]),
+        "xmpp:pubsub.a.example?;node=corvid".parse().expect("feed"),
+        NOW * 1000,
+    )
+    .expect("core");
+    let mut h = Harness::new(core, 5);
+    h.push(
+        NOW * 1000,
+        records(
+            PEER,
+            (0..5)
+                .map(|i| (report(&jid(i), 40, NOW + 7 * 86_400), "k".to_owned()))
+                .collect(),
+        ),
+    );
+    h.run(Faults::default());
+    let last = |h: &Harness, i: usize| decisions_about(h, &jid(i)).last().map(|d| d.0);
+    let actions: Vec<Option<Action>> = (0..5).map(|i| last(&h, i)).collect();
+    assert_eq!(
+        actions.iter().filter(|a| **a == Some(Action::Block)).count(),
+        3,
+        "{actions:?}"
+    );
+    assert_eq!(
+        actions.iter().filter(|a| **a == Some(Action::Flag)).count(),
+        2,
+        "{actions:?}"
+    );
+    let cap = h.core().shared().cap(PEER);
+    assert_eq!((cap.caused_last_hour, cap.held), (3, 2), "{cap:?}");
+    let held = (0..5)
+        .find(|&i| last(&h, i) == Some(Action::Flag))
+        .expect("a held one");
+    let verdict = h
+        .core()
+        .shared()
+        .published
+        .get(&jid(held))
+        .expect("published");
+    assert_eq!(verdict.hold, corvid_node::verdicts::Hold::PeerCap);
+
+    // Within the hour nothing changes; after it, a sweep blocks the rest.
+    h.push((NOW + 1800) * 1000, Event::Sweep { batch: 100 });
+    h.run(Faults::default());
+    assert_eq!(last(&h, held), Some(Action::Flag));
+    h.push((NOW + 3601) * 1000, Event::Sweep { batch: 100 });
+    h.run(Faults::default());
+    for i in 0..5 {
+        assert_eq!(last(&h, i), Some(Action::Block), "jid {i}");
+    }
+    let cap = h.core().shared().cap(PEER);
+    assert_eq!((cap.caused_last_hour, cap.held), (2, 0), "{cap:?}");
+}

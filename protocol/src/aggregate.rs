@@ -331,6 +331,13 @@ pub enum Reason {
         /// The domain.
         subject: SubjectKey,
     },
+    /// Block held back (local policy, not part of the shared aggregation):
+    /// a peer whose report the block needs has caused its most new blocks
+    /// for the hour.
+    PeerCap {
+        /// The subject.
+        subject: SubjectKey,
+    },
 }
 
 /// The verdict for a lookup.

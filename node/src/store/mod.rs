@@ -1229,6 +1229,17 @@ impl Tx<'_> {
         Ok(None)
     }
 
+    /// A subject's last recorded action, as of this transaction.
+    ///
+    /// # Errors
+    /// IO or decode errors.
+    pub fn last_action(&mut self, subject: &str) -> Result<Option<LastAction>> {
+        match self.t.get(Table::LastAction, &codec::subject(subject))? {
+            Some(v) => Ok(Some(codec::decode_last_action(&v)?)),
+            None => Ok(None),
+        }
+    }
+
     /// Every source's entry for `subject`, as of this transaction.
     ///
     /// # Errors
