@@ -176,6 +176,9 @@ fn main() {
         version.name()
     );
 
+    // `CORVID_BENCH_ONLY=latency` measures the first part only.
+    let only_latency = std::env::var("CORVID_BENCH_ONLY").as_deref() == Ok("latency");
+
     // 1. Added latency: three federations side by side, rounds alternating.
     let plain = servers(version, ("127.0.0.30", "127.0.0.31"), None, 0);
     let with = servers(
@@ -228,6 +231,9 @@ fn main() {
     }
     drop((p_from, p_to, w_from, w_to, d_from, d_to));
     drop((plain, with, digest));
+    if only_latency {
+        return;
+    }
 
     // 2. Freshness: corvidd acknowledges a block, probes find when the
     // module refuses.
