@@ -75,6 +75,23 @@ pub fn why(subject: &str, v: &Value) -> String {
     for r in v["reasons"].as_array().into_iter().flatten() {
         let _ = writeln!(out, "  because: {}", reason(r));
     }
+    let signals = &v["local_signals"];
+    if signals.is_object() {
+        let _ = writeln!(
+            out,
+            "  local users: {} released messages from it out of their spam folders in the last 30 days{} (each lowers its score by a quarter); {} deleted some{}",
+            s(&signals["releases"]),
+            signals["last_release"]
+                .as_u64()
+                .map(|t| format!(", the last {}", crate::edit::date(t)))
+                .unwrap_or_default(),
+            s(&signals["deletions"]),
+            signals["last_deletion"]
+                .as_u64()
+                .map(|t| format!(", the last {}", crate::edit::date(t)))
+                .unwrap_or_default(),
+        );
+    }
     let list = v["contributions"].as_array().cloned().unwrap_or_default();
     if list.is_empty() {
         let _ = writeln!(out, "  no live reports");
@@ -136,6 +153,10 @@ fn reason(r: &Value) -> String {
         "abuse-contact-missing" => {
             "block held back: no report says the domain's abuse contact was tried".into()
         }
+        "released" => format!(
+            "lowered: local users released messages from {} out of their spam folders",
+            s(&r["subject"])
+        ),
         "peer-cap" => "block held back: a peer it needs has caused its most new blocks for the hour (max_new_blocks_per_hour); it blocks once the hour has room".into(),
         other => format!("{other}: {r}"),
     }

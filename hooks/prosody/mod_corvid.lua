@@ -22,6 +22,7 @@ local http = require "net.http";
 local cache = require "util.cache";
 local rostermanager = require "core.rostermanager";
 local datetime = require "util.datetime";
+local hashes = require "util.hashes";
 local dataforms = require "util.dataforms";
 
 local keys = module:require "corvid_keys";
@@ -530,6 +531,26 @@ function module.add_host(module)
 		return body;
 	end
 
+	-- What users do in their folders goes back to corvidd as local
+	-- signals: a release counts against the verdict that flagged the
+	-- message (visible in `corvid why`), a deletion is recorded. The user
+	-- is named by a hash only.
+	local function signal(sender, kind, user_jid)
+		http.request(api_url .. "/v1/signals", {
+			method = "POST";
+			body = json.encode({ sender = sender, kind = kind, user = hashes.sha256(user_jid, true):sub(1, 32) });
+			headers = {
+				Authorization = "Bearer " .. (token or "");
+				["Content-Type"] = "application/json";
+			};
+		}, function (response, code)
+			if code ~= 200 then
+				module:log("warn", "corvidd did not record a %s from %s's spam folder (%s %s)", kind, user_jid,
+					tostring(code), tostring(response and response:sub(1, 200) or ""));
+			end
+		end);
+	end
+
 	local review_node = "urn:x-corvid:spam-folder";
 	local function review(_, data, state)
 		local user, host = jid_split(data.from);
@@ -581,8 +602,11 @@ function module.add_host(module)
 		local wanted = {};
 		for _, id in ipairs(fields.messages or {}) do wanted[id] = true; end
 		local released, deleted = 0, 0;
-		for id, stanza, when in folder:find(user, { start = os.time() - retention }) do
+		for id, stanza, when, with in folder:find(user, { start = os.time() - retention }) do
 			if wanted[id] then
+				if with then
+					signal(with, fields.action == "release" and "release" or "delete", user .. "@" .. host);
+				end
 				if fields.action == "release" then
 					stanza:tag("delay", { xmlns = "urn:xmpp:delay", from = host, stamp = datetime.datetime(when) }):up();
 					stanza.corvid_released = true;

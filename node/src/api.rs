@@ -317,7 +317,8 @@ fn need_for(method: &Method, path: &str) -> Option<Need> {
         None
     } else if method == Method::GET
         || method == Method::HEAD
-        || (method == Method::POST && (path == "/v1/verdicts" || path == "/v1/digest"))
+        || (method == Method::POST
+            && (path == "/v1/verdicts" || path == "/v1/digest" || path == "/v1/signals"))
     {
         Some(Need::Read)
     } else {
@@ -638,7 +639,24 @@ async fn explain(
         None => parse_query(&s, &params)?,
     };
     let v = s.engine.explain(crate::now(), &q)?;
-    Ok(Json(verdict_json(&v, true)))
+    let mut out = verdict_json(&v, true);
+    // What local users did with the exact subject's messages.
+    let exact = match &q {
+        Query::Jid { key, .. } | Query::Key(key) | Query::Digest(key) => Some(key.clone()),
+        Query::Domain { .. } | Query::Ip(_) => None,
+    };
+    if let Some(key) = exact
+        && let Some(signals) = s.engine.store().signals(key.as_str())?
+    {
+        let since = crate::now().saturating_sub(crate::core::RELEASES_COUNT_SECS);
+        out["local_signals"] = json!({
+            "releases": signals.releases_since(since),
+            "deletions": signals.deletions.len(),
+            "last_release": signals.releases.values().max(),
+            "last_deletion": signals.deletions.values().max(),
+        });
+    }
+    Ok(Json(out))
 }
 
 #[derive(Deserialize)]
@@ -695,6 +713,52 @@ async fn report(
         Json(
             json!({"id": report.id.to_string(), "subject": report.subject.to_string(), "expires_at": report.expires_at, "durable": true}),
         ),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SignalBody {
+    /// The sender: a JID, or a server's domain.
+    sender: String,
+    /// `release` or `delete`.
+    kind: String,
+    /// An opaque tag of the local user (distinct tags count), at most 128
+    /// characters.
+    user: String,
+}
+
+/// A local signal from the XMPP server's hooks: a user released a message
+/// from the spam folder, or deleted one there. Releases by distinct users
+/// count against the sender's verdict (local policy); both show in `why`.
+/// Taken with the hooks' (read) token.
+async fn signal(
+    State(s): State<Arc<ApiState>>,
+    Json(body): Json<SignalBody>,
+) -> ApiResult<Json<Value>> {
+    let release = match body.kind.as_str() {
+        "release" => true,
+        "delete" => false,
+        other => {
+            return Err(ApiError::bad(format!(
+                "kind must be release or delete, not {other:?}"
+            )));
+        }
+    };
+    if body.user.is_empty() || body.user.len() > 128 {
+        return Err(ApiError::bad("user must be 1-128 characters"));
+    }
+    let subject = if body.sender.contains('@') {
+        corvid_protocol::subject::SubjectKey::for_jid(&body.sender)
+    } else {
+        corvid_protocol::subject::SubjectKey::for_domain(&body.sender, false)
+    }
+    .map_err(|e| ApiError::bad(format!("sender: {e}")))?;
+    let engine = Arc::clone(&s.engine);
+    let (key, user) = (subject.clone(), body.user);
+    blocking(move || Ok(engine.signal(crate::now(), &key, release, &user)?)).await?;
+    Ok(Json(
+        json!({"subject": subject.to_string(), "recorded": body.kind}),
     ))
 }
 
@@ -1002,6 +1066,7 @@ pub fn router(state: Arc<ApiState>, max_body: usize) -> Router {
         .route("/v1/decisions/stream", get(decisions))
         .route("/v1/mirror", get(mirror))
         .route("/v1/digest", post(digest))
+        .route("/v1/signals", post(signal))
         .merge(crate::admin::routes())
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body))

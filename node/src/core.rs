@@ -50,6 +50,16 @@ const WARM_CHUNK: usize = 5_000;
 pub enum Event {
     /// The operator's report.
     Submit(Submission),
+    /// A local user released a message from a subject out of the spam
+    /// folder (`release`), or deleted one there.
+    Signal {
+        /// The sender.
+        subject: SubjectKey,
+        /// A release (true) or a deletion.
+        release: bool,
+        /// An opaque tag of the user (distinct users count).
+        user: String,
+    },
     /// The operator retracts the own report about a subject.
     Retract {
         /// Subject.
@@ -407,6 +417,8 @@ struct Scratch {
     /// held one back, with the time.
     caused: Vec<(String, SubjectKey, u64)>,
     held: Vec<(String, SubjectKey, u64)>,
+    /// Subjects whose count of releasing users this transaction changed.
+    released: BTreeMap<SubjectKey, usize>,
 }
 
 impl Scratch {
@@ -438,6 +450,7 @@ struct Ctx<'a> {
     counts: &'a BTreeMap<String, u64>,
     suspended: &'a BTreeSet<String>,
     block_windows: &'a BTreeMap<String, std::collections::VecDeque<u64>>,
+    released: &'a BTreeMap<SubjectKey, usize>,
 }
 
 /// Meta key: the newest own record known to be among the contributions.
@@ -463,6 +476,9 @@ pub struct Core {
     block_windows: BTreeMap<String, std::collections::VecDeque<u64>>,
     /// Per peer, the subjects held at `flag` by its cap.
     held: BTreeMap<String, BTreeSet<SubjectKey>>,
+    /// Subjects with releases from spam folders in the last
+    /// [`RELEASES_COUNT_SECS`]: how many distinct users.
+    released: BTreeMap<SubjectKey, usize>,
     caps: BTreeMap<String, CapState>,
 }
 
@@ -505,7 +521,15 @@ impl Core {
             block_windows: BTreeMap::new(),
             held: BTreeMap::new(),
             caps: BTreeMap::new(),
+            released: BTreeMap::new(),
         };
+        let since = (now_ms / 1000).saturating_sub(RELEASES_COUNT_SECS);
+        for (subject, signals) in core.store.all_signals()? {
+            let n = signals.releases_since(since);
+            if let (Ok(key), true) = (subject.parse::<SubjectKey>(), n > 0) {
+                core.released.insert(key, n);
+            }
+        }
         core.load_sources()?;
         core.restore_own(now_ms)?;
         Ok(core)
@@ -728,17 +752,34 @@ impl Core {
         for (subject, verdict) in scratch.verdicts.drain(..) {
             self.shared.published.put(&subject, verdict);
         }
+        for (subject, n) in std::mem::take(&mut scratch.released) {
+            if n == 0 {
+                self.released.remove(&subject);
+            } else {
+                self.released.insert(subject, n);
+            }
+        }
         if !scratch.caused.is_empty() || !scratch.held.is_empty() {
-            self.count_caps(&std::mem::take(&mut scratch.caused), &std::mem::take(&mut scratch.held));
+            self.count_caps(
+                &std::mem::take(&mut scratch.caused),
+                &std::mem::take(&mut scratch.held),
+            );
         }
     }
 
     /// Counts the new blocks peers caused and held back, and publishes
     /// what the caps did.
-    fn count_caps(&mut self, caused: &[(String, SubjectKey, u64)], held: &[(String, SubjectKey, u64)]) {
+    fn count_caps(
+        &mut self,
+        caused: &[(String, SubjectKey, u64)],
+        held: &[(String, SubjectKey, u64)],
+    ) {
         let mut newest = 0;
         for (source, subject, at) in caused {
-            self.block_windows.entry(source.clone()).or_default().push_back(*at);
+            self.block_windows
+                .entry(source.clone())
+                .or_default()
+                .push_back(*at);
             if let Some(h) = self.held.get_mut(source) {
                 h.remove(subject);
             }
@@ -753,7 +794,10 @@ impl Core {
                 );
             }
             c.last_held_at = Some(*at);
-            self.held.entry(source.clone()).or_default().insert(subject.clone());
+            self.held
+                .entry(source.clone())
+                .or_default()
+                .insert(subject.clone());
             newest = newest.max(*at);
         }
         self.held.retain(|_, h| !h.is_empty());
@@ -767,7 +811,10 @@ impl Core {
             !w.is_empty()
         });
         for (source, w) in &self.block_windows {
-            self.caps.entry(source.clone()).or_default().caused_last_hour = w.len();
+            self.caps
+                .entry(source.clone())
+                .or_default()
+                .caused_last_hour = w.len();
         }
         for (source, c) in &mut self.caps {
             if !self.block_windows.contains_key(source) {
@@ -791,6 +838,7 @@ impl Core {
             counts: &self.counts,
             suspended: &self.suspended,
             block_windows: &self.block_windows,
+            released: &self.released,
         }
     }
 
@@ -863,7 +911,10 @@ impl Core {
                 continue;
             };
             let contributions = trusted(&self.settings, |s| self.suspended.contains(s), about);
-            let verdict = verdict_of(&self.settings, now, &key, &contributions);
+            let mut verdict = verdict_of(&self.settings, now, &key, &contributions);
+            if let (Some(v), Some(n)) = (verdict.as_mut(), self.released.get(&key)) {
+                lower_for_releases(v, *n, &self.settings.policy, &key);
+            }
             found.push((key, contributions, verdict));
         }
         // What changed while the node was down, or with the new settings
@@ -890,8 +941,14 @@ impl Core {
                         )?,
                         _ => None,
                     };
-                    let mut decided =
-                        decision_of(&self.settings, key, verdict.as_ref(), contributions, now, false);
+                    let mut decided = decision_of(
+                        &self.settings,
+                        key,
+                        verdict.as_ref(),
+                        contributions,
+                        now,
+                        false,
+                    );
                     if let Some(at) = free_at {
                         decided.due = Some(decided.due.map_or(at, |d| d.min(at)));
                     }
@@ -1231,10 +1288,11 @@ fn leading_category(contributions: &[Contribution]) -> Option<Category> {
             weights[i] += c.weight * f64::from(r.confidence);
         }
     }
-    let (best, weight) = weights
-        .iter()
-        .enumerate()
-        .fold((0, 0.0), |best, (i, &w)| if w > best.1 { (i, w) } else { best });
+    let (best, weight) =
+        weights.iter().enumerate().fold(
+            (0, 0.0),
+            |best, (i, &w)| if w > best.1 { (i, w) } else { best },
+        );
     (weight > 0.0).then(|| Category::ALL[best])
 }
 
@@ -1266,10 +1324,24 @@ fn settle(
     for subject in &scratch.touched {
         let contributions = trusted(ctx.settings, suspended, tx.about(subject.as_str())?);
         let mut verdict = verdict_of(ctx.settings, now, subject, &contributions);
+        let released = scratch
+            .released
+            .get(subject)
+            .or_else(|| ctx.released.get(subject));
+        if let (Some(v), Some(n)) = (verdict.as_mut(), released) {
+            lower_for_releases(v, *n, &ctx.settings.policy, subject);
+        }
         let free_at = match verdict.as_mut() {
-            Some(v) if v.action == Action::Block => {
-                cap_new_block(ctx, tx, subject, v, &contributions, now, &mut caused, &mut held)?
-            }
+            Some(v) if v.action == Action::Block => cap_new_block(
+                ctx,
+                tx,
+                subject,
+                v,
+                &contributions,
+                now,
+                &mut caused,
+                &mut held,
+            )?,
             _ => None,
         };
         let precise = scratch.rechecked.contains(subject);
@@ -1289,9 +1361,49 @@ fn settle(
         verdicts.push((subject.clone(), verdict));
     }
     scratch.verdicts = verdicts;
-    scratch.caused.extend(caused.into_iter().map(|(s, k)| (s, k, now)));
-    scratch.held.extend(held.into_iter().map(|(s, k)| (s, k, now)));
+    scratch
+        .caused
+        .extend(caused.into_iter().map(|(s, k)| (s, k, now)));
+    scratch
+        .held
+        .extend(held.into_iter().map(|(s, k)| (s, k, now)));
     Ok(())
+}
+
+/// How long a release from a spam folder counts against a subject.
+pub const RELEASES_COUNT_SECS: u64 = 30 * 86_400;
+
+/// What each distinct releasing user multiplies a subject's score by.
+pub const RELEASE_FACTOR: f64 = 0.75;
+
+/// Releases from spam folders count against a subject's verdict (local
+/// policy): its score is multiplied by [`RELEASE_FACTOR`] for each distinct
+/// local user who released one of its messages in the last
+/// [`RELEASES_COUNT_SECS`], and the action follows the lowered score. It is
+/// never raised: a hold stays.
+fn lower_for_releases(
+    v: &mut SubjectVerdict,
+    releases: usize,
+    policy: &corvid_protocol::aggregate::Policy,
+    subject: &SubjectKey,
+) {
+    if releases == 0 || v.action == Action::Allow {
+        return;
+    }
+    let t = policy.thresholds(subject.kind());
+    let score = v.score * RELEASE_FACTOR.powi(i32::try_from(releases.min(16)).unwrap_or(16));
+    let action = if score >= t.block && v.action == Action::Block {
+        Action::Block
+    } else if score >= t.flag {
+        Action::Flag
+    } else {
+        Action::Allow
+    };
+    v.score = score;
+    if action != v.action {
+        v.action = action;
+        v.hold = crate::verdicts::Hold::Released;
+    }
 }
 
 /// A federation block about to be new (the subject was not blocked) that
@@ -1345,7 +1457,9 @@ fn cap_new_block(
             .filter(|c| c.source != source)
             .cloned()
             .collect();
-        if verdict_of(ctx.settings, now, subject, &without).is_some_and(|v| v.action == Action::Block) {
+        if verdict_of(ctx.settings, now, subject, &without)
+            .is_some_and(|v| v.action == Action::Block)
+        {
             continue;
         }
         needed.push((source, cap));
@@ -1377,7 +1491,11 @@ fn cap_new_block(
         verdict.valid_until = verdict.valid_until.min(at);
         return Ok(Some(at));
     }
-    caused.extend(needed.into_iter().map(|(s, _)| (s.to_owned(), subject.clone())));
+    caused.extend(
+        needed
+            .into_iter()
+            .map(|(s, _)| (s.to_owned(), subject.clone())),
+    );
     Ok(None)
 }
 
@@ -1421,6 +1539,23 @@ fn apply(
             }
             Err(e) => Outcome::Failed(e),
         },
+        Event::Signal {
+            subject,
+            release,
+            user,
+        } => {
+            let mut signals = tx.signals(subject.as_str())?.unwrap_or_default();
+            signals.add(*release, user, now);
+            tx.put_signals(subject.as_str(), &signals)?;
+            if *release {
+                scratch.released.insert(
+                    subject.clone(),
+                    signals.releases_since(now.saturating_sub(RELEASES_COUNT_SECS)),
+                );
+                scratch.touched.insert(subject.clone());
+            }
+            Outcome::Done
+        }
         Event::Retract { subject, reason } => {
             let Some(Record::Report(old)) = tx.own(subject)? else {
                 return Ok(Outcome::Retracted(None));

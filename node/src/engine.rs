@@ -805,6 +805,24 @@ impl Engine {
         })
     }
 
+    /// Records that a local user released a message from `subject` out of
+    /// the spam folder (`release`) or deleted one there; distinct users'
+    /// releases count against its verdict.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub fn signal(&self, now: u64, subject: &SubjectKey, release: bool, user: &str) -> Result<()> {
+        let out = self.call_at(
+            now,
+            Event::Signal {
+                subject: subject.clone(),
+                release,
+                user: user.to_owned(),
+            },
+        )?;
+        self.expect(out, |o| matches!(o, Outcome::Done).then_some(()))
+    }
+
     /// Stores a verified record from a source (newest per subject wins).
     ///
     /// # Errors
@@ -1144,7 +1162,15 @@ impl Engine {
     /// # Errors
     /// Storage errors.
     pub fn explain(&self, now: u64, query: &Query) -> Result<VerdictOut> {
-        Ok(self.compute(now, query)?.0)
+        let mut out = self.compute(now, query)?.0;
+        // The action served is the published one, with what local policy
+        // holds back (a peer's cap, releases from spam folders).
+        if let Some((served, _)) = self.published_verdict(now, query) {
+            out.action = served.action;
+            out.score = served.score;
+            out.reasons = served.reasons;
+        }
+        Ok(out)
     }
 
     /// Gathers what a lookup needs from the store and the settings.

@@ -64,6 +64,9 @@ pub enum Hold {
     /// A peer whose reports it needs has caused its most new blocks for
     /// the hour (`max_new_blocks_per_hour`).
     PeerCap,
+    /// Local users released its messages from their spam folders, and that
+    /// lowered the action.
+    Released,
 }
 
 /// One subject's verdict on its own (no local lists, no covering subjects),
@@ -89,7 +92,14 @@ impl SubjectVerdict {
     /// Its reasons, as [`aggregate::subject_action`] gives them.
     pub fn reasons(&self, subject: &SubjectKey, policy: &Policy) -> Vec<Reason> {
         if self.action == Action::Allow {
-            return Vec::new();
+            // Lowered to allow by releases: still said.
+            return if self.hold == Hold::Released {
+                vec![Reason::Released {
+                    subject: subject.clone(),
+                }]
+            } else {
+                Vec::new()
+            };
         }
         let mut out = vec![Reason::Score {
             subject: subject.clone(),
@@ -112,6 +122,9 @@ impl SubjectVerdict {
                 subject: subject.clone(),
             }),
             Hold::PeerCap => out.push(Reason::PeerCap {
+                subject: subject.clone(),
+            }),
+            Hold::Released => out.push(Reason::Released {
                 subject: subject.clone(),
             }),
         }
@@ -277,6 +290,7 @@ impl Packed {
             Hold::Quorum => 3,
             Hold::AbuseContact => 4,
             Hold::PeerCap => 5,
+            Hold::Released => 6,
         };
         let computed_at = u32::try_from(v.computed_at).unwrap_or(u32::MAX);
         Self {
@@ -305,6 +319,7 @@ impl Packed {
                 3 => Hold::Quorum,
                 4 => Hold::AbuseContact,
                 5 => Hold::PeerCap,
+                6 => Hold::Released,
                 _ => Hold::None,
             },
             computed_at: u64::from(self.computed_at),

@@ -744,7 +744,10 @@ fn a_peer_causes_at_most_its_cap_of_new_blocks_an_hour() {
     let last = |h: &Harness, i: usize| decisions_about(h, &jid(i)).last().map(|d| d.0);
     let actions: Vec<Option<Action>> = (0..5).map(|i| last(&h, i)).collect();
     assert_eq!(
-        actions.iter().filter(|a| **a == Some(Action::Block)).count(),
+        actions
+            .iter()
+            .filter(|a| **a == Some(Action::Block))
+            .count(),
         3,
         "{actions:?}"
     );
@@ -777,4 +780,58 @@ fn a_peer_causes_at_most_its_cap_of_new_blocks_an_hour() {
     }
     let cap = h.core().shared().cap(PEER);
     assert_eq!((cap.caused_last_hour, cap.held), (2, 0), "{cap:?}");
+}
+
+/// Issue "Prosody protects its users", the spam folder: releases by
+/// distinct local users count against the verdict that flagged a sender
+/// (each multiplies its score by 0.75), the same user twice counts once,
+/// and a deletion changes nothing; the lowered action reaches the decision
+/// stream and says why.
+#[test]
+fn releases_from_spam_folders_count_against_the_verdict() {
+    let mut h = harness(11);
+    let sender = jid(3);
+    h.push(
+        NOW * 1000,
+        records(
+            PEER,
+            vec![(report(&sender, 0, NOW + 7 * 86_400), "k".to_owned())],
+        ),
+    );
+    h.run(Faults::default());
+    let last = |h: &Harness| decisions_about(h, &sender).last().map(|d| d.0);
+    assert_eq!(last(&h), Some(Action::Flag));
+    let signal = |release: bool, user: &str| Event::Signal {
+        subject: sender.clone(),
+        release,
+        user: user.into(),
+    };
+    let mut t = NOW * 1000;
+    for (release, user) in [(true, "u1"), (true, "u1"), (false, "u2")] {
+        t += 1000;
+        h.push(t, signal(release, user));
+    }
+    h.run(Faults::default());
+    // One releasing user: 0.5 x 0.75 is still above the flag threshold.
+    assert_eq!(last(&h), Some(Action::Flag));
+    let score = h
+        .core()
+        .shared()
+        .published
+        .get(&sender)
+        .expect("published")
+        .score;
+    assert!((0.35..0.38).contains(&score), "{score}");
+    h.push(t + 1000, signal(true, "u2"));
+    h.run(Faults::default());
+    assert_eq!(last(&h), Some(Action::Allow));
+    let v = h.core().shared().published.get(&sender).expect("published");
+    assert_eq!(v.hold, corvid_node::verdicts::Hold::Released);
+    let signals = h
+        .core()
+        .store()
+        .signals(sender.as_str())
+        .expect("read")
+        .expect("stored");
+    assert_eq!((signals.releases.len(), signals.deletions.len()), (2, 1));
 }

@@ -138,7 +138,8 @@ impl Default for Policy {
 }
 
 impl Policy {
-    fn thresholds(&self, kind: SubjectKind) -> Thresholds {
+    /// The thresholds for a kind of subject (the defaults when unset).
+    pub fn thresholds(&self, kind: SubjectKind) -> Thresholds {
         self.thresholds.get(&kind).copied().unwrap_or(Thresholds {
             flag: 0.3,
             block: 0.7,
@@ -335,6 +336,12 @@ pub enum Reason {
     /// a peer whose report the block needs has caused its most new blocks
     /// for the hour.
     PeerCap {
+        /// The subject.
+        subject: SubjectKey,
+    },
+    /// Action lowered (local policy): local users released messages from
+    /// this subject out of their spam folders.
+    Released {
         /// The subject.
         subject: SubjectKey,
     },

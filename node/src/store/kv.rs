@@ -47,11 +47,13 @@ pub enum Table {
     /// Own record id (16 bytes, BE) → subject: this server's log, in the
     /// order its records were written (ids only grow).
     OwnLog,
+    /// Subject → what local users did with its messages (JSON).
+    Signals,
 }
 
 impl Table {
     /// Every table.
-    pub const ALL: [Self; 14] = [
+    pub const ALL: [Self; 15] = [
         Self::Meta,
         Self::Own,
         Self::Outbox,
@@ -66,6 +68,7 @@ impl Table {
         Self::Sources,
         Self::SourceNames,
         Self::OwnLog,
+        Self::Signals,
     ];
 
     /// The table's name on disk.
@@ -85,6 +88,7 @@ impl Table {
             Self::Sources => "sources",
             Self::SourceNames => "source_names",
             Self::OwnLog => "own_log",
+            Self::Signals => "signals",
         }
     }
 }

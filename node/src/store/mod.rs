@@ -209,6 +209,45 @@ pub enum Origin {
     LocalDeny,
 }
 
+/// What local users did with messages from a subject in their spam
+/// folders: opaque user tags, each with when it last released or deleted
+/// one. At most [`LocalSignals::MAX_USERS`] of each are kept (the newest).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LocalSignals {
+    /// Releases into the inbox, by user.
+    #[serde(default)]
+    pub releases: std::collections::BTreeMap<String, u64>,
+    /// Deletions, by user.
+    #[serde(default)]
+    pub deletions: std::collections::BTreeMap<String, u64>,
+}
+
+impl LocalSignals {
+    /// Users kept per kind.
+    pub const MAX_USERS: usize = 64;
+
+    /// Records one user's release (`release`) or deletion at `at`.
+    pub fn add(&mut self, release: bool, user: &str, at: u64) {
+        let map = if release {
+            &mut self.releases
+        } else {
+            &mut self.deletions
+        };
+        map.insert(user.to_owned(), at);
+        while map.len() > Self::MAX_USERS {
+            let oldest = map.iter().min_by_key(|(_, t)| **t).map(|(u, _)| u.clone());
+            if let Some(u) = oldest {
+                map.remove(&u);
+            }
+        }
+    }
+
+    /// Distinct users who released a message since `since`.
+    pub fn releases_since(&self, since: u64) -> usize {
+        self.releases.values().filter(|t| **t >= since).count()
+    }
+}
+
 /// A subject's last recorded action.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LastAction {
@@ -1116,6 +1155,38 @@ impl Store {
         }
     }
 
+    /// What local users did with a subject's messages.
+    ///
+    /// # Errors
+    /// IO or decode errors.
+    pub fn signals(&self, subject: &str) -> Result<Option<LocalSignals>> {
+        match self.kv.get(Table::Signals, &codec::subject(subject))? {
+            Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every subject with local signals.
+    ///
+    /// # Errors
+    /// IO or decode errors.
+    pub fn all_signals(&self) -> Result<Vec<(String, LocalSignals)>> {
+        let mut out = Vec::new();
+        let mut failed = None;
+        self.kv.scan(Table::Signals, &[], &mut |k, v| {
+            match (codec::only_subject(k), serde_json::from_slice(v)) {
+                (Ok(s), Ok(sig)) => out.push((s, sig)),
+                (Err(e), _) => failed = Some(StoreError::from(e)),
+                (_, Err(e)) => failed = Some(StoreError::from(e)),
+            }
+            failed.is_none()
+        })?;
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(out),
+        }
+    }
+
     /// Subjects by their last recorded action.
     ///
     /// # Errors
@@ -1227,6 +1298,30 @@ impl Tx<'_> {
             return Ok(Some(*id));
         }
         Ok(None)
+    }
+
+    /// What local users did with a subject's messages, as of this
+    /// transaction.
+    ///
+    /// # Errors
+    /// IO or decode errors.
+    pub fn signals(&mut self, subject: &str) -> Result<Option<LocalSignals>> {
+        match self.t.get(Table::Signals, &codec::subject(subject))? {
+            Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Stores what local users did with a subject's messages.
+    ///
+    /// # Errors
+    /// IO errors.
+    pub fn put_signals(&mut self, subject: &str, signals: &LocalSignals) -> Result<()> {
+        self.t.put(
+            Table::Signals,
+            &codec::subject(subject),
+            &serde_json::to_vec(signals)?,
+        )
     }
 
     /// A subject's last recorded action, as of this transaction.

@@ -607,7 +607,8 @@ fn prosody_13_an_exact_allow_beats_a_covering_block_and_mod_anti_spam() {
         "the allowed sender's messages"
     );
     assert!(
-        bot.wait_stanza(Duration::from_millis(500), |s| s.attr("type") == Some("error"))
+        bot.wait_stanza(Duration::from_millis(500), |s| s.attr("type")
+            == Some("error"))
             .is_none(),
         "the allowed sender was bounced"
     );
@@ -696,6 +697,12 @@ fn flagged_messages_wait_in_the_spam_folder(version: Version, ips: (&str, &str))
         Some(true)
     );
 
+    // The release went back to corvidd as a local signal, shown by `why`.
+    wait_for(Duration::from_secs(10), "the release at corvidd", || {
+        let v = node.get("/v1/explain?subject=spammy%40b.test").json;
+        (v["local_signals"]["releases"] == 1).then_some(())
+    });
+
     // Now the user refuses flagged messages: the sender gets an error.
     spammy.message("alice@a.test", "buy now, refused");
     assert!(
@@ -736,7 +743,8 @@ fn flagged_messages_wait_in_the_spam_folder(version: Version, ips: (&str, &str))
     }
     assert!(
         phishy
-            .wait_stanza(Duration::from_millis(300), |s| s.attr("type") == Some("error"))
+            .wait_stanza(Duration::from_millis(300), |s| s.attr("type")
+                == Some("error"))
             .is_none(),
         "{}: a phishing-flagged message was refused though only spam is refused",
         version.name()
@@ -746,7 +754,9 @@ fn flagged_messages_wait_in_the_spam_folder(version: Version, ips: (&str, &str))
     let left = alice.spam_folder("a.test");
     assert_eq!(left.messages.len(), 2, "{:?}", left.messages);
     assert!(
-        left.messages[1].0.contains(&format!("verify your account {n}")),
+        left.messages[1]
+            .0
+            .contains(&format!("verify your account {n}")),
         "{:?}",
         left.messages
     );
