@@ -73,6 +73,11 @@ impl Node {
         })
     }
 
+    /// Where corvidd's API listens, from its config.
+    pub fn listen(&self) -> &Listen {
+        &self.listen
+    }
+
     /// GET with the read token.
     ///
     /// # Errors

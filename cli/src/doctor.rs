@@ -283,6 +283,92 @@ pub fn prosody_checks(
     checks
 }
 
+/// The value of the last `name = "…"` in `text`.
+fn string_setting(text: &str, name: &str) -> Option<String> {
+    let mut found = None;
+    let mut rest = text;
+    while let Some(i) = rest.find(name) {
+        let before = rest[..i].chars().last();
+        let after = &rest[i + name.len()..];
+        rest = after;
+        if before.is_some_and(|c| c.is_alphanumeric() || c == '_') {
+            continue;
+        }
+        let Some(t) = after.trim_start().strip_prefix('=') else {
+            continue;
+        };
+        if let Some(v) = quoted(t.lines().next().unwrap_or_default())
+            .into_iter()
+            .next()
+        {
+            found = Some(v);
+        }
+    }
+    found
+}
+
+/// mod_corvid's lines in Prosody's config: loaded, and pointed at this
+/// corvidd's API on loopback (`api_port`, when it listens on TCP).
+pub fn module_checks(files: &[(PathBuf, String)], api_port: Option<u16>) -> Vec<Check> {
+    let config = sections(files);
+    let loaded = std::iter::once(&config.global)
+        .chain(config.sections.iter().map(|(_, _, text)| text))
+        .any(|text| {
+            list_setting(text, "modules_enabled")
+                .unwrap_or_default()
+                .iter()
+                .any(|m| m == "corvid")
+        });
+    if !loaded {
+        return vec![Check::warn(
+            "prosody.mod_corvid",
+            "mod_corvid is not in modules_enabled: Prosody does not act on Corvid's verdicts itself",
+            "load it as hooks/prosody/README.md says (corvid init prints the lines), or let mod_anti_spam and mod_muc_rtbl read the block lists",
+        )];
+    }
+    let all: String = files.iter().map(|(_, t)| uncommented(t)).collect();
+    let url = string_setting(&all, "corvid_api_url")
+        .unwrap_or_else(|| "http://127.0.0.1:7780".to_owned());
+    let authority = url
+        .strip_prefix("http://")
+        .unwrap_or_default()
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) => (h.trim_matches(['[', ']']).to_owned(), p.parse::<u16>().ok()),
+        None => (authority.clone(), Some(80)),
+    };
+    let loopback = host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    let mut checks = Vec::new();
+    if !loopback {
+        checks.push(Check::fail(
+            "prosody.mod_corvid",
+            format!("corvid_api_url is {url}: not loopback; the token (and raw IPs, later) must not leave this host"),
+            "set corvid_api_url = \"http://127.0.0.1:PORT\" with the port of corvidd's [api] listen",
+        ));
+    } else if let (Some(want), Some(got)) = (api_port, port)
+        && want != got
+    {
+        checks.push(Check::fail(
+            "prosody.mod_corvid",
+            format!("corvid_api_url is {url}, but corvidd listens on port {want}"),
+            format!("set corvid_api_url = \"http://127.0.0.1:{want}\", then prosodyctl reload"),
+        ));
+    } else {
+        let mode = string_setting(&all, "corvid_mode").unwrap_or_else(|| "observe".to_owned());
+        checks.push(Check::ok(
+            "prosody.mod_corvid",
+            format!("loaded, reading {url}, mode {mode}"),
+        ));
+    }
+    checks
+}
+
 /// `corvid doctor`.
 pub fn run(node: &Node, prosody_config: &Path, json_out: bool) -> Result<u8> {
     let live = node.post("/v1/doctor", &json!({}))?.ok()?;
@@ -305,6 +391,13 @@ pub fn run(node: &Node, prosody_config: &Path, json_out: bool) -> Result<u8> {
         match read_config(prosody_config) {
             Ok(files) => {
                 for c in prosody_checks(&files, &component, &services) {
+                    health.push(c);
+                }
+                let port = match node.listen() {
+                    corvid_api::config::Listen::Tcp(addr) => Some(addr.port()),
+                    corvid_api::config::Listen::Unix(_) => None,
+                };
+                for c in module_checks(&files, port) {
                     health.push(c);
                 }
             }
@@ -432,6 +525,40 @@ Include "conf.d/*.cfg.lua"
                 ("prosody.limits".into(), "ok")
             ]
         );
+    }
+
+    #[test]
+    fn mod_corvid_is_found_and_its_url_checked() {
+        let with = |lines: &str| {
+            vec![(
+                PathBuf::from("/etc/prosody/prosody.cfg.lua"),
+                lines.to_owned(),
+            )]
+        };
+        let verdict = |files: &[(PathBuf, String)]| {
+            let c = &module_checks(files, Some(7780))[0];
+            (c.severity, c.message.clone())
+        };
+        let (sev, msg) = verdict(&with("modules_enabled = { \"roster\" }\n"));
+        assert_eq!(sev, corvid_api::health::Severity::Warn, "{msg}");
+        let (sev, msg) = verdict(&with(
+            "modules_enabled = { \"roster\"; \"corvid\" }\ncorvid_api_url = \"http://127.0.0.1:7780\"\ncorvid_mode = \"enforce\"\n",
+        ));
+        assert_eq!(sev, corvid_api::health::Severity::Ok, "{msg}");
+        assert!(msg.contains("enforce"), "{msg}");
+        let (sev, msg) = verdict(&with(
+            "modules_enabled = { \"corvid\" }\ncorvid_api_url = \"http://127.0.0.1:9999\"\n",
+        ));
+        assert_eq!(sev, corvid_api::health::Severity::Fail, "{msg}");
+        let (sev, msg) = verdict(&with(
+            "modules_enabled = { \"corvid\" }\ncorvid_api_url = \"http://192.0.2.7:7780\"\n",
+        ));
+        assert_eq!(sev, corvid_api::health::Severity::Fail, "{msg}");
+        // A commented-out line does not count; the default URL does.
+        let (sev, _) = verdict(&with(
+            "modules_enabled = { \"corvid\" }\n-- corvid_api_url = \"http://192.0.2.7:1\"\n",
+        ));
+        assert_eq!(sev, corvid_api::health::Severity::Ok);
     }
 
     #[test]

@@ -35,6 +35,14 @@ local jid_split, jid_bare = jid_util.split, jid_util.bare;
 
 local api_url = module:get_option_string("corvid_api_url", "http://127.0.0.1:7780"):gsub("/+$", "");
 local stale_after = module:get_option_number("corvid_stale_after", 120);
+-- The API token, message bodies and (later) raw client IPs go to corvidd:
+-- only ever over loopback.
+local api_host = api_url:match("^https?://%[([^%]]+)%]") or api_url:match("^https?://([^/:]+)");
+local api_loopback = api_host == "localhost" or api_host == "::1"
+	or (api_host ~= nil and api_host:match("^127%.%d+%.%d+%.%d+$") ~= nil);
+if not api_loopback then
+	module:log("error", "corvid_api_url %s is not a loopback address: it is not used, and stanzas from strangers pass unchecked (counted as fail_open) until it is (set it to corvidd's [api] listen, e.g. http://127.0.0.1:7780)", api_url);
+end
 local page_size = module:get_option_number("corvid_snapshot_page", 500);
 
 local function read_token()
@@ -280,6 +288,7 @@ function stream(gen, since)
 end
 
 local function restart(reason)
+	if not api_loopback then return; end
 	generation = generation + 1;
 	last_progress = os.time();
 	if reason then
@@ -536,6 +545,7 @@ function module.add_host(module)
 	-- message (visible in `corvid why`), a deletion is recorded. The user
 	-- is named by a hash only.
 	local function signal(sender, kind, user_jid)
+		if not api_loopback then return; end
 		http.request(api_url .. "/v1/signals", {
 			method = "POST";
 			body = json.encode({ sender = sender, kind = kind, user = hashes.sha256(user_jid, true):sub(1, 32) });
@@ -655,7 +665,7 @@ function module.add_host(module)
 	local function check_digest(event, user, host)
 		local stanza, origin = event.stanza, event.origin;
 		local body = stanza:get_child_text("body");
-		if not digests_on or not body or body == "" or encrypted(stanza) then return; end
+		if not digests_on or not api_loopback or not body or body == "" or encrypted(stanza) then return; end
 		local done = false;
 		local function deliver(result)
 			if done then return; end
