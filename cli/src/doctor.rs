@@ -175,22 +175,30 @@ fn sections(files: &[(PathBuf, String)]) -> Sections {
 /// The strings of a list setting (`name = { "a", "b" }`, possibly over
 /// several lines; `name:append{…}` too), all occurrences in `text`;
 /// `None` when it is not set there.
+/// What follows each `name =` (or `name:append`) in `text`, in order.
+fn assignments<'a>(text: &'a str, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+    let mut rest = text;
+    std::iter::from_fn(move || {
+        while let Some(i) = rest.find(name) {
+            let before = rest[..i].chars().last();
+            let after = &rest[i + name.len()..];
+            rest = after;
+            if before.is_some_and(|c| c.is_alphanumeric() || c == '_') {
+                continue;
+            }
+            let t = after.trim_start();
+            if let Some(v) = t.strip_prefix('=').or_else(|| t.strip_prefix(":append")) {
+                return Some(v.trim_start());
+            }
+        }
+        None
+    })
+}
+
 fn list_setting(text: &str, name: &str) -> Option<Vec<String>> {
     let mut found: Option<Vec<String>> = None;
-    let mut rest = text;
-    while let Some(i) = rest.find(name) {
-        let before = rest[..i].chars().last();
-        let after = &rest[i + name.len()..];
-        rest = after;
-        if before.is_some_and(|c| c.is_alphanumeric() || c == '_') {
-            continue;
-        }
-        let t = after.trim_start();
-        let t = t
-            .strip_prefix('=')
-            .or_else(|| t.strip_prefix(":append"))
-            .map(str::trim_start);
-        let Some(t) = t.and_then(|t| t.strip_prefix('{')) else {
+    for t in assignments(text, name) {
+        let Some(t) = t.strip_prefix('{') else {
             continue;
         };
         let Some(end) = t.find('}') else { continue };
@@ -285,26 +293,13 @@ pub fn prosody_checks(
 
 /// The value of the last `name = "…"` in `text`.
 fn string_setting(text: &str, name: &str) -> Option<String> {
-    let mut found = None;
-    let mut rest = text;
-    while let Some(i) = rest.find(name) {
-        let before = rest[..i].chars().last();
-        let after = &rest[i + name.len()..];
-        rest = after;
-        if before.is_some_and(|c| c.is_alphanumeric() || c == '_') {
-            continue;
-        }
-        let Some(t) = after.trim_start().strip_prefix('=') else {
-            continue;
-        };
-        if let Some(v) = quoted(t.lines().next().unwrap_or_default())
-            .into_iter()
-            .next()
-        {
-            found = Some(v);
-        }
-    }
-    found
+    assignments(text, name)
+        .filter_map(|t| {
+            quoted(t.lines().next().unwrap_or_default())
+                .into_iter()
+                .next()
+        })
+        .last()
 }
 
 /// mod_corvid's lines in Prosody's config: loaded, and pointed at this

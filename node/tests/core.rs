@@ -30,9 +30,13 @@ fn settings() -> Settings {
 }
 
 fn harness(seed: u64) -> Harness {
+    harness_with(settings(), seed)
+}
+
+fn harness_with(settings: Settings, seed: u64) -> Harness {
     let core = Core::new(
         Store::in_memory(),
-        settings(),
+        settings,
         SecretKey::from_seed([1; 32]),
         "xmpp:pubsub.a.example?;node=corvid".parse().expect("feed"),
         NOW * 1000,
@@ -721,16 +725,10 @@ fn own_records_written_outside_the_core_become_contributions_at_the_next_start()
 /// at the first sweep after it.
 #[test]
 fn a_peer_causes_at_most_its_cap_of_new_blocks_an_hour() {
-    let capped = || settings_with("", "block_alone = true\nmax_new_blocks_per_hour = 3\n");
-    let core = Core::new(
-        Store::in_memory(),
-        capped(),
-        SecretKey::from_seed([1; 32]),
-        "xmpp:pubsub.a.example?;node=corvid".parse().expect("feed"),
-        NOW * 1000,
-    )
-    .expect("core");
-    let mut h = Harness::new(core, 5);
+    let mut h = harness_with(
+        settings_with("", "block_alone = true\nmax_new_blocks_per_hour = 3\n"),
+        5,
+    );
     h.push(
         NOW * 1000,
         records(
