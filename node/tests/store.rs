@@ -268,3 +268,28 @@ fn a_corvid_0_1_store_is_moved_once_and_kept_aside() {
         "a migration runs once"
     );
 }
+
+/// A dropped store releases its file at once, even while its background
+/// sync is at work: the next process (or test) can open it straight away.
+#[test]
+fn a_dropped_store_can_be_opened_again_at_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for round in 0..20u32 {
+        let store = Store::open(dir.path(), 1 << 20).expect("open");
+        store
+            .batch(false, &mut |tx| {
+                for i in 0..200 {
+                    tx.put_meta_json(&format!("k{round}-{i}"), &i)?;
+                }
+                Ok(())
+            })
+            .expect("write");
+        // Let the background sync find the store dirty and start.
+        std::thread::sleep(
+            corvid_node::store::redb_kv::SYNC_EVERY
+                + std::time::Duration::from_millis(u64::from(round % 5)),
+        );
+        drop(store);
+        Store::open(dir.path(), 1 << 20).unwrap_or_else(|e| panic!("round {round}: {e}"));
+    }
+}

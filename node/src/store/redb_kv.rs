@@ -33,12 +33,38 @@ struct Inner {
     db: RwLock<Database>,
     path: std::path::PathBuf,
     dirty: AtomicBool,
+    /// Set when the store is dropped: the background sync ends.
+    closing: AtomicBool,
 }
 
 /// A redb database file.
 #[derive(Debug)]
 pub struct RedbKv {
     inner: Arc<Inner>,
+    /// The background sync, joined on drop: the file is closed (and its
+    /// lock released) when the store is dropped, not when a sync that was
+    /// under way at that moment ends.
+    syncer: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Drop for RedbKv {
+    fn drop(&mut self) {
+        self.inner.closing.store(true, Ordering::Release);
+        let syncer = self
+            .syncer
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(handle) = syncer {
+            handle.thread().unpark();
+            let _ = handle.join();
+        }
+        if self.inner.dirty.swap(false, Ordering::AcqRel)
+            && let Err(e) = sync(&self.inner.read())
+        {
+            tracing::error!(error = %e, "storage: the last sync before closing failed");
+        }
+    }
 }
 
 impl RedbKv {
@@ -69,13 +95,17 @@ impl RedbKv {
             db: RwLock::new(db),
             path: path.to_owned(),
             dirty: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
         });
         let weak = Arc::downgrade(&inner);
-        std::thread::Builder::new()
+        let syncer = std::thread::Builder::new()
             .name("redb-sync".into())
             .spawn(move || background_sync(&weak))
             .map_err(io)?;
-        Ok(Self { inner })
+        Ok(Self {
+            inner,
+            syncer: std::sync::Mutex::new(Some(syncer)),
+        })
     }
 }
 
@@ -91,8 +121,12 @@ impl Inner {
 
 fn background_sync(weak: &Weak<Inner>) {
     loop {
-        std::thread::sleep(SYNC_EVERY);
+        // Woken early when the store closes.
+        std::thread::park_timeout(SYNC_EVERY);
         let Some(inner) = weak.upgrade() else { return };
+        if inner.closing.load(Ordering::Acquire) {
+            return;
+        }
         if inner.dirty.swap(false, Ordering::AcqRel)
             && let Err(e) = sync(&inner.read())
         {
