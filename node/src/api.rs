@@ -757,6 +757,9 @@ async fn signal(
     let engine = Arc::clone(&s.engine);
     let (key, user) = (subject.clone(), body.user);
     blocking(move || Ok(engine.signal(crate::now(), &key, release, &user)?)).await?;
+    s.engine
+        .metrics
+        .local_signal(if release { "release" } else { "delete" });
     Ok(Json(
         json!({"subject": subject.to_string(), "recorded": body.kind}),
     ))

@@ -794,10 +794,14 @@ impl Core {
                 );
             }
             c.last_held_at = Some(*at);
-            self.held
+            if self
+                .held
                 .entry(source.clone())
                 .or_default()
-                .insert(subject.clone());
+                .insert(subject.clone())
+            {
+                self.shared.metrics.peer_cap_held(source);
+            }
             newest = newest.max(*at);
         }
         self.held.retain(|_, h| !h.is_empty());

@@ -32,6 +32,8 @@ pub struct Metrics {
     ingested_items: Family<ByPeer, Counter>,
     unconfirmed_dropped: Family<ByPeer, Counter>,
     canary_suspensions: Family<ByPeer, Counter>,
+    peer_cap_held: Family<ByPeer, Counter>,
+    local_signals: Family<Fixed, Counter>,
     lookups: Family<Fixed, Counter>,
     verdicts: Family<Fixed, Counter>,
     api_rejected: Family<Fixed, Counter>,
@@ -59,6 +61,8 @@ impl Default for Metrics {
             ingested_items: Family::default(),
             unconfirmed_dropped: Family::default(),
             canary_suspensions: Family::default(),
+            peer_cap_held: Family::default(),
+            local_signals: Family::default(),
             lookups: Family::default(),
             verdicts: Family::default(),
             api_rejected: Family::default(),
@@ -101,6 +105,16 @@ impl Default for Metrics {
             "corvid_canary_suspensions",
             "Peers moved to observe mode for reporting a canary or an own host",
             m.canary_suspensions.clone(),
+        );
+        r.register(
+            "corvid_peer_cap_held",
+            "Subjects held at flag because a peer they needed had caused its max_new_blocks_per_hour",
+            m.peer_cap_held.clone(),
+        );
+        r.register(
+            "corvid_local_signals",
+            "What local users did in their spam folders, as the XMPP server reported it (release, delete)",
+            m.local_signals.clone(),
         );
         r.register(
             "corvid_lookups",
@@ -219,6 +233,18 @@ impl Metrics {
         self.canary_suspensions
             .get_or_create(&[("peer", peer.to_owned())])
             .inc();
+    }
+
+    /// A subject was held at `flag` by `peer`'s cap on new blocks.
+    pub fn peer_cap_held(&self, peer: &str) {
+        self.peer_cap_held
+            .get_or_create(&[("peer", peer.to_owned())])
+            .inc();
+    }
+
+    /// A local signal (`release` or `delete`) was recorded.
+    pub fn local_signal(&self, kind: &'static str) {
+        self.local_signals.get_or_create(&[("kind", kind)]).inc();
     }
 
     /// A lookup of a `kind` of subject (jid, domain, ip, digest).

@@ -756,6 +756,11 @@ fn a_peer_causes_at_most_its_cap_of_new_blocks_an_hour() {
     );
     let cap = h.core().shared().cap(PEER);
     assert_eq!((cap.caused_last_hour, cap.held), (3, 2), "{cap:?}");
+    let metrics = h.core().shared().metrics.render();
+    assert!(
+        metrics.contains("corvid_peer_cap_held_total{peer=\"b.example\"} 2"),
+        "{metrics}"
+    );
     let held = (0..5)
         .find(|&i| last(&h, i) == Some(Action::Flag))
         .expect("a held one");

@@ -702,6 +702,7 @@ fn flagged_messages_wait_in_the_spam_folder(version: Version, ips: (&str, &str))
         let v = node.get("/v1/explain?subject=spammy%40b.test").json;
         (v["local_signals"]["releases"] == 1).then_some(())
     });
+    assert_eq!(node.counter("corvid_local_signals_total", &["release"]), 1);
 
     // Now the user refuses flagged messages: the sender gets an error.
     spammy.message("alice@a.test", "buy now, refused");
