@@ -147,6 +147,15 @@ pub enum Query {
 }
 
 impl Query {
+    /// The one subject a lookup names exactly (a JID's, a digest's, a
+    /// given key); a domain or an address is a lookup of several.
+    pub fn exact(&self) -> Option<&SubjectKey> {
+        match self {
+            Self::Jid { key, .. } | Self::Digest(key) | Self::Key(key) => Some(key),
+            Self::Domain { .. } | Self::Ip(_) => None,
+        }
+    }
+
     /// A stable cache key. For an IP this is the address itself: it stays
     /// in memory only (never logged or stored).
     pub fn cache_key(&self) -> std::borrow::Cow<'_, str> {

@@ -641,11 +641,7 @@ async fn explain(
     let v = s.engine.explain(crate::now(), &q)?;
     let mut out = verdict_json(&v, true);
     // What local users did with the exact subject's messages.
-    let exact = match &q {
-        Query::Jid { key, .. } | Query::Key(key) | Query::Digest(key) => Some(key.clone()),
-        Query::Domain { .. } | Query::Ip(_) => None,
-    };
-    if let Some(key) = exact
+    if let Some(key) = q.exact()
         && let Some(signals) = s.engine.store().signals(key.as_str())?
     {
         let since = crate::now().saturating_sub(crate::core::RELEASES_COUNT_SECS);

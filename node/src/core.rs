@@ -479,7 +479,8 @@ pub struct Core {
     /// Subjects with releases from spam folders in the last
     /// [`RELEASES_COUNT_SECS`]: how many distinct users.
     released: BTreeMap<SubjectKey, usize>,
-    caps: BTreeMap<String, CapState>,
+    /// Per peer, when its cap last held a block back.
+    last_held: BTreeMap<String, u64>,
 }
 
 impl Core {
@@ -520,7 +521,7 @@ impl Core {
             warm: Some(None),
             block_windows: BTreeMap::new(),
             held: BTreeMap::new(),
-            caps: BTreeMap::new(),
+            last_held: BTreeMap::new(),
             released: BTreeMap::new(),
         };
         let since = (now_ms / 1000).saturating_sub(RELEASES_COUNT_SECS);
@@ -786,14 +787,13 @@ impl Core {
             newest = newest.max(*at);
         }
         for (source, subject, at) in held {
-            let c = self.caps.entry(source.clone()).or_default();
-            if c.last_held_at.is_none_or(|t| *at >= t + CAP_WINDOW_SECS) {
+            let last = self.last_held.insert(source.clone(), *at);
+            if last.is_none_or(|t| *at >= t + CAP_WINDOW_SECS) {
                 tracing::warn!(
                     peer = source,
                     "new blocks this peer's reports would cause are held at flag: it reached its max_new_blocks_per_hour"
                 );
             }
-            c.last_held_at = Some(*at);
             if self
                 .held
                 .entry(source.clone())
@@ -805,27 +805,27 @@ impl Core {
             newest = newest.max(*at);
         }
         self.held.retain(|_, h| !h.is_empty());
-        for (source, c) in &mut self.caps {
-            c.held = self.held.get(source).map_or(0, BTreeSet::len);
-        }
         self.block_windows.retain(|_, w| {
             while w.front().is_some_and(|t| t + CAP_WINDOW_SECS <= newest) {
                 w.pop_front();
             }
             !w.is_empty()
         });
-        for (source, w) in &self.block_windows {
-            self.caps
-                .entry(source.clone())
-                .or_default()
-                .caused_last_hour = w.len();
-        }
-        for (source, c) in &mut self.caps {
-            if !self.block_windows.contains_key(source) {
-                c.caused_last_hour = 0;
-            }
-        }
-        write(&self.shared.caps, self.caps.clone());
+        // What is published is derived from the windows and the holds.
+        let caps = self
+            .block_windows
+            .keys()
+            .chain(self.last_held.keys())
+            .map(|source| {
+                let state = CapState {
+                    caused_last_hour: self.block_windows.get(source).map_or(0, |w| w.len()),
+                    held: self.held.get(source).map_or(0, BTreeSet::len),
+                    last_held_at: self.last_held.get(source).copied(),
+                };
+                (source.clone(), state)
+            })
+            .collect();
+        write(&self.shared.caps, caps);
     }
 
     fn restart_warm(&mut self) {
@@ -915,11 +915,7 @@ impl Core {
                 continue;
             };
             let contributions = trusted(&self.settings, |s| self.suspended.contains(s), about);
-            let mut verdict = verdict_of(&self.settings, now, &key, &contributions);
-            if let (Some(v), Some(n)) = (verdict.as_mut(), self.released.get(&key)) {
-                lower_for_releases(v, *n, &self.settings.policy, &key);
-            }
-            found.push((key, contributions, verdict));
+            found.push((key, contributions, None));
         }
         // What changed while the node was down, or with the new settings
         // or a source's new mode, enters the decision stream: one
@@ -932,31 +928,17 @@ impl Core {
                 caused.clear();
                 held.clear();
                 for (key, contributions, verdict) in &mut found {
-                    let free_at = match verdict.as_mut() {
-                        Some(v) if v.action == Action::Block => cap_new_block(
-                            &ctx,
-                            tx,
-                            key,
-                            v,
-                            contributions,
-                            now,
-                            &mut caused,
-                            &mut held,
-                        )?,
-                        _ => None,
-                    };
-                    let mut decided = decision_of(
-                        &self.settings,
+                    let released = ctx.released.get(key).copied();
+                    *verdict = decide(
+                        &ctx,
+                        tx,
                         key,
-                        verdict.as_ref(),
                         contributions,
+                        released,
                         now,
                         false,
-                    );
-                    if let Some(at) = free_at {
-                        decided.due = Some(decided.due.map_or(at, |d| d.min(at)));
-                    }
-                    decided.record(tx, key, now)?;
+                        (&mut caused, &mut held),
+                    )?;
                 }
                 Ok(())
             })?;
@@ -965,9 +947,8 @@ impl Core {
             self.shared.published.put(&key, verdict);
         }
         if !caused.is_empty() || !held.is_empty() {
-            let stamp = |v: Vec<(String, SubjectKey)>| {
-                v.into_iter().map(|(s, k)| (s, k, now)).collect::<Vec<_>>()
-            };
+            let stamp =
+                |v: PeerSubjects| v.into_iter().map(|(s, k)| (s, k, now)).collect::<Vec<_>>();
             self.count_caps(&stamp(caused), &stamp(held));
         }
         if !full {
@@ -1327,41 +1308,22 @@ fn settle(
     let (mut caused, mut held) = (Vec::new(), Vec::new());
     for subject in &scratch.touched {
         let contributions = trusted(ctx.settings, suspended, tx.about(subject.as_str())?);
-        let mut verdict = verdict_of(ctx.settings, now, subject, &contributions);
         let released = scratch
             .released
             .get(subject)
-            .or_else(|| ctx.released.get(subject));
-        if let (Some(v), Some(n)) = (verdict.as_mut(), released) {
-            lower_for_releases(v, *n, &ctx.settings.policy, subject);
-        }
-        let free_at = match verdict.as_mut() {
-            Some(v) if v.action == Action::Block => cap_new_block(
-                ctx,
-                tx,
-                subject,
-                v,
-                &contributions,
-                now,
-                &mut caused,
-                &mut held,
-            )?,
-            _ => None,
-        };
+            .or_else(|| ctx.released.get(subject))
+            .copied();
         let precise = scratch.rechecked.contains(subject);
-        let mut decided = decision_of(
-            ctx.settings,
+        let verdict = decide(
+            ctx,
+            tx,
             subject,
-            verdict.as_ref(),
             &contributions,
+            released,
             now,
             precise,
-        );
-        if let Some(at) = free_at {
-            // Rechecked when the peer's hour has room.
-            decided.due = Some(decided.due.map_or(at, |d| d.min(at)));
-        }
-        decided.record(tx, subject, now)?;
+            (&mut caused, &mut held),
+        )?;
         verdicts.push((subject.clone(), verdict));
     }
     scratch.verdicts = verdicts;
@@ -1372,6 +1334,53 @@ fn settle(
         .held
         .extend(held.into_iter().map(|(s, k)| (s, k, now)));
     Ok(())
+}
+
+/// Peers, each with a subject whose new block it caused or held back.
+type PeerSubjects = Vec<(String, SubjectKey)>;
+
+/// Decides a subject from its contributions and records the decision: its
+/// own verdict, lowered by releases from spam folders (`released` distinct
+/// users), a new block held back by a peer's cap (then rechecked when the
+/// peer's hour has room), and the decision stream's entry. The verdict is
+/// returned, to publish once the transaction commits; the peers that
+/// caused or held back a new block go to `caps`.
+#[allow(clippy::too_many_arguments)]
+fn decide(
+    ctx: &Ctx<'_>,
+    tx: &mut Tx<'_>,
+    subject: &SubjectKey,
+    contributions: &[Contribution],
+    released: Option<usize>,
+    now: u64,
+    precise: bool,
+    caps: (&mut PeerSubjects, &mut PeerSubjects),
+) -> Result<Option<SubjectVerdict>, StoreError> {
+    let (caused, held) = caps;
+    let mut verdict = verdict_of(ctx.settings, now, subject, contributions);
+    if let (Some(v), Some(n)) = (verdict.as_mut(), released) {
+        lower_for_releases(v, n, &ctx.settings.policy, subject);
+    }
+    let free_at = match verdict.as_mut() {
+        Some(v) if v.action == Action::Block => {
+            cap_new_block(ctx, tx, subject, v, contributions, now, caused, held)?
+        }
+        _ => None,
+    };
+    let mut decided = decision_of(
+        ctx.settings,
+        subject,
+        verdict.as_ref(),
+        contributions,
+        now,
+        precise,
+    );
+    if let Some(at) = free_at {
+        // Rechecked when the peer's hour has room.
+        decided.due = Some(decided.due.map_or(at, |d| d.min(at)));
+    }
+    decided.record(tx, subject, now)?;
+    Ok(verdict)
 }
 
 /// How long a release from a spam folder counts against a subject.
@@ -1424,8 +1433,8 @@ fn cap_new_block(
     verdict: &mut SubjectVerdict,
     contributions: &[Contribution],
     now: u64,
-    caused: &mut Vec<(String, SubjectKey)>,
-    held: &mut Vec<(String, SubjectKey)>,
+    caused: &mut PeerSubjects,
+    held: &mut PeerSubjects,
 ) -> Result<Option<u64>, StoreError> {
     if ctx.settings.allows(subject) || ctx.settings.denies(subject) {
         return Ok(None);

@@ -1095,11 +1095,7 @@ impl Engine {
             Ok(r) => return Ok(r),
             Err(f) => f,
         };
-        let exact = match query {
-            Query::Jid { key, .. } | Query::Digest(key) | Query::Key(key) => Some(key),
-            Query::Domain { .. } | Query::Ip(_) => None,
-        };
-        let stamp = published.stamp(exact);
+        let stamp = published.stamp(query.exact());
         let (mut verdict, valid_until) = match self.published_verdict(now, query) {
             Some(v) => v,
             None => self.compute(now, query)?,
