@@ -55,6 +55,9 @@ pub struct ApiState {
     pub consumers: Mutex<BTreeMap<String, Consumer>>,
     /// The component serving the block lists, when configured; set by main.
     pub component: std::sync::OnceLock<crate::component::ComponentHandle>,
+    /// The character tables of `GET /v1/digest/tables`, computed at the
+    /// first request.
+    digest_tables: tokio::sync::OnceCell<Arc<Vec<u8>>>,
     auth: Auth,
     request_timeout: Duration,
 }
@@ -212,6 +215,7 @@ impl ApiState {
             reload,
             consumers: Mutex::default(),
             component: std::sync::OnceLock::new(),
+            digest_tables: tokio::sync::OnceCell::new(),
             auth: Auth {
                 read_token,
                 write_token,
@@ -935,6 +939,58 @@ async fn digest(
     Ok(Json(answer))
 }
 
+/// The body of `GET /v1/digest/tables`: [`corvid_protocol::digest::CharTables`]
+/// as JSON, with the Unicode version and the minimum length (§10 step 6).
+/// Ranges are `[first, last]` code points.
+pub fn digest_tables_json() -> Vec<u8> {
+    let t = corvid_protocol::digest::char_tables();
+    let ranges =
+        |r: &[(u32, u32)]| -> Vec<[u32; 2]> { r.iter().map(|(lo, hi)| [*lo, *hi]).collect() };
+    let map: serde_json::Map<String, Value> = t
+        .map
+        .iter()
+        .map(|(c, to)| (c.to_string(), Value::from(to.as_str())))
+        .collect();
+    let (major, minor, update) = char::UNICODE_VERSION;
+    let value = json!({
+        "version": 1,
+        "unicode": format!("{major}.{minor}.{update}"),
+        "min_chars": corvid_protocol::digest::MIN_NORMALIZED_CHARS,
+        "map": map,
+        "context": ranges(&t.context),
+        "label": ranges(&t.label),
+        "alphabetic": ranges(&t.alphabetic),
+        "numeric": ranges(&t.numeric),
+        "space": ranges(&t.space),
+    });
+    serde_json::to_vec(&value).unwrap_or_default()
+}
+
+/// The per-character tables with which a server computes content digests
+/// itself (mod_corvid does, so that a stranger's message waits for no
+/// round trip): see [`corvid_protocol::digest::CharTables`]. Ranges are
+/// `[first, last]` code points; everything is about non-ASCII characters.
+async fn digest_tables(State(s): State<Arc<ApiState>>) -> ApiResult<Response> {
+    let body = s
+        .digest_tables
+        .get_or_try_init(|| async {
+            tokio::task::spawn_blocking(|| Arc::new(digest_tables_json()))
+                .await
+                .map_err(|e| {
+                    ApiError::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        format!("digest tables: {e}"),
+                    )
+                })
+        })
+        .await?;
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        body.as_ref().clone(),
+    )
+        .into_response())
+}
+
 /// One page of the snapshot a consumer of the decision stream starts from:
 /// every JID and domain subject whose action is `flag` or `block`, or that
 /// is on a local list, after `after`; and the stream's cursor to continue
@@ -954,7 +1010,8 @@ async fn mirror(
     let (cursor, page) =
         tokio::task::spawn_blocking(move || -> Result<_, crate::store::StoreError> {
             let cursor = store.decision_seq()?;
-            let page = store.decided_after(after.as_deref(), &["jid", "domain"], limit)?;
+            let page =
+                store.decided_after(after.as_deref(), &["jid", "domain", "digest"], limit)?;
             Ok((cursor, page))
         })
         .await
@@ -1065,6 +1122,7 @@ pub fn router(state: Arc<ApiState>, max_body: usize) -> Router {
         .route("/v1/decisions/stream", get(decisions))
         .route("/v1/mirror", get(mirror))
         .route("/v1/digest", post(digest))
+        .route("/v1/digest/tables", get(digest_tables))
         .route("/v1/signals", post(signal))
         .merge(crate::admin::routes())
         .fallback(not_found)

@@ -346,6 +346,109 @@ pub fn body_digest(body: &str) -> Option<SubjectKey> {
     SubjectKey::for_digest_hex(&hex).ok()
 }
 
+/// What a consumer needs to compute digests without a Unicode library
+/// (mod_corvid does, in Prosody's Lua): per-character facts from the same
+/// Unicode tables this crate uses, for every non-ASCII code point (ASCII's
+/// rules are fixed by §10 and carried by every implementation).
+///
+/// Steps 1–2 (NFKC, case fold, NFKC) act on most characters one at a time:
+/// a character is *context-free* when the first character of its
+/// compatibility decomposition, and of the decomposition of the case fold
+/// of each character it normalizes to, is a starter (combining class 0)
+/// that never combines with a character before it (NFC quick check
+/// `Yes`). Then nothing reorders or composes across the boundary before
+/// it, and a text made only of such characters normalizes to the
+/// concatenation of what each one alone normalizes to ([`Self::map`], the
+/// character itself when absent). A text holding any other character
+/// ([`Self::context`]) needs the whole algorithm.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CharTables {
+    /// Context-free non-ASCII characters that steps 1–2 change, and what
+    /// they become.
+    pub map: Vec<(char, String)>,
+    /// Non-ASCII characters that are not context-free (inclusive ranges).
+    pub context: Vec<(u32, u32)>,
+    /// Non-ASCII label characters of §10.1: Alphabetic, Numeric or a
+    /// combining mark.
+    pub label: Vec<(u32, u32)>,
+    /// Non-ASCII Alphabetic characters (the two a host's last label starts
+    /// with).
+    pub alphabetic: Vec<(u32, u32)>,
+    /// Non-ASCII numeric characters (general categories Nd, Nl and No).
+    pub numeric: Vec<(u32, u32)>,
+    /// Non-ASCII White_Space characters.
+    pub space: Vec<(u32, u32)>,
+}
+
+/// Steps 1–2 of §10 on a text.
+fn fold(text: &str) -> String {
+    let folded = caseless::default_case_fold_str(&nfkc(text));
+    nfkc(&folded).into_owned()
+}
+
+/// The first character of `text`'s compatibility decomposition is a
+/// starter that nothing before it combines with.
+fn starts_free(text: &str) -> bool {
+    text.nfkd().next().is_none_or(|f| {
+        unicode_normalization::char::canonical_combining_class(f) == 0
+            && unicode_normalization::is_nfc_quick(std::iter::once(f))
+                == unicode_normalization::IsNormalized::Yes
+    })
+}
+
+fn context_free(c: char) -> bool {
+    let s = c.to_string();
+    starts_free(&s)
+        && nfkc(&s)
+            .chars()
+            .all(|y| starts_free(&caseless::default_case_fold_str(&y.to_string())))
+}
+
+/// Adds `cp` to a list of ranges built in increasing order.
+fn push_range(ranges: &mut Vec<(u32, u32)>, cp: u32) {
+    match ranges.last_mut() {
+        Some((_, hi)) if *hi + 1 == cp => *hi = cp,
+        _ => ranges.push((cp, cp)),
+    }
+}
+
+/// Computes the [`CharTables`] (a few hundred milliseconds: every code
+/// point is normalized once; callers keep the result).
+pub fn char_tables() -> CharTables {
+    let mut t = CharTables {
+        map: Vec::new(),
+        context: Vec::new(),
+        label: Vec::new(),
+        alphabetic: Vec::new(),
+        numeric: Vec::new(),
+        space: Vec::new(),
+    };
+    for c in (0x80..=0x10_FFFF).filter_map(char::from_u32) {
+        let cp = u32::from(c);
+        if context_free(c) {
+            let folded = fold(&c.to_string());
+            if folded.chars().ne(std::iter::once(c)) {
+                t.map.push((c, folded));
+            }
+        } else {
+            push_range(&mut t.context, cp);
+        }
+        if is_label(c) {
+            push_range(&mut t.label, cp);
+        }
+        if c.is_alphabetic() {
+            push_range(&mut t.alphabetic, cp);
+        }
+        if c.is_numeric() {
+            push_range(&mut t.numeric, cp);
+        }
+        if c.is_whitespace() {
+            push_range(&mut t.space, cp);
+        }
+    }
+    t
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -396,6 +499,56 @@ mod tests {
         // One host longer than a DNS name is not a URL.
         let long = "a.".repeat(64 * 1024) + "ab";
         assert_eq!(normalize_body(&long), long);
+    }
+
+    /// A text of context-free characters folds to what its characters
+    /// fold to, one by one (checked on random texts from every block).
+    #[test]
+    fn context_free_characters_fold_one_by_one() {
+        let t = char_tables();
+        let map: std::collections::HashMap<char, &str> =
+            t.map.iter().map(|(c, s)| (*c, s.as_str())).collect();
+        let context = |c: char| {
+            let cp = u32::from(c);
+            t.context.iter().any(|(lo, hi)| (*lo..=*hi).contains(&cp))
+        };
+        // The characters around which composition and case folding happen.
+        let mut pool: Vec<char> = "aAeEiIoOuUnNcCsSzZ ßẞİıΣσςᾼ\u{0345}ǅĳﬀＡａ①½²\u{1100}\u{1161}\u{11A8}가각\u{0B47}\u{0B3E}\u{0300}\u{0301}\u{0327}\u{05B0}\u{093C}\u{3099}か\u{FF76}\u{FF9E}"
+            .chars()
+            .collect();
+        pool.extend((0x80..0x3400).step_by(7).filter_map(char::from_u32));
+        pool.extend((0xA000..0x1_0000).step_by(13).filter_map(char::from_u32));
+        pool.extend((0x1_0000..0x2_0000).step_by(97).filter_map(char::from_u32));
+        let pool: Vec<char> = pool.into_iter().filter(|c| !context(*c)).collect();
+        assert!(pool.len() > 3000, "{}", pool.len());
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        for _ in 0..20_000 {
+            let len = 1 + (x % 6) as usize;
+            let mut text = String::new();
+            let mut expected = String::new();
+            for _ in 0..len {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let c = pool[(x % pool.len() as u64) as usize];
+                text.push(c);
+                if c.is_ascii() {
+                    expected.push(c.to_ascii_lowercase());
+                } else {
+                    expected.push_str(map.get(&c).copied().unwrap_or(&c.to_string()));
+                }
+            }
+            assert_eq!(fold(&text), expected, "{text:?}");
+        }
+        // Characters that change their neighbours are not context-free.
+        for c in [
+            '\u{0301}', '\u{1161}', '\u{11A8}', '\u{0B3E}', '\u{3099}', '\u{FF9E}', 'ͅ',
+        ] {
+            assert!(context(c), "{c:?}");
+        }
+        assert_eq!(map.get(&'ß'), Some(&"ss"));
+        assert_eq!(map.get(&'Ａ'), Some(&"a"));
+        assert_eq!(map.get(&'①'), Some(&"1"));
     }
 
     #[test]

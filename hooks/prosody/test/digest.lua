@@ -1,0 +1,57 @@
+-- Checks corvid_digest.lib.lua against expected normalizations and
+-- digests (the spec's vectors and random texts, computed by
+-- corvid-protocol) with the utility libraries of one Prosody installation:
+--   lua5.4 hooks/prosody/test/digest.lua PROSODY_SOURCE_DIR TABLES_FILE CASES_FILE
+-- TABLES_FILE is what corvidd serves at GET /v1/digest/tables; CASES_FILE
+-- a JSON array of { body, normalized, subject } (subject null: no digest).
+-- A body the library leaves to corvidd (nil) is counted, not checked.
+-- Prints a summary; exits non-zero on any mismatch.
+
+local source_dir, tables_file, cases_file = arg[1], arg[2], arg[3];
+package.path = source_dir .. "/?.lua;" .. package.path;
+package.cpath = source_dir .. "/?.so;" .. package.cpath;
+local here = arg[0]:match("^(.*)/test/digest%.lua$") or "hooks/prosody";
+package.path = here .. "/?.lib.lua;" .. package.path;
+pcall(require, "loader");
+
+local json = require "util.json";
+local hashes = require "util.hashes";
+local digest_lib = require "corvid_digest";
+
+local function read(path)
+	local f = assert(io.open(path));
+	local text = f:read("*a");
+	f:close();
+	return text;
+end
+
+local digester = assert(digest_lib.new(json.decode(read(tables_file)), hashes.sha256));
+local cases = json.decode(read(cases_file));
+
+local checked, deferred, failed = 0, 0, 0;
+for _, case in ipairs(cases) do
+	local normalized = digester.normalize(case.body);
+	if normalized == nil then
+		deferred = deferred + 1;
+	else
+		checked = checked + 1;
+		local subject = normalized and digester.digest(case.body) or nil;
+		local want_subject = case.subject ~= json.null and case.subject or nil;
+		local ok;
+		if normalized == false then
+			ok = want_subject == nil;
+		else
+			ok = normalized == case.normalized and subject == want_subject;
+		end
+		if not ok then
+			failed = failed + 1;
+			if failed <= 20 then
+				print(("MISMATCH %q: got %q %s, want %q %s"):format(case.body, tostring(normalized),
+					tostring(subject), tostring(case.normalized), tostring(want_subject)));
+			end
+		end
+	end
+end
+
+print(("checked %d, left to corvidd %d, mismatched %d"):format(checked, deferred, failed));
+os.exit(failed == 0 and 0 or 1);
