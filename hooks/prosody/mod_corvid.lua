@@ -26,6 +26,7 @@ local hashes = require "util.hashes";
 local dataforms = require "util.dataforms";
 
 local keys = module:require "corvid_keys";
+local digest_lib = module:require "corvid_digest";
 
 -- One copy of the verdicts and one sync for the whole server; the hooks
 -- are added on each host that loads the module (module.add_host below).
@@ -108,7 +109,8 @@ local m_would_divert = module:metric("counter", "would_divert", "", "Flagged mes
 local m_released = module:metric("counter", "released", "", "Messages users released from their spam folder.", { "host" });
 local m_deleted = module:metric("counter", "deleted", "", "Messages users deleted from their spam folder.", { "host" });
 local m_vetoed = module:metric("counter", "vetoed", "", "Refusals by mod_anti_spam overridden because a local allow entry at corvidd lets the sender through.", { "host" });
-local m_digests = module:metric("counter", "digests", "", "Strangers' message bodies digested by corvidd, by the digest's verdict (timeout: delivered unchecked).", { "host", "result" });
+local m_digests = module:metric("counter", "digests", "", "Strangers' message bodies digested, by the digest's verdict (none: too short for one; timeout: corvidd did not answer in time, delivered unchecked).", { "host", "result" });
+local m_digested_by = module:metric("counter", "digested_by", "", "Strangers' message bodies digested, by where: prosody (with corvidd's character tables) or corvidd (a body the tables do not cover, or before they are read).", { "host", "by" });
 local m_entries = module:metric("gauge", "mirror_entries", "", "Subjects in the copy of Corvid's verdicts.", {});
 local m_age = module:metric("gauge", "mirror_age", "seconds", "Seconds since the copy of the verdicts was last confirmed current by corvidd.", {});
 
@@ -122,8 +124,11 @@ local function jid_int(bin) return (string.unpack(">i8", bin)); end
 -- JID keys are spread over 256 tables by their low byte: a Lua table
 -- rehashes all its entries at once when it grows, and one table of a
 -- million entries stalls Prosody for over 100 ms each time it does.
-local function jid_shard(jids, k, create)
-	local b = k & 0xff;
+-- Content digests (first 64 bits of the digest, spec §10) are kept the
+-- same way in tables 256 to 511.
+local DIGEST_SHARDS = 256;
+local function jid_shard(jids, k, create, offset)
+	local b = (k & 0xff) + (offset or 0);
 	local t = jids[b];
 	if not t and create then
 		t = {};
@@ -136,6 +141,8 @@ local function decode_key(subject)
 	local kind, rest = subject:match("^(%a+):(.*)$");
 	if kind == "jid" and #rest == 64 and not rest:find("[^%x]") then
 		return mirror.jids, tonumber(rest:sub(1, 16), 16);
+	elseif kind == "digest" and #rest == 64 and not rest:find("[^%x]") then
+		return mirror.jids, tonumber(rest:sub(1, 16), 16), DIGEST_SHARDS;
 	elseif kind == "domain" then
 		return mirror.domains, rest;
 	end
@@ -163,10 +170,10 @@ end
 local function apply(jids, domains, subject, action, origin, score, category)
 	local a, o = action_code[action], origin_code[origin];
 	if not a or not o then return 0; end
-	local tbl, key = decode_key(subject);
+	local tbl, key, offset = decode_key(subject);
 	if not tbl then return 0; end
 	local is_domain = tbl == mirror.domains;
-	tbl = is_domain and domains or jid_shard(jids, key, true);
+	tbl = is_domain and domains or jid_shard(jids, key, true, offset);
 	local before = tbl[key] ~= nil;
 	if a == ALLOW and o == FEDERATION then
 		tbl[key] = nil;
@@ -219,6 +226,7 @@ local function get(path, callback)
 end
 
 local snapshot, stream;
+local digester, load_digest_tables;
 
 local function retry(gen, what, code, body)
 	if gen ~= generation then return; end
@@ -261,6 +269,7 @@ function snapshot(gen, after, jids, domains, count, cursor)
 		backoff = 1;
 		m_entries:with_labels():set(count);
 		module:log("info", "copy of Corvid's verdicts loaded: %d subjects, cursor %d", count, cursor or 0);
+		load_digest_tables();
 		stream(gen, cursor);
 	end);
 end
@@ -317,6 +326,39 @@ module:add_timer(5, function ()
 end);
 
 restart();
+
+-- Content digests are computed here with corvidd's character tables (GET
+-- /v1/digest/tables, read once): a stranger's message then waits for no
+-- round trip. Until they are read, and for the bodies they do not cover
+-- (corvid_digest.lib.lua says which), corvidd computes the digest.
+local tables_wanted = true;
+function load_digest_tables()
+	if not api_loopback or not tables_wanted then return; end
+	tables_wanted = false;
+	get("/v1/digest/tables", function (data, code)
+		if data then
+			local d, err = digest_lib.new(data, hashes.sha256);
+			if d then
+				digester = d;
+				module:log("info", "content digests computed in Prosody (Unicode %s tables from corvidd)", tostring(d.unicode));
+			else
+				module:log("warn", "corvidd's digest tables are not usable (%s): corvidd computes every digest", tostring(err));
+			end
+			return;
+		end
+		-- Read again with the next snapshot, or in a minute.
+		module:log("info", "corvidd's digest tables not read (%s): corvidd computes digests meanwhile", tostring(code));
+		tables_wanted = true;
+		module:add_timer(60, load_digest_tables);
+	end);
+end
+
+--- A digest subject's entry in the copy (nil when it has none).
+local function digest_entry(subject)
+	local k = tonumber(subject:sub(8, 23), 16);
+	local shard = k and jid_shard(mirror.jids, k, false, DIGEST_SHARDS);
+	return shard and shard[k];
+end
 
 -- Verdicts ------------------------------------------------------------------
 
@@ -669,10 +711,44 @@ function module.add_host(module)
 		return false;
 	end
 
+	-- A stranger's message whose body's digest is flagged: delivered, put
+	-- in the spam folder or refused, as the user chose for its category.
+	-- Returns true when it was refused or diverted.
+	local function act_on_digest(event, user, host, category, repost)
+		local stanza, origin = event.stanza, event.origin;
+		if not enforcing() then
+			m_would_divert:with_labels(host_name):add(1);
+			return false;
+		end
+		local choice = preference(user, group_of(category));
+		if choice == "deliver" then return false; end
+		if choice == "refuse" then
+			refuse(event, "message", "flag (content)");
+			return true;
+		end
+		if divert(event, user, host) then return true; end
+		-- Not kept (storage failed): delivered.
+		if repost then prosody.core_post_stanza(origin, stanza); return true; end
+		return false;
+	end
+
 	local function check_digest(event, user, host)
 		local stanza, origin = event.stanza, event.origin;
 		local body = stanza:get_child_text("body");
 		if not digests_on or not api_loopback or not body or body == "" or encrypted(stanza) then return; end
+		local subject = digester and digester.digest(body);
+		if subject ~= nil then
+			-- Digested here: checked at once against the copy.
+			m_digested_by:with_labels(host_name, "prosody"):add(1);
+			local v = subject and digest_entry(subject);
+			if not v or action_of(v) == ALLOW then
+				m_digests:with_labels(host_name, subject and "allow" or "none"):add(1);
+				return;
+			end
+			m_digests:with_labels(host_name, "flag"):add(1);
+			return act_on_digest(event, user, host, category_of(v), false) or nil;
+		end
+		m_digested_by:with_labels(host_name, "corvidd"):add(1);
 		local done = false;
 		local function deliver(result)
 			if done then return; end
@@ -692,19 +768,13 @@ function module.add_host(module)
 			if done then return; end
 			local data = code == 200 and json.decode(response) or nil;
 			if not data then return deliver("error"); end
-			if data.action ~= "flag" and data.action ~= "block" then return deliver("allow"); end
-			if not enforcing() then
-				m_would_divert:with_labels(host_name):add(1);
-				return deliver("flag");
+			if data.action ~= "flag" and data.action ~= "block" then
+				return deliver(data.digest and data.digest ~= json.null and "allow" or "none");
 			end
-			local choice = preference(user, group_of(category_code[data.category] or 0));
-			if choice == "deliver" then return deliver("flag"); end
 			done = true;
 			m_digests:with_labels(host_name, "flag"):add(1);
 			stanza.corvid_checked = true;
-			if choice == "refuse" then
-				refuse(event, "message", "flag (content)");
-			elseif not divert(event, user, host) then
+			if not act_on_digest(event, user, host, category_code[data.category] or 0, true) then
 				prosody.core_post_stanza(origin, stanza);
 			end
 		end);

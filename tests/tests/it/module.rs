@@ -338,9 +338,10 @@ fn block(node: &Node, jid: &str) {
 /// Waits until the module on `a.test` has read its first copy.
 fn copy_loaded(f: &Federation) {
     wait_for(Duration::from_secs(30), "the module's copy to load", || {
-        f.a.log()
-            .contains("copy of Corvid's verdicts loaded")
-            .then_some(())
+        let log = f.a.log();
+        (log.contains("copy of Corvid's verdicts loaded")
+            && log.contains("content digests computed in Prosody"))
+        .then_some(())
     });
 }
 
@@ -634,8 +635,9 @@ fn observe_mode_and_a_missing_corvidd_never_stop_messages() {
 }
 
 /// corvidd frozen (SIGSTOP), then killed: every stranger's message still
-/// arrives, none waits longer than its digest timeout, and the copy in
-/// memory keeps refusing what it blocked.
+/// arrives, none waits longer than its digest timeout (only a body that
+/// corvidd must digest waits at all), and the copy in memory keeps refusing
+/// what it blocked.
 #[test]
 fn prosody_13_a_frozen_then_killed_corvidd_never_holds_messages() {
     super::init();
@@ -655,10 +657,15 @@ fn prosody_13_a_frozen_then_killed_corvidd_never_holds_messages() {
     // A stranger's message waits for its digest at most 0.5 s; over s2s
     // on loopback the rest of the trip takes milliseconds.
     let limit = Duration::from_millis(1500);
-    let deliver = |label: &str| {
+    // A body with a combining accent is digested by corvidd; others in Lua.
+    let deliver = |label: &str, accent: bool| {
         let mut slowest = Duration::ZERO;
         for i in 0..5 {
-            let body = format!("{label} {i}");
+            let body = if accent {
+                format!("{label} {i}: cafe\u{301}")
+            } else {
+                format!("{label} {i}")
+            };
             let sent = Instant::now();
             friend.message("alice@a.test", &body);
             assert!(
@@ -672,7 +679,8 @@ fn prosody_13_a_frozen_then_killed_corvidd_never_holds_messages() {
         }
         slowest
     };
-    deliver("while corvidd runs");
+    deliver("while corvidd runs", false);
+    deliver("while corvidd runs", true);
 
     let pid = node.pid().expect("corvidd's pid");
     let stop = |signal: &str| {
@@ -684,8 +692,11 @@ fn prosody_13_a_frozen_then_killed_corvidd_never_holds_messages() {
         assert!(ok, "kill {signal} {pid}");
     };
     stop("-STOP");
-    // Each waited for its digest until the timeout: the digest path was on.
-    let slowest = deliver("while corvidd is frozen");
+    // Digested in Lua: no wait at all.
+    let slowest = deliver("while corvidd is frozen", false);
+    assert!(slowest < Duration::from_millis(450), "{slowest:?}");
+    // Left to corvidd: each waited for its digest until the timeout.
+    let slowest = deliver("while corvidd is frozen", true);
     assert!(slowest >= Duration::from_millis(450), "{slowest:?}");
     bot.message("alice@a.test", "spam while corvidd is frozen");
     assert!(
@@ -699,7 +710,8 @@ fn prosody_13_a_frozen_then_killed_corvidd_never_holds_messages() {
     );
     stop("-CONT");
     f.node.as_mut().expect("node").kill();
-    deliver("after corvidd was killed");
+    deliver("after corvidd was killed", false);
+    deliver("after corvidd was killed", true);
     bot.message("alice@a.test", "spam after corvidd was killed");
     assert!(
         bot.wait_stanza(Duration::from_secs(5), |s| is_error(
@@ -1240,6 +1252,37 @@ fn a_flagged_body_from_a_stranger_is_held_and_encrypted_fallbacks_pass(
         seen.iter().any(|b| b.starts_with("hello there")),
         "{seen:?}"
     );
+
+    // A flagged body that Prosody leaves to corvidd (a combining accent):
+    // held as well, and both wait in the folder.
+    let accented = "Cafe\u{301} deals: cheap bitcoin at scam.example today only";
+    let key = corvid_protocol::digest::body_digest(accented).expect("a digest");
+    node.report(key.as_str(), "spam", 90);
+    node.wait_action("digest", key.as_str(), "flag", Duration::from_secs(10));
+    friend.message("alice@a.test", accented);
+    friend.message("alice@a.test", "and a last ordinary message, delivered");
+    assert!(
+        alice
+            .wait_stanza(Duration::from_secs(10), |s| body_of(s)
+                .is_some_and(|b| b.starts_with("and a last")))
+            .is_some()
+    );
+    // (The ordinary message does not wait for corvidd's answer, so it
+    // may arrive first.)
+    let folder = wait_for(Duration::from_secs(10), "both in the folder", || {
+        let folder = alice.spam_folder("a.test");
+        (folder.messages.len() == 2).then_some(folder)
+    });
+    assert!(
+        folder
+            .messages
+            .iter()
+            .any(|(label, _)| label.contains("deals")),
+        "{:?}",
+        folder.messages
+    );
+    let log = f.a.log();
+    assert!(!log.contains("Traceback"), "{log}");
 }
 
 #[test]
