@@ -30,6 +30,30 @@ struct Servers {
     _node: Option<Node>,
 }
 
+impl Servers {
+    /// Pins both Prosodys and corvidd to `cpu` (util-linux's `taskset`);
+    /// whether every pin held.
+    fn pin(&self, cpu: usize) -> bool {
+        [
+            self.a.pid(),
+            self.b.pid(),
+            self._node.as_ref().and_then(Node::pid),
+        ]
+        .into_iter()
+        .flatten()
+        .all(|pid| pin(pid, cpu))
+    }
+}
+
+/// Pins every thread of process `pid` to `cpu`.
+fn pin(pid: u32, cpu: usize) -> bool {
+    std::process::Command::new("taskset")
+        .args(["-a", "-p", "-c", &cpu.to_string(), &pid.to_string()])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 fn servers(version: Version, ips: (&str, &str), module: Option<&str>, bots: usize) -> Servers {
     servers_on(version, ips, module, bots, None)
 }
@@ -92,9 +116,11 @@ fn servers_on(
             Duration::from_secs(300),
             "the module's copy to load",
             || {
-                a.log()
-                    .contains("copy of Corvid's verdicts loaded")
-                    .then_some(())
+                let log = a.log();
+                (log.contains("copy of Corvid's verdicts loaded")
+                    && (module.is_some_and(|m| m.contains("corvid_digests = false"))
+                        || log.contains("content digests computed in Prosody")))
+                .then_some(())
             },
         );
         n
@@ -113,10 +139,28 @@ fn body_of(s: &Element) -> Option<String> {
 }
 
 /// One-way latencies of `n` messages, one in flight at a time.
+/// The bodies measured: Latin and Cyrillic text are digested inside
+/// Prosody; a body with a combining accent is left to corvidd.
+const BODIES: [(&str, &str); 3] = [
+    ("Latin text", "are we still on for lunch tomorrow?"),
+    (
+        "Cyrillic text",
+        "мы завтра обедаем вместе, как договорились?",
+    ),
+    (
+        "a combining accent (digested by corvidd)",
+        "lunch at the cafe\u{301} tomorrow, as agreed?",
+    ),
+];
+
 fn latencies(from: &Client, to: &Client, n: usize, tag: &str) -> Vec<Duration> {
+    latencies_of(from, to, n, tag, BODIES[0].1)
+}
+
+fn latencies_of(from: &Client, to: &Client, n: usize, tag: &str, body: &str) -> Vec<Duration> {
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
-        let text = format!("{tag} message {i}: are we still on for lunch tomorrow?");
+        let text = format!("{tag} message {i}: {body}");
         let t = Instant::now();
         from.message("alice@a.test", &text);
         to.wait_stanza(Duration::from_secs(5), |s| {
@@ -193,6 +237,16 @@ fn main() {
         Some("corvid_digests = true"),
         0,
     );
+    // The servers on core 0, the clients (this process) on core 1.
+    let pinned = [&plain, &with, &digest].iter().all(|s| s.pin(0)) && pin(std::process::id(), 1);
+    println!(
+        "{}",
+        if pinned {
+            "servers (Prosody, corvidd) pinned to core 0, clients to core 1"
+        } else {
+            "NOT pinned: taskset failed"
+        }
+    );
     let pair = |s: &Servers| {
         (
             Client::login(&s.b, "stranger", "b.test"),
@@ -206,28 +260,35 @@ fn main() {
     latencies(&p_from, &p_to, 20, "warm");
     latencies(&w_from, &w_to, 20, "warm");
     latencies(&d_from, &d_to, 20, "warm");
-    let (mut p, mut w, mut d) = (Vec::new(), Vec::new(), Vec::new());
+    // For each body, the three servers in turn, five rounds.
+    let mut p: Vec<Vec<Duration>> = vec![Vec::new(); BODIES.len()];
+    let (mut w, mut d) = (p.clone(), p.clone());
     for round in 0..5 {
-        p.extend(latencies(&p_from, &p_to, 200, &format!("plain {round}")));
-        w.extend(latencies(&w_from, &w_to, 200, &format!("module {round}")));
-        d.extend(latencies(&d_from, &d_to, 200, &format!("digest {round}")));
+        for (k, (_, body)) in BODIES.iter().enumerate() {
+            let tag = |name: &str| format!("{name} {round}");
+            p[k].extend(latencies_of(&p_from, &p_to, 200, &tag("plain"), body));
+            w[k].extend(latencies_of(&w_from, &w_to, 200, &tag("module"), body));
+            d[k].extend(latencies_of(&d_from, &d_to, 200, &tag("digest"), body));
+        }
     }
-    let (p50, p99) = (pct(&mut p, 0.5), pct(&mut p, 0.99));
-    for (name, v) in [
-        ("module, digests off", &mut w),
-        ("module, digests on", &mut d),
-    ] {
-        let (m50, m99) = (pct(v, 0.5), pct(v, 0.99));
-        println!(
-            "- stranger's message over s2s, {name}: p50 {:.0} µs, p99 {:.0} µs; without the module p50 {:.0} µs, p99 {:.0} µs; added p50 {:+.0} µs (target <= 50), p99 {:+.0} µs (target <= 1000); {} messages each",
-            micros(m50),
-            micros(m99),
-            micros(p50),
-            micros(p99),
-            micros(m50) - micros(p50),
-            micros(m99) - micros(p99),
-            v.len()
-        );
+    for (k, (text, _)) in BODIES.iter().enumerate() {
+        let (p50, p99) = (pct(&mut p[k], 0.5), pct(&mut p[k], 0.99));
+        for (name, v) in [
+            ("module, digests off", &mut w[k]),
+            ("module, digests on", &mut d[k]),
+        ] {
+            let (m50, m99) = (pct(v, 0.5), pct(v, 0.99));
+            println!(
+                "- stranger's message over s2s ({text}), {name}: p50 {:.0} µs, p99 {:.0} µs; without the module p50 {:.0} µs, p99 {:.0} µs; added p50 {:+.0} µs (target <= 50), p99 {:+.0} µs (target <= 1000); {} messages each",
+                micros(m50),
+                micros(m99),
+                micros(p50),
+                micros(p99),
+                micros(m50) - micros(p50),
+                micros(m99) - micros(p99),
+                v.len()
+            );
+        }
     }
     drop((p_from, p_to, w_from, w_to, d_from, d_to));
     drop((plain, with, digest));
