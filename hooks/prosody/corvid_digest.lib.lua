@@ -5,11 +5,13 @@
 -- /v1/digest/tables, from the same Unicode version it digests with): for
 -- each non-ASCII character, what steps 1-2 (NFKC, case fold, NFKC) make of
 -- it when that does not depend on its neighbours, and its classes
--- (label, Alphabetic, numeric, White_Space). A body holding a character
--- whose normalization depends on its neighbours (a combining mark, a
--- conjoining jamo: about 1,300 code points), or a URL host with an `xn--`
--- label (Punycode is not decoded here), is not digested here: `digest`
--- answers nil and the caller asks corvidd, which runs the whole algorithm.
+-- (label, Alphabetic, numeric, White_Space); and for the characters
+-- whose normalization depends on their neighbours (combining marks,
+-- conjoining jamo: about 1,300 code points), the decompositions,
+-- combining classes, compositions and case foldings with which the text
+-- around them is normalized by the whole algorithm (UAX #15). A body with
+-- more than 30 combining marks in a row (Unicode's stream-safe limit) is
+-- not digested here: `digest` answers nil and the caller asks corvidd.
 -- Everything else follows spec/corvid.md §10 and §10.1 step by step; the
 -- test suite checks this file against spec/test-vectors/digests.json and
 -- against corvid-protocol on random texts (hooks/prosody/test/digest.lua).
@@ -22,6 +24,8 @@ local utf8_char, utf8_codepoint, utf8_len = utf8.char, utf8.codepoint, utf8.len;
 
 -- One non-ASCII character of valid UTF-8 (Prosody delivers only that).
 local NON_ASCII = "[\194-\244][\128-\191]*";
+
+local punycode_decode; -- below
 
 local UPPER = {};
 for c = 65, 90 do UPPER[string.char(c)] = string.char(c + 32); end
@@ -46,77 +50,325 @@ local MAX_BODY = 16 * 1024;
 -- A longer run of labels is not a host name.
 local MAX_HOST_CHARS = 253;
 
--- A set of code points from `[first, last]` ranges, by blocks of 256:
--- true for a whole block, else a table of members.
-local function block_set(ranges)
-	local blocks = {};
-	for _, r in ipairs(ranges) do
-		local lo, hi = math.tointeger(r[1]), math.tointeger(r[2]);
-		if not lo or not hi or lo > hi or hi > 0x10FFFF then return nil; end
-		local cp = lo;
-		while cp <= hi do
-			local b = cp >> 8;
-			local block_end = (b << 8) + 255;
-			if cp == b << 8 and hi >= block_end then
-				blocks[b] = true;
-				cp = block_end + 1;
-			else
-				local t = blocks[b];
-				if t ~= true then
-					if not t then t = {}; blocks[b] = t; end
-					local last = math.min(hi, block_end);
-					for x = cp, last do t[x] = true; end
-				end
-				cp = math.min(hi, block_end) + 1;
-			end
-		end
-	end
-	return blocks;
-end
-
 local function in_set(blocks, cp)
 	local b = blocks[cp >> 8];
 	return b == true or (b ~= nil and b[cp] == true);
 end
 
+-- Punycode (RFC 3492) decoding of a label's text after `xn--`, as the
+-- `idna` crate's `punycode::decode_to_string` does it (every quantity a
+-- 32-bit unsigned integer that must not overflow); nil when it does not
+-- decode.
+local P_BASE, T_MIN, T_MAX, SKEW, DAMP = 36, 1, 26, 38, 700;
+local U32 = 0xFFFFFFFF;
+local function adapt(delta, points, first)
+	delta = delta // (first and DAMP or 2);
+	delta = delta + delta // points;
+	local k = 0;
+	while delta > ((P_BASE - T_MIN) * T_MAX) // 2 do
+		delta = delta // (P_BASE - T_MIN);
+		k = k + P_BASE;
+	end
+	return k + ((P_BASE - T_MIN + 1) * delta) // (delta + SKEW);
+end
+function punycode_decode(input)
+	local last = input:match("^.*()%-");
+	local base, rest = "", input;
+	if last then
+		base = sub(input, 1, last - 1);
+		if last > 1 then rest = sub(input, last + 1); end
+	end
+	if find(base, "[\128-\255]") then return nil; end
+	local out = {};
+	for i = 1, #base do out[i] = byte(base, i); end
+	local length = #base;
+	local n, bias, i = 0x80, 72, 0;
+	local pos, len = 1, #rest;
+	while pos <= len do
+		local previous_i, weight, k = i, 1, P_BASE;
+		while true do
+			local b = byte(rest, pos);
+			if not b then return nil; end
+			pos = pos + 1;
+			local digit;
+			if b >= 48 and b <= 57 then digit = b - 22;
+			elseif b >= 65 and b <= 90 then digit = b - 65;
+			elseif b >= 97 and b <= 122 then digit = b - 97;
+			else return nil; end
+			local product = digit * weight;
+			if product > U32 then return nil; end
+			i = i + product;
+			if i > U32 then return nil; end
+			local t = k <= bias and T_MIN or (k >= bias + T_MAX and T_MAX or k - bias);
+			if digit < t then break; end
+			weight = weight * (P_BASE - t);
+			if weight > U32 then return nil; end
+			k = k + P_BASE;
+		end
+		bias = adapt(i - previous_i, length + 1, previous_i == 0);
+		n = n + i // (length + 1);
+		if n > U32 then return nil; end
+		i = i % (length + 1);
+		if n > 0x10FFFF or (n >= 0xD800 and n <= 0xDFFF) then return nil; end
+		table.insert(out, i + 1, n);
+		length = length + 1;
+		i = i + 1;
+	end
+	return utf8_char(table.unpack(out, 1, length));
+end
+
 --- A digester from the tables corvidd serves (decoded JSON) and a SHA-256
 -- function (binary string -> binary string or hex, as `hex` asks).
--- Returns nil and an error when the tables are not usable.
-function M.new(tables, sha256)
-	if type(tables) ~= "table" or tables.version ~= 1 or type(tables.map) ~= "table" then
+-- Returns nil and an error when the tables are not usable. Building it
+-- takes tens of milliseconds: `pause`, when given (coroutine.yield, for
+-- one), is called between its steps (each under 10 ms) so that a caller
+-- can let its event loop run.
+function M.new(tables, sha256, pause)
+	pause = pause or function () end;
+	if type(tables) ~= "table" or tables.version ~= 2 then
 		return nil, "unknown digest tables";
 	end
+	for _, name in ipairs({ "map", "context", "label", "alphabetic", "numeric", "space", "decompose", "combining_class", "compose", "case_fold" }) do
+		if type(tables[name]) ~= "string" then return nil, "no table " .. name; end
+	end
 	local min_chars = math.tointeger(tables.min_chars) or 24;
+	local function cp_list(text)
+		local t = {};
+		for x in text:gmatch("%x+") do
+			local cp = tonumber(x, 16);
+			if cp > 0x10FFFF or (cp >= 0xD800 and cp <= 0xDFFF) then return nil; end
+			t[#t + 1] = cp;
+		end
+		return t;
+	end
+	-- `first-last[:value];` entries: calls f(first, last, value) for each;
+	-- false when one is malformed or the ranges hold too many code points.
+	local function each_range(text, f)
+		local total = 0;
+		for lo, hi, value in text:gmatch("(%x+)%-(%x+):?(%x*);") do
+			lo, hi = tonumber(lo, 16), tonumber(hi, 16);
+			if lo > hi or hi > 0x10FFFF then return false; end
+			total = total + hi - lo + 1;
+			if total > 0x110000 then return false; end
+			f(lo, hi, tonumber(value, 16));
+		end
+		return true;
+	end
+	-- `key:sequence;` entries: calls f(key, code points) for each.
+	local function each_entry(text, f)
+		for key, seq in text:gmatch("(%x+):([%x ]+);") do
+			local cps = cp_list(seq);
+			local k = tonumber(key, 16);
+			if not cps or k > 0x10FFFF or (k >= 0xD800 and k <= 0xDFFF) then return false; end
+			f(k, cps);
+		end
+		return true;
+	end
+
 	-- Steps 1-2 per character; "\0" (never in XML text) marks one that
 	-- needs its neighbours.
-	local MAP, count = {}, 0;
-	for c, to in pairs(tables.map) do
-		if type(c) ~= "string" or type(to) ~= "string" then return nil, "bad map entry"; end
-		MAP[c] = to;
-	end
-	for _, r in ipairs(tables.context or {}) do
-		local lo, hi = math.tointeger(r[1]), math.tointeger(r[2]);
-		if not lo or not hi or hi > 0x10FFFF or lo > hi then return nil, "bad range"; end
-		count = count + hi - lo + 1;
-		if count > 200000 then return nil, "too many context characters"; end
+	local MAP, CONTEXT = {}, {};
+	local ok = each_entry(tables.map, function (c, cps)
+		MAP[utf8_char(c)] = utf8_char(table.unpack(cps));
+	end);
+	pause();
+	ok = ok and each_range(tables.context, function (lo, hi)
 		for cp = lo, hi do
-			if cp < 0xD800 or cp > 0xDFFF then MAP[utf8_char(cp)] = "\0"; end
+			if cp < 0xD800 or cp > 0xDFFF then
+				MAP[utf8_char(cp)] = "\0";
+				CONTEXT[cp] = true;
+			end
 		end
+	end);
+	-- The whole algorithm, for the text around characters that need it.
+	local DECOMPOSE, CCC, COMPOSE, FOLD = {}, {}, {}, {};
+	pause();
+	ok = ok and each_entry(tables.decompose, function (c, cps) DECOMPOSE[c] = cps; end);
+	pause();
+	ok = ok and each_entry(tables.case_fold, function (c, cps) FOLD[c] = cps; end)
+		and each_range(tables.combining_class, function (lo, hi, k)
+			for cp = lo, hi do CCC[cp] = k; end
+		end);
+	if not ok then return nil, "malformed digest tables"; end
+	for a, b, c in tables.compose:gmatch("(%x+) (%x+):(%x+);") do
+		a, b, c = tonumber(a, 16), tonumber(b, 16), tonumber(c, 16);
+		local t = COMPOSE[a];
+		if not t then t = {}; COMPOSE[a] = t; end
+		t[b] = c;
 	end
-	local LABEL = block_set(tables.label or {});
-	local ALPHA = block_set(tables.alphabetic or {});
-	local SPACE = block_set(tables.space or {});
-	if not LABEL or not ALPHA or not SPACE then return nil, "bad range"; end
+	if not next(DECOMPOSE) or not next(COMPOSE) or not next(CONTEXT) then
+		return nil, "tables without the whole algorithm";
+	end
+
+	-- Hangul syllables (Unicode chapter 3.12).
+	local S_BASE, L_BASE, V_BASE, T_BASE = 0xAC00, 0x1100, 0x1161, 0x11A7;
+	local L_COUNT, V_COUNT, T_COUNT = 19, 21, 28;
+	local N_COUNT, S_COUNT = V_COUNT * T_COUNT, 19 * 21 * 28;
+	local MAX_NON_STARTERS = 30;
+
+	-- NFKC of the code points `cps[1..n]`, into a new array; nil when a
+	-- run of non-starters is longer than the stream-safe limit.
+	local function nfkc_cps(cps, n)
+		local d, m = {}, 0;
+		for i = 1, n do
+			local c = cps[i];
+			local s_index = c - S_BASE;
+			if s_index >= 0 and s_index < S_COUNT then
+				m = m + 1; d[m] = L_BASE + s_index // N_COUNT;
+				m = m + 1; d[m] = V_BASE + (s_index % N_COUNT) // T_COUNT;
+				local t = s_index % T_COUNT;
+				if t ~= 0 then m = m + 1; d[m] = T_BASE + t; end
+			else
+				local x = DECOMPOSE[c];
+				if x then
+					for j = 1, #x do m = m + 1; d[m] = x[j]; end
+				else
+					m = m + 1; d[m] = c;
+				end
+			end
+		end
+		-- Canonical ordering: each run of non-starters sorted by class,
+		-- stably (insertion sort; runs are at most MAX_NON_STARTERS long).
+		local run = 0;
+		for i = 1, m do
+			local c = d[i];
+			local k = CCC[c];
+			if k then
+				run = run + 1;
+				if run > MAX_NON_STARTERS then return nil; end
+				local j = i - 1;
+				while j >= 1 and (CCC[d[j]] or 0) > k do
+					d[j + 1] = d[j];
+					j = j - 1;
+				end
+				d[j + 1] = c;
+			else
+				run = 0;
+			end
+		end
+		if m == 0 then return d, 0; end
+		-- Canonical composition.
+		local starter_pos, starter = 1, d[1];
+		local last_class = CCC[starter] and 256 or 0;
+		local out = 1;
+		for i = 2, m do
+			local c = d[i];
+			local k = CCC[c] or 0;
+			local composite;
+			local l_index, v_index = starter - L_BASE, c - V_BASE;
+			if l_index >= 0 and l_index < L_COUNT and v_index >= 0 and v_index < V_COUNT then
+				composite = S_BASE + (l_index * V_COUNT + v_index) * T_COUNT;
+			else
+				local s_index, t_index = starter - S_BASE, c - T_BASE;
+				if s_index >= 0 and s_index < S_COUNT and s_index % T_COUNT == 0 and t_index > 0 and t_index < T_COUNT then
+					composite = starter + t_index;
+				else
+					local t = COMPOSE[starter];
+					composite = t and t[c];
+				end
+			end
+			if composite and (last_class < k or last_class == 0) then
+				d[starter_pos] = composite;
+				starter = composite;
+			else
+				if k == 0 then
+					starter_pos, starter = out + 1, c;
+				end
+				last_class = k;
+				out = out + 1;
+				d[out] = c;
+			end
+		end
+		for i = out + 1, m do d[i] = nil; end
+		return d, out;
+	end
+
+	-- Steps 1-2 on a piece of text (code points), as UTF-8; nil as above.
+	local function fold_cps(cps, n)
+		local a, an = nfkc_cps(cps, n);
+		if not a then return nil; end
+		local f, fn = {}, 0;
+		for i = 1, an do
+			local x = FOLD[a[i]];
+			if x then
+				for j = 1, #x do fn = fn + 1; f[fn] = x[j]; end
+			else
+				fn = fn + 1; f[fn] = a[i];
+			end
+		end
+		local b, bn = nfkc_cps(f, fn);
+		if not b then return nil; end
+		return utf8_char(table.unpack(b, 1, bn));
+	end
+
+	-- Steps 1-2 on a text that holds characters needing their neighbours:
+	-- it is cut before every context-free character (nothing composes or
+	-- reorders across such a cut), each piece of one character is mapped,
+	-- and each longer piece normalized by the whole algorithm.
+	local function fold_slow(s)
+		local out, on = {}, 0;
+		local piece, pn = {}, 0;
+		local function flush()
+			if pn == 0 then return true; end
+			local text;
+			if pn == 1 and not CONTEXT[piece[1]] then
+				local ch = utf8_char(piece[1]);
+				text = MAP[ch] or ch;
+			else
+				text = fold_cps(piece, pn);
+				if not text then return false; end
+			end
+			on = on + 1; out[on] = text;
+			pn = 0;
+			return true;
+		end
+		for _, c in utf8.codes(s) do
+			if not CONTEXT[c] and not flush() then return nil; end
+			pn = pn + 1; piece[pn] = c;
+			if pn > 4 * MAX_NON_STARTERS then
+				-- A long piece is a long run of marks: over the limit anyway.
+				return nil;
+			end
+		end
+		if not flush() then return nil; end
+		return concat(out);
+	end
+
+	-- A set of code points from ranges, by blocks of 256: true for a
+	-- whole block, else a table of members.
+	local function block_set(text)
+		local blocks = {};
+		local fine = each_range(text, function (lo, hi)
+			local cp = lo;
+			while cp <= hi do
+				local b = cp >> 8;
+				local block_end = (b << 8) + 255;
+				if cp == b << 8 and hi >= block_end then
+					blocks[b] = true;
+				elseif blocks[b] ~= true then
+					local t = blocks[b] or {};
+					blocks[b] = t;
+					for x = cp, math.min(hi, block_end) do t[x] = true; end
+				end
+				cp = math.min(hi, block_end) + 1;
+			end
+		end);
+		return fine and blocks or nil;
+	end
+	pause();
+	local LABEL = block_set(tables.label);
+	pause();
+	local ALPHA = block_set(tables.alphabetic);
+	local SPACE = block_set(tables.space);
+	if not LABEL or not ALPHA or not SPACE then return nil, "malformed digest tables"; end
 	-- Step 4-5 per character: numeric ones become "0", white space " ".
 	local CLASS = {};
-	for _, r in ipairs(tables.numeric or {}) do
-		local lo, hi = math.tointeger(r[1]), math.tointeger(r[2]);
-		if not lo or not hi or hi > 0x10FFFF or hi - lo > 20000 then return nil, "bad range"; end
+	ok = each_range(tables.numeric, function (lo, hi)
 		for cp = lo, hi do CLASS[utf8_char(cp)] = "0"; end
-	end
-	for _, r in ipairs(tables.space or {}) do
-		for cp = r[1], r[2] do CLASS[utf8_char(cp)] = " "; end
-	end
+	end) and each_range(tables.space, function (lo, hi)
+		for cp = lo, hi do CLASS[utf8_char(cp)] = " "; end
+	end);
+	if not ok then return nil, "malformed digest tables"; end
 
 	-- The code point at byte `i` and the byte after it.
 	local function at(s, i)
@@ -182,15 +434,24 @@ function M.new(tables, sha256)
 		return stop;
 	end
 
-	-- A host as the digest shows it; nil when a label needs Punycode.
+	-- A host as the digest shows it: `xn--` labels of at most 63 bytes
+	-- that decode as Punycode decoded, one leading `www.` dropped.
 	local function display_host(host)
-		if find("." .. host, ".xn--", 1, true) then return nil; end
+		if find("." .. host, ".xn--", 1, true) then
+			local labels = {};
+			for label in (host .. "."):gmatch("([^.]*)%.") do
+				if sub(label, 1, 4) == "xn--" and #label <= 63 then
+					label = punycode_decode(sub(label, 5)) or label;
+				end
+				labels[#labels + 1] = label;
+			end
+			host = concat(labels, ".");
+		end
 		if sub(host, 1, 4) == "www." and #host > 4 then return sub(host, 5); end
 		return host;
 	end
 
-	-- The host of a scheme URL's text after `//`: false when it has none,
-	-- nil when it needs Punycode.
+	-- The host of a scheme URL's text after `//`: false when it has none.
 	local function scheme_host(rest)
 		local authority = rest:match("^[^/?#]*");
 		authority = authority:match("^.*@(.*)$") or authority;
@@ -244,7 +505,7 @@ function M.new(tables, sha256)
 	-- The URL starting at byte `i`, a label character after `prev` (nil at
 	-- the start), which is neither a label nor a scheme character: its
 	-- end, and its host (false to keep its text); nil when none starts
-	-- there; "punycode" when its host needs decoding.
+	-- there.
 	local function url_at(s, i, prev)
 		local cp, nx = at(s, i);
 		if cp < 0x80 and is_alpha(cp) then
@@ -253,9 +514,7 @@ function M.new(tables, sha256)
 			if sub(s, j, j + 2) == "://" then
 				local rest = j + 3;
 				local stop = trim_end(s, rest, delimited_end(s, rest));
-				local host = scheme_host(sub(s, rest, stop - 1));
-				if host == nil then return "punycode"; end
-				return stop, host;
+				return stop, scheme_host(sub(s, rest, stop - 1));
 			end
 		end
 		if prev ~= nil and INSIDE[prev] then return nil; end
@@ -274,9 +533,7 @@ function M.new(tables, sha256)
 		if b == 47 or b == 63 or b == 35 then
 			stop = math.max(trim_end(s, host_end, delimited_end(s, stop)), stop);
 		end
-		local shown = display_host(host);
-		if shown == nil then return "punycode"; end
-		return stop, shown;
+		return stop, display_host(host);
 	end
 
 	-- Step 3: every URL replaced by its host. A URL starts only where a
@@ -312,7 +569,6 @@ function M.new(tables, sha256)
 			local found, host;
 			if boundary and r < p and is_label(first) then
 				found, host = url_at(s, r, prev);
-				if found == "punycode" then return nil; end
 			end
 			if found then
 				out[#out + 1] = sub(s, pos, r - 1);
@@ -336,12 +592,17 @@ function M.new(tables, sha256)
 		local s = gsub(body, "[A-Z]", UPPER);
 		local ascii = not find(s, "[\128-\255]");
 		if not ascii then
-			s = gsub(s, NON_ASCII, MAP);
-			if find(s, "\0", 1, true) then return nil; end
+			local mapped = gsub(s, NON_ASCII, MAP);
+			if find(mapped, "\0", 1, true) then
+				mapped = fold_slow(s);
+				if not mapped then return nil; end
+			end
+			s = mapped;
 		end
 		if find(s, ".", 1, true) or find(s, "://", 1, true) then
 			s = urls(s);
-			if not s then return nil; end
+			-- (A decoded host may bring the first non-ASCII characters.)
+			ascii = ascii and not find(s, "[\128-\255]");
 		end
 		if not ascii then s = gsub(s, NON_ASCII, CLASS); end
 		s = gsub(gsub(s, "[0-9]+", "#"), "[\t\n\v\f\r ]+", " ");

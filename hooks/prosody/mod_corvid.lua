@@ -337,13 +337,23 @@ function load_digest_tables()
 	tables_wanted = false;
 	get("/v1/digest/tables", function (data, code)
 		if data then
-			local d, err = digest_lib.new(data, hashes.sha256);
-			if d then
-				digester = d;
-				module:log("info", "content digests computed in Prosody (Unicode %s tables from corvidd)", tostring(d.unicode));
-			else
-				module:log("warn", "corvidd's digest tables are not usable (%s): corvidd computes every digest", tostring(err));
+			-- Built in steps of a few milliseconds, the event loop running
+			-- between them.
+			local build = coroutine.create(function ()
+				return digest_lib.new(data, hashes.sha256, coroutine.yield);
+			end);
+			local function step()
+				local ok, d, err = coroutine.resume(build);
+				if ok and coroutine.status(build) == "suspended" then
+					module:add_timer(0, step);
+				elseif ok and d then
+					digester = d;
+					module:log("info", "content digests computed in Prosody (Unicode %s tables from corvidd)", tostring(d.unicode));
+				else
+					module:log("warn", "corvidd's digest tables are not usable (%s): corvidd computes every digest", tostring(ok and err or d));
+				end
 			end
+			step();
 			return;
 		end
 		-- Read again with the next snapshot, or in a minute.
@@ -585,7 +595,9 @@ function module.add_host(module)
 	local function excerpt(stanza)
 		local body = stanza:get_child_text("body") or "";
 		body = body:gsub("%s+", " ");
-		if #body > 80 then body = body:sub(1, 77):gsub("[\128-\191]*$", "") .. "..."; end
+		-- At most 80 characters (whole ones: cut at a character's start).
+		local cut = utf8.len(body) and utf8.len(body) > 80 and utf8.offset(body, 78);
+		if cut then body = body:sub(1, cut - 1) .. "..."; end
 		return body;
 	end
 

@@ -941,35 +941,71 @@ async fn digest(
 
 /// The body of `GET /v1/digest/tables`: [`corvid_protocol::digest::CharTables`]
 /// as JSON, with the Unicode version and the minimum length (§10 step 6).
-/// Ranges are `[first, last]` code points.
+/// Each table is one string, so that a consumer without a fast JSON
+/// decoder (Prosody's is plain Lua) splits it with its string functions:
+/// entries separated by `;`, code points in hex, a range `first-last`, a
+/// sequence of code points separated by spaces, `key:value`.
 pub fn digest_tables_json() -> Vec<u8> {
+    use std::fmt::Write as _;
     let t = corvid_protocol::digest::char_tables();
-    let ranges =
-        |r: &[(u32, u32)]| -> Vec<[u32; 2]> { r.iter().map(|(lo, hi)| [*lo, *hi]).collect() };
-    let map: serde_json::Map<String, Value> = t
-        .map
-        .iter()
-        .map(|(c, to)| (c.to_string(), Value::from(to.as_str())))
-        .collect();
+    let seq = |out: &mut String, cps: &mut dyn Iterator<Item = char>| {
+        for (n, c) in cps.enumerate() {
+            let _ = write!(out, "{}{:x}", if n > 0 { " " } else { "" }, u32::from(c));
+        }
+    };
+    let ranges = |r: &[(u32, u32)]| -> String {
+        let mut out = String::new();
+        for (lo, hi) in r {
+            let _ = write!(out, "{lo:x}-{hi:x};");
+        }
+        out
+    };
+    let entries = |list: &mut dyn Iterator<Item = (char, Vec<char>)>| -> String {
+        let mut out = String::new();
+        for (c, to) in list {
+            let _ = write!(out, "{:x}:", u32::from(c));
+            seq(&mut out, &mut to.into_iter());
+            out.push(';');
+        }
+        out
+    };
+    let mut classes = String::new();
+    for (lo, hi, k) in &t.combining_class {
+        let _ = write!(classes, "{lo:x}-{hi:x}:{k:x};");
+    }
+    let mut compose = String::new();
+    for (a, b, c) in &t.compose {
+        let _ = write!(
+            compose,
+            "{:x} {:x}:{:x};",
+            u32::from(*a),
+            u32::from(*b),
+            u32::from(*c)
+        );
+    }
     let (major, minor, update) = char::UNICODE_VERSION;
     let value = json!({
-        "version": 1,
+        "version": 2,
         "unicode": format!("{major}.{minor}.{update}"),
         "min_chars": corvid_protocol::digest::MIN_NORMALIZED_CHARS,
-        "map": map,
+        "map": entries(&mut t.map.iter().map(|(c, s)| (*c, s.chars().collect()))),
         "context": ranges(&t.context),
         "label": ranges(&t.label),
         "alphabetic": ranges(&t.alphabetic),
         "numeric": ranges(&t.numeric),
         "space": ranges(&t.space),
+        "decompose": entries(&mut t.decompose.iter().cloned()),
+        "combining_class": classes,
+        "compose": compose,
+        "case_fold": entries(&mut t.case_fold.iter().map(|(c, s)| (*c, s.chars().collect()))),
     });
     serde_json::to_vec(&value).unwrap_or_default()
 }
 
 /// The per-character tables with which a server computes content digests
 /// itself (mod_corvid does, so that a stranger's message waits for no
-/// round trip): see [`corvid_protocol::digest::CharTables`]. Ranges are
-/// `[first, last]` code points; everything is about non-ASCII characters.
+/// round trip): see [`corvid_protocol::digest::CharTables`] and
+/// [`digest_tables_json`].
 async fn digest_tables(State(s): State<Arc<ApiState>>) -> ApiResult<Response> {
     let body = s
         .digest_tables

@@ -378,6 +378,18 @@ pub struct CharTables {
     pub numeric: Vec<(u32, u32)>,
     /// Non-ASCII White_Space characters.
     pub space: Vec<(u32, u32)>,
+    /// For the characters that are not context-free, the whole algorithm:
+    /// full compatibility decompositions (Hangul syllables excepted: they
+    /// decompose by the algorithm of Unicode's chapter 3.12)...
+    pub decompose: Vec<(char, Vec<char>)>,
+    /// ... the canonical combining classes that are not 0 (inclusive
+    /// ranges with their class) ...
+    pub combining_class: Vec<(u32, u32, u8)>,
+    /// ... the primary composites, as (first, second, composite), Hangul
+    /// excepted ...
+    pub compose: Vec<(char, char, char)>,
+    /// ... and full default case folding where it changes a character.
+    pub case_fold: Vec<(char, String)>,
 }
 
 /// Steps 1–2 of §10 on a text.
@@ -422,7 +434,47 @@ pub fn char_tables() -> CharTables {
         alphabetic: Vec::new(),
         numeric: Vec::new(),
         space: Vec::new(),
+        decompose: Vec::new(),
+        combining_class: Vec::new(),
+        compose: Vec::new(),
+        case_fold: Vec::new(),
     };
+    for c in (0..=0x10_FFFF).filter_map(char::from_u32) {
+        let cp = u32::from(c);
+        let hangul = (0xAC00..=0xD7A3).contains(&cp);
+        if !hangul {
+            let mut d = Vec::new();
+            unicode_normalization::char::decompose_compatible(c, |x| d.push(x));
+            if d.len() != 1 || d[0] != c {
+                t.decompose.push((c, d));
+            }
+            // A primary composite: what its canonical decomposition but the
+            // last character composes to, and that last character, compose
+            // back to it.
+            let nfd: Vec<char> = c.to_string().nfd().collect();
+            if let [prefix @ .., last] = &nfd[..]
+                && !prefix.is_empty()
+            {
+                let head: Vec<char> = prefix.iter().collect::<String>().nfc().collect();
+                if let [first] = head[..]
+                    && unicode_normalization::char::compose(first, *last) == Some(c)
+                {
+                    t.compose.push((first, *last, c));
+                }
+            }
+        }
+        let class = unicode_normalization::char::canonical_combining_class(c);
+        if class != 0 {
+            match t.combining_class.last_mut() {
+                Some((_, hi, k)) if *hi + 1 == cp && *k == class => *hi = cp,
+                _ => t.combining_class.push((cp, cp, class)),
+            }
+        }
+        let folded = caseless::default_case_fold_str(&c.to_string());
+        if folded.chars().ne(std::iter::once(c)) {
+            t.case_fold.push((c, folded));
+        }
+    }
     for c in (0x80..=0x10_FFFF).filter_map(char::from_u32) {
         let cp = u32::from(c);
         if context_free(c) {
@@ -540,6 +592,8 @@ mod tests {
             }
             assert_eq!(fold(&text), expected, "{text:?}");
         }
+        assert!((0..0x80u8).all(|b| context_free(char::from(b))));
+        assert!(t.compose.len() > 900, "{}", t.compose.len());
         // Characters that change their neighbours are not context-free.
         for c in [
             '\u{0301}', '\u{1161}', '\u{11A8}', '\u{0B3E}', '\u{3099}', '\u{FF9E}', 'ͅ',
