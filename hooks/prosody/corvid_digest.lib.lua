@@ -167,7 +167,7 @@ function M.new(tables, sha256, pause)
 
 	-- Steps 1-2 per character; "\0" (never in XML text) marks one that
 	-- needs its neighbours.
-	local MAP, CONTEXT = {}, {};
+	local MAP, CONTEXT, MARK = {}, {}, {};
 	local ok = each_entry(tables.map, function (c, cps)
 		MAP[utf8_char(c)] = utf8_char(table.unpack(cps));
 	end);
@@ -175,7 +175,9 @@ function M.new(tables, sha256, pause)
 	ok = ok and each_range(tables.context, function (lo, hi)
 		for cp = lo, hi do
 			if cp < 0xD800 or cp > 0xDFFF then
-				MAP[utf8_char(cp)] = "\0";
+				local ch = utf8_char(cp);
+				MAP[ch] = "\0";
+				MARK[ch] = "\0" .. ch;
 				CONTEXT[cp] = true;
 			end
 		end
@@ -301,36 +303,54 @@ function M.new(tables, sha256, pause)
 		return utf8_char(table.unpack(b, 1, bn));
 	end
 
-	-- Steps 1-2 on a text that holds characters needing their neighbours:
-	-- it is cut before every context-free character (nothing composes or
-	-- reorders across such a cut), each piece of one character is mapped,
-	-- and each longer piece normalized by the whole algorithm.
+	-- Steps 1-2 on a text that holds characters needing their neighbours.
+	-- Nothing composes or reorders across the start of a context-free
+	-- character, so the text is cut there: each run of characters that
+	-- need their neighbours, with the character before it, is normalized
+	-- by the whole algorithm, and the rest is mapped character by
+	-- character. The runs are found by marking their characters with a
+	-- NUL byte (never in XML text).
 	local function fold_slow(s)
+		local marked = gsub(s, NON_ASCII, MARK);
 		local out, on = {}, 0;
-		local piece, pn = {}, 0;
-		local function flush()
-			if pn == 0 then return true; end
-			local text;
-			if pn == 1 and not CONTEXT[piece[1]] then
-				local ch = utf8_char(piece[1]);
-				text = MAP[ch] or ch;
-			else
-				text = fold_cps(piece, pn);
-				if not text then return false; end
+		local pos, n = 1, #marked;
+		while pos <= n do
+			local z = find(marked, "\0", pos, true);
+			if not z then
+				on = on + 1; out[on] = gsub(sub(marked, pos), NON_ASCII, MAP);
+				break;
 			end
+			-- The character before the run, if it is after `pos`.
+			local start = z;
+			if z > pos then
+				start = z - 1;
+				while start > pos do
+					local b = byte(marked, start);
+					if b < 0x80 or b >= 0xC0 then break; end
+					start = start - 1;
+				end
+				if start > pos then
+					on = on + 1; out[on] = gsub(sub(marked, pos, start - 1), NON_ASCII, MAP);
+				end
+			end
+			local cps, m = {}, 0;
+			if start < z then
+				m = 1; cps[1] = utf8_codepoint(marked, start);
+			end
+			local q = z;
+			while byte(marked, q) == 0 do
+				local b = byte(marked, q + 1);
+				local len = b >= 0xF0 and 4 or b >= 0xE0 and 3 or 2;
+				m = m + 1; cps[m] = utf8_codepoint(marked, q + 1);
+				-- A long run is a long run of marks: over the limit anyway.
+				if m > 4 * MAX_NON_STARTERS then return nil; end
+				q = q + 1 + len;
+			end
+			local text = fold_cps(cps, m);
+			if not text then return nil; end
 			on = on + 1; out[on] = text;
-			pn = 0;
-			return true;
+			pos = q;
 		end
-		for _, c in utf8.codes(s) do
-			if not CONTEXT[c] and not flush() then return nil; end
-			pn = pn + 1; piece[pn] = c;
-			if pn > 4 * MAX_NON_STARTERS then
-				-- A long piece is a long run of marks: over the limit anyway.
-				return nil;
-			end
-		end
-		if not flush() then return nil; end
 		return concat(out);
 	end
 
@@ -369,6 +389,13 @@ function M.new(tables, sha256, pause)
 		for cp = lo, hi do CLASS[utf8_char(cp)] = " "; end
 	end);
 	if not ok then return nil, "malformed digest tables"; end
+	-- The first bytes of those characters: a text without any needs no
+	-- pass over it (Cyrillic, CJK and Latin letters have none).
+	local lead_set, leads = {}, {};
+	for ch in pairs(CLASS) do lead_set[byte(ch, 1)] = true; end
+	for b in pairs(lead_set) do leads[#leads + 1] = string.char(b); end
+	table.sort(leads);
+	local CLASS_LEADS = "[" .. table.concat(leads) .. "]";
 
 	-- The code point at byte `i` and the byte after it.
 	local function at(s, i)
@@ -604,7 +631,7 @@ function M.new(tables, sha256, pause)
 			-- (A decoded host may bring the first non-ASCII characters.)
 			ascii = ascii and not find(s, "[\128-\255]");
 		end
-		if not ascii then s = gsub(s, NON_ASCII, CLASS); end
+		if not ascii and find(s, CLASS_LEADS) then s = gsub(s, NON_ASCII, CLASS); end
 		s = gsub(gsub(s, "[0-9]+", "#"), "[\t\n\v\f\r ]+", " ");
 		if byte(s, 1) == 32 then s = sub(s, 2); end
 		if byte(s, -1) == 32 then s = sub(s, 1, -2); end

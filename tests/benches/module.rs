@@ -2,9 +2,10 @@
 //!
 //! 1. the latency a stranger's message gains through Prosody with the
 //!    module, against the same servers without it: paired alternating
-//!    rounds, one message in flight at a time, sender and recipient in this
-//!    process (target: at most 50 µs at p50 and 1 ms at p99), with content
-//!    digests on and off;
+//!    rounds (message by message), one message in flight at a time, sender
+//!    and recipient in this process, the servers pinned to core 0 and this
+//!    process to core 1 (target: at most 50 µs at p50 and 1 ms at p99),
+//!    with content digests on and off, for four kinds of body;
 //! 2. freshness: from corvidd acknowledging a block to the module refusing
 //!    that JID, found by probes every 2 ms (target: p50 at most 50 ms);
 //! 3. a copy of `CORVID_BENCH_MIRROR` (default 1,000,000) blocked JIDs:
@@ -266,15 +267,20 @@ fn main() {
     latencies(&p_from, &p_to, 20, "warm");
     latencies(&w_from, &w_to, 20, "warm");
     latencies(&d_from, &d_to, 20, "warm");
-    // For each body, the three servers in turn, five rounds.
+    // Message by message, the three servers and the bodies in turn, so
+    // that whatever else the machine does falls on all of them alike.
+    let per = std::env::var("CORVID_BENCH_MESSAGES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000usize);
     let mut p: Vec<Vec<Duration>> = vec![Vec::new(); BODIES.len()];
     let (mut w, mut d) = (p.clone(), p.clone());
-    for round in 0..5 {
+    for i in 0..per {
         for (k, (_, body)) in BODIES.iter().enumerate() {
-            let tag = |name: &str| format!("{name} {round}");
-            p[k].extend(latencies_of(&p_from, &p_to, 200, &tag("plain"), body));
-            w[k].extend(latencies_of(&w_from, &w_to, 200, &tag("module"), body));
-            d[k].extend(latencies_of(&d_from, &d_to, 200, &tag("digest"), body));
+            let text = format!("{i} {body}");
+            p[k].extend(latencies_of(&p_from, &p_to, 1, "plain", &text));
+            w[k].extend(latencies_of(&w_from, &w_to, 1, "module", &text));
+            d[k].extend(latencies_of(&d_from, &d_to, 1, "digest", &text));
         }
     }
     for (k, (text, _)) in BODIES.iter().enumerate() {
