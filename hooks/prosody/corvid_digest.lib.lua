@@ -145,18 +145,25 @@ function M.new(tables, sha256, pause)
 	-- false when one is malformed or the ranges hold too many code points.
 	local function each_range(text, f)
 		local total = 0;
+		local count = 0;
 		for lo, hi, value in text:gmatch("(%x+)%-(%x+):?(%x*);") do
 			lo, hi = tonumber(lo, 16), tonumber(hi, 16);
 			if lo > hi or hi > 0x10FFFF then return false; end
+			count = count + 1;
+			if count % 100 == 0 then pause(); end
 			total = total + hi - lo + 1;
 			if total > 0x110000 then return false; end
 			f(lo, hi, tonumber(value, 16));
 		end
 		return true;
 	end
-	-- `key:sequence;` entries: calls f(key, code points) for each.
+	-- `key:sequence;` entries: calls f(key, code points) for each (and
+	-- pauses every 500).
 	local function each_entry(text, f)
+		local count = 0;
 		for key, seq in text:gmatch("(%x+):([%x ]+);") do
+			count = count + 1;
+			if count % 500 == 0 then pause(); end
 			local cps = cp_list(seq);
 			local k = tonumber(key, 16);
 			if not cps or k > 0x10FFFF or (k >= 0xD800 and k <= 0xDFFF) then return false; end

@@ -4,7 +4,10 @@
 -- for JIDs and domains is kept in memory, fed from corvidd's loopback HTTP
 -- API as a snapshot (GET /v1/mirror, in pages) and then a long-polled
 -- change stream (GET /v1/decisions/stream). Stanzas are checked against
--- that copy only: no stanza ever waits on the network.
+-- that copy only, and content digests are computed here
+-- (corvid_digest.lib.lua): a stanza waits on the network only for a body
+-- the digest tables do not cover (see README.md), never longer than
+-- corvid_digest_timeout.
 --
 -- Checked: messages (to the bare and to a full JID) and subscription
 -- requests from strangers, that is remote senders who are not in the

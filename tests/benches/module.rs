@@ -102,7 +102,7 @@ fn servers_on(
         &["corvidd@a.test", "alice@a.test"],
         opts(ips.0, module.is_some()),
     );
-    let mut accounts = vec!["stranger@b.test".to_owned()];
+    let mut accounts = vec!["stranger@b.test".to_owned(), "friend@b.test".to_owned()];
     accounts.extend((0..bots).map(|i| format!("bot{i}@b.test")));
     let accounts: Vec<&str> = accounts.iter().map(String::as_str).collect();
     let b = Prosody::start(&["b.test"], &accounts, opts(ips.1, false));
@@ -229,7 +229,16 @@ fn main() {
 
     // `CORVID_BENCH_ONLY=latency` measures the first part only.
     let only_latency = std::env::var("CORVID_BENCH_ONLY").as_deref() == Ok("latency");
+    // `CORVID_BENCH_ONLY=mirror` measures the third part only.
+    if std::env::var("CORVID_BENCH_ONLY").as_deref() != Ok("mirror") {
+        latency_and_freshness(version, only_latency);
+    }
+    if !only_latency {
+        big_copy(version);
+    }
+}
 
+fn latency_and_freshness(version: Version, only_latency: bool) {
     // 1. Added latency: three federations side by side, rounds alternating.
     let plain = servers(version, ("127.0.0.30", "127.0.0.31"), None, 0);
     let with = servers(
@@ -263,6 +272,22 @@ fn main() {
     let (p_from, p_to) = pair(&plain);
     let (w_from, w_to) = pair(&with);
     let (d_from, d_to) = pair(&digest);
+    // A contact: alice wrote to friend@b.test first, so the module lets
+    // friend's messages through unchecked.
+    let contact = |s: &Servers, alice: &Client| {
+        let friend = Client::login(&s.b, "friend", "b.test");
+        alice.message("friend@b.test", "hello, friend");
+        friend
+            .wait_stanza(Duration::from_secs(10), |st| body_of(st).is_some())
+            .expect("alice's first message");
+        friend
+    };
+    let (p_friend, w_friend, d_friend) = (
+        contact(&plain, &p_to),
+        contact(&with, &w_to),
+        contact(&digest, &d_to),
+    );
+    let (mut pc, mut wc, mut dc) = (Vec::new(), Vec::new(), Vec::new());
     // Warm the s2s streams.
     latencies(&p_from, &p_to, 20, "warm");
     latencies(&w_from, &w_to, 20, "warm");
@@ -282,6 +307,27 @@ fn main() {
             w[k].extend(latencies_of(&w_from, &w_to, 1, "module", &text));
             d[k].extend(latencies_of(&d_from, &d_to, 1, "digest", &text));
         }
+        let text = format!("{i} {}", BODIES[0].1);
+        pc.extend(latencies_of(&p_friend, &p_to, 1, "plain", &text));
+        wc.extend(latencies_of(&w_friend, &w_to, 1, "module", &text));
+        dc.extend(latencies_of(&d_friend, &d_to, 1, "digest", &text));
+    }
+    let (c50, c99) = (pct(&mut pc, 0.5), pct(&mut pc, 0.99));
+    for (name, v) in [
+        ("module, digests off", &mut wc),
+        ("module, digests on", &mut dc),
+    ] {
+        let (m50, m99) = (pct(v, 0.5), pct(v, 0.99));
+        println!(
+            "- a contact's message over s2s (Latin text), {name}: p50 {:.0} µs, p99 {:.0} µs; without the module p50 {:.0} µs, p99 {:.0} µs; added p50 {:+.0} µs, p99 {:+.0} µs (target <= 1000); {} messages each",
+            micros(m50),
+            micros(m99),
+            micros(c50),
+            micros(c99),
+            micros(m50) - micros(c50),
+            micros(m99) - micros(c99),
+            v.len()
+        );
     }
     for (k, (text, _)) in BODIES.iter().enumerate() {
         let (p50, p99) = (pct(&mut p[k], 0.5), pct(&mut p[k], 0.99));
@@ -303,6 +349,7 @@ fn main() {
         }
     }
     drop((p_from, p_to, w_from, w_to, d_from, d_to));
+    drop((p_friend, w_friend, d_friend));
     drop((plain, with, digest));
     if only_latency {
         return;
@@ -374,7 +421,9 @@ fn main() {
     );
 
     drop(s);
+}
 
+fn big_copy(version: Version) {
     // 3. A copy of many blocked JIDs: decisions written straight into a
     // store that corvidd then opens.
     let n: u64 = std::env::var("CORVID_BENCH_MIRROR")
@@ -447,8 +496,11 @@ fn main() {
     let t = Instant::now();
     let (worst, node) = std::thread::scope(|scope| {
         let pings = scope.spawn(|| {
+            // Until the copy is read and the digest tables after it built.
             slowest_ping(&pinger, || {
-                a.log().contains("copy of Corvid's verdicts loaded")
+                let log = a.log();
+                (log.contains("copy of Corvid's verdicts loaded")
+                    && log.contains("content digests computed in Prosody"))
                     || t.elapsed() > Duration::from_secs(600)
             })
         });
