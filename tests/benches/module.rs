@@ -204,6 +204,31 @@ fn slowest_ping(c: &Client, mut done: impl FnMut() -> bool) -> Duration {
     worst
 }
 
+/// Prints the latencies with the module (digests off, then on) against
+/// those without it.
+fn print_added(
+    case: &str,
+    without: &mut [Duration],
+    off: &mut [Duration],
+    on: &mut [Duration],
+    p50_target: &str,
+) {
+    let (p50, p99) = (pct(without, 0.5), pct(without, 0.99));
+    for (name, v) in [("module, digests off", off), ("module, digests on", on)] {
+        let (m50, m99) = (pct(v, 0.5), pct(v, 0.99));
+        println!(
+            "- {case}, {name}: p50 {:.0} µs, p99 {:.0} µs; without the module p50 {:.0} µs, p99 {:.0} µs; added p50 {:+.0} µs{p50_target}, p99 {:+.0} µs (target <= 1000); {} messages each",
+            micros(m50),
+            micros(m99),
+            micros(p50),
+            micros(p99),
+            micros(m50) - micros(p50),
+            micros(m99) - micros(p99),
+            v.len()
+        );
+    }
+}
+
 fn pct(v: &mut [Duration], p: f64) -> Duration {
     v.sort();
     v[((v.len() as f64 - 1.0) * p).round() as usize]
@@ -312,41 +337,21 @@ fn latency_and_freshness(version: Version, only_latency: bool) {
         wc.extend(latencies_of(&w_friend, &w_to, 1, "module", &text));
         dc.extend(latencies_of(&d_friend, &d_to, 1, "digest", &text));
     }
-    let (c50, c99) = (pct(&mut pc, 0.5), pct(&mut pc, 0.99));
-    for (name, v) in [
-        ("module, digests off", &mut wc),
-        ("module, digests on", &mut dc),
-    ] {
-        let (m50, m99) = (pct(v, 0.5), pct(v, 0.99));
-        println!(
-            "- a contact's message over s2s (Latin text), {name}: p50 {:.0} µs, p99 {:.0} µs; without the module p50 {:.0} µs, p99 {:.0} µs; added p50 {:+.0} µs, p99 {:+.0} µs (target <= 1000); {} messages each",
-            micros(m50),
-            micros(m99),
-            micros(c50),
-            micros(c99),
-            micros(m50) - micros(c50),
-            micros(m99) - micros(c99),
-            v.len()
-        );
-    }
+    print_added(
+        "a contact's message over s2s (Latin text)",
+        &mut pc,
+        &mut wc,
+        &mut dc,
+        "",
+    );
     for (k, (text, _)) in BODIES.iter().enumerate() {
-        let (p50, p99) = (pct(&mut p[k], 0.5), pct(&mut p[k], 0.99));
-        for (name, v) in [
-            ("module, digests off", &mut w[k]),
-            ("module, digests on", &mut d[k]),
-        ] {
-            let (m50, m99) = (pct(v, 0.5), pct(v, 0.99));
-            println!(
-                "- stranger's message over s2s ({text}), {name}: p50 {:.0} µs, p99 {:.0} µs; without the module p50 {:.0} µs, p99 {:.0} µs; added p50 {:+.0} µs (target <= 50), p99 {:+.0} µs (target <= 1000); {} messages each",
-                micros(m50),
-                micros(m99),
-                micros(p50),
-                micros(p99),
-                micros(m50) - micros(p50),
-                micros(m99) - micros(p99),
-                v.len()
-            );
-        }
+        print_added(
+            &format!("stranger's message over s2s ({text})"),
+            &mut p[k],
+            &mut w[k],
+            &mut d[k],
+            " (target <= 50)",
+        );
     }
     drop((p_from, p_to, w_from, w_to, d_from, d_to));
     drop((p_friend, w_friend, d_friend));

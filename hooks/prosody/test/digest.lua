@@ -7,12 +7,8 @@
 -- A body the library leaves to corvidd (nil) is counted, not checked.
 -- Prints a summary; exits non-zero on any mismatch.
 
-local source_dir, tables_file, cases_file = arg[1], arg[2], arg[3];
-package.path = source_dir .. "/?.lua;" .. package.path;
-package.cpath = source_dir .. "/?.so;" .. package.cpath;
-local here = arg[0]:match("^(.*)/test/digest%.lua$") or "hooks/prosody";
-package.path = here .. "/?.lib.lua;" .. package.path;
-pcall(require, "loader");
+local tables_file, cases_file = arg[2], arg[3];
+dofile((arg[0]:match("^(.*)/[^/]+$") or ".") .. "/paths.lua");
 
 local json = require "util.json";
 local hashes = require "util.hashes";

@@ -6,13 +6,8 @@
 -- has none); inputs that Prosody itself refuses are counted, not checked.
 -- Prints a summary; exits non-zero on any mismatch.
 
-local source_dir, vectors_file = arg[1], arg[2];
-package.path = source_dir .. "/?.lua;" .. package.path;
-package.cpath = source_dir .. "/?.so;" .. package.cpath;
-local here = arg[0]:match("^(.*)/test/keys%.lua$") or "hooks/prosody";
-package.path = here .. "/?.lib.lua;" .. package.path;
--- Prosody 13 names its libraries prosody.util.*: its loader maps them.
-pcall(require, "loader");
+local vectors_file = arg[2];
+dofile((arg[0]:match("^(.*)/[^/]+$") or ".") .. "/paths.lua");
 
 local json = require "util.json";
 local jid = require "util.jid";

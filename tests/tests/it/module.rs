@@ -13,23 +13,30 @@ use corvid_tests::prosody::{Prosody, ProsodyOptions, Version, module_dir};
 use corvid_tests::{free_port, wait_for};
 use xmpp_parsers::minidom::Element;
 
+/// Runs a check script of hooks/prosody/test with one Prosody's
+/// libraries; its output, once it succeeded.
+fn run_lua(script: &str, version: Version, args: &[&Path]) -> String {
+    let out = Command::new("lua5.4")
+        .arg(module_dir().join("test").join(script))
+        .arg(version.source_dir())
+        .args(args)
+        .output()
+        .expect("lua5.4 (installed with prosody)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{}: {text}{}",
+        version.name(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
 #[test]
 fn lua_keys_match_the_vectors_on_prosody_13_and_0_12() {
     let vectors = Path::new(env!("CARGO_MANIFEST_DIR")).join("../spec/test-vectors/subjects.json");
     for version in Version::ALL {
-        let out = Command::new("lua5.4")
-            .arg(module_dir().join("test/keys.lua"))
-            .arg(version.source_dir())
-            .arg(&vectors)
-            .output()
-            .expect("lua5.4 (installed with prosody)");
-        let text = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "{}: {text}{}",
-            version.name(),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let text = run_lua("keys.lua", version, &[&vectors]);
         // Every JID and domain case and every lookup case was checked.
         assert!(
             text.contains("checked 27, refused by Prosody's prep 0, mismatched 0"),
@@ -249,20 +256,7 @@ fn lua_digests_match_corvid_protocol_on_prosody_13_and_0_12() {
     std::fs::write(&tables, corvid_node::api::digest_tables_json()).expect("write");
     std::fs::write(&cases_file, serde_json::to_vec(&cases).expect("json")).expect("write");
     for version in Version::ALL {
-        let out = Command::new("lua5.4")
-            .arg(module_dir().join("test/digest.lua"))
-            .arg(version.source_dir())
-            .arg(&tables)
-            .arg(&cases_file)
-            .output()
-            .expect("lua5.4 (installed with prosody)");
-        let text = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "{}: {text}{}",
-            version.name(),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let text = run_lua("digest.lua", version, &[&tables, &cases_file]);
         eprintln!("{}: {text}", version.name());
         // Nearly every text is digested in Lua: those left to corvidd hold
         // more combining marks in a row than Unicode's stream-safe limit.
