@@ -263,9 +263,32 @@ fn main() {
     }
 }
 
+/// The cost of digesting in Prosody's Lua alone, caches cold
+/// (hooks/prosody/test/digest_bench.lua).
+fn digest_cost(version: Version) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tables = dir.path().join("tables.json");
+    let bodies = dir.path().join("bodies.json");
+    std::fs::write(&tables, corvid_node::api::digest_tables_json()).expect("write");
+    std::fs::write(&bodies, serde_json::to_vec(&BODIES).expect("json")).expect("write");
+    let out = std::process::Command::new("lua5.4")
+        .arg(corvid_tests::prosody::module_dir().join("test/digest_bench.lua"))
+        .arg(version.source_dir())
+        .arg(&tables)
+        .arg(&bodies)
+        .output()
+        .expect("lua5.4");
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+    eprint!("{}", String::from_utf8_lossy(&out.stderr));
+}
+
 fn latency_and_freshness(version: Version, only_latency: bool) {
+    digest_cost(version);
     // 1. Added latency: three federations side by side, rounds alternating.
     let plain = servers(version, ("127.0.0.30", "127.0.0.31"), None, 0);
+    // A second pair without the module: how far two identical setups
+    // differ is the resolution of this bench.
+    let plain2 = servers(version, ("127.0.0.36", "127.0.0.37"), None, 0);
     let with = servers(
         version,
         ("127.0.0.32", "127.0.0.33"),
@@ -279,7 +302,8 @@ fn latency_and_freshness(version: Version, only_latency: bool) {
         0,
     );
     // The servers on core 0, the clients (this process) on core 1.
-    let pinned = [&plain, &with, &digest].iter().all(|s| s.pin(0)) && pin(std::process::id(), 1);
+    let pinned =
+        [&plain, &plain2, &with, &digest].iter().all(|s| s.pin(0)) && pin(std::process::id(), 1);
     println!(
         "{}",
         if pinned {
@@ -295,6 +319,7 @@ fn latency_and_freshness(version: Version, only_latency: bool) {
         )
     };
     let (p_from, p_to) = pair(&plain);
+    let (q_from, q_to) = pair(&plain2);
     let (w_from, w_to) = pair(&with);
     let (d_from, d_to) = pair(&digest);
     // A contact: alice wrote to friend@b.test first, so the module lets
@@ -315,6 +340,7 @@ fn latency_and_freshness(version: Version, only_latency: bool) {
     let (mut pc, mut wc, mut dc) = (Vec::new(), Vec::new(), Vec::new());
     // Warm the s2s streams.
     latencies(&p_from, &p_to, 20, "warm");
+    latencies(&q_from, &q_to, 20, "warm");
     latencies(&w_from, &w_to, 20, "warm");
     latencies(&d_from, &d_to, 20, "warm");
     // Message by message, the three servers and the bodies in turn, so
@@ -324,18 +350,38 @@ fn latency_and_freshness(version: Version, only_latency: bool) {
         .and_then(|v| v.parse().ok())
         .unwrap_or(2000usize);
     let mut p: Vec<Vec<Duration>> = vec![Vec::new(); BODIES.len()];
-    let (mut w, mut d) = (p.clone(), p.clone());
+    let (mut w, mut d, mut q) = (p.clone(), p.clone(), p.clone());
+    // Which server goes first turns with every message: the first after a
+    // switch pays for cold caches, and that must not fall on one of them.
     for i in 0..per {
         for (k, (_, body)) in BODIES.iter().enumerate() {
             let text = format!("{i} {body}");
-            p[k].extend(latencies_of(&p_from, &p_to, 1, "plain", &text));
-            w[k].extend(latencies_of(&w_from, &w_to, 1, "module", &text));
-            d[k].extend(latencies_of(&d_from, &d_to, 1, "digest", &text));
+            for turn in 0..4 {
+                match (turn + i + k) % 4 {
+                    0 => p[k].extend(latencies_of(&p_from, &p_to, 1, "plain", &text)),
+                    1 => q[k].extend(latencies_of(&q_from, &q_to, 1, "plain2", &text)),
+                    2 => w[k].extend(latencies_of(&w_from, &w_to, 1, "module", &text)),
+                    _ => d[k].extend(latencies_of(&d_from, &d_to, 1, "digest", &text)),
+                }
+            }
         }
         let text = format!("{i} {}", BODIES[0].1);
-        pc.extend(latencies_of(&p_friend, &p_to, 1, "plain", &text));
-        wc.extend(latencies_of(&w_friend, &w_to, 1, "module", &text));
-        dc.extend(latencies_of(&d_friend, &d_to, 1, "digest", &text));
+        for turn in 0..3 {
+            match (turn + i) % 3 {
+                0 => pc.extend(latencies_of(&p_friend, &p_to, 1, "plain", &text)),
+                1 => wc.extend(latencies_of(&w_friend, &w_to, 1, "module", &text)),
+                _ => dc.extend(latencies_of(&d_friend, &d_to, 1, "digest", &text)),
+            }
+        }
+    }
+    for (k, (text, _)) in BODIES.iter().enumerate() {
+        let (a50, a99) = (pct(&mut p[k], 0.5), pct(&mut p[k], 0.99));
+        let (b50, b99) = (pct(&mut q[k], 0.5), pct(&mut q[k], 0.99));
+        println!(
+            "- resolution: a second pair of servers without the module ({text}): p50 {:+.0} µs, p99 {:+.0} µs against the first",
+            micros(b50) - micros(a50),
+            micros(b99) - micros(a99)
+        );
     }
     print_added(
         "a contact's message over s2s (Latin text)",
@@ -355,7 +401,8 @@ fn latency_and_freshness(version: Version, only_latency: bool) {
     }
     drop((p_from, p_to, w_from, w_to, d_from, d_to));
     drop((p_friend, w_friend, d_friend));
-    drop((plain, with, digest));
+    drop((q_from, q_to));
+    drop((plain, plain2, with, digest));
     if only_latency {
         return;
     }
