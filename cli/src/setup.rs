@@ -92,8 +92,9 @@ Component "pubsub.{domain}" "pubsub"
     admins = {{ "corvidd@{domain}" }}
     pubsub_max_items = 256 -- at least 256: a full node silently drops its oldest item
 -- PubSub storage may be the default files or memory: corvidd republishes what is lost.
--- 4. Enforcement (hooks/prosody/README.md): copy mod_corvid.lua and
---    corvid_keys.lib.lua into a plugin directory, then (global section):
+-- 4. Enforcement (hooks/prosody/README.md): copy mod_corvid.lua,
+--    corvid_keys.lib.lua and corvid_digest.lib.lua into a plugin
+--    directory, then (global section):
 plugin_paths = {{ "/usr/local/lib/corvid/prosody" }}
 modules_enabled = {{ --[[ … ]] "corvid" }}
 corvid_api_url = "http://127.0.0.1:7780"
