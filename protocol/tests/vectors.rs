@@ -664,6 +664,7 @@ fn generate() -> BTreeMap<&'static str, Value> {
         }
     }
     // A chunk big enough to travel deflated (encoding='deflate', base64).
+    let mut deflated = None;
     let mut big = FeedWriter::new(feed.clone(), issuer(&key));
     let many = (0..24u8).map(|i| {
         let mut r = report(
@@ -690,6 +691,7 @@ fn generate() -> BTreeMap<&'static str, Value> {
                 &item_id,
                 &item,
             ));
+            deflated = Some((item_id.clone(), item.to_xml()));
         }
     }
     // Layout 2 (§4.6): a record as a log item of the feed a component
@@ -1051,14 +1053,91 @@ fn generate() -> BTreeMap<&'static str, Value> {
         NOW,
         "malformed",
     );
+    // White space and strict base64 (§2, §5.1, §5.2).
+    let sig = corvid_protocol::keys::signature_to_text(jid_item.signature());
+    let with_sig = |text: &str| good_xml.replace(&sig, text);
+    let (head, tail) = sig.split_at(40);
+    fail(
+        "sig-white-space-inside",
+        with_sig(&format!("{head} {tail}")),
+        &feed,
+        &jid_item_id,
+        false,
+        NOW,
+        "malformed",
+    );
+    // The last of 86 characters carries 2 bits of the signature and 4
+    // unused ones, which must be zero.
+    const URL_ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let last = sig.as_bytes()[85];
+    let index = URL_ALPHABET
+        .iter()
+        .position(|c| *c == last)
+        .expect("base64url");
+    assert_eq!(index & 0x0f, 0, "a valid signature's unused bits are zero");
+    let trailing = format!("{}{}", &sig[..85], URL_ALPHABET[index | 1] as char);
+    fail(
+        "sig-non-zero-trailing-bits",
+        with_sig(&trailing),
+        &feed,
+        &jid_item_id,
+        false,
+        NOW,
+        "malformed",
+    );
+    fail(
+        "sig-padded",
+        with_sig(&format!("{sig}==")),
+        &feed,
+        &jid_item_id,
+        false,
+        NOW,
+        "malformed",
+    );
+    let (chunk_id, chunk_xml) = deflated.expect("a deflated chunk");
+    let payload = chunk_xml
+        .split_once("<signed")
+        .and_then(|(_, rest)| rest.split_once('>'))
+        .and_then(|(_, rest)| rest.split_once('<'))
+        .map(|(text, _)| text.to_owned())
+        .expect("the deflated payload");
+    assert!(payload.ends_with('='), "this payload has padding to remove");
+    fail(
+        "deflate-padding-missing",
+        chunk_xml.replace(&payload, payload.trim_end_matches('=')),
+        &feed,
+        &chunk_id,
+        false,
+        NOW,
+        "malformed",
+    );
+    let (first, rest) = payload.split_at(76);
+    fail(
+        "deflate-line-break-inside",
+        chunk_xml.replace(&payload, &format!("{first}\n{rest}")),
+        &feed,
+        &chunk_id,
+        false,
+        NOW,
+        "malformed",
+    );
+    // What verifies although it is written differently: white space at
+    // the ends of `sig` and of a deflated payload, of any kind (§2).
+    let accepted = vec![
+        json!({"name": "sig-white-space-around", "feed": feed.to_string(), "item_id": jid_item_id, "now": NOW,
+               "xml": with_sig(&format!("\n\t {sig} \u{3000}\r\n"))}),
+        json!({"name": "deflate-white-space-around", "feed": feed.to_string(), "item_id": chunk_id, "now": NOW,
+               "xml": chunk_xml.replace(&payload, &format!("\n  {payload}\n\u{a0}"))}),
+    ];
     files.insert(
         "failures.json",
         json!({
-            "description": "Items every verifier must reject, with the expected reason label. Key: keys[0], pinned for issuer a.example.",
+            "description": "Items every verifier must reject (cases), with the expected reason label, and items written differently that must verify (accepted: white space at the ends of sig and of a deflated payload, spec §2). Key: keys[0], pinned for issuer a.example.",
             "issuer_domain": "a.example",
             "public_key": key.public_key().to_string(),
             "skew_secs": 300,
             "cases": failures,
+            "accepted": accepted,
         }),
     );
 
@@ -1362,6 +1441,23 @@ fn failure_vectors_are_rejected_with_their_reason() {
             "{}: {err}",
             case["name"]
         );
+    }
+    // Written differently, and still valid.
+    let accepted = v["accepted"].as_array().expect("accepted");
+    assert!(accepted.len() >= 2);
+    for case in accepted {
+        let feed: FeedAddress = s(&case["feed"]).parse().expect("feed");
+        let item = SignedItem::from_xml(s(&case["xml"]))
+            .unwrap_or_else(|e| panic!("{}: {e}", case["name"]));
+        verify_signed(
+            &item,
+            &feed,
+            s(&case["item_id"]),
+            &ring(&v),
+            u(&case["now"]),
+            300,
+        )
+        .unwrap_or_else(|e| panic!("{}: {e}", case["name"]));
     }
 }
 
