@@ -8,21 +8,12 @@
 -- Prints a summary; exits non-zero on any mismatch.
 
 local tables_file, cases_file = arg[2], arg[3];
-dofile((arg[0]:match("^(.*)/[^/]+$") or ".") .. "/paths.lua");
+local common = dofile((arg[0]:match("^(.*)/[^/]+$") or ".") .. "/paths.lua");
 
 local json = require "util.json";
-local hashes = require "util.hashes";
-local digest_lib = require "corvid_digest";
 
-local function read(path)
-	local f = assert(io.open(path));
-	local text = f:read("*a");
-	f:close();
-	return text;
-end
-
-local digester = assert(digest_lib.new(json.decode(read(tables_file)), hashes.sha256));
-local cases = json.decode(read(cases_file));
+local digester = common.digester(tables_file);
+local cases = common.read_json(cases_file);
 
 local checked, deferred, failed = 0, 0, 0;
 for _, case in ipairs(cases) do

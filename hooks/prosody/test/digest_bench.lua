@@ -5,21 +5,11 @@
 -- BODIES_FILE: a JSON array of [name, body]. Prints one line per body.
 
 local tables_file, bodies_file = arg[2], arg[3];
-dofile((arg[0]:match("^(.*)/[^/]+$") or ".") .. "/paths.lua");
+local common = dofile((arg[0]:match("^(.*)/[^/]+$") or ".") .. "/paths.lua");
 
-local json = require "util.json";
-local hashes = require "util.hashes";
 local time = require "util.time";
-local digest_lib = require "corvid_digest";
 
-local function read(path)
-	local f = assert(io.open(path));
-	local text = f:read("*a");
-	f:close();
-	return text;
-end
-
-local digester = assert(digest_lib.new(json.decode(read(tables_file)), hashes.sha256));
+local digester = common.digester(tables_file);
 -- 16 MB of other data, walked between two digests, evicts the caches.
 local other = {};
 for i = 1, 2000000 do other[i] = i; end
@@ -30,7 +20,7 @@ local function evict()
 end
 
 local n = 400;
-for _, case in ipairs(json.decode(read(bodies_file))) do
+for _, case in ipairs(common.read_json(bodies_file)) do
 	local name, body = case[1], case[2];
 	local took, where = {}, "prosody";
 	for i = 1, n do

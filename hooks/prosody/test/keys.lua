@@ -7,15 +7,12 @@
 -- Prints a summary; exits non-zero on any mismatch.
 
 local vectors_file = arg[2];
-dofile((arg[0]:match("^(.*)/[^/]+$") or ".") .. "/paths.lua");
+local common = dofile((arg[0]:match("^(.*)/[^/]+$") or ".") .. "/paths.lua");
 
-local json = require "util.json";
 local jid = require "util.jid";
 local keys = require "corvid_keys";
 
-local f = assert(io.open(vectors_file));
-local vectors = json.decode(f:read("*a"));
-f:close();
+local vectors = common.read_json(vectors_file);
 
 local checked, refused, failed = 0, 0, 0;
 local function trim(s) return (s:gsub("^%s+", ""):gsub("%s+$", "")); end
