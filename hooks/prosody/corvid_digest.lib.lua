@@ -9,9 +9,10 @@
 -- whose normalization depends on their neighbours (combining marks,
 -- conjoining jamo: about 1,300 code points), the decompositions,
 -- combining classes, compositions and case foldings with which the text
--- around them is normalized by the whole algorithm (UAX #15). A body with
--- more than 30 combining marks in a row (Unicode's stream-safe limit) is
--- not digested here: `digest` answers nil and the caller asks corvidd.
+-- around them is normalized by the whole algorithm (UAX #15). A body over
+-- 16 KiB, or with more than 30 combining marks in a row (Unicode's
+-- stream-safe limit), is not digested here: `digest` answers nil and the
+-- caller asks corvidd.
 -- Everything else follows spec/corvid.md §10 and §10.1 step by step; the
 -- test suite checks this file against spec/test-vectors/digests.json and
 -- against corvid-protocol on random texts (hooks/prosody/test/digest.lua).
@@ -49,6 +50,25 @@ local ASCII_DELIM = byte_set("\t\n\v\f\r <>\"");
 local MAX_BODY = 16 * 1024;
 -- A longer run of labels is not a host name.
 local MAX_HOST_CHARS = 253;
+
+-- The code point at byte `i` of valid UTF-8 and the byte after it.
+local function at(s, i)
+	local b = byte(s, i);
+	if not b then return nil, i; end
+	if b < 0x80 then return b, i + 1; end
+	local len = b >= 0xF0 and 4 or b >= 0xE0 and 3 or 2;
+	return utf8_codepoint(s, i), i + len;
+end
+-- The byte where the character before byte `i` starts.
+local function before(s, i)
+	local q = i - 1;
+	while q > 1 do
+		local b = byte(s, q);
+		if b < 0x80 or b >= 0xC0 then break; end
+		q = q - 1;
+	end
+	return q;
+end
 
 local function in_set(blocks, cp)
 	local b = blocks[cp >> 8];
@@ -330,12 +350,7 @@ function M.new(tables, sha256, pause)
 			-- The character before the run, if it is after `pos`.
 			local start = z;
 			if z > pos then
-				start = z - 1;
-				while start > pos do
-					local b = byte(marked, start);
-					if b < 0x80 or b >= 0xC0 then break; end
-					start = start - 1;
-				end
+				start = before(marked, z);
 				if start > pos then
 					on = on + 1; out[on] = gsub(sub(marked, pos, start - 1), NON_ASCII, MAP);
 				end
@@ -346,12 +361,9 @@ function M.new(tables, sha256, pause)
 			end
 			local q = z;
 			while byte(marked, q) == 0 do
-				local b = byte(marked, q + 1);
-				local len = b >= 0xF0 and 4 or b >= 0xE0 and 3 or 2;
-				m = m + 1; cps[m] = utf8_codepoint(marked, q + 1);
+				m = m + 1; cps[m], q = at(marked, q + 1);
 				-- A long run is a long run of marks: over the limit anyway.
 				if m > 4 * MAX_NON_STARTERS then return nil; end
-				q = q + 1 + len;
 			end
 			local text = fold_cps(cps, m);
 			if not text then return nil; end
@@ -404,24 +416,6 @@ function M.new(tables, sha256, pause)
 	table.sort(leads);
 	local CLASS_LEADS = "[" .. table.concat(leads) .. "]";
 
-	-- The code point at byte `i` and the byte after it.
-	local function at(s, i)
-		local b = byte(s, i);
-		if not b then return nil, i; end
-		if b < 0x80 then return b, i + 1; end
-		local len = b >= 0xF0 and 4 or b >= 0xE0 and 3 or 2;
-		return utf8_codepoint(s, i), i + len;
-	end
-	-- The byte where the character before byte `i` starts.
-	local function before(s, i)
-		local q = i - 1;
-		while q > 1 do
-			local b = byte(s, q);
-			if b < 0x80 or b >= 0xC0 then break; end
-			q = q - 1;
-		end
-		return q;
-	end
 	local function is_label(cp)
 		if cp < 0x80 then return ALNUM[cp] == true or cp == 45; end
 		return in_set(LABEL, cp);

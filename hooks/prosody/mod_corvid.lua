@@ -1,12 +1,12 @@
 -- mod_corvid: Prosody acts on the Corvid federation's verdicts.
 --
 -- A copy of corvidd's `flag` and `block` decisions and local list entries
--- for JIDs and domains is kept in memory, fed from corvidd's loopback HTTP
--- API as a snapshot (GET /v1/mirror, in pages) and then a long-polled
--- change stream (GET /v1/decisions/stream). Stanzas are checked against
--- that copy only, and content digests are computed here
--- (corvid_digest.lib.lua): a stanza waits on the network only for a body
--- the digest tables do not cover (see README.md), never longer than
+-- for JIDs, domains and content digests is kept in memory, fed from
+-- corvidd's loopback HTTP API as a snapshot (GET /v1/mirror, in pages) and
+-- then a long-polled change stream (GET /v1/decisions/stream). Stanzas
+-- are checked against that copy only, and content digests are computed
+-- here (corvid_digest.lib.lua): a stanza waits on the network only for a
+-- body the digest tables do not cover (see README.md), never longer than
 -- corvid_digest_timeout.
 --
 -- Checked: messages (to the bare and to a full JID) and subscription
@@ -368,8 +368,8 @@ end
 
 --- A digest subject's entry in the copy (nil when it has none).
 local function digest_entry(subject)
-	local k = tonumber(subject:sub(8, 23), 16);
-	local shard = k and jid_shard(mirror.jids, k, false, DIGEST_SHARDS);
+	local jids, k, offset = decode_key(subject);
+	local shard = jids and jid_shard(jids, k, false, offset);
 	return shard and shard[k];
 end
 
@@ -599,7 +599,8 @@ function module.add_host(module)
 		local body = stanza:get_child_text("body") or "";
 		body = body:gsub("%s+", " ");
 		-- At most 80 characters (whole ones: cut at a character's start).
-		local cut = utf8.len(body) and utf8.len(body) > 80 and utf8.offset(body, 78);
+		local chars = utf8.len(body);
+		local cut = chars and chars > 80 and utf8.offset(body, 78);
 		if cut then body = body:sub(1, cut - 1) .. "..."; end
 		return body;
 	end
@@ -728,9 +729,8 @@ function module.add_host(module)
 
 	-- A stranger's message whose body's digest is flagged: delivered, put
 	-- in the spam folder or refused, as the user chose for its category.
-	-- Returns true when it was refused or diverted.
-	local function act_on_digest(event, user, host, category, repost)
-		local stanza, origin = event.stanza, event.origin;
+	-- Returns true when it was refused or diverted (false: deliver it).
+	local function act_on_digest(event, user, host, category)
 		if not enforcing() then
 			m_would_divert:with_labels(host_name):add(1);
 			return false;
@@ -741,10 +741,8 @@ function module.add_host(module)
 			refuse(event, "message", "flag (content)");
 			return true;
 		end
-		if divert(event, user, host) then return true; end
-		-- Not kept (storage failed): delivered.
-		if repost then prosody.core_post_stanza(origin, stanza); return true; end
-		return false;
+		-- Not kept when storage failed: delivered.
+		return divert(event, user, host) == true;
 	end
 
 	local function check_digest(event, user, host)
@@ -761,7 +759,7 @@ function module.add_host(module)
 				return;
 			end
 			m_digests:with_labels(host_name, "flag"):add(1);
-			return act_on_digest(event, user, host, category_of(v), false) or nil;
+			return act_on_digest(event, user, host, category_of(v)) or nil;
 		end
 		m_digested_by:with_labels(host_name, "corvidd"):add(1);
 		local done = false;
@@ -789,7 +787,7 @@ function module.add_host(module)
 			done = true;
 			m_digests:with_labels(host_name, "flag"):add(1);
 			stanza.corvid_checked = true;
-			if not act_on_digest(event, user, host, category_code[data.category] or 0, true) then
+			if not act_on_digest(event, user, host, category_code[data.category] or 0) then
 				prosody.core_post_stanza(origin, stanza);
 			end
 		end);

@@ -57,7 +57,7 @@ pub struct ApiState {
     pub component: std::sync::OnceLock<crate::component::ComponentHandle>,
     /// The character tables of `GET /v1/digest/tables`, computed at the
     /// first request.
-    digest_tables: tokio::sync::OnceCell<Arc<Vec<u8>>>,
+    digest_tables: tokio::sync::OnceCell<axum::body::Bytes>,
     auth: Auth,
     request_timeout: Duration,
 }
@@ -1010,7 +1010,7 @@ async fn digest_tables(State(s): State<Arc<ApiState>>) -> ApiResult<Response> {
     let body = s
         .digest_tables
         .get_or_try_init(|| async {
-            tokio::task::spawn_blocking(|| Arc::new(digest_tables_json()))
+            tokio::task::spawn_blocking(|| axum::body::Bytes::from(digest_tables_json()))
                 .await
                 .map_err(|e| {
                     ApiError::new(
@@ -1022,7 +1022,7 @@ async fn digest_tables(State(s): State<Arc<ApiState>>) -> ApiResult<Response> {
         .await?;
     Ok((
         [(axum::http::header::CONTENT_TYPE, "application/json")],
-        body.as_ref().clone(),
+        body.clone(),
     )
         .into_response())
 }

@@ -34,8 +34,7 @@ pub fn normalize_body(body: &str) -> String {
     let folded: String = if body.is_ascii() {
         body.to_ascii_lowercase()
     } else {
-        let folded = caseless::default_case_fold_str(&nfkc(body));
-        nfkc(&folded).into_owned()
+        fold(body)
     };
     let hosts = urls_to_hosts(&folded);
     let mut masked = String::with_capacity(hosts.len());
@@ -474,9 +473,10 @@ pub fn char_tables() -> CharTables {
         if folded.chars().ne(std::iter::once(c)) {
             t.case_fold.push((c, folded));
         }
-    }
-    for c in (0x80..=0x10_FFFF).filter_map(char::from_u32) {
-        let cp = u32::from(c);
+        // ASCII's rules are fixed by §10: the rest is about the others.
+        if cp < 0x80 {
+            continue;
+        }
         if context_free(c) {
             let folded = fold(&c.to_string());
             if folded.chars().ne(std::iter::once(c)) {

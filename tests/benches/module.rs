@@ -117,10 +117,10 @@ fn servers_on(
             Duration::from_secs(300),
             "the module's copy to load",
             || {
+                // (The digest tables are read whatever `corvid_digests` says.)
                 let log = a.log();
                 (log.contains("copy of Corvid's verdicts loaded")
-                    && (module.is_some_and(|m| m.contains("corvid_digests = false"))
-                        || log.contains("content digests computed in Prosody")))
+                    && log.contains("content digests computed in Prosody"))
                 .then_some(())
             },
         );
@@ -139,7 +139,6 @@ fn body_of(s: &Element) -> Option<String> {
         .flatten()
 }
 
-/// One-way latencies of `n` messages, one in flight at a time.
 /// The bodies measured: Latin and Cyrillic text, and a combining accent
 /// (normalized with its neighbours), are digested inside Prosody; more
 /// combining marks in a row than Unicode's stream-safe limit are left to
@@ -164,6 +163,7 @@ fn latencies(from: &Client, to: &Client, n: usize, tag: &str) -> Vec<Duration> {
     latencies_of(from, to, n, tag, BODIES[0].1)
 }
 
+/// One-way latencies of `n` messages, one in flight at a time.
 fn latencies_of(from: &Client, to: &Client, n: usize, tag: &str, body: &str) -> Vec<Duration> {
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
@@ -271,13 +271,8 @@ fn digest_cost(version: Version) {
     let bodies = dir.path().join("bodies.json");
     std::fs::write(&tables, corvid_node::api::digest_tables_json()).expect("write");
     std::fs::write(&bodies, serde_json::to_vec(&BODIES).expect("json")).expect("write");
-    let out = std::process::Command::new("lua5.4")
-        .arg(corvid_tests::prosody::module_dir().join("test/digest_bench.lua"))
-        .arg(version.source_dir())
-        .arg(&tables)
-        .arg(&bodies)
-        .output()
-        .expect("lua5.4");
+    let out =
+        corvid_tests::prosody::run_lua_script("digest_bench.lua", version, &[&tables, &bodies]);
     print!("{}", String::from_utf8_lossy(&out.stdout));
     eprint!("{}", String::from_utf8_lossy(&out.stderr));
 }

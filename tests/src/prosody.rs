@@ -197,6 +197,17 @@ pub fn module_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../hooks/prosody")
 }
 
+/// Runs a script of hooks/prosody/test with lua5.4 and the libraries of
+/// one Prosody release (its first argument), then `args`.
+pub fn run_lua_script(script: &str, version: Version, args: &[&Path]) -> std::process::Output {
+    Command::new("lua5.4")
+        .arg(module_dir().join("test").join(script))
+        .arg(version.source_dir())
+        .args(args)
+        .output()
+        .expect("lua5.4 (installed with prosody)")
+}
+
 impl Default for ProsodyOptions {
     fn default() -> Self {
         Self {

@@ -9,19 +9,14 @@ use std::time::{Duration, Instant};
 use corvid_node::xmpp::LinkState;
 use corvid_tests::client::Client;
 use corvid_tests::node::{Identity, Node};
-use corvid_tests::prosody::{Prosody, ProsodyOptions, Version, module_dir};
+use corvid_tests::prosody::{Prosody, ProsodyOptions, Version, run_lua_script};
 use corvid_tests::{free_port, wait_for};
 use xmpp_parsers::minidom::Element;
 
 /// Runs a check script of hooks/prosody/test with one Prosody's
 /// libraries; its output, once it succeeded.
 fn run_lua(script: &str, version: Version, args: &[&Path]) -> String {
-    let out = Command::new("lua5.4")
-        .arg(module_dir().join("test").join(script))
-        .arg(version.source_dir())
-        .args(args)
-        .output()
-        .expect("lua5.4 (installed with prosody)");
+    let out = run_lua_script(script, version, args);
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
