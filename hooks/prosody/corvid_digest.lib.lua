@@ -617,7 +617,10 @@ function M.new(tables, sha256, pause)
 	-- digest, nil when corvidd must normalize it.
 	function D.normalize(body)
 		if type(body) ~= "string" or #body > MAX_BODY or not utf8_len(body) then return nil; end
-		local s = gsub(body, "[A-Z]", UPPER);
+		-- (Each pass runs only where it changes something: a new string is
+		-- work for Prosody's garbage collector.)
+		local s = body;
+		if find(s, "[A-Z]") then s = gsub(s, "[A-Z]", UPPER); end
 		local ascii = not find(s, "[\128-\255]");
 		if not ascii then
 			local mapped = gsub(s, NON_ASCII, MAP);
@@ -633,7 +636,8 @@ function M.new(tables, sha256, pause)
 			ascii = ascii and not find(s, "[\128-\255]");
 		end
 		if not ascii and find(s, CLASS_LEADS) then s = gsub(s, NON_ASCII, CLASS); end
-		s = gsub(gsub(s, "[0-9]+", "#"), "[\t\n\v\f\r ]+", " ");
+		if find(s, "[0-9]") then s = gsub(s, "[0-9]+", "#"); end
+		if find(s, "[\t\n\v\f\r]") or find(s, "  ", 1, true) then s = gsub(s, "[\t\n\v\f\r ]+", " "); end
 		if byte(s, 1) == 32 then s = sub(s, 2); end
 		if byte(s, -1) == 32 then s = sub(s, 1, -2); end
 		if (ascii and #s or utf8_len(s)) < min_chars then return false; end
@@ -646,6 +650,14 @@ function M.new(tables, sha256, pause)
 		local s = D.normalize(body);
 		if not s then return s; end
 		return "digest:" .. sha256(s, true);
+	end
+
+	--- As `digest`, with the first 64 bits of the digest as a signed
+	-- integer (as mod_corvid keeps digest subjects) in place of the subject.
+	function D.digest_int(body)
+		local s = D.normalize(body);
+		if not s then return s; end
+		return (string.unpack(">i8", sha256(s)));
 	end
 
 	D.unicode = tables.unicode;

@@ -112,8 +112,27 @@ local m_would_divert = module:metric("counter", "would_divert", "", "Flagged mes
 local m_released = module:metric("counter", "released", "", "Messages users released from their spam folder.", { "host" });
 local m_deleted = module:metric("counter", "deleted", "", "Messages users deleted from their spam folder.", { "host" });
 local m_vetoed = module:metric("counter", "vetoed", "", "Refusals by mod_anti_spam overridden because a local allow entry at corvidd lets the sender through.", { "host" });
-local m_digests = module:metric("counter", "digests", "", "Strangers' message bodies digested, by the digest's verdict (none: too short for one; timeout: corvidd did not answer in time, delivered unchecked).", { "host", "result" });
+local m_digests = module:metric("counter", "digests", "", "Strangers' message bodies digested, by the digest's verdict (none: too short for one; timeout: corvidd did not answer in time, delivered unchecked; unlisted: not digested, as the copy lists no digest).", { "host", "result" });
 local m_digested_by = module:metric("counter", "digested_by", "", "Strangers' message bodies digested, by where: prosody (with corvidd's character tables) or corvidd (a body the tables do not cover, or before they are read).", { "host", "by" });
+--- A counter's children for one host, looked up once: `with_labels`
+-- builds a key string on every call. `(a)` or `(a, b)` are the labels after
+-- the host's.
+local function counters(metric, host)
+	local memo = {};
+	return function (a, b)
+		local by = memo[a];
+		if not by then
+			by = {};
+			memo[a] = by;
+		end
+		local c = by[b or ""];
+		if not c then
+			if b then c = metric:with_labels(host, a, b); else c = metric:with_labels(host, a); end
+			by[b or ""] = c;
+		end
+		return c;
+	end
+end
 local m_entries = module:metric("gauge", "mirror_entries", "", "Subjects in the copy of Corvid's verdicts.", {});
 local m_age = module:metric("gauge", "mirror_age", "seconds", "Seconds since the copy of the verdicts was last confirmed current by corvidd.", {});
 
@@ -180,8 +199,12 @@ local function apply(jids, domains, subject, action, origin, score, category)
 	local before = tbl[key] ~= nil;
 	if a == ALLOW and o == FEDERATION then
 		tbl[key] = nil;
+		if before and offset then jids.digests = jids.digests - 1; end
 		return before and -1 or 0;
 	end
+	-- (How many digest subjects the copy holds: none, and no body needs a
+	-- digest.)
+	if not before and offset then jids.digests = (jids.digests or 0) + 1; end
 	local pct = 0;
 	if is_domain and type(score) == "number" then
 		pct = math.max(0, math.min(100, math.floor(score * 100 + 1e-9)));
@@ -366,36 +389,60 @@ function load_digest_tables()
 	end);
 end
 
---- A digest subject's entry in the copy (nil when it has none).
-local function digest_entry(subject)
-	local jids, k, offset = decode_key(subject);
-	local shard = jids and jid_shard(jids, k, false, offset);
-	return shard and shard[k];
+-- Verdicts ------------------------------------------------------------------
+
+-- The keys a sender is looked up under (spec §8) depend on its JID alone:
+-- they are computed once per bare JID and kept (`corvid_key_cache`
+-- senders), so that a stranger's next message is checked with table reads
+-- only, no hashing and no new strings for the garbage collector. An entry
+-- holds whether the JID has a node, the integer of its JID key (false for
+-- none), its normalized domain and the domain keys that cover it; false
+-- stands for a JID that cannot be a subject.
+local sender_keys = cache.new(module:get_option_number("corvid_key_cache", 10000));
+local function keys_for(bare)
+	local found = sender_keys:get(bare);
+	if found ~= nil then return found or nil; end
+	local node, host = jid_split(bare);
+	local domain = host and keys.normalize_domain(host);
+	if not domain then
+		sender_keys:set(bare, false);
+		return nil;
+	end
+	local digest = node and keys.jid_digest(node, host);
+	found = {
+		node = node ~= nil;
+		k = digest and jid_int(digest) or false;
+		domain = domain;
+		covering = keys.domain_keys(domain);
+	};
+	sender_keys:set(bare, found);
+	return found;
 end
 
--- Verdicts ------------------------------------------------------------------
+-- No covering entry (the common case) allocates nothing; never written to.
+local NO_ENTRIES = setmetatable({}, { __newindex = function () error("NO_ENTRIES is read-only"); end });
 
 --- The entries of the copy that concern a bare JID: its exact subject (the
 -- JID, or for a server's own address its domain) and the covering domains.
 local function entries_for(bare)
-	local node, host = jid_split(bare);
-	if not host then return nil; end
-	local domain = keys.normalize_domain(host);
-	if not domain then return nil; end
-	local exact, covering = nil, {};
-	if node then
-		local digest = keys.jid_digest(node, host);
-		local k = digest and jid_int(digest);
+	local s = keys_for(bare);
+	if not s then return nil; end
+	local exact, covering = nil, nil;
+	if s.node then
+		local k = s.k;
 		local shard = k and jid_shard(mirror.jids, k, false);
 		exact = shard and shard[k];
 	else
-		exact = mirror.domains[domain];
+		exact = mirror.domains[s.domain];
 	end
-	for i, k in ipairs(keys.domain_keys(domain)) do
+	for i, k in ipairs(s.covering) do
 		local v = mirror.domains[k];
-		if v and (node or i > 1) then covering[#covering + 1] = v; end
+		if v and (s.node or i > 1) then
+			covering = covering or {};
+			covering[#covering + 1] = v;
+		end
 	end
-	return exact, covering;
+	return exact, covering or NO_ENTRIES;
 end
 
 --- The action for a bare JID from the copy, whether a local list decided
@@ -453,6 +500,8 @@ function module.add_host(module)
 		fail_mode = "open";
 	end
 	local fail_logged = 0;
+	local checked, digests, digested_by =
+		counters(m_checked, host_name), counters(m_digests, host_name), counters(m_digested_by, host_name);
 	about.hosts[host_name] = mode;
 	-- The brake at corvidd turns every host to observing at once.
 	local function enforcing() return mode == "enforce" and not mirror.brake; end
@@ -749,24 +798,31 @@ function module.add_host(module)
 		local stanza, origin = event.stanza, event.origin;
 		local body = stanza:get_child_text("body");
 		if not digests_on or not api_loopback or not body or body == "" or encrypted(stanza) then return; end
-		local subject = digester and digester.digest(body);
-		if subject ~= nil then
+		if (mirror.jids.digests or 0) == 0 then
+			-- No digest is listed: whatever the body's digest, it is allowed.
+			digests("unlisted"):add(1);
+			return;
+		end
+		-- (The first 64 bits of the digest: a subject text is never built.)
+		local k = digester and digester.digest_int(body);
+		if k ~= nil then
 			-- Digested here: checked at once against the copy.
-			m_digested_by:with_labels(host_name, "prosody"):add(1);
-			local v = subject and digest_entry(subject);
+			digested_by("prosody"):add(1);
+			local shard = k and jid_shard(mirror.jids, k, false, DIGEST_SHARDS);
+			local v = shard and shard[k];
 			if not v or action_of(v) == ALLOW then
-				m_digests:with_labels(host_name, subject and "allow" or "none"):add(1);
+				digests(k and "allow" or "none"):add(1);
 				return;
 			end
-			m_digests:with_labels(host_name, "flag"):add(1);
+			digests("flag"):add(1);
 			return act_on_digest(event, user, host, category_of(v)) or nil;
 		end
-		m_digested_by:with_labels(host_name, "corvidd"):add(1);
+		digested_by("corvidd"):add(1);
 		local done = false;
 		local function deliver(result)
 			if done then return; end
 			done = true;
-			m_digests:with_labels(host_name, result):add(1);
+			digests(result):add(1);
 			stanza.corvid_checked = true;
 			prosody.core_post_stanza(origin, stanza);
 		end
@@ -785,7 +841,7 @@ function module.add_host(module)
 				return deliver(data.digest and data.digest ~= json.null and "allow" or "none");
 			end
 			done = true;
-			m_digests:with_labels(host_name, "flag"):add(1);
+			digests("flag"):add(1);
 			stanza.corvid_checked = true;
 			if not act_on_digest(event, user, host, category_code[data.category] or 0) then
 				prosody.core_post_stanza(origin, stanza);
@@ -824,7 +880,7 @@ function module.add_host(module)
 			if not mirror.loaded then return; end
 		end
 		local action, by_list, group = verdict_for(sender);
-		m_checked:with_labels(host_name, kind, action_name[action]):add(1);
+		checked(kind, action_name[action]):add(1);
 		if action == BLOCK then
 			if enforcing() then
 				module:log("debug", "refused %s from %s to %s (Corvid: block)", kind, sender, stanza.attr.to);

@@ -27,9 +27,10 @@ for _, case in ipairs(common.read_json(bodies_file)) do
 		evict();
 		local text = ("message %d: %s"):format(i, body);
 		local t0 = time.now();
-		local subject = digester.digest(text);
+		-- (As mod_corvid asks: the integer it looks the digest up by.)
+		local k = digester.digest_int(text);
 		took[i] = time.now() - t0;
-		if subject == nil then where = "corvidd"; end
+		if k == nil then where = "corvidd"; end
 	end
 	table.sort(took);
 	print(("- digest in Lua, cold caches (%s): p50 %.1f µs, p99 %.1f µs (%d bodies; digested by %s)")

@@ -691,6 +691,12 @@ fn prosody_13_a_frozen_then_killed_corvidd_never_holds_messages() {
     );
     let node = f.node.as_ref().expect("node");
     block(node, "bot@b.test");
+    // A listed digest: strangers' bodies are digested (with none listed,
+    // the module digests none).
+    let key = corvid_protocol::digest::body_digest("a spam text listed before the test begins")
+        .expect("a digest");
+    node.report(key.as_str(), "spam", 90);
+    node.wait_action("digest", key.as_str(), "flag", Duration::from_secs(10));
     let alice = Client::login(&f.a, "alice", "a.test");
     let bot = Client::login(&f.b, "bot", "b.test");
     let friend = Client::login(&f.b, "friend", "b.test");
