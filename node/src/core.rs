@@ -1767,6 +1767,21 @@ fn submission(ctx: &Ctx<'_>, rng: &mut Rng, now: u64, s: &Submission) -> Result<
             "abuse_contacted_at only applies to domain reports".into(),
         ));
     }
+    // Refused, never altered (spec §5.4): the operator learns what was wrong.
+    if s.count == 0 {
+        return Err(CoreError::Invalid("count must be at least 1".into()));
+    }
+    for (name, at) in [
+        ("first_seen", s.first_seen),
+        ("abuse_contacted_at", s.abuse_contacted_at),
+    ] {
+        if let Some(t) = at.filter(|&t| t > now) {
+            return Err(CoreError::Invalid(format!(
+                "{name} is in the future ({} s ahead of this server's clock)",
+                t - now
+            )));
+        }
+    }
     let spread = u64::from(u16::from_be_bytes(rng.bytes()) % 1000);
     let report = Report {
         id: rng.report_id(now * 1000 + spread),
@@ -1776,8 +1791,8 @@ fn submission(ctx: &Ctx<'_>, rng: &mut Rng, now: u64, s: &Submission) -> Result<
         issued_at: now,
         expires_at: now + ttl,
         evidence: Evidence {
-            count: s.count.max(1),
-            first_seen: s.first_seen.unwrap_or(now).min(now),
+            count: s.count,
+            first_seen: s.first_seen.unwrap_or(now),
             last_seen: now,
             note: s.note.clone(),
             abuse_contacted_at: s.abuse_contacted_at,

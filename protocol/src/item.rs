@@ -548,35 +548,44 @@ impl SignedItem {
         item_id: &str,
         keys: &KeyRing,
     ) -> Result<Envelope, ItemError> {
-        // Authenticate before reading the body: only the small header is
-        // parsed from unauthenticated bytes.
-        let header: EnvelopeHeader = self.json.to_typed()?;
-        if header.corvid != ns::PROTOCOL_MAJOR {
-            return Err(ItemError::UnsupportedVersion(header.corvid));
+        // Step 9 (§6.5): the whole envelope fits the version-1 schema,
+        // before the signature, so that the label never depends on it. A
+        // document that does not fit but whose `corvid` and `issuer` can be
+        // read (`VersionProbe`) is of another version.
+        let envelope: Envelope =
+            self.json
+                .to_typed()
+                .map_err(|err| match self.json.to_typed::<VersionProbe>() {
+                    Ok(probe) if probe.corvid != ns::PROTOCOL_MAJOR => {
+                        ItemError::UnsupportedVersion(probe.corvid)
+                    }
+                    _ => ItemError::from(err),
+                })?;
+        if envelope.corvid != ns::PROTOCOL_MAJOR {
+            return Err(ItemError::UnsupportedVersion(envelope.corvid));
         }
-        if header.issuer.domain != keys.domain {
+        if envelope.issuer.domain != keys.domain {
             return Err(ItemError::WrongIssuer {
                 expected: keys.domain.clone(),
-                got: header.issuer.domain,
+                got: envelope.issuer.domain,
             });
         }
         // A revocation is signed by the key it revokes, so it must stay
         // readable after the revocation took effect.
-        let key = if header.kind == "key-revocation" {
-            keys.lookup_including_revoked(&header.issuer.key)?
+        let key = if matches!(envelope.body, Body::KeyRevocation(_)) {
+            keys.lookup_including_revoked(&envelope.issuer.key)?
         } else {
-            keys.lookup(&header.issuer.key)?
+            keys.lookup(&envelope.issuer.key)?
         };
         key.verify_strict(
             &signing_input(feed, item_id, self.json.as_bytes()),
             &self.signature,
         )
         .map_err(|_| ItemError::BadSignature)?;
-        let envelope: Envelope = self.json.to_typed()?;
         // Key records must be signed by the key they are about.
         let signer_ok = match &envelope.body {
-            Body::KeyRotation(r) => r.old.key_id() == header.issuer.key,
-            Body::KeyRevocation(r) => r.key.key_id() == header.issuer.key,
+            Body::KeyRotation(r) => r.old.key_id() == envelope.issuer.key,
+            Body::KeyRevocation(r) => r.key.key_id() == envelope.issuer.key,
             _ => true,
         };
         if !signer_ok {
@@ -588,12 +597,23 @@ impl SignedItem {
     }
 }
 
+/// What §6.5 step 9 calls an envelope whose `corvid` and `issuer` "can
+/// still be read": `corvid` a non-negative integer, `issuer` an object whose
+/// `domain` and `key` are strings (their contents unchecked); everything
+/// else ignored.
 #[derive(Deserialize)]
-struct EnvelopeHeader {
+struct VersionProbe {
     corvid: u64,
-    issuer: Issuer,
-    #[serde(rename = "type")]
-    kind: String,
+    #[allow(dead_code)]
+    issuer: IssuerProbe,
+}
+
+#[derive(Deserialize)]
+struct IssuerProbe {
+    #[allow(dead_code)]
+    domain: String,
+    #[allow(dead_code)]
+    key: String,
 }
 
 /// The keys a receiver accepts for one issuer: pinned and confirmed ones,

@@ -214,6 +214,7 @@ pub struct Report {
     /// Kind of abuse.
     pub category: Category,
     /// 1–100: how sure the issuer is.
+    #[serde(deserialize_with = "confidence_field")]
     pub confidence: u8,
     /// When it was issued.
     pub issued_at: UnixTime,
@@ -221,6 +222,14 @@ pub struct Report {
     pub expires_at: UnixTime,
     /// What was seen.
     pub evidence: Evidence,
+}
+
+/// `confidence` as the schema reads it, any non-negative integer (§5.3):
+/// outside 1–100 it is a record error (`invalid-record`, §5.4) however far
+/// outside, so a value beyond a byte is kept as 0, which validation rejects.
+fn confidence_field<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u8, D::Error> {
+    let v = u64::deserialize(d)?;
+    Ok(u8::try_from(v).unwrap_or(0))
 }
 
 /// Why a retraction withdraws a report.
@@ -422,6 +431,13 @@ impl Report {
                 "evidence.abuse_contacted_at",
                 "only domain reports carry it",
             ));
+        }
+        // Evidence is what was seen before the report was issued.
+        if e.last_seen > self.issued_at {
+            return Err(field("evidence.last_seen", "after issued_at"));
+        }
+        if e.abuse_contacted_at.is_some_and(|t| t > self.issued_at) {
+            return Err(field("evidence.abuse_contacted_at", "after issued_at"));
         }
         Ok(())
     }

@@ -878,6 +878,140 @@ fn generate() -> BTreeMap<&'static str, Value> {
         NOW,
         "revoked-key",
     );
+    // Integers out of a field's range (§5.3, §5.4): negative ones do not
+    // fit the schema; non-negative ones outside the range, however far,
+    // are record errors. Evidence is what was seen before the report was
+    // issued.
+    let jid_json = jid_item.json().as_str().to_owned();
+    let issued = (NOW - 3600).to_string();
+    for (name, from, to, error) in [
+        (
+            "confidence-negative",
+            "\"confidence\":90",
+            "\"confidence\":-1".to_owned(),
+            "schema",
+        ),
+        (
+            "confidence-101",
+            "\"confidence\":90",
+            "\"confidence\":101".to_owned(),
+            "invalid-record",
+        ),
+        (
+            "confidence-300",
+            "\"confidence\":90",
+            "\"confidence\":300".to_owned(),
+            "invalid-record",
+        ),
+        (
+            "count-negative",
+            "\"count\":3",
+            "\"count\":-3".to_owned(),
+            "schema",
+        ),
+        (
+            "count-zero",
+            "\"count\":3",
+            "\"count\":0".to_owned(),
+            "invalid-record",
+        ),
+        (
+            "last-seen-after-issued-at",
+            &format!("\"last_seen\":{issued}"),
+            format!("\"last_seen\":{}", NOW - 3599),
+            "invalid-record",
+        ),
+        (
+            "first-seen-after-last-seen",
+            &format!("\"first_seen\":{}", NOW - 2 * DAY),
+            format!("\"first_seen\":{}", NOW - 3500),
+            "invalid-record",
+        ),
+    ] {
+        assert!(jid_json.contains(from), "{name}: {from} not in the item");
+        fail(
+            name,
+            signed_raw(&key, &feed, &jid_item_id, &jid_json.replacen(from, &to, 1)),
+            &feed,
+            &jid_item_id,
+            false,
+            NOW,
+            error,
+        );
+    }
+    let (idn_item_id, idn_item) = delta(&key, Record::Report(idn_report.clone()));
+    let idn_json = idn_item.json().as_str().to_owned();
+    let contacted = format!("\"abuse_contacted_at\":{}", NOW - DAY);
+    assert!(idn_json.contains(&contacted));
+    fail(
+        "abuse-contacted-after-issued-at",
+        signed_raw(
+            &key,
+            &feed,
+            &idn_item_id,
+            &idn_json.replacen(
+                &contacted,
+                &format!("\"abuse_contacted_at\":{}", NOW - 60),
+                1,
+            ),
+        ),
+        &feed,
+        &idn_item_id,
+        false,
+        NOW,
+        "invalid-record",
+    );
+    // The schema is checked before the signature (§6.5 step 9): an item
+    // out of the schema is `schema` whatever its signature, and one of
+    // another version `unsupported-version`.
+    let garbage_sig =
+        corvid_protocol::keys::signature_to_text(&ed25519_dalek::Signature::from_bytes(&[7u8; 64]));
+    let unsigned = |json_text: &str| {
+        format!(
+            "<report xmlns='urn:xmpp:reporting:1' reason='urn:xmpp:reporting:spam'><signed xmlns='urn:x-corvid:1' encoding='json' sig='{garbage_sig}'>{}</signed></report>",
+            json_text.replace('&', "&amp;").replace('<', "&lt;")
+        )
+    };
+    fail(
+        "out-of-schema-and-bad-signature",
+        unsigned(&jid_json.replacen("\"category\":\"spam\"", "\"category\":\"weather\"", 1)),
+        &feed,
+        &jid_item_id,
+        false,
+        NOW,
+        "schema",
+    );
+    fail(
+        "other-version-and-bad-signature",
+        unsigned(
+            &jid_json
+                .replacen("\"corvid\":1", "\"corvid\":2", 1)
+                .replacen("\"category\":\"spam\"", "\"category\":\"weather\"", 1),
+        ),
+        &feed,
+        &jid_item_id,
+        false,
+        NOW,
+        "unsupported-version",
+    );
+    // Without an `issuer` that can be read, another version is not
+    // recognised: `schema`.
+    let issuer_at = jid_json.find("\"issuer\":{").expect("issuer");
+    let issuer_end = issuer_at + jid_json[issuer_at..].find('}').expect("issuer's end") + 1;
+    let issuer_text = &jid_json[issuer_at..issuer_end];
+    fail(
+        "other-version-without-issuer",
+        unsigned(
+            &jid_json
+                .replacen("\"corvid\":1", "\"corvid\":2", 1)
+                .replacen(issuer_text, "\"issuer\":\"a.example\"", 1),
+        ),
+        &feed,
+        &jid_item_id,
+        false,
+        NOW,
+        "schema",
+    );
     let spaced = jid_item.json().as_str().replacen("{", "{ ", 1);
     let xml_with = |json_text: &str| {
         format!(
