@@ -786,14 +786,39 @@ impl Config {
                     "1.0 is full trust",
                 );
             }
-            if self
-                .peers
-                .iter()
-                .filter(|q| q.domain == peer.domain)
-                .count()
-                > 1
-            {
+            // The pinned domain is compared exactly with the issuer of the
+            // peer's items (spec §6.5 step 11), which issuers write
+            // normalized: another spelling would reject every item.
+            let normalized = corvid_protocol::subject::normalize_domain(&peer.domain);
+            match &normalized {
+                Err(e) => p(
+                    &key,
+                    format!("domain {:?} is not a domain: {e}", peer.domain),
+                    "the peer's server domain, as in its JIDs",
+                ),
+                Ok(n) if *n != peer.domain => p(
+                    &key,
+                    format!(
+                        "domain {:?} is not written as issuers write it",
+                        peer.domain
+                    ),
+                    &format!("write domain = {n:?}"),
+                ),
+                Ok(_) => {}
+            }
+            let same = |d: &str| {
+                corvid_protocol::subject::normalize_domain(d).ok() == normalized.clone().ok()
+                    || d == peer.domain
+            };
+            if self.peers.iter().filter(|q| same(&q.domain)).count() > 1 {
                 p(&key, "listed twice".into(), "keep one [[peer]] per domain");
+            }
+            if same(&self.server.domain) || self.server.hosts.iter().any(|h| same(h)) {
+                p(
+                    &key,
+                    "is this server's own domain or one of its hosts".into(),
+                    "a server cannot be its own peer: remove this [[peer]]",
+                );
             }
         }
         for r in &self.rtbls {

@@ -404,7 +404,7 @@ pub fn run(node: &Node, prosody_config: &Path, json_out: bool) -> Result<u8> {
         }
     }
     if json_out {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(
                 &json!({ "checks": health.checks, "worst": health.worst() })
@@ -412,7 +412,7 @@ pub fn run(node: &Node, prosody_config: &Path, json_out: bool) -> Result<u8> {
             .unwrap_or_default()
         );
     } else {
-        print!("{}", health.render());
+        out!("{}", health.render());
     }
     Ok(health.exit_code())
 }

@@ -48,11 +48,47 @@ fn peers(doc: &mut DocumentMut) -> Result<&mut ArrayOfTables> {
 pub fn peer_mut<'a>(doc: &'a mut DocumentMut, domain: &str) -> Result<&'a mut Table> {
     let list = peers(doc)?;
     for t in list.iter_mut() {
-        if t.get("domain").and_then(Item::as_str) == Some(domain) {
+        if t.get("domain")
+            .and_then(Item::as_str)
+            .is_some_and(|d| same_domain(d, domain))
+        {
             return Ok(t);
         }
     }
     bail!("{domain} is not a peer in this config (see `corvid peer list`)")
+}
+
+/// A domain as issuers write it (spec §8.3): `Peer.Test` is `peer.test`.
+///
+/// # Errors
+/// When it is not a domain.
+pub fn normalize_domain(domain: &str) -> Result<String> {
+    corvid_protocol::subject::normalize_domain(domain)
+        .map_err(|e| anyhow::anyhow!("{domain:?} is not a domain: {e}"))
+}
+
+/// Whether two spellings name one domain.
+fn same_domain(a: &str, b: &str) -> bool {
+    a == b
+        || matches!(
+            (normalize_domain(a), normalize_domain(b)),
+            (Ok(x), Ok(y)) if x == y
+        )
+}
+
+/// Whether `domain` is this server's own domain or one of its hosts
+/// (`[server]`).
+fn own_domain(doc: &DocumentMut, domain: &str) -> bool {
+    let server = doc.get("server");
+    let main = server.and_then(|s| s.get("domain")).and_then(Item::as_str);
+    let hosts = server
+        .and_then(|s| s.get("hosts"))
+        .and_then(Item::as_array)
+        .map(|a| a.iter().filter_map(|v| v.as_str()).collect::<Vec<_>>())
+        .unwrap_or_default();
+    main.into_iter()
+        .chain(hosts)
+        .any(|own| same_domain(own, domain))
 }
 
 /// Adds a peer.
@@ -67,11 +103,18 @@ pub fn add_peer(
     weight: f64,
     mode: &str,
 ) -> Result<()> {
+    let domain = &normalize_domain(domain)?;
+    if own_domain(doc, domain) {
+        bail!(
+            "{domain} is this server's own domain (or one of its hosts): a server cannot be its own peer"
+        );
+    }
     let list = peers(doc)?;
-    if list
-        .iter()
-        .any(|t| t.get("domain").and_then(Item::as_str) == Some(domain))
-    {
+    if list.iter().any(|t| {
+        t.get("domain")
+            .and_then(Item::as_str)
+            .is_some_and(|d| same_domain(d, domain))
+    }) {
         bail!("{domain} is already a peer; use `corvid peer set-weight` or remove it first");
     }
     let mut t = Table::new();
@@ -93,7 +136,11 @@ pub fn add_peer(
 pub fn remove_peer(doc: &mut DocumentMut, domain: &str) -> Result<()> {
     let list = peers(doc)?;
     let before = list.len();
-    list.retain(|t| t.get("domain").and_then(Item::as_str) != Some(domain));
+    list.retain(|t| {
+        !t.get("domain")
+            .and_then(Item::as_str)
+            .is_some_and(|d| same_domain(d, domain))
+    });
     if list.len() == before {
         bail!("{domain} is not a peer in this config (see `corvid peer list`)");
     }

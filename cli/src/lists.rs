@@ -179,24 +179,22 @@ pub fn import(json_out: bool, node: &Node, a: &ImportArgs) -> Result<u8> {
         "skipped": skipped.iter().map(|(l, t, r)| json!({"line": l, "entry": t, "reason": r})).collect::<Vec<_>>(),
     });
     if json_out {
-        println!("{}", serde_json::to_string_pretty(&result)?);
+        outln!("{}", serde_json::to_string_pretty(&result)?);
     } else {
-        println!(
+        outln!(
             "imported {imported} of {} entries as {}",
             total + skipped.len() - node_skipped.len(),
             result["source"].as_str().unwrap_or("")
         );
         for (line, entry, reason) in &skipped {
             if *line > 0 {
-                println!("  skipped line {line}: {entry}: {reason}");
+                outln!("  skipped line {line}: {entry}: {reason}");
             } else {
-                println!("  skipped {entry}: {reason}");
+                outln!("  skipped {entry}: {reason}");
             }
         }
         if !a.publish {
-            println!(
-                "(a local source: not published; use --publish to sign and share the entries)"
-            );
+            outln!("(a local source: not published; use --publish to sign and share the entries)");
         }
     }
     Ok(0)
@@ -343,7 +341,7 @@ pub fn export(node: &Node, a: &ExportArgs) -> Result<u8> {
             std::fs::write(p, text).with_context(|| format!("cannot write {}", p.display()))?;
             eprintln!("wrote {}", p.display());
         }
-        None => print!("{text}"),
+        None => out!("{text}"),
     }
     if v["entries"].as_array().is_none() {
         bail!("corvidd returned no entries");

@@ -5,6 +5,37 @@
 //! works offline for `keygen`, `init` and `check-config`.
 
 use corvid_api::client as api;
+
+/// Exit code when the reader of the output went away: what a shell reports
+/// for a program stopped by SIGPIPE (128 + 13).
+const EXIT_CLOSED_PIPE: i32 = 141;
+
+/// Writes to standard output; a reader that closed the pipe
+/// (`corvid peer list | head -1`) ends the command quietly, with
+/// [`EXIT_CLOSED_PIPE`], instead of a panic.
+fn emit(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(args).and_then(|()| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(EXIT_CLOSED_PIPE);
+        }
+        eprintln!("error: cannot write the output: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// `print!` through [`emit`].
+macro_rules! out {
+    ($($arg:tt)*) => { $crate::emit(format_args!($($arg)*)) };
+}
+
+/// `println!` through [`emit`].
+macro_rules! outln {
+    () => { $crate::emit(format_args!("\n")) };
+    ($($arg:tt)*) => { $crate::emit(format_args!("{}\n", format_args!($($arg)*))) };
+}
+
 mod doctor;
 mod edit;
 mod lists;
@@ -241,9 +272,9 @@ fn node(cli: &Cli) -> Result<Node> {
 
 fn print(cli: &Cli, v: &Value, text: impl FnOnce(&Value) -> String) {
     if cli.json {
-        println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+        outln!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
     } else {
-        print!("{}", text(v));
+        out!("{}", text(v));
     }
 }
 
@@ -482,6 +513,8 @@ fn peer(cli: &Cli, p: &PeerCommand) -> Result<u8> {
             mode,
             yes,
         } => {
+            // As issuers write it: `Peer.Test` is `peer.test`.
+            let domain = &edit::normalize_domain(domain)?;
             let (feed, key) = if *from_directory {
                 from_directory_card(cli, domain)?
             } else {
@@ -508,11 +541,11 @@ fn peer(cli: &Cli, p: &PeerCommand) -> Result<u8> {
             let mut doc = edit::load(path)?;
             edit::add_peer(&mut doc, domain, &feed, &key, *weight, mode)?;
             edit::save(path, &doc)?;
-            println!(
+            outln!(
                 "{domain} added ({mode}, weight {weight}, key {})",
                 public.fingerprint()
             );
-            println!(
+            outln!(
                 "In Prosody's global section, so that Debian's mod_limits does not throttle its feed to 30 kB/s:\n    {}\nthen `prosodyctl reload`; `corvid doctor` checks it.",
                 edit::unlimited_jids_line(&doc)
             );
@@ -526,7 +559,7 @@ fn peer(cli: &Cli, p: &PeerCommand) -> Result<u8> {
                 })
             })?;
             edit::save(path, &doc)?;
-            println!("{domain} removed; its reports stop counting");
+            outln!("{domain} removed; its reports stop counting");
         }
         PeerCommand::SetWeight { domain, weight } => {
             if !(0.0..=1.0).contains(weight) {
@@ -535,7 +568,7 @@ fn peer(cli: &Cli, p: &PeerCommand) -> Result<u8> {
             let mut doc = edit::load(path)?;
             edit::peer_mut(&mut doc, domain)?.insert("weight", toml_edit::value(*weight));
             edit::save(path, &doc)?;
-            println!("{domain}: weight {weight}");
+            outln!("{domain}: weight {weight}");
         }
         PeerCommand::Observe { domain } | PeerCommand::Enforce { domain } => {
             let mode = if matches!(p, PeerCommand::Observe { .. }) {
@@ -551,7 +584,7 @@ fn peer(cli: &Cli, p: &PeerCommand) -> Result<u8> {
             {
                 let _ = n.post(&format!("/v1/peers/{}/enforce", enc(domain)), &json!({}));
             }
-            println!("{domain}: {mode}");
+            outln!("{domain}: {mode}");
         }
         PeerCommand::ConfirmRotation { domain } => {
             let v = node(cli)?
@@ -564,7 +597,7 @@ fn peer(cli: &Cli, p: &PeerCommand) -> Result<u8> {
             let mut doc = edit::load(path)?;
             edit::peer_mut(&mut doc, domain)?.insert("key", toml_edit::value(&key));
             edit::save(path, &doc)?;
-            println!("{domain}: now pinned to {key}");
+            outln!("{domain}: now pinned to {key}");
         }
     }
     reload(cli)?;
@@ -610,7 +643,7 @@ fn confirm(prompt: &str) -> Result<()> {
             "{prompt}Not asking on a non-interactive stdin: pass --yes once you have compared the fingerprint"
         );
     }
-    print!("{prompt}Type yes to trust it: ");
+    out!("{prompt}Type yes to trust it: ");
     std::io::stdout().flush()?;
     let mut line = String::new();
     std::io::stdin().lock().read_line(&mut line)?;

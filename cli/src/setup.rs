@@ -21,10 +21,10 @@ pub fn keygen(out: &Path, force: bool) -> Result<u8> {
     let key = SecretKey::from_seed(seed);
     write_private(out, &key.to_key_file(), force)?;
     let public = key.public_key();
-    println!("wrote {} (mode 0600)", out.display());
-    println!("public key:  {public}");
-    println!("fingerprint: {}", public.fingerprint());
-    println!("Give peers the public key; they confirm the fingerprint with you out of band.");
+    outln!("wrote {} (mode 0600)", out.display());
+    outln!("public key:  {public}");
+    outln!("fingerprint: {}", public.fingerprint());
+    outln!("Give peers the public key; they confirm the fingerprint with you out of band.");
     Ok(0)
 }
 
@@ -257,7 +257,7 @@ list_consumers = ["{domain}"]
         component_secret = s("component.secret"),
     );
     std::fs::write(&a.out, text).with_context(|| format!("cannot write {}", a.out.display()))?;
-    println!("wrote {}", a.out.display());
+    outln!("wrote {}", a.out.display());
     if a.tokens {
         std::fs::create_dir_all(&a.secrets_dir)?;
         for name in ["read.token", "write.token", "component.secret"] {
@@ -267,17 +267,17 @@ list_consumers = ["{domain}"]
                 getrandom::fill(&mut t).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
                 let token: String = t.iter().map(|b| format!("{b:02x}")).collect();
                 write_private(&p, &format!("{token}\n"), false)?;
-                println!("wrote {} (mode 0600)", p.display());
+                outln!("wrote {} (mode 0600)", p.display());
             }
         }
     }
-    println!(
+    outln!(
         "\nNext:\n  corvid keygen --out {}\n  put corvidd's XMPP password in {}\n  set up Prosody:\n",
         s("signing.key"),
         s("xmpp-password")
     );
     let secret = std::fs::read_to_string(a.secrets_dir.join("component.secret")).ok();
-    print!(
+    out!(
         "{}",
         prosody_settings(&domain, secret.as_deref().map(str::trim))
     );
@@ -289,12 +289,12 @@ pub fn check_config(file: &Path) -> Result<u8> {
     let config = corvid_api::config::Config::parse_file(file)?;
     let problems = config.problems();
     if problems.is_empty() {
-        println!("{}: ok", file.display());
+        outln!("{}: ok", file.display());
         return Ok(0);
     }
     for p in &problems {
-        println!("{p}");
+        outln!("{p}");
     }
-    println!("{} problem(s) in {}", problems.len(), file.display());
+    outln!("{} problem(s) in {}", problems.len(), file.display());
     Ok(2)
 }
