@@ -307,6 +307,11 @@ fn bad_requests_get_json_errors() {
         !b.log().contains("192.0.2.7"),
         "raw IP must not reach the log"
     );
+    // A log file (not a terminal) gets no colour codes.
+    assert!(
+        !b.log().is_empty() && !b.log().contains('\u{1b}'),
+        "colour codes in a log file"
+    );
 }
 
 #[test]
