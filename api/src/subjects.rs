@@ -140,6 +140,9 @@ pub enum Query {
     },
     /// A raw address from the local server: tokenized, never stored.
     Ip(IpAddr),
+    /// A tokenized prefix (`ip:192.0.2.0/24`): the exact subject a report
+    /// about that prefix has.
+    IpPrefix(IpPrefix),
     /// A digest.
     Digest(SubjectKey),
     /// A key given directly (from `why` on a listed key).
@@ -152,7 +155,7 @@ impl Query {
     pub fn exact(&self) -> Option<&SubjectKey> {
         match self {
             Self::Jid { key, .. } | Self::Digest(key) | Self::Key(key) => Some(key),
-            Self::Domain { .. } | Self::Ip(_) => None,
+            Self::Domain { .. } | Self::Ip(_) | Self::IpPrefix(_) => None,
         }
     }
 
@@ -167,6 +170,7 @@ impl Query {
             }
             Self::Domain { domain } => Cow::Owned(format!("domain:{domain}")),
             Self::Ip(ip) => Cow::Owned(format!("rawip:{ip}")),
+            Self::IpPrefix(p) => Cow::Owned(format!("rawprefix:{}/{}", p.addr(), p.len())),
         }
     }
 
@@ -218,10 +222,20 @@ impl Query {
     /// When it is none of those.
     pub fn parse(text: &str) -> Result<Self> {
         let text = text.trim();
-        if let Some(ip) = text.strip_prefix("ip:")
-            && ip.parse::<IpAddr>().is_ok()
-        {
-            return Self::from_params(None, None, Some(ip), None);
+        if let Some(ip) = text.strip_prefix("ip:") {
+            if ip.parse::<IpAddr>().is_ok() {
+                return Self::from_params(None, None, Some(ip), None);
+            }
+            // The prefixes a report may name (`report ip:ADDR/LEN`).
+            if ip.contains('/') {
+                return IpPrefix::parse(ip)
+                    .map(Self::IpPrefix)
+                    .map_err(|e| anyhow!("{text:?}: {e}"));
+            }
+            // An IP token key (`ip:v1:…`) is read as a key below.
+            if text.parse::<SubjectKey>().is_err() {
+                bail!("{text:?} is not an IP address, a prefix (ip:ADDR/LEN) or an IP token");
+            }
         }
         if text.starts_with("digest:") {
             return Self::from_params(None, None, None, Some(text));
@@ -302,5 +316,13 @@ mod tests {
             ReportSubject::Ip(_)
         ));
         assert!(parse_report_subject("ip:192.0.2.7/16").is_err());
+        // What `report` accepts, `verdict` takes: the prefix itself.
+        assert!(matches!(
+            Query::parse("ip:192.0.2.7/24").expect("prefix"),
+            Query::IpPrefix(p) if p.len() == 24 && p.addr().to_string() == "192.0.2.0"
+        ));
+        let err = Query::parse("ip:999.1.1.1").expect_err("not an address");
+        assert!(err.to_string().contains("not an IP address"), "{err}");
+        assert!(Query::parse("ip:192.0.2.7/16").is_err());
     }
 }

@@ -103,9 +103,13 @@ enum Command {
     },
     /// Show the action and score for subjects.
     Verdict {
-        /// JIDs, domains, ip:ADDR, digest:HEX or subject keys.
-        #[arg(required = true)]
+        /// JIDs, domains, ip:ADDR, ip:ADDR/LEN, digest:HEX or subject keys.
+        #[arg(required_unless_present = "body_file")]
         subjects: Vec<String>,
+        /// Also the verdict of a message body's content digest (spec §10),
+        /// computed here from the file; the text goes nowhere.
+        #[arg(long, value_name = "FILE")]
+        body_file: Option<PathBuf>,
     },
     /// Explain a verdict: every contributing report with issuer, weight, age, decay, mode, expiry and status.
     Why {
@@ -301,16 +305,41 @@ fn run(cli: &Cli) -> Result<u8> {
             });
             Ok(0)
         }
-        Command::Verdict { subjects } => {
+        Command::Verdict {
+            subjects,
+            body_file,
+        } => {
+            let mut subjects = subjects.clone();
+            if let Some(path) = body_file {
+                let body = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read {}", path.display()))?;
+                match corvid_protocol::digest::body_digest(&body) {
+                    Some(key) => subjects.push(key.to_string()),
+                    None => bail!(
+                        "{} is too short for a content digest (spec §10: fewer than {} characters once normalized)",
+                        path.display(),
+                        corvid_protocol::digest::MIN_NORMALIZED_CHARS
+                    ),
+                }
+            }
             let n = node(cli)?;
+            // One bad subject is reported beside the others' verdicts; it
+            // does not hide them.
             let mut all = Vec::new();
-            for s in subjects {
-                let mut v = n.get(&format!("/v1/verdict?subject={}", enc(s)))?.ok()?;
+            let mut bad = 0;
+            for s in &subjects {
+                let reply = n.get(&format!("/v1/verdict?subject={}", enc(s)))?;
+                let mut v = if reply.status == 400 {
+                    bad += 1;
+                    json!({"error": reply.json["error"].as_str().unwrap_or("not a subject")})
+                } else {
+                    reply.ok()?
+                };
                 v["subject"] = json!(s);
                 all.push(v);
             }
             print(cli, &json!(all), show::verdicts);
-            Ok(0)
+            Ok(if bad > 0 { 2 } else { 0 })
         }
         Command::Why { subject } => {
             let v = node(cli)?

@@ -52,6 +52,10 @@ fn age(secs: u64) -> String {
 pub fn verdicts(v: &Value) -> String {
     let mut out = String::new();
     for item in v.as_array().into_iter().flatten() {
+        if let Some(error) = item["error"].as_str() {
+            let _ = writeln!(out, "{:<40} error: {error}", s(&item["subject"]));
+            continue;
+        }
         let _ = writeln!(
             out,
             "{:<40} {:<6} {:.3}",

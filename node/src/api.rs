@@ -571,7 +571,7 @@ async fn verdict(State(s): State<Arc<ApiState>>, RawQuery(raw): RawQuery) -> Api
             let kind = match &q {
                 Query::Jid { .. } => "jid",
                 Query::Domain { .. } => "domain",
-                Query::Ip(_) => "ip",
+                Query::Ip(_) | Query::IpPrefix(_) => "ip",
                 Query::Digest(_) | Query::Key(_) => "digest",
             };
             // Rendered where the cache holds it: no copy of the verdict.

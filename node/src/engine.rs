@@ -1302,21 +1302,24 @@ fn shown(
     action: Action,
     reasons: &[Reason],
 ) -> (Action, Vec<serde_json::Value>) {
-    let ip_rule = match query {
-        Query::Ip(ip) => settings
-            .allow_ip
-            .iter()
-            .find(|m| m.contains(*ip))
-            .map(|m| (Action::Allow, "local-allow", m))
-            .or_else(|| {
-                settings
-                    .deny_ip
-                    .iter()
-                    .find(|m| m.contains(*ip))
-                    .map(|m| (Action::Block, "local-deny", m))
-            }),
-        _ => None,
+    // An address, or a whole prefix, that a local IP list covers.
+    let covered = |m: &&IpPrefixMatch| match query {
+        Query::Ip(ip) => m.contains(*ip),
+        Query::IpPrefix(p) => m.len <= p.len() && m.contains(p.addr()),
+        _ => false,
     };
+    let ip_rule = settings
+        .allow_ip
+        .iter()
+        .find(covered)
+        .map(|m| (Action::Allow, "local-allow", m))
+        .or_else(|| {
+            settings
+                .deny_ip
+                .iter()
+                .find(covered)
+                .map(|m| (Action::Block, "local-deny", m))
+        });
     match ip_rule {
         Some((action, rule, m)) => (
             action,
@@ -1351,6 +1354,14 @@ fn lookup_keys(settings: &Settings, now: u64, query: &Query) -> (Vec<SubjectKey>
                 .secrets
                 .iter()
                 .flat_map(|(s, _)| s.lookup_tokens(*ip, now, corvid_protocol::ns::MAX_TTL_SECS))
+                .collect();
+            (exact, Vec::new())
+        }
+        Query::IpPrefix(prefix) => {
+            let exact = settings
+                .secrets
+                .iter()
+                .flat_map(|(s, _)| s.prefix_tokens(prefix, now, corvid_protocol::ns::MAX_TTL_SECS))
                 .collect();
             (exact, Vec::new())
         }

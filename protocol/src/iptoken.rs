@@ -154,6 +154,17 @@ impl FederationSecret {
         }
         out
     }
+
+    /// Every token of one prefix a lookup must check at `now`: in each
+    /// epoch from the one `max_age` ago to the current one (the exact
+    /// subject a report about that prefix got, whenever it was issued).
+    pub fn prefix_tokens(&self, prefix: &IpPrefix, now: UnixTime, max_age: u64) -> Vec<SubjectKey> {
+        let first = self.epoch_of(now.saturating_sub(max_age));
+        let last = self.epoch_of(now);
+        (first..=last)
+            .map(|epoch| token_with_key(&self.id, &self.epoch_key(epoch), prefix, epoch))
+            .collect()
+    }
 }
 
 fn token_with_key(id: &SecretId, key: &[u8; 32], prefix: &IpPrefix, epoch: u64) -> SubjectKey {

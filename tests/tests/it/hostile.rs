@@ -307,6 +307,45 @@ fn bad_requests_get_json_errors() {
         !b.log().contains("192.0.2.7"),
         "raw IP must not reach the log"
     );
+    // The prefix a report named is a subject `verdict` takes too (any
+    // address inside it names it), and a bad address is called one.
+    for prefix in ["ip:192.0.2.0/24", "ip:192.0.2.99/24"] {
+        let r = b.get(&format!(
+            "/v1/verdict?subject={}",
+            prefix.replace('/', "%2F")
+        ));
+        assert_eq!(r.status, 200, "{prefix}: {}", r.text);
+        assert_eq!(r.json["action"], "block", "{prefix}: {}", r.text);
+    }
+    let r = b.get("/v1/verdict?subject=ip:192.0.3.0%2F24");
+    assert_eq!(r.json["action"], "allow", "another /24: {}", r.text);
+    let r = b.get("/v1/verdict?subject=ip:999.1.1.1");
+    assert_eq!(r.status, 400, "{}", r.text);
+    assert!(
+        r.text.contains("not an IP address") && !r.text.contains("domain"),
+        "{}",
+        r.text
+    );
+    // A report is refused, never altered, when its evidence is wrong.
+    let later = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+        + 3600;
+    for (body, says) in [
+        (
+            serde_json::json!({"subject": "x@y.example", "category": "spam", "count": 0}),
+            "count",
+        ),
+        (
+            serde_json::json!({"subject": "x@y.example", "category": "spam", "first_seen": later}),
+            "first_seen",
+        ),
+    ] {
+        let r = b.post("/v1/reports", &body);
+        assert_eq!(r.status, 400, "{body}: {}", r.text);
+        assert!(r.text.contains(says), "{body}: {}", r.text);
+    }
     // A log file (not a terminal) gets no colour codes.
     assert!(
         !b.log().is_empty() && !b.log().contains('\u{1b}'),
