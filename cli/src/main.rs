@@ -513,16 +513,45 @@ fn report(cli: &Cli, a: &ReportArgs) -> Result<u8> {
     Ok(0)
 }
 
-fn reload(cli: &Cli) -> Result<()> {
-    match Node::from_config(&cli.config).and_then(|n| n.post("/v1/admin/reload", &json!({}))?.ok())
-    {
-        Ok(_) => eprintln!("saved {}; corvidd is reloading it", cli.config.display()),
-        Err(e) => eprintln!(
-            "saved {}; corvidd did not take the reload ({e:#}); it reads the file at start, or send it SIGHUP",
-            cli.config.display()
-        ),
+/// Has corvidd reload the config just saved; the exit code. A corvidd that
+/// is not running reads the file when it starts (0, as when peers are added
+/// before the first start); a running one that refuses the file (a typo, a
+/// bad value) did not apply the change: that is a failure (2 for config
+/// problems), not a success.
+fn reload(cli: &Cli) -> Result<u8> {
+    let saved = cli.config.display();
+    let node = match Node::from_config(&cli.config) {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!(
+                "saved {saved}, but the file now has a problem ({e:#}): run `corvid check-config {saved}`"
+            );
+            return Ok(2);
+        }
+    };
+    match node.post("/v1/admin/reload", &json!({})) {
+        Err(e)
+            if e.downcast_ref::<Failure>()
+                .is_some_and(|f| f.code == api::EXIT_UNREACHABLE) =>
+        {
+            eprintln!("saved {saved}; corvidd is not running: it reads the file when it starts");
+            Ok(0)
+        }
+        Err(e) => Err(e),
+        Ok(reply) if (200..300).contains(&reply.status) => {
+            eprintln!("saved {saved}; corvidd is reloading it");
+            Ok(0)
+        }
+        Ok(reply) => {
+            let why = reply.json["error"]
+                .as_str()
+                .map_or_else(|| reply.json.to_string(), str::to_owned);
+            eprintln!(
+                "saved {saved}, but corvidd refused to reload it and keeps running on the previous settings: {why}\n  fix the file (`corvid check-config {saved}`), then `systemctl reload corvidd`"
+            );
+            Ok(if reply.status == 400 { 2 } else { 1 })
+        }
     }
-    Ok(())
 }
 
 fn peer(cli: &Cli, p: &PeerCommand) -> Result<u8> {
@@ -629,8 +658,7 @@ fn peer(cli: &Cli, p: &PeerCommand) -> Result<u8> {
             outln!("{domain}: now pinned to {key}");
         }
     }
-    reload(cli)?;
-    Ok(0)
+    reload(cli)
 }
 
 fn from_directory_card(cli: &Cli, domain: &str) -> Result<(String, String)> {

@@ -122,7 +122,7 @@ async fn confirm_rotation(
 ) -> Result<Json<Value>, ApiError> {
     match s.engine.confirm_rotation(&domain)? {
         Some(key) => {
-            s.reload.notify_one();
+            s.reload.ask();
             Ok(Json(json!({"peer": domain, "accepted_key": key})))
         }
         None => Err(ApiError::bad(format!(
@@ -139,9 +139,24 @@ async fn enforce(
     Ok(Json(json!({"peer": domain, "suspension_lifted": true})))
 }
 
+/// Reloads the config and answers with the outcome: 200 once the new
+/// settings run, 400 with the reason when the file was refused (the running
+/// settings stay), 503 when no attempt finished within 10 s.
 async fn reload(State(s): State<Arc<ApiState>>) -> Result<Json<Value>, ApiError> {
-    s.reload.notify_one();
-    Ok(Json(json!({"reloading": true})))
+    match s
+        .reload
+        .ask_and_wait(std::time::Duration::from_secs(10))
+        .await
+    {
+        Some(Ok(())) => Ok(Json(json!({"reloaded": true}))),
+        Some(Err(why)) => Err(ApiError::bad(format!(
+            "the config was not reloaded, the running settings stay: {why}"
+        ))),
+        None => Err(ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "the reload did not finish within 10 s; see corvidd's log".to_owned(),
+        )),
+    }
 }
 
 #[derive(Debug, Deserialize)]

@@ -49,7 +49,7 @@ pub struct ApiState {
     /// Whether a clock offset was measured.
     pub clock_measured: std::sync::atomic::AtomicBool,
     /// Reloads the config (SIGHUP equivalent); set by main.
-    pub reload: Arc<Notify>,
+    pub reload: Arc<Reloads>,
     /// The servers that keep a copy of the decisions (mod_corvid), by the
     /// name they give, as last seen: for `corvid status`.
     pub consumers: Mutex<BTreeMap<String, Consumer>>,
@@ -193,6 +193,65 @@ pub struct ApiLimits {
     pub request_timeout: Duration,
 }
 
+/// Reloads of the config: asked by SIGHUP or through the API, carried out
+/// by the reloader task, whose outcome an API caller can wait for (so that
+/// `corvid peer set-weight` knows whether corvidd took the edited file).
+#[derive(Debug)]
+pub struct Reloads {
+    wake: Notify,
+    asked: std::sync::atomic::AtomicU64,
+    /// The last request an attempt covered, and its outcome.
+    done: tokio::sync::watch::Sender<(u64, Result<(), String>)>,
+}
+
+impl Default for Reloads {
+    fn default() -> Self {
+        Self {
+            wake: Notify::new(),
+            asked: std::sync::atomic::AtomicU64::new(0),
+            done: tokio::sync::watch::Sender::new((0, Ok(()))),
+        }
+    }
+}
+
+impl Reloads {
+    /// Asks for a reload, without waiting; the request's number.
+    pub fn ask(&self) -> u64 {
+        let n = self.asked.fetch_add(1, Ordering::SeqCst) + 1;
+        self.wake.notify_one();
+        n
+    }
+
+    /// Asks for a reload and waits for an attempt that read the file after
+    /// this request (at most `timeout`): its outcome, None on a timeout.
+    pub async fn ask_and_wait(&self, timeout: std::time::Duration) -> Option<Result<(), String>> {
+        let mut done = self.done.subscribe();
+        let n = self.ask();
+        let seen = tokio::time::timeout(timeout, done.wait_for(|(covered, _)| *covered >= n))
+            .await
+            .ok()?
+            .ok()?;
+        Some(seen.1.clone())
+    }
+
+    /// For the reloader: waits until a reload is asked through the API.
+    pub async fn asked(&self) {
+        self.wake.notified().await;
+    }
+
+    /// For the reloader, before it reads the file: the requests this
+    /// attempt covers.
+    pub fn covering(&self) -> u64 {
+        self.asked.load(Ordering::SeqCst)
+    }
+
+    /// For the reloader, after an attempt.
+    pub fn finished(&self, covered: u64, outcome: Result<(), String>) {
+        // (The previous outcome, replaced, is no one's to handle.)
+        let _previous = self.done.send_replace((covered, outcome));
+    }
+}
+
 impl ApiState {
     /// New state.
     pub fn new(
@@ -202,7 +261,7 @@ impl ApiState {
         write_token: String,
         wake: Arc<Notify>,
         limits: ApiLimits,
-        reload: Arc<Notify>,
+        reload: Arc<Reloads>,
     ) -> Self {
         let now = Instant::now();
         let bucket = |rate: u32| Mutex::new(TokenBucket::new(f64::from(rate), now));
@@ -245,7 +304,7 @@ impl ApiError {
             message: message.into(),
         }
     }
-    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, message: impl Into<String>) -> Self {
         Self {
             status,
             message: message.into(),

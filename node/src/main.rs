@@ -206,7 +206,7 @@ async fn serve(path: PathBuf, config: Config, ready_file: Option<PathBuf>) -> Re
         None => None,
     };
     let wake = Arc::new(Notify::new());
-    let reload = Arc::new(Notify::new());
+    let reload = Arc::new(corvid_node::api::Reloads::default());
     let resync = Duration::from_secs(
         std::env::var("CORVIDD_RESYNC_SECS")
             .ok()
@@ -368,7 +368,7 @@ fn spawn_reloader(
     link: xmpp::Link,
     events: mpsc::Sender<LinkEvent>,
     senders: watch::Sender<Arc<HashSet<BareJid>>>,
-    reload: Arc<Notify>,
+    reload: Arc<corvid_node::api::Reloads>,
 ) {
     tokio::spawn(async move {
         let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
@@ -381,24 +381,32 @@ fn spawn_reloader(
         loop {
             tokio::select! {
                 _ = hup.recv() => {}
-                () = reload.notified() => {}
+                () = reload.asked() => {}
             }
-            match Config::load(&path).and_then(|c| Settings::from_config(&c)) {
-                Ok(settings) => {
-                    if let Err(e) = engine.replace_settings(settings) {
+            // Every request made before the file is read is answered by
+            // this attempt.
+            let covering = reload.covering();
+            let outcome = match Config::load(&path).and_then(|c| Settings::from_config(&c)) {
+                Ok(settings) => match engine.replace_settings(settings) {
+                    Err(e) => {
                         tracing::warn!("reload: {e:#}");
-                        continue;
+                        Err(format!("{e:#}"))
                     }
-                    tracing::info!(config = %path.display(), "configuration reloaded");
-                    senders.send_replace(sync::event_senders(&engine));
-                    if let xmpp::LinkState::Online { session, .. } = link.state() {
-                        let _ = events.send(LinkEvent::Online { session }).await;
+                    Ok(()) => {
+                        tracing::info!(config = %path.display(), "configuration reloaded");
+                        senders.send_replace(sync::event_senders(&engine));
+                        if let xmpp::LinkState::Online { session, .. } = link.state() {
+                            let _ = events.send(LinkEvent::Online { session }).await;
+                        }
+                        Ok(())
                     }
-                }
+                },
                 Err(e) => {
-                    tracing::error!("reload failed, keeping the running configuration: {e:#}")
+                    tracing::error!("reload failed, keeping the running configuration: {e:#}");
+                    Err(format!("{e:#}"))
                 }
-            }
+            };
+            reload.finished(covering, outcome);
         }
     });
 }

@@ -137,6 +137,21 @@ fn a_local_allow_wins_after_a_reload() {
     b.wait_action("jid", "friend@partner.example", "allow", T);
     let v = b.verdict("jid", "friend@partner.example");
     assert_eq!(v["reasons"][0]["rule"], "local-allow", "{v}");
+    // A reload through the API answers with its outcome (what `corvid peer
+    // set-weight` reports): taken...
+    let r = b.post("/v1/admin/reload", &serde_json::json!({}));
+    assert_eq!(r.status, 200, "{}", r.text);
+    // ...or refused with the reason, the running settings kept.
+    let good = std::fs::read_to_string(&path).expect("config");
+    std::fs::write(&path, good.replace("[policy]\n", "[policy]\nalow = []\n")).expect("write");
+    let r = b.post("/v1/admin/reload", &serde_json::json!({}));
+    assert_eq!(r.status, 400, "{}", r.text);
+    assert!(
+        r.text.contains("alow"),
+        "the reason names the typo: {}",
+        r.text
+    );
+    assert_eq!(b.action("jid", "friend@partner.example"), "allow");
     // A bad reload keeps the running configuration.
     std::fs::write(&path, "this is not toml").expect("write");
     b.reload();
