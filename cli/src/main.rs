@@ -539,7 +539,18 @@ fn reload(cli: &Cli) -> Result<u8> {
         }
         Err(e) => Err(e),
         Ok(reply) if (200..300).contains(&reply.status) => {
-            eprintln!("saved {saved}; corvidd is reloading it");
+            let restart: Vec<&str> = reply.json["restart_needed"]
+                .as_array()
+                .map(|a| a.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            if restart.is_empty() {
+                eprintln!("saved {saved}; corvidd reloaded it");
+            } else {
+                eprintln!(
+                    "saved {saved}; corvidd reloaded it, but these changes apply only after `systemctl restart corvidd`: {}",
+                    restart.join(", ")
+                );
+            }
             Ok(0)
         }
         Ok(reply) => {

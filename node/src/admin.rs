@@ -148,7 +148,9 @@ async fn reload(State(s): State<Arc<ApiState>>) -> Result<Json<Value>, ApiError>
         .ask_and_wait(std::time::Duration::from_secs(10))
         .await
     {
-        Some(Ok(())) => Ok(Json(json!({"reloaded": true}))),
+        Some(Ok(restart_needed)) => Ok(Json(
+            json!({"reloaded": true, "restart_needed": restart_needed}),
+        )),
         Some(Err(why)) => Err(ApiError::bad(format!(
             "the config was not reloaded, the running settings stay: {why}"
         ))),

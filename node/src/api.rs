@@ -193,6 +193,10 @@ pub struct ApiLimits {
     pub request_timeout: Duration,
 }
 
+/// What a reload did: the settings it could not apply (they take a restart),
+/// or why the file was refused.
+pub type ReloadOutcome = Result<Vec<String>, String>;
+
 /// Reloads of the config: asked by SIGHUP or through the API, carried out
 /// by the reloader task, whose outcome an API caller can wait for (so that
 /// `corvid peer set-weight` knows whether corvidd took the edited file).
@@ -201,7 +205,7 @@ pub struct Reloads {
     wake: Notify,
     asked: std::sync::atomic::AtomicU64,
     /// The last request an attempt covered, and its outcome.
-    done: tokio::sync::watch::Sender<(u64, Result<(), String>)>,
+    done: tokio::sync::watch::Sender<(u64, ReloadOutcome)>,
 }
 
 impl Default for Reloads {
@@ -209,7 +213,7 @@ impl Default for Reloads {
         Self {
             wake: Notify::new(),
             asked: std::sync::atomic::AtomicU64::new(0),
-            done: tokio::sync::watch::Sender::new((0, Ok(()))),
+            done: tokio::sync::watch::Sender::new((0, Ok(Vec::new()))),
         }
     }
 }
@@ -224,7 +228,7 @@ impl Reloads {
 
     /// Asks for a reload and waits for an attempt that read the file after
     /// this request (at most `timeout`): its outcome, None on a timeout.
-    pub async fn ask_and_wait(&self, timeout: std::time::Duration) -> Option<Result<(), String>> {
+    pub async fn ask_and_wait(&self, timeout: std::time::Duration) -> Option<ReloadOutcome> {
         let mut done = self.done.subscribe();
         let n = self.ask();
         let seen = tokio::time::timeout(timeout, done.wait_for(|(covered, _)| *covered >= n))
@@ -246,7 +250,7 @@ impl Reloads {
     }
 
     /// For the reloader, after an attempt.
-    pub fn finished(&self, covered: u64, outcome: Result<(), String>) {
+    pub fn finished(&self, covered: u64, outcome: ReloadOutcome) {
         // (The previous outcome, replaced, is no one's to handle.)
         let _previous = self.done.send_replace((covered, outcome));
     }

@@ -289,6 +289,7 @@ async fn serve(path: PathBuf, config: Config, ready_file: Option<PathBuf>) -> Re
     };
     spawn_reloader(
         path,
+        config.clone(),
         Arc::clone(&engine),
         link.clone(),
         events_tx,
@@ -364,12 +365,15 @@ fn announce(bound: &str, engine: &Engine, ready_file: Option<&std::path::Path>) 
 /// lists change without dropping lookups; new peers are backfilled.
 fn spawn_reloader(
     path: PathBuf,
+    started: Config,
     engine: Arc<Engine>,
     link: xmpp::Link,
     events: mpsc::Sender<LinkEvent>,
     senders: watch::Sender<Arc<HashSet<BareJid>>>,
     reload: Arc<corvid_node::api::Reloads>,
 ) {
+    // The XMPP password corvidd logged in with (read once, at start).
+    let password = read_secret(&started.xmpp.password_file).ok();
     tokio::spawn(async move {
         let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
             Ok(h) => h,
@@ -386,19 +390,30 @@ fn spawn_reloader(
             // Every request made before the file is read is answered by
             // this attempt.
             let covering = reload.covering();
-            let outcome = match Config::load(&path).and_then(|c| Settings::from_config(&c)) {
-                Ok(settings) => match engine.replace_settings(settings) {
+            let loaded = Config::load(&path)
+                .and_then(|c| Settings::from_config(&c).map(|settings| (c, settings)));
+            let outcome = match loaded {
+                Ok((config, settings)) => match engine.replace_settings(settings) {
                     Err(e) => {
                         tracing::warn!("reload: {e:#}");
                         Err(format!("{e:#}"))
                     }
                     Ok(()) => {
-                        tracing::info!(config = %path.display(), "configuration reloaded");
+                        let restart = needs_restart(&started, &config, password.as_deref());
+                        if restart.is_empty() {
+                            tracing::info!(config = %path.display(), "configuration reloaded");
+                        } else {
+                            tracing::warn!(
+                                config = %path.display(),
+                                "configuration reloaded, but these changes apply only after a restart (systemctl restart corvidd): {}",
+                                restart.join(", ")
+                            );
+                        }
                         senders.send_replace(sync::event_senders(&engine));
                         if let xmpp::LinkState::Online { session, .. } = link.state() {
                             let _ = events.send(LinkEvent::Online { session }).await;
                         }
-                        Ok(())
+                        Ok(restart)
                     }
                 },
                 Err(e) => {
@@ -409,6 +424,43 @@ fn spawn_reloader(
             reload.finished(covering, outcome);
         }
     });
+}
+
+/// The settings a reload does not apply, read once at start (the XMPP
+/// account and its password, the API, the store, the feed, the signing key,
+/// the component): those the file now changes, by name.
+fn needs_restart(started: &Config, now: &Config, password: Option<&str>) -> Vec<String> {
+    // (The config's sections compare by their full contents.)
+    let differs =
+        |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
+    let mut out: Vec<String> = [
+        ("data_dir", differs(&started.data_dir, &now.data_dir)),
+        (
+            "storage_engine",
+            differs(&started.storage_engine, &now.storage_engine),
+        ),
+        ("[xmpp]", differs(&started.xmpp, &now.xmpp)),
+        ("[feed]", differs(&started.feed, &now.feed)),
+        ("[api]", differs(&started.api, &now.api)),
+        (
+            "keys.signing_key_file",
+            started.keys.signing_key_file != now.keys.signing_key_file,
+        ),
+        ("[component]", differs(&started.component, &now.component)),
+    ]
+    .into_iter()
+    .filter(|(_, changed)| *changed)
+    .map(|(name, _)| name.to_owned())
+    .collect();
+    if !out.iter().any(|n| n == "[xmpp]")
+        && read_secret(&now.xmpp.password_file).ok().as_deref() != password
+    {
+        out.push(format!(
+            "the XMPP password in {}",
+            now.xmpp.password_file.display()
+        ));
+    }
+    out
 }
 
 /// Compares our clock with the XMPP server's (XEP-0202) every few minutes.

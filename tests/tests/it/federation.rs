@@ -141,6 +141,26 @@ fn a_local_allow_wins_after_a_reload() {
     // set-weight` reports): taken...
     let r = b.post("/v1/admin/reload", &serde_json::json!({}));
     assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(
+        r.json["restart_needed"],
+        serde_json::json!([]),
+        "{}",
+        r.text
+    );
+    // A new XMPP password is read at the next start: the reload says so.
+    let password = path.with_file_name("password");
+    let old_password = std::fs::read_to_string(&password).expect("password");
+    std::fs::write(&password, "a new password").expect("write");
+    let r = b.post("/v1/admin/reload", &serde_json::json!({}));
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(
+        r.json["restart_needed"][0]
+            .as_str()
+            .is_some_and(|s| s.contains("XMPP password")),
+        "{}",
+        r.text
+    );
+    std::fs::write(&password, old_password).expect("write");
     // ...or refused with the reason, the running settings kept.
     let good = std::fs::read_to_string(&path).expect("config");
     std::fs::write(&path, good.replace("[policy]\n", "[policy]\nalow = []\n")).expect("write");
