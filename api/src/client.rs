@@ -9,6 +9,9 @@ use crate::config::{Config, Listen, read_secret};
 use anyhow::{Context, Result, anyhow};
 use serde_json::Value;
 
+/// Exit code: bad usage, a bad value or a config problem (the caller's to
+/// fix).
+pub const EXIT_USAGE: i32 = 2;
 /// Exit code: corvidd could not be reached.
 pub const EXIT_UNREACHABLE: i32 = 3;
 /// Exit code: the subject or peer does not exist.
@@ -55,11 +58,14 @@ impl Node {
     /// # Errors
     /// When the config or token files cannot be read.
     pub fn from_config(path: &Path) -> Result<Self> {
-        let config = Config::parse_file(path).with_context(|| {
-            format!(
-                "cannot read corvidd's config {} (use --config FILE or set CORVID_CONFIG)",
-                path.display()
-            )
+        let config = Config::parse_file(path).map_err(|e| {
+            anyhow!(Failure {
+                code: EXIT_USAGE,
+                message: format!(
+                    "cannot read corvidd's config {} (use --config FILE or set CORVID_CONFIG): {e:#}",
+                    path.display()
+                ),
+            })
         })?;
         Ok(Self {
             listen: config.api.listen()?,
@@ -225,10 +231,12 @@ impl Reply {
         let message = self.json["error"]
             .as_str()
             .map_or_else(|| self.json.to_string(), str::to_owned);
-        let code = if self.status == 404 {
-            EXIT_NOT_FOUND
-        } else {
-            1
+        // A request corvidd calls bad (a bad value, a subject that is not
+        // one, a section the config lacks) is the caller's to fix.
+        let code = match self.status {
+            404 => EXIT_NOT_FOUND,
+            400 | 413 | 422 => EXIT_USAGE,
+            _ => 1,
         };
         let hint = match self.status {
             401 | 403 => " (check the token files named in the config)",

@@ -55,7 +55,10 @@ pub fn peer_mut<'a>(doc: &'a mut DocumentMut, domain: &str) -> Result<&'a mut Ta
             return Ok(t);
         }
     }
-    bail!("{domain} is not a peer in this config (see `corvid peer list`)")
+    Err(anyhow::anyhow!(corvid_api::client::Failure {
+        code: corvid_api::client::EXIT_NOT_FOUND,
+        message: format!("{domain} is not a peer in this config (see `corvid peer list`)"),
+    }))
 }
 
 /// A domain as issuers write it (spec §8.3): `Peer.Test` is `peer.test`.

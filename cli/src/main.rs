@@ -270,6 +270,14 @@ fn main() -> ExitCode {
     }
 }
 
+/// An error that is the caller's to fix (exit 2).
+fn usage(message: String) -> anyhow::Error {
+    anyhow::anyhow!(Failure {
+        code: api::EXIT_USAGE,
+        message
+    })
+}
+
 fn node(cli: &Cli) -> Result<Node> {
     Node::from_config(&cli.config)
 }
@@ -394,8 +402,13 @@ fn run(cli: &Cli) -> Result<u8> {
             Ok(0)
         }
         Command::Key(KeyCommand::Rotate { to }) => {
-            let abs = std::fs::canonicalize(to)
-                .with_context(|| format!("cannot find {}", to.display()))?;
+            let abs = std::fs::canonicalize(to).map_err(|e| {
+                usage(format!(
+                    "cannot find the new key {} ({e}): make it first with `corvid keygen --out {}`",
+                    to.display(),
+                    to.display()
+                ))
+            })?;
             let v = node(cli)?
                 .post(
                     "/v1/keys/rotate",
@@ -453,13 +466,13 @@ fn parse_ttl(text: &str) -> Result<u64> {
     );
     let n: u64 = num
         .parse()
-        .with_context(|| format!("--ttl {text:?}: expected e.g. 30d, 12h, 90m"))?;
+        .map_err(|_| usage(format!("--ttl {text:?}: expected e.g. 30d, 12h, 90m")))?;
     let mult = match unit {
         "" | "s" => 1,
         "m" => 60,
         "h" => 3600,
         "d" => 86_400,
-        _ => bail!("--ttl {text:?}: unit must be s, m, h or d"),
+        _ => return Err(usage(format!("--ttl {text:?}: unit must be s, m, h or d"))),
     };
     Ok(n * mult)
 }
@@ -596,10 +609,10 @@ fn peer(cli: &Cli, p: &PeerCommand) -> Result<u8> {
                 key.parse().with_context(|| format!("--key {key:?}"))?;
             feed.parse::<corvid_protocol::item::FeedAddress>()?;
             if !(0.0..=1.0).contains(weight) {
-                bail!("--weight must be between 0.0 and 1.0");
+                return Err(usage("--weight must be between 0.0 and 1.0".into()));
             }
             if mode != "enforce" && mode != "observe" {
-                bail!("--mode is enforce or observe");
+                return Err(usage("--mode is enforce or observe".into()));
             }
             if !*yes {
                 confirm(&format!(
@@ -632,7 +645,7 @@ fn peer(cli: &Cli, p: &PeerCommand) -> Result<u8> {
         }
         PeerCommand::SetWeight { domain, weight } => {
             if !(0.0..=1.0).contains(weight) {
-                bail!("weight must be between 0.0 and 1.0");
+                return Err(usage("weight must be between 0.0 and 1.0".into()));
             }
             let mut doc = edit::load(path)?;
             edit::peer_mut(&mut doc, domain)?.insert("weight", toml_edit::value(*weight));

@@ -160,10 +160,14 @@ pub fn init(a: &InitArgs) -> Result<u8> {
             std::io::stdin().read_line(&mut line)?;
             line.trim().to_owned()
         }
-        None => bail!("--domain is required when stdin is not a terminal"),
+        None => {
+            return Err(crate::usage(
+                "--domain is required when stdin is not a terminal".into(),
+            ));
+        }
     };
     let domain = corvid_protocol::subject::normalize_domain(&domain)
-        .map_err(|e| anyhow::anyhow!("--domain: {e}"))?;
+        .map_err(|e| crate::usage(format!("--domain: {e}")))?;
     let mut hosts = vec![domain.clone()];
     hosts.extend(a.hosts.iter().cloned());
     let s = |f: &str| a.secrets_dir.join(f).display().to_string();
