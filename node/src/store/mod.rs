@@ -338,6 +338,31 @@ fn members_only(subject: &str) -> bool {
 /// Set once the own log index covers every own record.
 const OWN_LOG_BUILT: &[u8] = b"own_log_built";
 
+/// Takes group and others' access away from the data directory (corvidd
+/// owns it; an existing one may have been made with the umask's 0755), and
+/// says so; where it cannot (not the owner), says that instead.
+fn private_dir(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt as _;
+    let Ok(meta) = std::fs::metadata(dir) else {
+        return;
+    };
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 == 0 {
+        return;
+    }
+    match std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode & 0o700)) {
+        Ok(()) => tracing::warn!(
+            "data directory {} had mode {mode:o}: now {:o} (the store holds reports and IP tokens)",
+            dir.display(),
+            mode & 0o700
+        ),
+        Err(e) => tracing::warn!(
+            "data directory {} has mode {mode:o}: group or others may read the store, and it cannot be changed ({e}); chmod 700 it",
+            dir.display()
+        ),
+    }
+}
+
 impl Store {
     /// Opens (or creates) the default engine's database in `dir`.
     ///
@@ -354,10 +379,15 @@ impl Store {
     /// The directory cannot be created, the database is in use or cannot
     /// be opened, or its schema is newer than this build.
     pub fn open_with(dir: &Path, engine: Engine, cache_bytes: u64) -> Result<Self> {
-        std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
-            dir: dir.to_owned(),
-            source,
-        })?;
+        // Owner only, whatever the umask: the store holds reports, IP
+        // tokens and who reported what.
+        std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+            .create(dir)
+            .map_err(|source| StoreError::CreateDir {
+                dir: dir.to_owned(),
+                source,
+            })?;
+        private_dir(dir);
         let kv: Arc<dyn Kv> = match engine {
             Engine::Redb => Arc::new(redb_kv::RedbKv::open(
                 &dir.join("corvid.redb"),
@@ -1745,6 +1775,23 @@ impl Tx<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_data_directory_is_the_owners_alone() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let parent = tempfile::tempdir().expect("tempdir");
+        let mode = |p: &Path| std::fs::metadata(p).expect("meta").permissions().mode() & 0o777;
+        // Created by corvidd: 0700 whatever the umask.
+        let fresh = parent.path().join("fresh");
+        drop(Store::open(&fresh, 1 << 20).expect("store"));
+        assert_eq!(mode(&fresh), 0o700);
+        // Made beforehand with 0755: tightened at the next open.
+        let made = parent.path().join("made");
+        std::fs::create_dir(&made).expect("mkdir");
+        std::fs::set_permissions(&made, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        drop(Store::open(&made, 1 << 20).expect("store"));
+        assert_eq!(mode(&made), 0o700);
+    }
 
     #[test]
     fn a_newer_schema_is_refused_with_a_clear_message() {
