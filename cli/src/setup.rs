@@ -84,14 +84,16 @@ pub struct InitArgs {
 pub fn prosody_settings(domain: &str, secret: Option<&str>) -> String {
     format!(
         r#"-- prosody.cfg.lua: what corvidd needs
--- 1. An account:  prosodyctl register corvidd {domain} 'a long password'
+-- 1. An account (prosodyctl asks for the password; keep it off the command line):
+--      prosodyctl adduser corvidd@{domain}
 -- 2. Exempt it from mod_limits' rate limits (global section):
 unlimited_jids = {{ "corvidd@{domain}" }}
 -- 3. A PubSub component where corvidd may create its node (admin of this component only):
 Component "pubsub.{domain}" "pubsub"
     admins = {{ "corvidd@{domain}" }}
     pubsub_max_items = 256 -- at least 256: a full node silently drops its oldest item
--- PubSub storage may be the default files or memory: corvidd republishes what is lost.
+-- Keep the default PubSub storage, not memory: Prosody 0.12's memory storage returns wrong
+-- items after an in-place replacement, which this feed's head is.
 -- 4. Enforcement (hooks/prosody/README.md): copy mod_corvid.lua,
 --    corvid_keys.lib.lua and corvid_digest.lib.lua into a plugin
 --    directory, then (global section):
@@ -275,11 +277,22 @@ list_consumers = ["{domain}"]
             }
         }
     }
-    outln!(
-        "\nNext:\n  corvid keygen --out {}\n  put corvidd's XMPP password in {}\n  set up Prosody:\n",
-        s("signing.key"),
-        s("xmpp-password")
-    );
+    // The steps left, in order; done ones are not repeated.
+    let mut next = String::from("\nNext (as the user corvidd runs as, e.g. `sudo -u corvid …`):\n");
+    if !a.secrets_dir.join("signing.key").exists() {
+        next.push_str(&format!("  corvid keygen --out {}\n", s("signing.key")));
+    }
+    if !a.secrets_dir.join("xmpp-password").exists() {
+        next.push_str(&format!(
+            "  put corvidd's XMPP password in {0}, readable by corvidd alone:\n    (umask 077; cat > {0})   # type it, then Ctrl-D\n",
+            s("xmpp-password")
+        ));
+    }
+    next.push_str(&format!(
+        "  corvid check-config {}\n  set up Prosody:\n",
+        a.out.display()
+    ));
+    outln!("{next}");
     let secret = std::fs::read_to_string(a.secrets_dir.join("component.secret")).ok();
     out!(
         "{}",
