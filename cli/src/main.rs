@@ -779,7 +779,8 @@ mod readme {
                 continue;
             }
             let Some(cmd) = t
-                .strip_prefix("sudo ")
+                .strip_prefix("sudo -u corvid ")
+                .or_else(|| t.strip_prefix("sudo "))
                 .or(Some(t))
                 .filter(|c| in_sh && c.starts_with("corvid "))
             else {
