@@ -291,10 +291,31 @@ fn print(cli: &Cli, v: &Value, text: impl FnOnce(&Value) -> String) {
 }
 
 fn run(cli: &Cli) -> Result<u8> {
+    // --json is for commands that print something to read; the others
+    // refuse it rather than ignore it.
+    let text_only = matches!(
+        &cli.command,
+        Command::Keygen { .. }
+            | Command::Init(_)
+            | Command::Export(_)
+            | Command::Peer(
+                PeerCommand::Add { .. }
+                    | PeerCommand::Remove { .. }
+                    | PeerCommand::SetWeight { .. }
+                    | PeerCommand::Observe { .. }
+                    | PeerCommand::Enforce { .. }
+                    | PeerCommand::ConfirmRotation { .. }
+            )
+    );
+    if cli.json && text_only {
+        return Err(usage(
+            "--json is for the commands that read (status, verdict, why, peer list, check-config, …); this one changes something and prints text".into(),
+        ));
+    }
     match &cli.command {
         Command::Keygen { out, force } => setup::keygen(out, *force),
         Command::Init(args) => setup::init(args),
-        Command::CheckConfig { file } => setup::check_config(file),
+        Command::CheckConfig { file } => setup::check_config(file, cli.json),
         Command::Report(args) => report(cli, args),
         Command::Retract { subject, reason } => {
             let v = node(cli)?

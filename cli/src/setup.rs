@@ -302,9 +302,26 @@ list_consumers = ["{domain}"]
 }
 
 /// Lists every problem in a config.
-pub fn check_config(file: &Path) -> Result<u8> {
-    let config = corvid_api::config::Config::parse_file(file)?;
+pub fn check_config(file: &Path, json_out: bool) -> Result<u8> {
+    let config =
+        corvid_api::config::Config::parse_file(file).map_err(|e| crate::usage(format!("{e:#}")))?;
     let problems = config.problems();
+    if json_out {
+        let list: Vec<serde_json::Value> = problems
+            .iter()
+            .map(|p| serde_json::json!({"key": p.key, "message": p.message, "hint": p.hint}))
+            .collect();
+        outln!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "file": file.display().to_string(),
+                "ok": problems.is_empty(),
+                "problems": list,
+            }))
+            .unwrap_or_default()
+        );
+        return Ok(if problems.is_empty() { 0 } else { 2 });
+    }
     if problems.is_empty() {
         outln!("{}: ok", file.display());
         return Ok(0);

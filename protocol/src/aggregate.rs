@@ -286,6 +286,14 @@ pub fn score_subject(
     }
 }
 
+/// A score kept as its three-decimal text, written as a JSON number.
+fn score_number<S: serde::Serializer>(text: &str, s: S) -> Result<S::Ok, S::Error> {
+    match text.parse::<f64>() {
+        Ok(v) => s.serialize_f64(v),
+        Err(_) => s.serialize_str(text),
+    }
+}
+
 /// Why a verdict is what it is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "rule", rename_all = "kebab-case")]
@@ -304,7 +312,9 @@ pub enum Reason {
     Score {
         /// The subject.
         subject: SubjectKey,
-        /// Its score.
+        /// Its score, to three decimals (written as a JSON number, as a
+        /// verdict's own `score` is).
+        #[serde(serialize_with = "score_number")]
         score: String,
         /// Distinct issuers.
         issuers: usize,
