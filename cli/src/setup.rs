@@ -8,6 +8,13 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use corvid_protocol::keys::{SecretKey, Signer};
 
+/// `--server` as check-config takes it: an IP address and a port.
+fn ip_port(text: &str) -> Result<String, String> {
+    text.parse::<std::net::SocketAddr>()
+        .map(|_| text.to_owned())
+        .map_err(|_| format!("{text:?} is not IP:PORT (e.g. 127.0.0.1:5222; a name such as localhost is not taken)"))
+}
+
 /// Creates a key file; refuses to overwrite without `force`.
 pub fn keygen(out: &Path, force: bool) -> Result<u8> {
     if out.exists() && !force {
@@ -61,8 +68,9 @@ pub struct InitArgs {
     /// corvidd's database directory.
     #[arg(long, default_value = "/var/lib/corvid")]
     data_dir: PathBuf,
-    /// The XMPP server's c2s address (skips SRV lookups).
-    #[arg(long, default_value = "127.0.0.1:5222")]
+    /// The XMPP server's c2s address, IP:PORT (skips SRV lookups; a
+    /// plaintext link needs a loopback address).
+    #[arg(long, default_value = "127.0.0.1:5222", value_parser = ip_port)]
     server: String,
     /// Where the hook API listens.
     #[arg(long, default_value = "127.0.0.1:7780")]

@@ -46,10 +46,47 @@ pub async fn served_by_component(engine: Arc<Engine>, wake: Arc<Notify>) {
     }
 }
 
+/// A failure that repeats is logged the first time, then at most once every
+/// five minutes with how often it recurred meanwhile: a missing PubSub
+/// right must not fill the log every two seconds.
+#[derive(Default)]
+struct Repeated {
+    last: String,
+    since_logged: u32,
+    logged_at: Option<Instant>,
+}
+
+impl Repeated {
+    const EVERY: Duration = Duration::from_secs(300);
+
+    fn warn(&mut self, message: String) {
+        let now = Instant::now();
+        if self.last == message {
+            if self.logged_at.is_some_and(|t| now - t < Self::EVERY) {
+                self.since_logged += 1;
+                return;
+            }
+            tracing::warn!(
+                "{message} (again; {} more time(s) in the last {} min)",
+                self.since_logged,
+                Self::EVERY.as_secs() / 60
+            );
+        } else {
+            tracing::warn!("{message}");
+        }
+        self.last = message;
+        self.since_logged = 0;
+        self.logged_at = Some(now);
+    }
+}
+
 /// Runs for ever: waits for sessions, reconciles, drains the outbox.
 pub async fn run(engine: Arc<Engine>, link: Link, config: FeedConfig, wake: Arc<Notify>) {
     let mut writer: Option<FeedWriter> = None;
     let mut reconciled_session = 0u64;
+    let mut failing = Repeated::default();
+    // Retries of a failing reconciliation back off from 2 s to a minute.
+    let mut retry = Duration::from_secs(2);
     loop {
         let session = match link.state() {
             LinkState::Online { session, .. } => session,
@@ -68,6 +105,8 @@ pub async fn run(engine: Arc<Engine>, link: Link, config: FeedConfig, wake: Arc<
                 Ok(()) => {
                     reconciled_session = session;
                     engine.set_publish_error(None);
+                    failing = Repeated::default();
+                    retry = Duration::from_secs(2);
                     // Keep the membership card current after every connect.
                     if engine.settings().directory.is_some()
                         && let Err(e) = crate::federation::announce(&engine, &link).await
@@ -76,12 +115,14 @@ pub async fn run(engine: Arc<Engine>, link: Link, config: FeedConfig, wake: Arc<
                     }
                 }
                 Err(e) => {
-                    tracing::warn!("feed reconciliation failed: {e:#}; retrying");
-                    engine.set_publish_error(Some(format!(
-                        "cannot maintain the feed {}: {e:#} (is corvidd's JID an admin of that PubSub component?)",
+                    let why = format!(
+                        "cannot maintain the feed {}: {e:#} (is corvidd's JID an admin of that PubSub component? `corvid status` shows this too)",
                         engine.feed()
-                    )));
-                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    );
+                    failing.warn(format!("feed reconciliation failed, retrying: {why}"));
+                    engine.set_publish_error(Some(why));
+                    tokio::time::sleep(retry).await;
+                    retry = (retry * 2).min(Duration::from_secs(60));
                     continue;
                 }
             }
@@ -89,7 +130,10 @@ pub async fn run(engine: Arc<Engine>, link: Link, config: FeedConfig, wake: Arc<
         if let Some(w) = writer.as_mut()
             && let Err(e) = drain_outbox(&engine, &link, w).await
         {
-            tracing::warn!("publishing failed: {e:#}; will reconcile on the next session or retry");
+            failing.warn(format!(
+                "publishing to {} failed: {e:#}; reconciling and retrying",
+                engine.feed()
+            ));
             engine.set_publish_error(Some(format!(
                 "publishing to {} failed: {e:#}",
                 engine.feed()
@@ -258,4 +302,25 @@ async fn execute(engine: &Engine, link: &Link, service: &str, ops: Vec<FeedOp>) 
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_repeated_failure_is_logged_once_then_summarised() {
+        let mut r = Repeated::default();
+        r.warn("forbidden".into());
+        let first = r.logged_at;
+        for _ in 0..10 {
+            r.warn("forbidden".into());
+        }
+        // Within five minutes: counted, not logged again.
+        assert_eq!(r.since_logged, 10);
+        assert_eq!(r.logged_at, first);
+        // Another failure is logged at once.
+        r.warn("timeout".into());
+        assert_eq!((r.last.as_str(), r.since_logged), ("timeout", 0));
+    }
 }
