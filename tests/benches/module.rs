@@ -117,20 +117,25 @@ fn servers_on(
             &format!("api.listen = \"127.0.0.1:{api_port}\""),
             data,
         );
-        wait_for(
-            Duration::from_secs(300),
-            "the module's copy to load",
-            || {
-                // (The digest tables are read whatever `corvid_digests` says.)
-                let log = a.log();
-                (log.contains("copy of Corvid's verdicts loaded")
-                    && log.contains("content digests computed in Prosody"))
-                .then_some(())
-            },
-        );
+        module_ready(&a);
         n
     });
     Servers { a, b, _node: node }
+}
+
+/// Waits until mod_corvid in `a` holds its copy of the verdicts and has
+/// built the digest tables (read whatever `corvid_digests` says).
+fn module_ready(a: &Prosody) {
+    wait_for(
+        Duration::from_secs(300),
+        "the module's copy to load",
+        || {
+            let log = a.log();
+            (log.contains("copy of Corvid's verdicts loaded")
+                && log.contains("content digests computed in Prosody"))
+            .then_some(())
+        },
+    );
 }
 
 fn attr(name: &'static str) -> xmpp_parsers::minidom::rxml::NcName {
@@ -328,16 +333,7 @@ fn latency_servers(version: Version) -> Servers {
         &Identity::new("a.test"),
         &format!("api.listen = \"127.0.0.1:{api_port}\""),
     );
-    wait_for(
-        Duration::from_secs(300),
-        "the module's copy to load",
-        || {
-            let log = a.log();
-            (log.contains("copy of Corvid's verdicts loaded")
-                && log.contains("content digests computed in Prosody"))
-            .then_some(())
-        },
-    );
+    module_ready(&a);
     // Flagged content digests in the copy, as at a server whose federation
     // reports spam texts: with none listed the module digests nothing.
     for i in 0..LISTED_DIGESTS {
