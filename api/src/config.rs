@@ -806,10 +806,7 @@ impl Config {
                 ),
                 Ok(_) => {}
             }
-            let same = |d: &str| {
-                corvid_protocol::subject::normalize_domain(d).ok() == normalized.clone().ok()
-                    || d == peer.domain
-            };
+            let same = |d: &str| same_domain(d, &peer.domain);
             if self.peers.iter().filter(|q| same(&q.domain)).count() > 1 {
                 p(&key, "listed twice".into(), "keep one [[peer]] per domain");
             }
@@ -946,6 +943,17 @@ impl Config {
         }
         files
     }
+}
+
+/// Whether two spellings name one domain: equal, or equal once normalized
+/// as issuers write domains (spec §8.3: `Peer.Test` is `peer.test`).
+pub fn same_domain(a: &str, b: &str) -> bool {
+    use corvid_protocol::subject::normalize_domain;
+    a == b
+        || matches!(
+            (normalize_domain(a), normalize_domain(b)),
+            (Ok(x), Ok(y)) if x == y
+        )
 }
 
 /// Fails if the file is missing or readable by group or others.

@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
+use corvid_api::config::same_domain;
 use toml_edit::{ArrayOfTables, DocumentMut, Item, Table, value};
 
 /// Loads the config as an editable document.
@@ -68,15 +69,6 @@ pub fn peer_mut<'a>(doc: &'a mut DocumentMut, domain: &str) -> Result<&'a mut Ta
 pub fn normalize_domain(domain: &str) -> Result<String> {
     corvid_protocol::subject::normalize_domain(domain)
         .map_err(|e| anyhow::anyhow!("{domain:?} is not a domain: {e}"))
-}
-
-/// Whether two spellings name one domain.
-fn same_domain(a: &str, b: &str) -> bool {
-    a == b
-        || matches!(
-            (normalize_domain(a), normalize_domain(b)),
-            (Ok(x), Ok(y)) if x == y
-        )
 }
 
 /// Whether `domain` is this server's own domain or one of its hosts

@@ -739,14 +739,14 @@ fn from_directory_card(cli: &Cli, domain: &str) -> Result<(String, String)> {
 }
 
 fn confirm(prompt: &str) -> Result<()> {
-    use std::io::{BufRead as _, IsTerminal as _, Write as _};
+    use std::io::{BufRead as _, IsTerminal as _};
     if !std::io::stdin().is_terminal() {
         bail!(
             "{prompt}Not asking on a non-interactive stdin: pass --yes once you have compared the fingerprint"
         );
     }
+    // (out! flushes.)
     out!("{prompt}Type yes to trust it: ");
-    std::io::stdout().flush()?;
     let mut line = String::new();
     std::io::stdin().lock().read_line(&mut line)?;
     if line.trim() != "yes" {

@@ -433,13 +433,14 @@ fn needs_restart(started: &Config, now: &Config, password: Option<&str>) -> Vec<
     // (The config's sections compare by their full contents.)
     let differs =
         |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
+    let xmpp_changed = differs(&started.xmpp, &now.xmpp);
     let mut out: Vec<String> = [
         ("data_dir", differs(&started.data_dir, &now.data_dir)),
         (
             "storage_engine",
             differs(&started.storage_engine, &now.storage_engine),
         ),
-        ("[xmpp]", differs(&started.xmpp, &now.xmpp)),
+        ("[xmpp]", xmpp_changed),
         ("[feed]", differs(&started.feed, &now.feed)),
         ("[api]", differs(&started.api, &now.api)),
         (
@@ -452,9 +453,7 @@ fn needs_restart(started: &Config, now: &Config, password: Option<&str>) -> Vec<
     .filter(|(_, changed)| *changed)
     .map(|(name, _)| name.to_owned())
     .collect();
-    if !out.iter().any(|n| n == "[xmpp]")
-        && read_secret(&now.xmpp.password_file).ok().as_deref() != password
-    {
+    if !xmpp_changed && read_secret(&now.xmpp.password_file).ok().as_deref() != password {
         out.push(format!(
             "the XMPP password in {}",
             now.xmpp.password_file.display()

@@ -130,14 +130,9 @@ pub async fn run(engine: Arc<Engine>, link: Link, config: FeedConfig, wake: Arc<
         if let Some(w) = writer.as_mut()
             && let Err(e) = drain_outbox(&engine, &link, w).await
         {
-            failing.warn(format!(
-                "publishing to {} failed: {e:#}; reconciling and retrying",
-                engine.feed()
-            ));
-            engine.set_publish_error(Some(format!(
-                "publishing to {} failed: {e:#}",
-                engine.feed()
-            )));
+            let why = format!("publishing to {} failed: {e:#}", engine.feed());
+            failing.warn(format!("{why}; reconciling and retrying"));
+            engine.set_publish_error(Some(why));
             // A failed op leaves the service out of step: reconcile again.
             reconciled_session = 0;
             tokio::time::sleep(Duration::from_secs(1)).await;

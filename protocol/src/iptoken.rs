@@ -139,12 +139,12 @@ impl FederationSecret {
     /// prefix, in each epoch from the one `max_age` ago to the current one,
     /// so reports from earlier epochs keep matching until they expire.
     pub fn lookup_tokens(&self, addr: IpAddr, now: UnixTime, max_age: u64) -> Vec<SubjectKey> {
-        let first = self.epoch_of(now.saturating_sub(max_age));
-        let last = self.epoch_of(now);
+        let epochs = self.lookup_epochs(now, max_age);
         let prefixes = IpPrefix::all_for(addr);
-        let mut out =
-            Vec::with_capacity(prefixes.len() * usize::try_from(last - first + 1).unwrap_or(1));
-        for epoch in first..=last {
+        let mut out = Vec::with_capacity(
+            prefixes.len() * usize::try_from(epochs.end() - epochs.start() + 1).unwrap_or(1),
+        );
+        for epoch in epochs {
             let key = self.epoch_key(epoch);
             out.extend(
                 prefixes
@@ -159,11 +159,15 @@ impl FederationSecret {
     /// epoch from the one `max_age` ago to the current one (the exact
     /// subject a report about that prefix got, whenever it was issued).
     pub fn prefix_tokens(&self, prefix: &IpPrefix, now: UnixTime, max_age: u64) -> Vec<SubjectKey> {
-        let first = self.epoch_of(now.saturating_sub(max_age));
-        let last = self.epoch_of(now);
-        (first..=last)
+        self.lookup_epochs(now, max_age)
             .map(|epoch| token_with_key(&self.id, &self.epoch_key(epoch), prefix, epoch))
             .collect()
+    }
+
+    /// The epochs a lookup at `now` checks: from the one `max_age` ago to
+    /// the current one.
+    fn lookup_epochs(&self, now: UnixTime, max_age: u64) -> std::ops::RangeInclusive<u64> {
+        self.epoch_of(now.saturating_sub(max_age))..=self.epoch_of(now)
     }
 }
 
